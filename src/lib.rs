@@ -1,0 +1,24 @@
+//! repvgg-rs: a pure-Rust FP32 CPU inference runtime for RepVGG networks.
+//!
+//! This facade re-exports the public API of the workspace crates:
+//!
+//! - [`graph`]: architectures, layer shapes, parameter/MAC counts, weight naming,
+//!   re-parameterization (Ding et al. 2021);
+//! - [`runtime`]: safetensors loading, the reference executor and the fast executor;
+//! - [`winograd`]: the Winograd F(m,3) transforms (Lavin & Gray 2016).
+//!
+//! ```no_run
+//! use repvgg::{Model, ModelOptions, Tensor};
+//! let model = Model::load("RepVGG-A0-deploy.safetensors".as_ref(), &ModelOptions::default())?;
+//! let input = Tensor::zeros(vec![1, 3, 224, 224]);
+//! let logits = model.run_reference(&input)?.logits;
+//! assert_eq!(logits.shape(), &[1, 1000]);
+//! # Ok::<(), repvgg::Error>(())
+//! ```
+
+pub use repvgg_graph as graph;
+pub use repvgg_runtime as runtime;
+pub use repvgg_winograd as winograd;
+
+pub use repvgg_graph::{ArchSpec, Network};
+pub use repvgg_runtime::{Error, ErrorKind, Limits, Model, ModelOptions, Result, Tensor};

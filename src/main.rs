@@ -1,0 +1,207 @@
+//! The `repvgg` command-line tool.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use repvgg::graph::{ArchSpec, Network};
+use repvgg::runtime::{ErrorKind, Model, ModelOptions, cpu, loader};
+
+mod exit;
+
+#[derive(Parser)]
+#[command(name = "repvgg", version, about = "Fast FP32 CPU inference for RepVGG networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-layer shapes, parameters and multiply-accumulates of an architecture.
+    Info {
+        /// Built-in variant (A0 ... B3g4, D2se) or path to an architecture .toml file.
+        #[arg(long, default_value = "A0")]
+        arch: String,
+        /// Input size: `224` or `HxW` such as `224x160`.
+        #[arg(long, default_value = "224", value_parser = parse_size)]
+        size: (usize, usize),
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model on an input tensor and write the logits.
+    Infer {
+        /// Weights (.safetensors), any supported naming form, dtype F32/F16/BF16.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Architecture to check the weights against (inferred from shapes if omitted).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Input .safetensors holding `input`, F32 [N, 3, H, W].
+        #[arg(long)]
+        input: PathBuf,
+        /// Output .safetensors receiving `logits`, F32 [N, classes].
+        #[arg(long)]
+        output: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Convert training-time weights to the deploy form (official names, F32).
+    Convert {
+        /// Input weights in any supported form.
+        train: PathBuf,
+        /// Output deploy-form .safetensors.
+        deploy: PathBuf,
+        /// Architecture to check the weights against (inferred from shapes if omitted).
+        #[arg(long)]
+        arch: Option<String>,
+    },
+}
+
+fn parse_size(text: &str) -> Result<(usize, usize), String> {
+    let parse = |s: &str| s.trim().parse::<usize>().map_err(|_| format!("`{text}` is not a size like 224 or 224x160"));
+    match text.split_once(['x', 'X']) {
+        Some((h, w)) => Ok((parse(h)?, parse(w)?)),
+        None => parse(text).map(|s| (s, s)),
+    }
+}
+
+fn model_options(arch: Option<&str>) -> Result<ModelOptions> {
+    let arch = arch.map(ArchSpec::resolve).transpose().map_err(repvgg::Error::from)?;
+    Ok(ModelOptions { arch, ..ModelOptions::default() })
+}
+
+fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
+    let network = Network::from_name(arch).map_err(repvgg::Error::from)?;
+    let shapes = network.shapes(h, w).map_err(repvgg::Error::from)?;
+    let cost = network.cost(h, w).map_err(repvgg::Error::from)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let value = serde_json::json!({
+            "arch": network.arch.name,
+            "height": h,
+            "width": w,
+            "params": cost.params,
+            "macs": cost.macs,
+            "flops": 2 * cost.macs,
+            "layers": shapes,
+            "head": {
+                "in_features": network.feature_channels(),
+                "classes": network.num_classes,
+                "params": network.head_params(),
+                "macs": (network.feature_channels() * network.num_classes) as u64,
+            },
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    let row = |out: &mut dyn Write, cells: [&dyn std::fmt::Display; 9]| {
+        writeln!(
+            out,
+            "{:<10} {:>6} {:>6} {:>6} {:>6} {:>11} {:>11} {:>12} {:>14}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7], cells[8]
+        )
+    };
+    writeln!(out, "RepVGG-{} at {h}x{w}", network.arch.name)?;
+    row(&mut out, [&"layer", &"in", &"out", &"groups", &"stride", &"input", &"output", &"params", &"MACs"])?;
+    for s in &shapes {
+        row(
+            &mut out,
+            [
+                &format!("{}{}", s.name, if s.se { "+se" } else { "" }),
+                &s.in_channels,
+                &s.out_channels,
+                &s.groups,
+                &s.stride,
+                &format!("{}x{}", s.in_h, s.in_w),
+                &format!("{}x{}", s.out_h, s.out_w),
+                &s.params,
+                &s.macs,
+            ],
+        )?;
+    }
+    let (features, classes) = (network.feature_channels(), network.num_classes);
+    row(
+        &mut out,
+        [&"linear", &features, &classes, &"", &"", &"gap", &"", &network.head_params(), &(features * classes)],
+    )?;
+    writeln!(
+        out,
+        "total: {:.2} M parameters, {:.3} G multiply-accumulates ({:.3} GFLOPs)",
+        cost.params as f64 / 1e6,
+        cost.macs as f64 / 1e9,
+        2.0 * cost.macs as f64 / 1e9
+    )?;
+    Ok(())
+}
+
+fn infer(
+    weights: &Path,
+    arch: Option<&str>,
+    input: &Path,
+    output: &Path,
+    threads: Option<usize>,
+) -> Result<()> {
+    if threads == Some(0) {
+        return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
+    }
+    let model = Model::load(weights, &model_options(arch)?)?;
+    let x = loader::read_input(input)?;
+    model.limits().check_input(model.network(), x.shape())?;
+    let outputs = model.run_reference(&x)?;
+    let logits = outputs.logits;
+    loader::write_tensors(output, [("logits".to_string(), logits.shape().to_vec(), logits.data())])?;
+    eprintln!("{}: wrote logits {:?} to {}", model.description(), logits.shape(), output.display());
+    Ok(())
+}
+
+fn convert(train: &Path, deploy: &Path, arch: Option<&str>) -> Result<()> {
+    let model = Model::load(train, &model_options(arch)?)?;
+    let tensors = model.weights().named_tensors(model.network());
+    loader::write_tensors(deploy, tensors)?;
+    eprintln!("{}: wrote deploy weights to {}", model.description(), deploy.display());
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info { arch, size, json } => info(&arch, size, json),
+        Command::Infer { weights, arch, input, output, threads } => {
+            infer(&weights, arch.as_deref(), &input, &output, threads)
+        }
+        Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()).context("convert failed"),
+    }
+}
+
+fn main() -> ExitCode {
+    if let Err(e) = cpu::check_build_features() {
+        eprintln!("error: {e}");
+        return exit::code(ErrorKind::Cpu);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        Err(e) => {
+            // clap renders usage hints over several lines; keep the one that says what is wrong.
+            let rendered = e.to_string();
+            eprintln!("{}", rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments"));
+            return exit::code(ErrorKind::Usage);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed stdout (`repvgg info | head`) is the reader's choice, not our failure.
+        Err(e) if exit::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::for_error(&e)
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! End-to-end tests of the `repvgg` binary: its commands and its refusals of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::tensor::{Dtype, TensorView};
+
+fn repvgg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_repvgg")).args(args).output().expect("run repvgg")
+}
+
+fn fixture(name: &str, file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures").join(name).join(file).display().to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Reads a tensor from a safetensors file as (shape, f32 values).
+fn read_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), Dtype::F32);
+    (t.shape().to_vec(), t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+}
+
+fn write_tensors(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<_> =
+        tensors.iter().map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn info_prints_a_table_and_json() {
+    let out = repvgg(&["info", "--arch", "A0"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("stage4.0") && text.contains("8.31 M parameters"), "{text}");
+
+    let out = repvgg(&["info", "--arch", "B1g4", "--size", "160x192", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["params"].as_u64(), Some(36_125_416));
+    assert_eq!(v["layers"].as_array().unwrap().len(), 28);
+    assert_eq!(v["layers"][27]["out_h"].as_u64(), Some(5));
+    assert_eq!(v["layers"][27]["out_w"].as_u64(), Some(6));
+    assert!(v["macs"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn infer_matches_onnx_runtime_and_convert_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let logits = dir.path().join("logits.safetensors");
+    let out = repvgg(&[
+        "infer",
+        "--weights",
+        &fixture("tiny-groups", "train.safetensors"),
+        "--input",
+        &fixture("tiny-groups", "input.safetensors"),
+        "--output",
+        logits.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, got) = read_tensor(&logits, "logits");
+    let (want_shape, want) = read_tensor(Path::new(&fixture("tiny-groups", "expected.safetensors")), "logits");
+    assert_eq!(shape, want_shape);
+    assert!(max_rel_diff(&got, &want) < 1e-5);
+
+    let deploy = dir.path().join("deploy.safetensors");
+    let out = repvgg(&["convert", &fixture("tiny-groups", "train.safetensors"), deploy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, _) = read_tensor(&deploy, "stage1.1.rbr_reparam.weight");
+    assert_eq!(shape, vec![16, 8, 3, 3], "stage1.1 is 16 -> 16 in 2 groups: 8 inputs per output");
+    let logits2 = dir.path().join("logits2.safetensors");
+    let arch = fixture("tiny-groups", "arch.toml");
+    let out = repvgg(&[
+        "infer",
+        "--weights",
+        deploy.to_str().unwrap(),
+        "--arch",
+        &arch,
+        "--input",
+        &fixture("tiny-groups", "input.safetensors"),
+        "--output",
+        logits2.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, again) = read_tensor(&logits2, "logits");
+    assert_eq!(again, got, "deploy weights written by convert give the same logits");
+}
+
+/// One bad-input case: the arguments, the expected exit code and a phrase of the message.
+struct Refusal {
+    what: &'static str,
+    args: Vec<String>,
+    code: i32,
+    phrase: String,
+}
+
+fn check(r: &Refusal) {
+    let args: Vec<&str> = r.args.iter().map(String::as_str).collect();
+    let out = repvgg(&args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(r.code), "{}: exit code; stderr: {err}", r.what);
+    assert!(err.contains(&r.phrase), "{}: stderr `{err}` lacks `{}`", r.what, r.phrase);
+    assert_eq!(err.trim_end().lines().count(), 1, "{}: message is not one line: {err}", r.what);
+    assert!(!err.contains("panicked"), "{}: {err}", r.what);
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line_and_an_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| -> PathBuf { dir.path().join(name) };
+    let s = |p: &Path| p.display().to_string();
+    let weights = fixture("tiny-groups", "train.safetensors");
+    let input = fixture("tiny-groups", "input.safetensors");
+    let good = std::fs::read(&weights).unwrap();
+
+    std::fs::write(p("truncated.safetensors"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(p("tiny.safetensors"), b"abc").unwrap();
+    std::fs::write(p("garbage.safetensors"), [&16u64.to_le_bytes()[..], b"not json at all!"].concat()).unwrap();
+    let lying = br#"{"x":{"dtype":"F32","shape":[1000000],"data_offsets":[0,4000000]}}"#;
+    std::fs::write(p("lying.safetensors"), [&(lying.len() as u64).to_le_bytes()[..], lying, &[0u8; 16]].concat())
+        .unwrap();
+    let huge = br#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+    std::fs::write(p("hugeheader.safetensors"), [&u64::MAX.to_le_bytes()[..], huge].concat()).unwrap();
+
+    // Edit the real checkpoint: drop a tensor, reshape one, change a dtype.
+    let st = safetensors::SafeTensors::deserialize(&good).unwrap();
+    let edited = |skip: &str, replace: Option<(&str, Dtype, Vec<usize>, Vec<u8>)>, path: &Path| {
+        let mut tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let names = st.names();
+        for name in names {
+            if name == skip {
+                continue;
+            }
+            let t = st.tensor(name).unwrap();
+            match &replace {
+                Some((n, d, s, b)) if *n == name => tensors.push((name, *d, s.clone(), b.clone())),
+                _ => tensors.push((name, t.dtype(), t.shape().to_vec(), t.data().to_vec())),
+            }
+        }
+        write_tensors(path, &tensors);
+    };
+    edited("linear.bias", None, &p("missing.safetensors"));
+    edited(
+        "",
+        Some(("stage2.0.rbr_dense.bn.running_var", Dtype::F32, vec![23], f32_bytes(vec![1.0; 23]))),
+        &p("shape.safetensors"),
+    );
+    edited("", Some(("linear.bias", Dtype::I32, vec![10], vec![0u8; 40])), &p("dtype.safetensors"));
+    edited("", Some(("linear.bias", Dtype::F32, vec![10], f32_bytes([f32::NAN; 10]))), &p("nan.safetensors"));
+
+    write_tensors(&p("in4.safetensors"), &[("input", Dtype::F32, vec![1, 4, 8, 8], f32_bytes(vec![0.0; 256]))]);
+    write_tensors(&p("in0.safetensors"), &[("input", Dtype::F32, vec![1, 3, 0, 8], vec![])]);
+    write_tensors(&p("noinput.safetensors"), &[("image", Dtype::F32, vec![1, 3, 8, 8], f32_bytes(vec![0.0; 192]))]);
+    write_tensors(&p("in3d.safetensors"), &[("input", Dtype::F32, vec![3, 8, 8], f32_bytes(vec![0.0; 192]))]);
+
+    let out = s(&p("out.safetensors"));
+    let infer = |w: &str, i: &str| {
+        vec![
+            "infer".into(),
+            "--weights".into(),
+            w.to_string(),
+            "--input".into(),
+            i.to_string(),
+            "--output".into(),
+            out.clone(),
+        ]
+    };
+    let infer_arch = |w: &str, arch: &str| {
+        let mut a = infer(w, &input);
+        a.extend(["--arch".to_string(), arch.to_string()]);
+        a
+    };
+    let cases = vec![
+        Refusal {
+            what: "missing weights",
+            args: infer(&s(&p("nope.safetensors")), &input),
+            code: 3,
+            phrase: "No such file".into(),
+        },
+        Refusal {
+            what: "truncated",
+            args: infer(&s(&p("truncated.safetensors")), &input),
+            code: 4,
+            phrase: "not a valid safetensors file".into(),
+        },
+        Refusal {
+            what: "too short",
+            args: infer(&s(&p("tiny.safetensors")), &input),
+            code: 4,
+            phrase: "too short".into(),
+        },
+        Refusal {
+            what: "garbage header",
+            args: infer(&s(&p("garbage.safetensors")), &input),
+            code: 4,
+            phrase: "header".into(),
+        },
+        Refusal {
+            what: "lying offsets",
+            args: infer(&s(&p("lying.safetensors")), &input),
+            code: 4,
+            phrase: "truncated".into(),
+        },
+        Refusal {
+            what: "huge header length",
+            args: infer(&s(&p("hugeheader.safetensors")), &input),
+            code: 4,
+            phrase: "header".into(),
+        },
+        Refusal {
+            what: "missing tensor",
+            args: infer(&s(&p("missing.safetensors")), &input),
+            code: 5,
+            phrase: "missing tensor `linear.bias`".into(),
+        },
+        Refusal {
+            what: "wrong shape",
+            args: infer(&s(&p("shape.safetensors")), &input),
+            code: 5,
+            phrase: "tensor `stage2.0.rbr_dense.bn.running_var` has shape [23], expected [24]".into(),
+        },
+        Refusal {
+            what: "dtype",
+            args: infer(&s(&p("dtype.safetensors")), &input),
+            code: 5,
+            phrase: "tensor `linear.bias` has dtype I32".into(),
+        },
+        Refusal {
+            what: "nan",
+            args: infer(&s(&p("nan.safetensors")), &input),
+            code: 5,
+            phrase: "`linear.bias` contains a non-finite value".into(),
+        },
+        Refusal {
+            what: "unknown arch",
+            args: infer_arch(&weights, "Q7"),
+            code: 5,
+            phrase: "unknown architecture `Q7`".into(),
+        },
+        Refusal {
+            what: "arch mismatch",
+            args: infer_arch(&weights, "A0"),
+            code: 5,
+            phrase: "expected [48, 3, 3, 3]".into(),
+        },
+        Refusal {
+            what: "4 channels",
+            args: infer(&weights, &s(&p("in4.safetensors"))),
+            code: 6,
+            phrase: "expected [N, 3, H, W]".into(),
+        },
+        Refusal {
+            what: "3-d input",
+            args: infer(&weights, &s(&p("in3d.safetensors"))),
+            code: 6,
+            phrase: "expected [N, 3, H, W]".into(),
+        },
+        Refusal {
+            what: "empty map",
+            args: infer(&weights, &s(&p("in0.safetensors"))),
+            code: 6,
+            phrase: "empty side".into(),
+        },
+        Refusal {
+            what: "no input tensor",
+            args: infer(&weights, &s(&p("noinput.safetensors"))),
+            code: 6,
+            phrase: "no tensor named `input`".into(),
+        },
+        Refusal {
+            what: "missing input file",
+            args: infer(&weights, &s(&p("nope.safetensors"))),
+            code: 3,
+            phrase: "nope.safetensors".into(),
+        },
+        Refusal {
+            what: "zero threads",
+            args: [infer(&weights, &input), vec!["--threads".into(), "0".into()]].concat(),
+            code: 2,
+            phrase: "--threads".into(),
+        },
+        Refusal {
+            what: "unknown info arch",
+            args: vec!["info".into(), "--arch".into(), "Z1".into()],
+            code: 5,
+            phrase: "unknown architecture".into(),
+        },
+        Refusal {
+            what: "bad size",
+            args: vec!["info".into(), "--size".into(), "abc".into()],
+            code: 2,
+            phrase: "224x160".into(),
+        },
+    ];
+    for case in &cases {
+        check(case);
+    }
+}
