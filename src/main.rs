@@ -139,13 +139,7 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
     Ok(())
 }
 
-fn infer(
-    weights: &Path,
-    arch: Option<&str>,
-    input: &Path,
-    output: &Path,
-    threads: Option<usize>,
-) -> Result<()> {
+fn infer(weights: &Path, arch: Option<&str>, input: &Path, output: &Path, threads: Option<usize>) -> Result<()> {
     if threads == Some(0) {
         return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
     }
