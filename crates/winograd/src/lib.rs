@@ -65,7 +65,7 @@ pub mod tiles;
 
 pub use filters::{FilterBlock, PackedFilters};
 pub use matrices::{Matrices, Point, cook_toom};
-pub use tiles::{LANES, input_tile, output_tile};
+pub use tiles::{LANES, input_tile, output_tile, output_tile_raw};
 
 /// Errors of the winograd crate.
 #[derive(Debug, thiserror::Error)]

@@ -259,13 +259,18 @@ fn input_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
 }
 
 /// `Y = A^T M A` + bias, then ReLU, for the valid `rows x cols` part.
+///
+/// # Safety
+///
+/// `src` must hold `alpha^2` vectors at `pos_stride`, and `dst` must be valid for writes of
+/// `rows x cols` vectors at `row_stride`.
 #[inline(always)]
-fn output_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
+unsafe fn output_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
     src: &[f32],
     pos_stride: usize,
     bias: &[f32; LANES],
     relu: bool,
-    dst: &mut [f32],
+    dst: *mut f32,
     row_stride: usize,
     rows: usize,
     cols: usize,
@@ -281,7 +286,9 @@ fn output_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
     for (i, row) in t.iter().enumerate().take(rows) {
         for (j, v) in T::output(*row).iter().enumerate().take(cols) {
             let v = *v + bias;
-            store(dst, i * row_stride + j * LANES, if relu { v.max(V::ZERO) } else { v });
+            let v = if relu { v.max(V::ZERO) } else { v };
+            // SAFETY: (i, j) is inside the rows x cols block the caller vouches for.
+            unsafe { std::ptr::write_unaligned(dst.add(i * row_stride + j * LANES) as *mut V, v) };
         }
     }
 }
@@ -358,12 +365,41 @@ pub fn output_tile(
     cols: usize,
 ) {
     check_output_args(variant, src, pos_stride, dst, row_stride, rows, cols);
+    // SAFETY: `check_output_args` verified that `dst` holds the rows x cols block.
+    unsafe { output_tile_raw(variant, src, pos_stride, bias, relu, dst.as_mut_ptr(), row_stride, rows, cols) }
+}
+
+/// [`output_tile`] writing through a raw pointer, for callers whose concurrent tiles
+/// interleave in one buffer (tiles of one row of a map share its rows, so they cannot be
+/// handed out as disjoint slices).
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of the `rows x cols` pixels (16 floats each) at
+/// `i * row_stride + j * 16`, and no other thread may access those floats concurrently.
+pub unsafe fn output_tile_raw(
+    variant: Variant,
+    src: &[f32],
+    pos_stride: usize,
+    bias: &[f32; LANES],
+    relu: bool,
+    dst: *mut f32,
+    row_stride: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let (a, m) = (variant.alpha(), variant.m());
+    assert!(rows <= m && cols <= m, "{rows}x{cols} exceeds the {m}x{m} output tile");
+    assert!(pos_stride >= LANES && src.len() >= (a * a - 1) * pos_stride + LANES, "source too short");
     let (s, p, rs) = (src, pos_stride, row_stride);
-    match variant {
-        Variant::F2 => output_tile_impl::<2, 4, F2>(s, p, bias, relu, dst, rs, rows, cols),
-        Variant::F4 => output_tile_impl::<4, 6, F4<false>>(s, p, bias, relu, dst, rs, rows, cols),
-        Variant::F4Textbook => output_tile_impl::<4, 6, F4<true>>(s, p, bias, relu, dst, rs, rows, cols),
-        Variant::F6 => output_tile_impl::<6, 8, F6>(s, p, bias, relu, dst, rs, rows, cols),
+    // SAFETY: forwarded contract of this function.
+    unsafe {
+        match variant {
+            Variant::F2 => output_tile_impl::<2, 4, F2>(s, p, bias, relu, dst, rs, rows, cols),
+            Variant::F4 => output_tile_impl::<4, 6, F4<false>>(s, p, bias, relu, dst, rs, rows, cols),
+            Variant::F4Textbook => output_tile_impl::<4, 6, F4<true>>(s, p, bias, relu, dst, rs, rows, cols),
+            Variant::F6 => output_tile_impl::<6, 8, F6>(s, p, bias, relu, dst, rs, rows, cols),
+        }
     }
 }
 
