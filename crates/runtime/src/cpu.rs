@@ -88,6 +88,28 @@ pub fn set_flush_denormals() {
     }
 }
 
+/// Measures the FP32 FMA throughput of the calling thread in GFLOP/s: 12 independent
+/// 16-wide FMA chains (enough to cover the FMA latency) for about `millis` ms.
+pub fn measure_fma_gflops(millis: u64) -> f64 {
+    use wide::f32x16;
+    let mut acc = [f32x16::splat(1.0); 12];
+    let (b, c) = (f32x16::splat(0.999_999), f32x16::splat(1e-7));
+    let start = std::time::Instant::now();
+    let mut iterations = 0u64;
+    while start.elapsed().as_millis() < millis as u128 {
+        for _ in 0..10_000 {
+            for a in acc.iter_mut() {
+                *a = a.mul_add(b, c);
+            }
+        }
+        iterations += 10_000;
+        acc = std::hint::black_box(acc);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(acc);
+    (iterations * 12 * 16 * 2) as f64 / seconds / 1e9
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

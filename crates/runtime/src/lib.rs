@@ -1,13 +1,29 @@
-//! RepVGG execution: safetensors loading, the f64 reference executor, and (with the
-//! winograd crate) the fast executor behind the [`Model`] / [`Session`] API.
+//! RepVGG execution: safetensors loading, the f64 reference executor, and the fast
+//! executor (Winograd F(m,3) and direct convolution over a channel-blocked layout,
+//! parallel with rayon) behind the [`Model`] / [`Session`] API.
+//!
+//! ```no_run
+//! use repvgg_runtime::{Model, ModelOptions, SessionOptions, Tensor};
+//!
+//! let model = Model::load("RepVGG-A0-deploy.safetensors".as_ref(), &ModelOptions::default())?;
+//! let mut session = model.session(SessionOptions { threads: 2, ..Default::default() })?;
+//! let logits = session.run(&Tensor::zeros(vec![1, 3, 224, 224]))?;
+//! assert_eq!(logits.shape(), &[1, 1000]);
+//! # Ok::<(), repvgg_runtime::Error>(())
+//! ```
 
 pub mod cpu;
 pub mod error;
+pub mod kernels;
 pub mod loader;
 pub mod model;
+pub mod plan;
 pub mod reference;
+pub mod session;
 pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Limits, Model, ModelOptions};
+pub use plan::{Algo, AlgoChoice, LayerPlan, Plan};
+pub use session::{Features, Profile, Session, SessionOptions};
 pub use tensor::Tensor;

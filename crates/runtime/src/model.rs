@@ -1,12 +1,19 @@
-//! Loading a model: file -> names -> architecture -> deploy weights.
+//! Loading a model: file -> names -> architecture -> deploy weights, and the per-layer
+//! weights each algorithm needs (transformed and packed once, on first use).
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network};
+use repvgg_winograd::PackedFilters;
 
 use crate::error::{Error, Result};
+use crate::kernels::direct::{self, DirectWeights, InputLayout};
+use crate::kernels::{LANES, blocks};
 use crate::loader::SafetensorsFile;
+use crate::plan::Algo;
 use crate::reference;
+use crate::session::{Session, SessionOptions};
 use crate::tensor::Tensor;
 
 /// Resource limits applied to every request before anything large is allocated.
@@ -18,11 +25,14 @@ pub struct Limits {
     pub max_batch: usize,
     /// Largest accepted input tensor, in elements (`N * 3 * H * W`).
     pub max_input_elements: usize,
+    /// Largest working memory (activations, transforms, scratch) a session may allocate
+    /// for one request, in bytes.
+    pub max_arena_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_side: 8192, max_batch: 1024, max_input_elements: 1 << 28 }
+        Limits { max_side: 8192, max_batch: 1024, max_input_elements: 1 << 28, max_arena_bytes: 8 << 30 }
     }
 }
 
@@ -63,13 +73,39 @@ pub struct ModelOptions {
     pub limits: Limits,
 }
 
-/// A loaded, re-parameterized RepVGG model. Immutable, `Send + Sync`.
-#[derive(Debug, Clone)]
-pub struct Model {
+/// Weights of one layer prepared for one algorithm.
+#[derive(Debug)]
+pub enum Prepared {
+    Winograd(PackedFilters),
+    Direct(DirectWeights),
+    /// The generic path reads the deploy kernel as is.
+    Generic,
+}
+
+/// Per-layer data derived from the deploy weights.
+#[derive(Debug)]
+struct LayerCache {
+    /// Bias padded to whole 16-channel blocks.
+    bias: Vec<f32>,
+    prepared: [OnceLock<Arc<Prepared>>; Algo::ALL.len()],
+}
+
+#[derive(Debug)]
+struct Inner {
     network: Network,
     weights: DeployWeights,
     limits: Limits,
     description: String,
+    layers: Vec<LayerCache>,
+}
+
+/// A loaded, re-parameterized RepVGG model.
+///
+/// Cheap to clone (the weights are shared), `Send + Sync`: any number of threads can run
+/// inferences on one model at once, each through its own [`Session`] (or [`Model::run`]).
+#[derive(Debug, Clone)]
+pub struct Model {
+    inner: Arc<Inner>,
 }
 
 impl Model {
@@ -113,7 +149,17 @@ impl Model {
                 return Err(Error::Option(format!("weights of {} do not match the layer shape", layer.name())));
             }
         }
-        Ok(Model { network, weights, limits, description })
+        let layers = network
+            .layers
+            .iter()
+            .zip(&weights.layers)
+            .map(|(layer, params)| {
+                let mut bias = vec![0f32; blocks(layer.out_channels) * LANES];
+                bias[..layer.out_channels].copy_from_slice(&params.conv.bias);
+                LayerCache { bias, prepared: Default::default() }
+            })
+            .collect();
+        Ok(Model { inner: Arc::new(Inner { network, weights, limits, description, layers }) })
     }
 
     /// A model with deterministic synthetic weights (the embedded default of `repvgg bench`).
@@ -127,25 +173,65 @@ impl Model {
     }
 
     pub fn network(&self) -> &Network {
-        &self.network
+        &self.inner.network
     }
 
     pub fn weights(&self) -> &DeployWeights {
-        &self.weights
+        &self.inner.weights
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        &self.inner.limits
     }
 
     /// One line saying what was loaded.
     pub fn description(&self) -> &str {
-        &self.description
+        &self.inner.description
+    }
+
+    /// A session: a thread pool and working memory for running this model.
+    pub fn session(&self, options: SessionOptions) -> Result<Session> {
+        Session::new(self.clone(), options)
+    }
+
+    /// Runs the model once on a batch and returns the logits `[N, classes]`.
+    ///
+    /// Convenience for occasional calls: it builds a session (thread pool, plan, arena)
+    /// each time. Hold a [`Session`] to run many batches.
+    pub fn run(&self, input: &Tensor) -> Result<Tensor> {
+        self.session(SessionOptions::default())?.run(input)
     }
 
     /// Runs the f64 reference executor (the oracle; slow).
     pub fn run_reference(&self, input: &Tensor) -> Result<reference::Outputs> {
-        self.limits.check_input(&self.network, input.shape())?;
-        reference::forward(&self.network, &self.weights, input)
+        self.limits().check_input(self.network(), input.shape())?;
+        reference::forward(self.network(), self.weights(), input)
+    }
+
+    /// Padded bias of layer `index`.
+    pub(crate) fn bias(&self, index: usize) -> &[f32] {
+        &self.inner.layers[index].bias
+    }
+
+    /// Layer `index`'s weights prepared for `algo`, built on first use and shared.
+    pub(crate) fn prepared(&self, index: usize, algo: Algo) -> Arc<Prepared> {
+        self.inner.layers[index].prepared[algo.index()]
+            .get_or_init(|| {
+                let layer = &self.network().layers[index];
+                let weight = &self.weights().layers[index].conv.weight;
+                let cg = layer.in_channels / layer.groups;
+                Arc::new(match algo.variant() {
+                    Some(v) => Prepared::Winograd(
+                        PackedFilters::new(v, weight, layer.out_channels, cg, layer.groups, direct::BLOCK)
+                            .expect("layer shapes were validated"),
+                    ),
+                    None if algo == Algo::Direct => {
+                        let layout = if index == 0 { InputLayout::Planar } else { InputLayout::Blocked };
+                        Prepared::Direct(DirectWeights::new(layout, weight, layer.out_channels, cg, layer.groups))
+                    }
+                    None => Prepared::Generic,
+                })
+            })
+            .clone()
     }
 }

@@ -69,3 +69,30 @@ fn fixture_architecture_is_inferred() {
         assert_eq!(inferred.weights(), f.model.weights());
     }
 }
+
+/// The fast executor, every algorithm, against ONNX Runtime. The bound adds each
+/// algorithm's own fp32 error (see tests/fast.rs) to ORT's: F(6,3) at these widths (at
+/// most 64 channels) measures below 1e-5.
+#[test]
+fn fast_executor_matches_onnx_runtime() {
+    use repvgg_runtime::{Algo, AlgoChoice, SessionOptions};
+    for name in FIXTURES {
+        let f = load(name);
+        for (choice, tol) in [
+            (AlgoChoice::Auto, 2e-5),
+            (AlgoChoice::Force(Algo::Direct), TOLERANCE),
+            (AlgoChoice::Force(Algo::F2), TOLERANCE),
+            (AlgoChoice::Force(Algo::F4), 2e-5),
+            (AlgoChoice::Force(Algo::F6), 4e-5),
+        ] {
+            let mut session = f.model.session(SessionOptions { threads: 2, algo: choice, autotune: false }).unwrap();
+            let out = session.features(&f.input).unwrap();
+            let err = out.logits.rel_diff(&f.logits);
+            assert!(err < tol, "{name} {choice:?}: logits differ from ORT by {err:e}");
+            for (s, want) in f.stages.iter().enumerate() {
+                let err = out.stages[s].rel_diff(want);
+                assert!(err < tol, "{name} {choice:?}: stage{} differs from ORT by {err:e}", s + 1);
+            }
+        }
+    }
+}

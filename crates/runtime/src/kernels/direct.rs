@@ -1,0 +1,360 @@
+//! Direct 3x3 convolution as an implicit-im2col GEMM, for stride-2 layers, the stem and
+//! small maps where Winograd's tile overhang costs more than it saves.
+//!
+//! Output pixels are taken `NR` at a time (consecutive in `(n, y, x)` order, so a block
+//! may span rows and images). For each pixel block, the im2col panel is packed in the
+//! microkernel's `B` layout, `[kd / 16][NR][16]`. With a channel-blocked input the
+//! reduction index is `kd = ((cb * 3 + ky) * 3 + kx) * 16 + lane`, so every copy moves 16
+//! channels of one pixel: a single vector. The panel holds `9 C` values per pixel and is
+//! built once per pixel block. It is reused by every output-channel block: packing costs
+//! `9 C` copies against `9 C K` multiply-adds. Pixels outside the map (the padding) are
+//! written as zeros.
+//!
+//! The network input (3 channels, planar NCHW) uses `kd = (c * 3 + ky) * 3 + kx`, padded to
+//! 32, so the stem does not multiply 13 zero channels per block.
+
+use rayon::prelude::*;
+
+use super::gemm::{Acc, NR, V, gemm_block};
+use super::{LANES, Scratch, SharedMut, blocks};
+
+/// How a direct layer's input is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputLayout {
+    /// `NCHWc16`, the layout between layers.
+    Blocked,
+    /// Plain `NCHW` (the network input).
+    Planar,
+}
+
+/// Output channels per weight block (two vectors; a last narrower block has one).
+pub const BLOCK: usize = 32;
+
+/// Weights packed for the direct path: per group and output-channel block, `[kd][width]`.
+#[derive(Debug, Clone)]
+pub struct DirectWeights {
+    layout: InputLayout,
+    groups: usize,
+    out_per_group: usize,
+    /// Reduction depth per group (multiple of 16).
+    kd: usize,
+    blocks_per_group: usize,
+    k_pad: usize,
+    data: Vec<f32>,
+}
+
+impl DirectWeights {
+    /// Packs `[K][C/groups][3][3]` weights.
+    ///
+    /// With `groups > 1` the fast path needs whole channel blocks per group (`C/groups` and
+    /// `K/groups` multiples of 16); callers check [`DirectWeights::supports`] first.
+    pub fn new(layout: InputLayout, weights: &[f32], out_channels: usize, in_per_group: usize, groups: usize) -> Self {
+        assert!(Self::supports(layout, out_channels, in_per_group, groups), "unsupported direct layout");
+        assert_eq!(weights.len(), out_channels * in_per_group * 9);
+        let out_per_group = out_channels / groups;
+        let kd = reduction_depth(layout, in_per_group);
+        let k_pad = blocks(out_per_group) * LANES;
+        let blocks_per_group = k_pad.div_ceil(BLOCK);
+        let mut data = vec![0f32; groups * kd * k_pad];
+        for g in 0..groups {
+            for b in 0..blocks_per_group {
+                let k0 = b * BLOCK;
+                let width = BLOCK.min(k_pad - k0);
+                let base = g * kd * k_pad + k0 * kd;
+                for lane in 0..width.min(out_per_group.saturating_sub(k0)) {
+                    let k = g * out_per_group + k0 + lane;
+                    for c in 0..in_per_group {
+                        for tap in 0..9 {
+                            let row = match layout {
+                                InputLayout::Blocked => ((c / LANES) * 9 + tap) * LANES + c % LANES,
+                                InputLayout::Planar => c * 9 + tap,
+                            };
+                            data[base + row * width + lane] = weights[(k * in_per_group + c) * 9 + tap];
+                        }
+                    }
+                }
+            }
+        }
+        DirectWeights { layout, groups, out_per_group, kd, blocks_per_group, k_pad, data }
+    }
+
+    /// True if the packed direct path can run this layer.
+    pub fn supports(layout: InputLayout, out_channels: usize, in_per_group: usize, groups: usize) -> bool {
+        let whole_blocks =
+            groups == 1 || (in_per_group.is_multiple_of(LANES) && (out_channels / groups).is_multiple_of(LANES));
+        match layout {
+            InputLayout::Blocked => whole_blocks,
+            InputLayout::Planar => groups == 1,
+        }
+    }
+
+    fn block(&self, g: usize, b: usize) -> (usize, usize, &[f32]) {
+        let k0 = b * BLOCK;
+        let width = BLOCK.min(self.k_pad - k0);
+        let start = g * self.kd * self.k_pad + k0 * self.kd;
+        (k0, width, &self.data[start..start + self.kd * width])
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Geometry of one direct convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectShape {
+    pub n: usize,
+    pub in_channels: usize,
+    pub h: usize,
+    pub w: usize,
+    pub out_channels: usize,
+    pub stride: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl DirectShape {
+    fn pixels(&self) -> usize {
+        self.n * self.oh * self.ow
+    }
+}
+
+/// Floats of one pixel block's im2col panel.
+fn panel_floats(layout: InputLayout, kd: usize, shape: &DirectShape) -> usize {
+    match layout {
+        InputLayout::Blocked => blocks(shape.in_channels) * 9 * LANES * NR,
+        InputLayout::Planar => kd * NR,
+    }
+}
+
+/// Target size of one chunk of panels, in floats (1 MiB).
+const CHUNK_FLOATS: usize = 1 << 18;
+
+fn chunk_blocks(layout: InputLayout, kd: usize, shape: &DirectShape) -> usize {
+    (CHUNK_FLOATS / panel_floats(layout, kd, shape)).max(1)
+}
+
+/// Floats of the shared panel buffer [`run`] needs.
+pub fn panels_len(weights: &DirectWeights, shape: &DirectShape) -> usize {
+    panels_len_for(weights.layout, shape)
+}
+
+/// Floats of per-worker scratch [`run`] needs (one panel, for the fused schedule).
+pub fn scratch_len_for(layout: InputLayout, shape: &DirectShape) -> usize {
+    panel_floats(layout, reduction_depth(layout, shape.in_channels), shape)
+}
+
+/// Layers whose packed weights fit in this many bytes run fused: one parallel pass over
+/// pixel blocks, each packing its panel and multiplying it by every weight block (which
+/// stay in the core's L2). Bigger weights use the two-phase schedule so that each
+/// weight block is read once per chunk instead of once per pixel block.
+pub const FUSED_WEIGHT_BYTES: usize = 1 << 20;
+
+/// [`panels_len`] before the weights are packed.
+pub fn panels_len_for(layout: InputLayout, shape: &DirectShape) -> usize {
+    let kd = reduction_depth(layout, shape.in_channels);
+    let pixel_blocks = shape.pixels().div_ceil(NR);
+    chunk_blocks(layout, kd, shape).min(pixel_blocks) * panel_floats(layout, kd, shape)
+}
+
+/// Reduction depth of one group with `in_per_group` input channels.
+fn reduction_depth(layout: InputLayout, in_per_group: usize) -> usize {
+    match layout {
+        InputLayout::Blocked => blocks(in_per_group) * 9 * LANES,
+        InputLayout::Planar => (in_per_group * 9).div_ceil(LANES) * LANES,
+    }
+}
+
+/// Runs the convolution: `output = relu?(conv(input) + bias)`, channel-blocked out.
+///
+/// Small weights run fused (see [`FUSED_WEIGHT_BYTES`]). Otherwise, like the Winograd
+/// path, pixel blocks are processed in chunks whose panels fit in
+/// about 1 MB: first every panel of the chunk is packed (in parallel), then the
+/// (output-channel block, pixel block) products run in parallel, ordered block-major so
+/// each worker reuses a weight block across the whole chunk while it is in cache. A
+/// layer with few pixels and many output channels (7x7 maps, 1280 channels) thus reads
+/// its weights once instead of once per pixel block.
+///
+/// `bias` is padded to the output's channel blocks. The work split depends only on the
+/// shape, so results are identical for any number of threads.
+pub fn run(
+    weights: &DirectWeights,
+    bias: &[f32],
+    relu: bool,
+    shape: &DirectShape,
+    input: &[f32],
+    output: &mut [f32],
+    panels: &mut [f32],
+    scratch: &Scratch,
+) {
+    let s = *shape;
+    let out_blocks = blocks(s.out_channels);
+    assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * LANES, "output buffer too small");
+    assert!(bias.len() >= out_blocks * LANES, "bias not padded to whole blocks");
+    let in_len = match weights.layout {
+        InputLayout::Blocked => s.n * blocks(s.in_channels) * s.h * s.w * LANES,
+        InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
+    };
+    assert!(input.len() >= in_len, "input buffer too small");
+
+    let pixel_blocks = s.pixels().div_ceil(NR);
+    let gb_count = weights.groups * weights.blocks_per_group;
+    let out = SharedMut::new(output);
+    let product = |gb: usize, pb: usize, panel: &[f32]| {
+        let (g, b) = (gb / weights.blocks_per_group, gb % weights.blocks_per_group);
+        let (k0, width, a) = weights.block(g, b);
+        let panel = &panel[g * weights.kd * NR..];
+        let out_block = (g * weights.out_per_group + k0) / LANES;
+        let pixels = NR.min(s.pixels() - pb * NR);
+        match width {
+            32 => block_product::<2>(weights.kd, a, panel, bias, relu, &s, pb, pixels, out_block, out),
+            16 => block_product::<1>(weights.kd, a, panel, bias, relu, &s, pb, pixels, out_block, out),
+            _ => unreachable!("block widths are 16 or 32"),
+        }
+    };
+    if weights.bytes() <= FUSED_WEIGHT_BYTES {
+        assert!(scratch.len() >= scratch_len_for(weights.layout, shape), "scratch too small");
+        (0..pixel_blocks).into_par_iter().for_each(|pb| {
+            scratch.with(|panel| {
+                pack_panel(weights.layout, &s, input, pb, panel);
+                for gb in 0..gb_count {
+                    product(gb, pb, panel);
+                }
+            })
+        });
+        return;
+    }
+    assert!(panels.len() >= panels_len(weights, shape), "panel buffer too small");
+    let per_chunk = chunk_blocks(weights.layout, weights.kd, shape);
+    let panel_len = panel_floats(weights.layout, weights.kd, shape);
+    for chunk_start in (0..pixel_blocks).step_by(per_chunk) {
+        let chunk_len = per_chunk.min(pixel_blocks - chunk_start);
+        panels[..chunk_len * panel_len].par_chunks_mut(panel_len).enumerate().for_each(|(local, panel)| {
+            pack_panel(weights.layout, &s, input, chunk_start + local, panel);
+        });
+        let panels = &*panels;
+        (0..gb_count * chunk_len).into_par_iter().for_each(|item| {
+            let (gb, local) = (item / chunk_len, item % chunk_len);
+            product(gb, chunk_start + local, &panels[local * panel_len..(local + 1) * panel_len]);
+        });
+    }
+}
+
+/// Multiplies one weight block by the panel and stores bias (+ ReLU) results.
+#[allow(clippy::too_many_arguments)]
+fn block_product<const MRV: usize>(
+    kd: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    relu: bool,
+    s: &DirectShape,
+    pb: usize,
+    pixels: usize,
+    out_block: usize,
+    out: SharedMut,
+) {
+    assert!(a.len() >= kd * 16 * MRV && b.len() >= kd * NR);
+    // SAFETY: the assert above covers the kd * 16 * MRV and kd * NR reads, kd % 16 == 0,
+    // and 1 <= pixels <= NR.
+    let acc: Acc<MRV> = unsafe { gemm_block::<MRV>(kd, a.as_ptr(), b.as_ptr(), pixels) };
+    let out_blocks = blocks(s.out_channels);
+    let plane = s.oh * s.ow;
+    for v in 0..MRV {
+        let kb = out_block + v;
+        let bias_v = V::from(<[f32; LANES]>::try_from(&bias[kb * LANES..(kb + 1) * LANES]).expect("16 lanes"));
+        for j in 0..pixels {
+            let p = pb * NR + j;
+            let (n, rest) = (p / plane, p % plane);
+            let offset = ((n * out_blocks + kb) * plane + rest) * LANES;
+            let mut y = acc[v][j] + bias_v;
+            if relu {
+                y = y.max(V::ZERO);
+            }
+            // SAFETY: each (pixel, channel block) is written by exactly one work item: pixel
+            // blocks partition the pixels and items partition the channel blocks.
+            unsafe { out.region(offset, LANES) }.copy_from_slice(y.as_array());
+        }
+    }
+}
+
+/// Packs the im2col panel of pixel block `pb`; returns how many of its NR pixels exist.
+///
+/// Pixel-major: each pixel's window origin is computed once; a window inside the map is
+/// copied without per-tap bounds checks (three whole 16-channel pixels per row and
+/// channel block). Border windows and missing pixels are zero-filled.
+fn pack_panel(layout: InputLayout, s: &DirectShape, input: &[f32], pb: usize, panel: &mut [f32]) -> usize {
+    let plane = s.oh * s.ow;
+    let pixels = NR.min(s.pixels() - pb * NR);
+    let in_plane = s.h * s.w;
+    let window = |j: usize| {
+        let p = pb * NR + j;
+        let (n, rest) = (p / plane, p % plane);
+        (n, (rest / s.ow * s.stride) as isize - 1, (rest % s.ow * s.stride) as isize - 1)
+    };
+    let inside = |y: isize, x: isize| y >= 0 && x >= 0 && (y as usize) < s.h && (x as usize) < s.w;
+    match layout {
+        InputLayout::Blocked => {
+            let cb_count = blocks(s.in_channels);
+            assert!(panel.len() >= cb_count * 9 * NR * LANES && input.len() >= s.n * cb_count * in_plane * LANES);
+            for j in 0..NR {
+                let column = |row: usize| (row * NR + j) * LANES;
+                if j >= pixels {
+                    for row in 0..cb_count * 9 {
+                        panel[column(row)..column(row) + LANES].fill(0.0);
+                    }
+                    continue;
+                }
+                let (n, y0, x0) = window(j);
+                let interior = y0 >= 0 && x0 >= 0 && y0 as usize + 3 <= s.h && x0 as usize + 3 <= s.w;
+                for cb in 0..cb_count {
+                    let image = (n * cb_count + cb) * in_plane;
+                    for tap in 0..9 {
+                        let (y, x) = (y0 + (tap / 3) as isize, x0 + (tap % 3) as isize);
+                        let dst = column(cb * 9 + tap);
+                        if interior || inside(y, x) {
+                            let src = (image + y as usize * s.w + x as usize) * LANES;
+                            // SAFETY: (y, x) is inside the map, so src + 16 <= input.len() (asserted
+                            // above), and dst + 16 <= panel.len() for row < cb_count * 9 and j < NR.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    input.as_ptr().add(src),
+                                    panel.as_mut_ptr().add(dst),
+                                    LANES,
+                                )
+                            };
+                        } else {
+                            panel[dst..dst + LANES].fill(0.0);
+                        }
+                    }
+                }
+            }
+        }
+        InputLayout::Planar => {
+            let kd_pad = (s.in_channels * 9).div_ceil(LANES) * LANES;
+            let at = |row: usize, j: usize| (row / LANES * NR + j) * LANES + row % LANES;
+            for j in 0..NR {
+                if j >= pixels {
+                    for row in 0..kd_pad {
+                        panel[at(row, j)] = 0.0;
+                    }
+                    continue;
+                }
+                for row in s.in_channels * 9..kd_pad {
+                    panel[at(row, j)] = 0.0;
+                }
+                let (n, y0, x0) = window(j);
+                let interior = y0 >= 0 && x0 >= 0 && y0 as usize + 3 <= s.h && x0 as usize + 3 <= s.w;
+                for c in 0..s.in_channels {
+                    let image = &input[(n * s.in_channels + c) * in_plane..][..in_plane];
+                    for tap in 0..9 {
+                        let (y, x) = (y0 + (tap / 3) as isize, x0 + (tap % 3) as isize);
+                        let v = if interior || inside(y, x) { image[y as usize * s.w + x as usize] } else { 0.0 };
+                        panel[at(c * 9 + tap, j)] = v;
+                    }
+                }
+            }
+        }
+    }
+    pixels
+}

@@ -1,0 +1,95 @@
+//! Memory-bound passes over channel-blocked activations: global average pooling,
+//! squeeze-and-excitation, the classifier, and conversion to planar `NCHW`.
+
+use rayon::prelude::*;
+use repvgg_graph::SeParams;
+
+use super::gemm::V;
+use super::{LANES, SharedMut, blocks};
+
+#[inline(always)]
+fn load(s: &[f32]) -> V {
+    V::from(<[f32; LANES]>::try_from(&s[..LANES]).expect("16 lanes"))
+}
+
+/// Per-(image, channel) spatial means, `[n][blocks(c) * 16]` (padding lanes included).
+pub fn global_average_pool(act: &[f32], n: usize, c: usize, plane: usize, pooled: &mut [f32]) {
+    let cb = blocks(c);
+    let scale = V::splat(1.0 / plane as f32);
+    pooled[..n * cb * LANES].par_chunks_mut(LANES).enumerate().for_each(|(i, out)| {
+        let src = &act[i * plane * LANES..(i + 1) * plane * LANES];
+        let sum = src.chunks_exact(LANES).fold(V::ZERO, |acc, px| acc + load(px));
+        out.copy_from_slice((sum * scale).as_array());
+    });
+}
+
+/// Scratch floats [`squeeze_excite_relu`] needs.
+pub fn se_scratch_len(n: usize, c: usize, r: usize) -> usize {
+    n * blocks(c) * LANES + r
+}
+
+/// Squeeze-and-excitation followed by ReLU, in place:
+/// `x = relu(x * sigmoid(up(relu(down(gap(x))))))` (Hu et al. 2018), per image.
+pub fn squeeze_excite_relu(act: &mut [f32], n: usize, c: usize, plane: usize, se: &SeParams, scratch: &mut [f32]) {
+    let cb = blocks(c);
+    let r = se.down_bias.len();
+    let (pooled, hidden) = scratch[..se_scratch_len(n, c, r)].split_at_mut(n * cb * LANES);
+    global_average_pool(act, n, c, plane, pooled);
+    // The two 1x1 convolutions on a C-vector are tiny: do them serially per image, in f32
+    // with a fixed summation order so the result does not depend on threads. The gates
+    // overwrite the pooled means in place.
+    for b in 0..n {
+        let x = &mut pooled[b * cb * LANES..b * cb * LANES + c];
+        for (j, h) in hidden.iter_mut().enumerate() {
+            let row = &se.down_weight[j * c..(j + 1) * c];
+            *h = row.iter().zip(x.iter()).fold(se.down_bias[j], |a, (w, v)| w.mul_add(*v, a)).max(0.0);
+        }
+        for (i, gate) in x.iter_mut().enumerate() {
+            let row = &se.up_weight[i * r..(i + 1) * r];
+            let s = row.iter().zip(hidden.iter()).fold(se.up_bias[i], |a, (w, h)| w.mul_add(*h, a));
+            *gate = 1.0 / (1.0 + (-s).exp());
+        }
+    }
+    let gates = &*pooled;
+    act[..n * cb * plane * LANES].par_chunks_mut(plane * LANES).enumerate().for_each(|(i, block)| {
+        let g = load(&gates[i * LANES..]);
+        for px in block.chunks_exact_mut(LANES) {
+            px.copy_from_slice((load(px) * g).max(V::ZERO).as_array());
+        }
+    });
+}
+
+/// The classifier on pooled features: `logits[b][k] = bias[k] + sum_c weight[k][c] pooled[b][c]`.
+pub fn linear(pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], logits: &mut [f32]) {
+    let classes = bias.len();
+    let cb = blocks(c);
+    logits[..n * classes].par_chunks_mut(classes).enumerate().for_each(|(b, row)| {
+        let x = &pooled[b * cb * LANES..b * cb * LANES + c];
+        for (k, out) in row.iter_mut().enumerate() {
+            let w = &weight[k * c..(k + 1) * c];
+            // 16-wide partial sums, then a fixed-order reduction.
+            let mut acc = V::ZERO;
+            let whole = c / LANES * LANES;
+            for i in (0..whole).step_by(LANES) {
+                acc = load(&w[i..]).mul_add(load(&x[i..]), acc);
+            }
+            let tail = w[whole..].iter().zip(&x[whole..]).fold(0f32, |a, (wv, xv)| wv.mul_add(*xv, a));
+            *out = acc.reduce_add() + tail + bias[k];
+        }
+    });
+}
+
+/// Copies a channel-blocked activation to planar `NCHW` (dropping padding lanes).
+pub fn to_planar(act: &[f32], n: usize, c: usize, plane: usize, out: &mut [f32]) {
+    let cb = blocks(c);
+    let dst = SharedMut::new(out);
+    (0..n * c).into_par_iter().for_each(|nc| {
+        let (b, ch) = (nc / c, nc % c);
+        let src = &act[(b * cb + ch / LANES) * plane * LANES..][..plane * LANES];
+        // SAFETY: each (image, channel) plane is written by exactly one task.
+        let row = unsafe { dst.region(nc * plane, plane) };
+        for (p, v) in row.iter_mut().enumerate() {
+            *v = src[p * LANES + ch % LANES];
+        }
+    });
+}

@@ -1,0 +1,260 @@
+//! Winograd F(m,3) convolution of a stride-1 layer (Lavin & Gray 2016).
+//!
+//! A layer's tiles are grouped in blocks of `NR` (the microkernel's column count; a block
+//! may span tile rows and images). For each tile block:
+//!
+//! 1. **Input transform**: `V = B^T d B` for each tile and channel block, written as the
+//!    GEMM's `B` panels `[p][cb][j][16]`.
+//! 2. **GEMM + output transform**, per output-channel block: for each of the `alpha^2`
+//!    positions `p`, `M_p = U_p V_p` with the microkernel (the filters were transformed
+//!    and packed at load); once all positions of the block are in the worker's scratch,
+//!    and still hot there, `Y = A^T M A` + bias (+ ReLU) writes the output tiles.
+//!
+//! Two schedules run these steps:
+//!
+//! - **fused** (filters up to [`FUSED_FILTER_BYTES`]): one parallel pass over tile blocks,
+//!   each worker transforming its block into its own scratch and multiplying it by every
+//!   filter block, which stay in its L2. No barrier between the steps.
+//! - **two-phase** (bigger filters, the deep 14x14 layers): tile blocks in chunks whose
+//!   transformed inputs fit in about 1 MB; phase 1 transforms a chunk in parallel, phase 2
+//!   runs the (filter block, tile block) items in parallel, ordered filter-block major,
+//!   so each worker reads its share of the filters once per chunk, not once per tile
+//!   block.
+//!
+//! The schedule and the work split depend only on the layer's shape, never on the thread
+//! count, and each output element is produced by the same sequence of operations
+//! whichever worker runs it. Results are therefore identical for any number of threads.
+
+use rayon::prelude::*;
+use repvgg_winograd::{PackedFilters, Variant, input_tile, output_tile_raw};
+
+use super::gemm::{Acc, NR, gemm_block};
+use super::{LANES, Scratch, SharedMut, blocks};
+
+/// Target size of one chunk's transformed inputs, in floats (1 MiB).
+const CHUNK_FLOATS: usize = 1 << 18;
+
+/// Geometry of one Winograd convolution (stride 1, padding 1).
+#[derive(Debug, Clone, Copy)]
+pub struct WinogradShape {
+    pub n: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl WinogradShape {
+    fn tiles(&self, v: Variant) -> (usize, usize) {
+        (self.h.div_ceil(v.m()), self.w.div_ceil(v.m()))
+    }
+}
+
+/// True if the Winograd path can run this layer: whole channel blocks per group.
+pub fn supports(out_channels: usize, in_per_group: usize, groups: usize) -> bool {
+    groups == 1 || (in_per_group.is_multiple_of(LANES) && (out_channels / groups).is_multiple_of(LANES))
+}
+
+/// Floats of one tile block's transformed input.
+fn block_floats(v: Variant, shape: &WinogradShape) -> usize {
+    v.alpha() * v.alpha() * blocks(shape.in_channels) * NR * LANES
+}
+
+/// Tile blocks per chunk.
+fn chunk_blocks(v: Variant, shape: &WinogradShape) -> usize {
+    (CHUNK_FLOATS / block_floats(v, shape)).max(1)
+}
+
+/// Floats the shared transformed-input buffer needs.
+pub fn transformed_len(v: Variant, shape: &WinogradShape) -> usize {
+    let (th, tw) = shape.tiles(v);
+    let tile_blocks = (shape.n * th * tw).div_ceil(NR);
+    chunk_blocks(v, shape).min(tile_blocks) * block_floats(v, shape)
+}
+
+/// Floats of the products `M_p` of one block of 32 output channels.
+fn products_len(v: Variant) -> usize {
+    v.alpha() * v.alpha() * 2 * NR * LANES
+}
+
+/// Scratch floats per worker: the products, plus one tile block's transformed input for
+/// the fused schedule.
+pub fn scratch_len(v: Variant, shape: &WinogradShape) -> usize {
+    products_len(v) + block_floats(v, shape)
+}
+
+/// Layers whose transformed filters fit in this many bytes run fused: one parallel pass
+/// over tile blocks, each transforming its tiles into the worker's scratch and
+/// multiplying them by every filter block, with no barrier between the phases. The
+/// filters stay in each core's L2. Bigger filters use the two-phase schedule, which reads
+/// each filter block once per chunk instead of once per tile block.
+pub const FUSED_FILTER_BYTES: usize = 3 << 19;
+
+/// Runs the layer: `output = relu?(conv(input) + bias)`, channel-blocked in and out.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    filters: &PackedFilters,
+    bias: &[f32],
+    relu: bool,
+    shape: &WinogradShape,
+    input: &[f32],
+    output: &mut [f32],
+    transformed: &mut [f32],
+    scratch: &Scratch,
+) {
+    let v = filters.variant();
+    let s = *shape;
+    let (in_blocks, out_blocks) = (blocks(s.in_channels), blocks(s.out_channels));
+    let plane = s.h * s.w;
+    assert!(input.len() >= s.n * in_blocks * plane * LANES, "input buffer too small");
+    assert!(output.len() >= s.n * out_blocks * plane * LANES, "output buffer too small");
+    assert!(bias.len() >= out_blocks * LANES, "bias not padded to whole blocks");
+    assert!(scratch.len() >= scratch_len(v, shape), "scratch too small");
+
+    let m = v.m();
+    let (th, tw) = s.tiles(v);
+    let tiles = s.n * th * tw;
+    let tile_blocks = tiles.div_ceil(NR);
+    let per_chunk = chunk_blocks(v, shape);
+    let block_len = block_floats(v, shape);
+    let pos_stride = in_blocks * NR * LANES;
+    // Tile t -> (image, tile row, tile column).
+    let locate = |t: usize| (t / (th * tw), t % (th * tw) / tw, t % tw);
+    let groups = filters.groups();
+    let group_blocks = filters.c_pad() / LANES;
+    let gb_count = groups * filters.blocks_per_group();
+    let out = SharedMut::new(output);
+    let transform = |tb: usize, panels: &mut [f32]| {
+        for cb in 0..in_blocks {
+            for j in 0..NR {
+                let t = tb * NR + j;
+                if t >= tiles {
+                    break;
+                }
+                let (n, ty, tx) = locate(t);
+                let src = &input[(n * in_blocks + cb) * plane * LANES..][..plane * LANES];
+                let (y0, x0) = ((ty * m) as isize - 1, (tx * m) as isize - 1);
+                input_tile(v, src, s.w * LANES, s.h, s.w, y0, x0, &mut panels[(cb * NR + j) * LANES..], pos_stride);
+            }
+        }
+    };
+    let multiply = |gb: usize, tb: usize, panels: &[f32], products: &mut [f32]| {
+        let (g, b) = (gb / filters.blocks_per_group(), gb % filters.blocks_per_group());
+        let block = filters.block(g, b);
+        let out_block = (g * filters.out_per_group() + block.k0) / LANES;
+        let ctx = Block { v, panels, group_offset: g * group_blocks * NR * LANES, pos_stride, kc: filters.c_pad() };
+        match block.width {
+            32 => ctx.multiply_and_store::<2>(&block, products, bias, relu, &s, tb, tiles, out_block, out, &locate),
+            16 => ctx.multiply_and_store::<1>(&block, products, bias, relu, &s, tb, tiles, out_block, out, &locate),
+            _ => unreachable!("block widths are 16 or 32"),
+        }
+    };
+    if filters.bytes() <= FUSED_FILTER_BYTES {
+        (0..tile_blocks).into_par_iter().for_each(|tb| {
+            scratch.with(|buf| {
+                let (panels, products) = buf.split_at_mut(block_len);
+                transform(tb, panels);
+                for gb in 0..gb_count {
+                    multiply(gb, tb, panels, products);
+                }
+            })
+        });
+        return;
+    }
+    assert!(transformed.len() >= transformed_len(v, shape), "transformed-input buffer too small");
+    for chunk_start in (0..tile_blocks).step_by(per_chunk) {
+        let chunk_len = per_chunk.min(tile_blocks - chunk_start);
+        // Phase 1: input transforms into this chunk's B panels.
+        transformed[..chunk_len * block_len]
+            .par_chunks_mut(block_len)
+            .enumerate()
+            .for_each(|(local, panels)| transform(chunk_start + local, panels));
+        let transformed = &*transformed;
+        // Phase 2: GEMM over all positions, then output transforms, per (block, tile block).
+        (0..gb_count * chunk_len).into_par_iter().for_each(|item| {
+            let (gb, local) = (item / chunk_len, item % chunk_len);
+            let panels = &transformed[local * block_len..(local + 1) * block_len];
+            scratch.with(|products| multiply(gb, chunk_start + local, panels, products));
+        });
+    }
+}
+
+/// One (tile block, output-channel block) item of phase 2.
+struct Block<'a> {
+    v: Variant,
+    panels: &'a [f32],
+    /// Offset of this group's channel blocks within each position's panel.
+    group_offset: usize,
+    pos_stride: usize,
+    kc: usize,
+}
+
+impl Block<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn multiply_and_store<const MRV: usize>(
+        &self,
+        filters: &repvgg_winograd::FilterBlock<'_>,
+        products: &mut [f32],
+        bias: &[f32],
+        relu: bool,
+        s: &WinogradShape,
+        tb: usize,
+        tiles: usize,
+        out_block: usize,
+        out: SharedMut,
+        locate: &impl Fn(usize) -> (usize, usize, usize),
+    ) {
+        let v = self.v;
+        let (m, positions) = (v.m(), v.alpha() * v.alpha());
+        let m_stride = MRV * NR * LANES;
+        assert!(products.len() >= positions * m_stride);
+        let cols = NR.min(tiles - tb * NR);
+        for p in 0..positions {
+            let a = filters.position(p);
+            let b = &self.panels[p * self.pos_stride + self.group_offset..];
+            assert!(a.len() >= self.kc * 16 * MRV && b.len() >= self.kc * NR);
+            // SAFETY: the assert above covers kc * 16 * MRV reads of `a` and kc * NR of `b`;
+            // kc (the group's padded input channels) is a multiple of 16; 1 <= cols <= NR.
+            let acc: Acc<MRV> = unsafe { gemm_block::<MRV>(self.kc, a.as_ptr(), b.as_ptr(), cols) };
+            let dst = &mut products[p * m_stride..(p + 1) * m_stride];
+            for (vi, row) in acc.iter().enumerate() {
+                for (j, x) in row.iter().enumerate().take(cols) {
+                    dst[(vi * NR + j) * LANES..][..LANES].copy_from_slice(x.as_array());
+                }
+            }
+        }
+        let plane = s.h * s.w;
+        let out_blocks = blocks(s.out_channels);
+        for vi in 0..MRV {
+            let kb = out_block + vi;
+            let bias16: &[f32; LANES] = bias[kb * LANES..(kb + 1) * LANES].try_into().expect("16 lanes");
+            for j in 0..NR {
+                let t = tb * NR + j;
+                if t >= tiles {
+                    break;
+                }
+                let (n, ty, tx) = locate(t);
+                let (rows, cols) = (m.min(s.h - ty * m), m.min(s.w - tx * m));
+                let offset = ((n * out_blocks + kb) * plane + ty * m * s.w + tx * m) * LANES;
+                let last = offset + ((rows - 1) * s.w + cols) * LANES;
+                let dst = out.raw(offset, last - offset);
+                // SAFETY: the tile's rows x cols pixels of channel block kb lie in
+                // [offset, last), inside the buffer (checked by `raw`), and no other item
+                // writes them: tiles partition the map and items partition the channel blocks.
+                unsafe {
+                    output_tile_raw(
+                        v,
+                        &products[(vi * NR + j) * LANES..],
+                        m_stride,
+                        bias16,
+                        relu,
+                        dst,
+                        s.w * LANES,
+                        rows,
+                        cols,
+                    );
+                }
+            }
+        }
+    }
+}

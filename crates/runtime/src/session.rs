@@ -1,0 +1,404 @@
+//! Sessions: a thread pool, execution plans and working memory for one [`Model`].
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::kernels::direct;
+use crate::kernels::generic::GenericConv;
+use crate::kernels::winograd as wino;
+use crate::kernels::{LANES, Scratch, blocks, pointwise};
+use crate::model::{Model, Prepared};
+use crate::plan::{Algo, AlgoChoice, LayerPlan, Plan, default_algo};
+use crate::tensor::Tensor;
+
+/// How a session runs.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Worker threads; 0 means one per available core.
+    pub threads: usize,
+    /// Algorithm per layer: the default table, or one forced everywhere it applies.
+    pub algo: AlgoChoice,
+    /// With `AlgoChoice::Auto`, time every applicable algorithm on each layer when a plan
+    /// is first built for an input size, and keep the fastest.
+    pub autotune: bool,
+}
+
+/// Logits and the stage outputs (C2..C5 feature maps, `NCHW`).
+#[derive(Debug, Clone)]
+pub struct Features {
+    pub logits: Tensor,
+    pub stages: [Tensor; 4],
+}
+
+/// Per-layer timings of repeated runs.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The plan that ran.
+    pub plan: Plan,
+    /// For each layer, the duration of every run (conv, SE and ReLU).
+    pub layers: Vec<Vec<Duration>>,
+    /// Pooling and classifier, per run.
+    pub head: Vec<Duration>,
+    /// Whole forward passes, per run.
+    pub total: Vec<Duration>,
+}
+
+/// Working memory, sized for the largest plan this session has run and reused after.
+struct Arena {
+    /// Ping-pong activations (channel-blocked).
+    act: [Vec<f32>; 2],
+    /// Winograd transformed inputs, or im2col panels, of one chunk.
+    transformed: Vec<f32>,
+    /// One buffer per worker: Winograd products, or a fused layer's panel / transforms.
+    scratch: Scratch,
+    /// SE and pooling scratch.
+    pooled: Vec<f32>,
+}
+
+impl Arena {
+    fn new(workers: usize) -> Arena {
+        Arena {
+            act: [Vec::new(), Vec::new()],
+            transformed: Vec::new(),
+            scratch: Scratch::new(workers, 0),
+            pooled: Vec::new(),
+        }
+    }
+
+    /// Bytes the arena would hold for `plan`.
+    fn required_bytes(plan: &Plan, workers: usize) -> Option<usize> {
+        let floats = plan
+            .activation_len
+            .checked_mul(2)?
+            .checked_add(plan.transformed_len)?
+            .checked_add(plan.scratch_len.checked_mul(workers)?)?
+            .checked_add(plan.pooled_len)?;
+        floats.checked_mul(4)
+    }
+
+    /// Grows the buffers to fit `plan`; never shrinks.
+    fn reserve(&mut self, plan: &Plan, workers: usize) {
+        let grow = |v: &mut Vec<f32>, len: usize| {
+            if v.len() < len {
+                *v = vec![0.0; len];
+            }
+        };
+        grow(&mut self.act[0], plan.activation_len);
+        grow(&mut self.act[1], plan.activation_len);
+        grow(&mut self.transformed, plan.transformed_len);
+        grow(&mut self.pooled, plan.pooled_len);
+        if self.scratch.len() < plan.scratch_len {
+            self.scratch = Scratch::new(workers, plan.scratch_len);
+        }
+    }
+
+    fn bytes(&self, workers: usize) -> usize {
+        4 * (self.act[0].len()
+            + self.act[1].len()
+            + self.transformed.len()
+            + self.pooled.len()
+            + self.scratch.len() * workers)
+    }
+}
+
+/// A thread pool, cached plans and working memory for running one model.
+///
+/// Sessions are `Send`: give each serving thread its own, or share one behind a mutex.
+/// After the first run at a given input size, a run allocates nothing but its result.
+pub struct Session {
+    model: Model,
+    options: SessionOptions,
+    pool: rayon::ThreadPool,
+    workers: usize,
+    plans: HashMap<(usize, usize, usize), Plan>,
+    arena: Arena,
+}
+
+impl Session {
+    /// Creates a session; see [`Model::session`].
+    pub fn new(model: Model, options: SessionOptions) -> Result<Session> {
+        cpu::check_build_features()?;
+        let workers = if options.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            options.threads
+        };
+        if workers > 1024 {
+            return Err(Error::Option(format!("{workers} threads requested; at most 1024")));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("repvgg-{i}"))
+            .start_handler(|_| cpu::set_flush_denormals())
+            .build()
+            .map_err(|e| Error::Option(format!("cannot start {workers} worker threads: {e}")))?;
+        Ok(Session { model, options, pool, workers, plans: HashMap::new(), arena: Arena::new(workers) })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Worker threads of this session.
+    pub fn threads(&self) -> usize {
+        self.workers
+    }
+
+    /// The FP32 FMA peak of this session's workers, measured now (all workers at once).
+    pub fn measure_peak_gflops(&self, millis: u64) -> f64 {
+        self.pool.broadcast(|_| cpu::measure_fma_gflops(millis)).iter().sum()
+    }
+
+    /// Bytes of working memory currently held.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.bytes(self.workers)
+    }
+
+    /// Runs a batch `[N, 3, H, W]` and returns the logits `[N, classes]`.
+    pub fn run(&mut self, input: &Tensor) -> Result<Tensor> {
+        let classes = self.model.network().num_classes;
+        let n = input.shape().first().copied().unwrap_or(0);
+        let mut logits = Tensor::zeros(vec![n.min(self.model.limits().max_batch), classes]);
+        self.run_into(input, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// Like [`Session::run`], writing into `logits` (`[N, classes]`), so that a serving
+    /// loop allocates nothing at all.
+    pub fn run_into(&mut self, input: &Tensor, logits: &mut Tensor) -> Result<()> {
+        let [n, ..] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        let classes = self.model.network().num_classes;
+        if logits.shape() != [n, classes] {
+            return Err(Error::Option(format!(
+                "logits tensor has shape {:?}, expected [{n}, {classes}]",
+                logits.shape()
+            )));
+        }
+        self.forward(input, logits.data_mut(), None, None)
+    }
+
+    /// Runs a batch and returns the logits and the four stage outputs (for backbone use).
+    pub fn features(&mut self, input: &Tensor) -> Result<Features> {
+        let [n, ..] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        let mut logits = Tensor::zeros(vec![n, self.model.network().num_classes]);
+        let mut stages = Vec::with_capacity(4);
+        self.forward(input, logits.data_mut(), Some(&mut stages), None)?;
+        Ok(Features { logits, stages: stages.try_into().expect("four stages") })
+    }
+
+    /// Runs `repeats` times and records per-layer times. Warm up first (e.g. with
+    /// [`Session::run`]): the first run at a new size also plans and packs weights.
+    pub fn profile(&mut self, input: &Tensor, repeats: usize) -> Result<Profile> {
+        let [n, _, h, w] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        self.ensure_plan(n, h, w)?;
+        let classes = self.model.network().num_classes;
+        let mut logits = vec![0f32; n * classes];
+        let layers = self.model.network().layers.len();
+        let mut profile = Profile {
+            plan: self.plans[&(n, h, w)].clone(),
+            layers: vec![Vec::with_capacity(repeats); layers],
+            head: Vec::with_capacity(repeats),
+            total: Vec::with_capacity(repeats),
+        };
+        let mut times = vec![Duration::ZERO; layers + 1];
+        for _ in 0..repeats {
+            let start = Instant::now();
+            self.forward(input, &mut logits, None, Some(&mut times))?;
+            profile.total.push(start.elapsed());
+            for (l, t) in times[..layers].iter().enumerate() {
+                profile.layers[l].push(*t);
+            }
+            profile.head.push(times[layers]);
+        }
+        Ok(profile)
+    }
+
+    /// The plan this session uses for an input of `n x h x w` (building it if needed).
+    pub fn plan(&mut self, n: usize, h: usize, w: usize) -> Result<&Plan> {
+        self.model.limits().check_input(self.model.network(), &[n, 3, h, w])?;
+        self.ensure_plan(n, h, w)?;
+        Ok(&self.plans[&(n, h, w)])
+    }
+
+    fn ensure_plan(&mut self, n: usize, h: usize, w: usize) -> Result<()> {
+        if self.plans.contains_key(&(n, h, w)) {
+            return Ok(());
+        }
+        let network = self.model.network();
+        let mut plan = match self.options.algo {
+            AlgoChoice::Force(algo) => Plan::new(network, n, h, w, |_| algo),
+            AlgoChoice::Auto => Plan::new(network, n, h, w, |lp| default_algo(lp, n)),
+        };
+        self.reserve(&plan)?;
+        if self.options.autotune && self.options.algo == AlgoChoice::Auto {
+            plan = self.autotune(plan)?;
+        }
+        for lp in &plan.layers {
+            self.model.prepared(lp.index, lp.algo);
+        }
+        self.plans.insert((n, h, w), plan);
+        Ok(())
+    }
+
+    /// Checks the memory limit and grows the arena for `plan`.
+    fn reserve(&mut self, plan: &Plan) -> Result<()> {
+        let limit = self.model.limits().max_arena_bytes;
+        match Arena::required_bytes(plan, self.workers) {
+            Some(bytes) if bytes <= limit => {
+                self.arena.reserve(plan, self.workers);
+                Ok(())
+            }
+            needed => Err(Error::Limit(format!(
+                "input [{}, 3, {}, {}] needs {} of working memory, over the limit of {} MiB",
+                plan.n,
+                plan.h,
+                plan.w,
+                needed.map_or("more than the address space".to_string(), |b| format!("{} MiB", b >> 20)),
+                limit >> 20
+            ))),
+        }
+    }
+
+    /// Times every applicable algorithm on each layer and keeps the fastest.
+    fn autotune(&mut self, mut plan: Plan) -> Result<Plan> {
+        let (n, h, w) = (plan.n, plan.h, plan.w);
+        let network = self.model.network().clone();
+        for (i, layer) in network.layers.iter().enumerate() {
+            let candidates: Vec<Algo> =
+                [Algo::Direct, Algo::F2, Algo::F4, Algo::F6].into_iter().filter(|a| a.supports(layer)).collect();
+            if candidates.len() < 2 {
+                continue;
+            }
+            let mut best = (Duration::MAX, plan.layers[i].algo);
+            for algo in candidates {
+                let trial = Plan::new(&network, n, h, w, |lp| if lp.index == i { algo } else { Algo::Direct });
+                self.reserve(&trial)?;
+                let lp = trial.layers[i].clone();
+                let mut fastest = Duration::MAX;
+                for _ in 0..3 {
+                    let start = Instant::now();
+                    self.run_one_layer(&lp, n);
+                    fastest = fastest.min(start.elapsed());
+                }
+                if fastest < best.0 {
+                    best = (fastest, algo);
+                }
+            }
+            plan.layers[i].algo = best.1;
+        }
+        // Re-derive buffer sizes for the chosen mix.
+        let chosen: Vec<Algo> = plan.layers.iter().map(|l| l.algo).collect();
+        let plan = Plan::new(&network, n, h, w, |lp| chosen[lp.index]);
+        self.reserve(&plan)?;
+        Ok(plan)
+    }
+
+    /// Runs one layer on whatever the arena holds (for autotuning: values do not matter).
+    fn run_one_layer(&mut self, lp: &LayerPlan, n: usize) {
+        let model = self.model.clone();
+        let Arena { act, transformed, scratch, pooled } = &mut self.arena;
+        let (first, second) = act.split_at_mut(1);
+        let input_len =
+            if lp.index == 0 { n * 3 * lp.h * lp.w } else { n * blocks(lp.in_channels) * lp.h * lp.w * LANES };
+        let input = &first[0][..input_len];
+        let output = &mut second[0];
+        self.pool.install(|| conv_layer(&model, lp, n, input, output, transformed, scratch, pooled));
+    }
+
+    fn forward(
+        &mut self,
+        input: &Tensor,
+        logits: &mut [f32],
+        mut stages: Option<&mut Vec<Tensor>>,
+        mut times: Option<&mut Vec<Duration>>,
+    ) -> Result<()> {
+        let [n, _, h, w] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        self.ensure_plan(n, h, w)?;
+        let plan = &self.plans[&(n, h, w)];
+        let model = &self.model;
+        let network = model.network();
+        let stage_ends = network.stage_ends();
+        let Arena { act, transformed, scratch, pooled } = &mut self.arena;
+        self.pool.install(|| {
+            let mut current = 0;
+            for lp in &plan.layers {
+                let start = times.as_ref().map(|_| Instant::now());
+                let (a, b) = act.split_at_mut(1);
+                let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
+                let src: &[f32] = if lp.index == 0 { input.data() } else { src };
+                conv_layer(model, lp, n, src, dst, transformed, scratch, pooled);
+                if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
+                    t[lp.index] = start.elapsed();
+                }
+                if let Some(stages) = stages.as_deref_mut()
+                    && lp.index > 0
+                    && stage_ends.contains(&lp.index)
+                {
+                    let mut planar = Tensor::zeros(vec![n, lp.out_channels, lp.oh, lp.ow]);
+                    pointwise::to_planar(dst, n, lp.out_channels, lp.oh * lp.ow, planar.data_mut());
+                    stages.push(planar);
+                }
+                current = 1 - current;
+            }
+            let start = Instant::now();
+            let last = plan.layers.last().expect("layers");
+            let features = network.feature_channels();
+            let weights = model.weights();
+            pointwise::global_average_pool(&act[current], n, features, last.oh * last.ow, pooled);
+            pointwise::linear(pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits);
+            if let Some(t) = times {
+                t[plan.layers.len()] = start.elapsed();
+            }
+        });
+        Ok(())
+    }
+}
+
+/// One block: convolution + bias, then SE and ReLU (or ReLU fused into the convolution).
+#[allow(clippy::too_many_arguments)]
+fn conv_layer(
+    model: &Model,
+    lp: &LayerPlan,
+    n: usize,
+    input: &[f32],
+    output: &mut [f32],
+    transformed: &mut [f32],
+    scratch: &Scratch,
+    pooled: &mut [f32],
+) {
+    let bias = model.bias(lp.index);
+    let relu = !lp.se;
+    let prepared = model.prepared(lp.index, lp.algo);
+    match (&*prepared, lp.algo) {
+        (Prepared::Winograd(filters), _) => {
+            wino::run(filters, bias, relu, &lp.winograd_shape(n), input, output, transformed, scratch);
+        }
+        (Prepared::Direct(weights), _) => {
+            direct::run(weights, bias, relu, &lp.direct_shape(n), input, output, transformed, scratch);
+        }
+        (Prepared::Generic, _) => {
+            let weight = &model.weights().layers[lp.index].conv.weight;
+            GenericConv {
+                n,
+                in_channels: lp.in_channels,
+                out_channels: lp.out_channels,
+                groups: lp.groups,
+                h: lp.h,
+                w: lp.w,
+                stride: lp.stride,
+                oh: lp.oh,
+                ow: lp.ow,
+                weight,
+                bias,
+                relu,
+            }
+            .run(input, output);
+        }
+    }
+    if lp.se {
+        let se = model.weights().layers[lp.index].se.as_ref().expect("SE layers have SE weights");
+        pointwise::squeeze_excite_relu(output, n, lp.out_channels, lp.oh * lp.ow, se, pooled);
+    }
+}
