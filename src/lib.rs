@@ -8,17 +8,22 @@
 //! - [`winograd`]: the Winograd F(m,3) transforms (Lavin & Gray 2016).
 //!
 //! ```no_run
-//! use repvgg::{Model, ModelOptions, Tensor};
+//! use repvgg::{Model, ModelOptions, SessionOptions, Tensor};
 //! let model = Model::load("RepVGG-A0-deploy.safetensors".as_ref(), &ModelOptions::default())?;
 //! let input = Tensor::zeros(vec![1, 3, 224, 224]);
-//! let logits = model.run_reference(&input)?.logits;
+//! let mut session = model.session(SessionOptions::default())?;
+//! let logits = session.run(&input)?;
 //! assert_eq!(logits.shape(), &[1, 1000]);
 //! # Ok::<(), repvgg::Error>(())
 //! ```
+
+pub mod imagenet;
 
 pub use repvgg_graph as graph;
 pub use repvgg_runtime as runtime;
 pub use repvgg_winograd as winograd;
 
 pub use repvgg_graph::{ArchSpec, Network};
-pub use repvgg_runtime::{Error, ErrorKind, Limits, Model, ModelOptions, Result, Tensor};
+pub use repvgg_runtime::{
+    Algo, AlgoChoice, Error, ErrorKind, Features, Limits, Model, ModelOptions, Result, Session, SessionOptions, Tensor,
+};

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use repvgg::graph::{ArchSpec, Network};
-use repvgg::runtime::{ErrorKind, Model, ModelOptions, cpu, loader};
+use repvgg::runtime::{AlgoChoice, ErrorKind, Model, ModelOptions, SessionOptions, cpu, loader};
 
+mod bench;
 mod exit;
 
 #[derive(Parser)]
@@ -49,6 +50,59 @@ enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Convolution algorithm: auto, direct, f2, f4, f6.
+        #[arg(long, default_value = "auto")]
+        algo: String,
+    },
+    /// Time a model per layer and as a whole (defaults: A0, synthetic weights, batch 1, 224).
+    Bench {
+        /// Architecture (built-in name or .toml path); with --weights, checked against them.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Weights to load; without them, deterministic synthetic weights of --arch.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Input size: `224` or `HxW`.
+        #[arg(long, default_value = "224", value_parser = parse_size)]
+        size: (usize, usize),
+        /// Convolution algorithm: auto, direct, f2, f4, f6.
+        #[arg(long, default_value = "auto")]
+        algo: String,
+        /// Time every algorithm on each layer first and keep the fastest (with --algo auto).
+        #[arg(long)]
+        autotune: bool,
+        /// Timed runs (after warm-up).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Untimed warm-up runs.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also draw per-layer effective GFLOP/s against FLOPs into this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Classify JPEG/PNG images with an ImageNet model: top-5 classes per image.
+    Classify {
+        /// Weights (.safetensors) of an ImageNet-1k model.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Architecture to check the weights against (inferred from shapes if omitted).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Images to classify (run as one batch).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
     },
     /// Convert training-time weights to the deploy form (official names, F32).
     Convert {
@@ -139,17 +193,88 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
     Ok(())
 }
 
-fn infer(weights: &Path, arch: Option<&str>, input: &Path, output: &Path, threads: Option<usize>) -> Result<()> {
+/// Session options from the common flags.
+fn session_options(threads: Option<usize>, algo: &str, autotune: bool) -> Result<SessionOptions> {
     if threads == Some(0) {
         return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
     }
+    let algo: AlgoChoice = algo.parse()?;
+    Ok(SessionOptions { threads: threads.unwrap_or(0), algo, autotune })
+}
+
+fn infer(
+    weights: &Path,
+    arch: Option<&str>,
+    input: &Path,
+    output: &Path,
+    threads: Option<usize>,
+    algo: &str,
+) -> Result<()> {
+    let options = session_options(threads, algo, false)?;
     let model = Model::load(weights, &model_options(arch)?)?;
     let x = loader::read_input(input)?;
-    model.limits().check_input(model.network(), x.shape())?;
-    let outputs = model.run_reference(&x)?;
-    let logits = outputs.logits;
+    let logits = model.session(options)?.run(&x)?;
     loader::write_tensors(output, [("logits".to_string(), logits.shape().to_vec(), logits.data())])?;
     eprintln!("{}: wrote logits {:?} to {}", model.description(), logits.shape(), output.display());
+    Ok(())
+}
+
+fn bench(
+    arch: Option<&str>,
+    weights: Option<&Path>,
+    config: bench::Config,
+    options: SessionOptions,
+    json: bool,
+    plot: Option<&Path>,
+) -> Result<()> {
+    let model = match weights {
+        Some(path) => Model::load(path, &model_options(arch)?)?,
+        None => Model::synthetic(ArchSpec::resolve(arch.unwrap_or("A0")).map_err(repvgg::Error::from)?, 0)?,
+    };
+    let limits = model.limits();
+    limits.check_input(model.network(), &[config.batch, 3, config.height, config.width])?;
+    if config.runs == 0 {
+        return Err(repvgg::Error::Option("--runs must be at least 1".into()).into());
+    }
+    let mut session = model.session(options)?;
+    let report = bench::run(&model, &mut session, &config)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        bench::print_table(&report, &mut out)?;
+    }
+    if let Some(path) = plot {
+        bench::write_plot(&report, path)?;
+    }
+    Ok(())
+}
+
+fn classify(weights: &Path, arch: Option<&str>, threads: Option<usize>, images: &[PathBuf]) -> Result<()> {
+    let options = session_options(threads, "auto", false)?;
+    let model = Model::load(weights, &model_options(arch)?)?;
+    let classes = model.network().num_classes;
+    let labels = repvgg::imagenet::labels();
+    if classes != labels.len() {
+        return Err(repvgg::Error::Option(format!(
+            "the model has {classes} classes; classify needs an ImageNet-1k model ({} classes)",
+            labels.len()
+        ))
+        .into());
+    }
+    let batch = repvgg::imagenet::load_batch(images)?;
+    let logits = model.session(options)?.run(&batch)?;
+    let mut out = std::io::stdout().lock();
+    for (i, path) in images.iter().enumerate() {
+        let row = &logits.data()[i * classes..(i + 1) * classes];
+        let max = row.iter().fold(f32::MIN, |m, v| m.max(*v));
+        let total: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        writeln!(out, "{}:", path.display())?;
+        for (class, logit) in logits.top_k(i, 5) {
+            let p = (logit - max).exp() / total;
+            writeln!(out, "  {:>6.2}%  {:>4}  {}", 100.0 * p, class, labels[class])?;
+        }
+    }
     Ok(())
 }
 
@@ -164,9 +289,15 @@ fn convert(train: &Path, deploy: &Path, arch: Option<&str>) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { arch, size, json } => info(&arch, size, json),
-        Command::Infer { weights, arch, input, output, threads } => {
-            infer(&weights, arch.as_deref(), &input, &output, threads)
+        Command::Infer { weights, arch, input, output, threads, algo } => {
+            infer(&weights, arch.as_deref(), &input, &output, threads, &algo)
         }
+        Command::Bench { arch, weights, batch, threads, size, algo, autotune, runs, warmup, json, plot } => {
+            let options = session_options(threads, &algo, autotune)?;
+            let config = bench::Config { batch, height: size.0, width: size.1, runs, warmup };
+            bench(arch.as_deref(), weights.as_deref(), config, options, json, plot.as_deref())
+        }
+        Command::Classify { weights, arch, threads, images } => classify(&weights, arch.as_deref(), threads, &images),
         Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()).context("convert failed"),
     }
 }

@@ -310,3 +310,102 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
         check(case);
     }
 }
+
+#[test]
+fn bench_prints_json_and_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("layers.svg");
+    let out = repvgg(&[
+        "bench",
+        "--arch",
+        "A0",
+        "--size",
+        "64x48",
+        "--batch",
+        "2",
+        "--threads",
+        "2",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["median_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["batch"].as_u64(), Some(2));
+    assert!(v["peak_gflops"].as_f64().unwrap() > 1.0);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 22);
+    for l in layers {
+        let algo = l["algo"].as_str().unwrap();
+        assert!(["direct", "f2", "f4", "f6"].contains(&algo), "{algo}");
+        assert!(l["median_ms"].as_f64().unwrap() > 0.0);
+        if l["stride"].as_u64() == Some(2) {
+            assert_eq!(algo, "direct");
+        }
+        // FLOPs are 2 x direct MACs for the batch; Winograd multiplies fewer.
+        assert!(l["multiplies"].as_u64().unwrap() <= l["flops"].as_u64().unwrap() / 2 + 1);
+    }
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.matches("<circle").count() >= 22);
+
+    let out = repvgg(&["bench", "--size", "32", "--runs", "2", "--warmup", "0", "--algo", "f4", "--threads", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("stage3.1") && table.contains(" f4 ") && table.contains("images/s"), "{table}");
+}
+
+fn png(path: &Path, seed: u8) {
+    let img = image::RgbImage::from_fn(97, 131, |x, y| {
+        image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed.wrapping_mul(3)])
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn classify_prints_the_top5_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small network with an ImageNet-sized head, synthetic weights.
+    let arch = repvgg::ArchSpec::from_toml(
+        "name='tiny1k'\nblocks_per_stage=[1,1,1,1]\nwidths=[16,16,32,32,64]\nnum_classes=1000\n",
+        "test",
+    )
+    .unwrap();
+    let network = repvgg::Network::new(arch);
+    let map = repvgg::graph::synthetic::checkpoint(
+        &network,
+        repvgg::graph::Convention::Official,
+        repvgg::graph::BlockForm::Deploy,
+        3,
+    );
+    let weights = dir.path().join("w.safetensors");
+    repvgg::runtime::loader::write_tensors(&weights, map.iter().map(|(n, s, d)| (n.to_string(), s.to_vec(), d)))
+        .unwrap();
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    png(&a, 5);
+    png(&b, 77);
+    let out = repvgg(&["classify", "--weights", weights.to_str().unwrap(), a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 12, "{text}");
+    assert!(lines[0].ends_with("a.png:") && lines[6].ends_with("b.png:"), "{text}");
+    for line in lines[1..6].iter().chain(&lines[7..12]) {
+        let pct: f64 = line.trim().split('%').next().unwrap().trim().parse().unwrap();
+        assert!((0.0..=100.0).contains(&pct), "{line}");
+    }
+
+    let junk = dir.path().join("junk.jpg");
+    std::fs::write(&junk, b"not a jpeg").unwrap();
+    let out = repvgg(&["classify", "--weights", weights.to_str().unwrap(), junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot decode image"), "{}", stderr(&out));
+
+    let out = repvgg(&["classify", "--weights", &fixture("tiny-se", "train.safetensors"), a.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ImageNet-1k"), "{}", stderr(&out));
+}

@@ -1,0 +1,301 @@
+//! `repvgg bench`: per-layer and whole-network timing of one configuration.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use repvgg::runtime::{Profile, Session};
+use repvgg::{Model, Tensor};
+
+/// What to measure.
+pub struct Config {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub runs: usize,
+    pub warmup: usize,
+}
+
+/// Per-layer results.
+#[derive(serde::Serialize)]
+pub struct LayerRow {
+    pub name: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub groups: usize,
+    pub stride: usize,
+    pub input: [usize; 2],
+    pub output: [usize; 2],
+    pub algo: String,
+    /// 2 x direct multiply-accumulates for the batch.
+    pub flops: u64,
+    /// Multiplies the chosen algorithm performs for the batch.
+    pub multiplies: u64,
+    pub median_ms: f64,
+    /// 2 x multiplies / time.
+    pub gflops: f64,
+    /// 2 x direct MACs / time (direct-equivalent).
+    pub effective_gflops: f64,
+    /// Share of the summed layer time.
+    pub share: f64,
+}
+
+/// The whole report.
+#[derive(serde::Serialize)]
+pub struct Report {
+    pub model: String,
+    pub arch: String,
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub threads: usize,
+    pub runs: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub images_per_s: f64,
+    pub flops: u64,
+    pub effective_gflops: f64,
+    pub peak_gflops: f64,
+    pub simd: &'static str,
+    pub head_ms: f64,
+    pub layers: Vec<LayerRow>,
+}
+
+fn median(times: &[Duration]) -> f64 {
+    let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let mid = ms.len() / 2;
+    if ms.len() % 2 == 1 { ms[mid] } else { (ms[mid - 1] + ms[mid]) / 2.0 }
+}
+
+/// Runs the benchmark, with a progress bar on stderr.
+pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Report> {
+    let (n, h, w) = (config.batch, config.height, config.width);
+    let elements = n * 3 * h * w;
+    let input = Tensor::new(vec![n, 3, h, w], repvgg::graph::synthetic::input(elements, 42))?;
+    let progress = indicatif::ProgressBar::new((config.warmup + config.runs) as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} runs")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    progress.set_message("planning");
+    session.plan(n, h, w)?;
+    progress.set_message("warm-up");
+    for _ in 0..config.warmup {
+        session.run(&input)?;
+        progress.inc(1);
+    }
+    progress.set_message("timing");
+    let mut profile: Option<Profile> = None;
+    for _ in 0..config.runs {
+        let p = session.profile(&input, 1)?;
+        profile = Some(match profile {
+            None => p,
+            Some(mut acc) => {
+                for (l, t) in acc.layers.iter_mut().zip(p.layers) {
+                    l.extend(t);
+                }
+                acc.head.extend(p.head);
+                acc.total.extend(p.total);
+                acc
+            }
+        });
+        progress.inc(1);
+    }
+    progress.set_message("measuring the FMA peak");
+    let peak = session.measure_peak_gflops(300);
+    progress.finish_and_clear();
+    let profile = profile.expect("at least one run");
+
+    let layer_ms: Vec<f64> = profile.layers.iter().map(|t| median(t)).collect();
+    let head_ms = median(&profile.head);
+    let summed: f64 = layer_ms.iter().sum::<f64>() + head_ms;
+    let layers = profile
+        .plan
+        .layers
+        .iter()
+        .zip(&layer_ms)
+        .map(|(lp, &ms)| {
+            let flops = 2 * lp.macs * n as u64;
+            let multiplies = lp.multiplies() * n as u64;
+            LayerRow {
+                name: lp.name.clone(),
+                in_channels: lp.in_channels,
+                out_channels: lp.out_channels,
+                groups: lp.groups,
+                stride: lp.stride,
+                input: [lp.h, lp.w],
+                output: [lp.oh, lp.ow],
+                algo: lp.algo.name().to_string(),
+                flops,
+                multiplies,
+                median_ms: ms,
+                gflops: 2.0 * multiplies as f64 / ms / 1e6,
+                effective_gflops: flops as f64 / ms / 1e6,
+                share: ms / summed,
+            }
+        })
+        .collect();
+    let median_ms = median(&profile.total);
+    let min_ms = profile.total.iter().min().expect("runs").as_secs_f64() * 1e3;
+    let flops = 2 * model.network().cost(h, w)?.macs * n as u64;
+    Ok(Report {
+        model: model.description().to_string(),
+        arch: model.network().arch.name.clone(),
+        batch: n,
+        height: h,
+        width: w,
+        threads: session.threads(),
+        runs: config.runs,
+        median_ms,
+        min_ms,
+        images_per_s: n as f64 / median_ms * 1e3,
+        flops,
+        effective_gflops: flops as f64 / median_ms / 1e6,
+        peak_gflops: peak,
+        simd: repvgg::runtime::cpu::simd_level(),
+        head_ms,
+        layers,
+    })
+}
+
+/// Prints the report as a table.
+pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "{}", report.model)?;
+    writeln!(
+        out,
+        "batch {} at {}x{}, {} thread{}, {} timed runs, {}",
+        report.batch,
+        report.height,
+        report.width,
+        report.threads,
+        if report.threads == 1 { "" } else { "s" },
+        report.runs,
+        report.simd
+    )?;
+    writeln!(
+        out,
+        "{:<10} {:>16} {:>13} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+        "layer", "channels", "output", "algo", "GFLOPs", "Gmul", "ms", "GFLOP/s", "eff", "share"
+    )?;
+    for l in &report.layers {
+        writeln!(
+            out,
+            "{:<10} {:>16} {:>13} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>8.1} {:>5.1}%",
+            l.name,
+            format!(
+                "{}->{}{}",
+                l.in_channels,
+                l.out_channels,
+                if l.groups > 1 { format!("/g{}", l.groups) } else { String::new() }
+            ),
+            format!("{}x{} s{}", l.output[0], l.output[1], l.stride),
+            l.algo,
+            l.flops as f64 / 1e9,
+            l.multiplies as f64 / 1e9,
+            l.median_ms,
+            l.gflops,
+            l.effective_gflops,
+            100.0 * l.share
+        )?;
+    }
+    writeln!(out, "{:<10} {:>82.3}", "head", report.head_ms)?;
+    writeln!(
+        out,
+        "median {:.3} ms (min {:.3}), {:.1} images/s, {:.1} effective GFLOP/s; measured FMA peak {:.1} GFLOP/s on {} thread{}",
+        report.median_ms,
+        report.min_ms,
+        report.images_per_s,
+        report.effective_gflops,
+        report.peak_gflops,
+        report.threads,
+        if report.threads == 1 { "" } else { "s" }
+    )
+}
+
+/// Draws per-layer effective GFLOP/s against FLOPs (log scale) as an SVG.
+pub fn write_plot(report: &Report, path: &Path) -> Result<()> {
+    let (width, height, margin) = (760.0, 440.0, 60.0);
+    let xs: Vec<f64> = report.layers.iter().map(|l| (l.flops as f64).log10()).collect();
+    let (xmin, xmax) = xs.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (xmin, xmax) = (xmin.floor(), xmax.ceil().max(xmin.floor() + 1.0));
+    let ymax = report.layers.iter().map(|l| l.effective_gflops).fold(report.peak_gflops, f64::max) * 1.1;
+    let px = |x: f64| margin + (x - xmin) / (xmax - xmin) * (width - 2.0 * margin);
+    let py = |y: f64| height - margin - y / ymax * (height - 2.0 * margin);
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' font-size='11'>\n\
+         <rect width='100%' height='100%' fill='white'/>\n\
+         <text x='{}' y='20' text-anchor='middle' font-size='14'>RepVGG-{} batch {} at {}x{}, {} threads: per-layer throughput</text>\n",
+        width / 2.0,
+        report.arch,
+        report.batch,
+        report.height,
+        report.width,
+        report.threads
+    );
+    svg += &format!(
+        "<line x1='{m}' y1='{b}' x2='{r}' y2='{b}' stroke='black'/><line x1='{m}' y1='{b}' x2='{m}' y2='{m}' stroke='black'/>\n",
+        m = margin,
+        b = height - margin,
+        r = width - margin
+    );
+    for decade in xmin as i32..=xmax as i32 {
+        let x = px(decade as f64);
+        svg += &format!("<text x='{x}' y='{}' text-anchor='middle'>1e{decade}</text>\n", height - margin + 16.0);
+    }
+    for step in 0..=5 {
+        let y = ymax / 1.1 * step as f64 / 5.0;
+        svg += &format!("<text x='{}' y='{}' text-anchor='end'>{y:.0}</text>\n", margin - 6.0, py(y) + 4.0);
+    }
+    svg += &format!(
+        "<text x='{}' y='{}' text-anchor='middle'>FLOPs per layer (2 x direct MACs, log scale)</text>\n",
+        width / 2.0,
+        height - 18.0
+    );
+    svg += &format!(
+        "<text transform='translate(16,{}) rotate(-90)' text-anchor='middle'>effective GFLOP/s</text>\n",
+        height / 2.0
+    );
+    let peak_y = py(report.peak_gflops);
+    svg += &format!(
+        "<line x1='{margin}' y1='{peak_y}' x2='{}' y2='{peak_y}' stroke='gray' stroke-dasharray='4'/>\n\
+         <text x='{}' y='{}' text-anchor='end' fill='gray'>measured FMA peak {:.0}</text>\n",
+        width - margin,
+        width - margin,
+        peak_y - 4.0,
+        report.peak_gflops
+    );
+    for (l, x) in report.layers.iter().zip(&xs) {
+        let color = match l.algo.as_str() {
+            "f2" => "#1f77b4",
+            "f4" => "#2ca02c",
+            "f6" => "#d62728",
+            "direct" => "#ff7f0e",
+            _ => "#7f7f7f",
+        };
+        svg += &format!(
+            "<circle cx='{:.1}' cy='{:.1}' r='5' fill='{color}'><title>{} ({}): {:.1} GFLOP/s</title></circle>\n",
+            px(*x),
+            py(l.effective_gflops),
+            l.name,
+            l.algo,
+            l.effective_gflops
+        );
+    }
+    for (i, (name, color)) in
+        [("direct", "#ff7f0e"), ("f2", "#1f77b4"), ("f4", "#2ca02c"), ("f6", "#d62728")].iter().enumerate()
+    {
+        let y = 40.0 + 16.0 * i as f64;
+        svg += &format!(
+            "<circle cx='{}' cy='{y}' r='5' fill='{color}'/><text x='{}' y='{}'>{name}</text>\n",
+            margin + 10.0,
+            margin + 20.0,
+            y + 4.0
+        );
+    }
+    svg += "</svg>\n";
+    std::fs::write(path, svg).map_err(|source| repvgg::Error::Io { path: path.to_path_buf(), source })?;
+    Ok(())
+}

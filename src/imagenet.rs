@@ -1,0 +1,131 @@
+//! ImageNet preprocessing and labels, as in the RepVGG evaluation code: resize the short
+//! side to 256 with bilinear filtering, center-crop 224x224, scale to [0, 1] and
+//! normalize with the ImageNet mean and standard deviation.
+
+use std::path::Path;
+
+use image::imageops::FilterType;
+
+use crate::{Error, Result, Tensor};
+
+/// The 1000 ImageNet-1k class names, in class-index order.
+pub const LABELS_TEXT: &str = include_str!("../models/imagenet_classes.txt");
+
+/// Per-channel mean and standard deviation of ImageNet (RGB).
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Short side after resizing, and the crop size.
+pub const RESIZE: u32 = 256;
+pub const CROP: u32 = 224;
+
+/// Largest accepted image side: decoding is refused beyond it before any large allocation.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// The class names.
+pub fn labels() -> Vec<&'static str> {
+    LABELS_TEXT.lines().collect()
+}
+
+/// Decodes an encoded JPEG or PNG and preprocesses it into `[3, 224, 224]` values.
+pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+    let bad = |reason: String| Error::Input(format!("cannot decode image {name}: {reason}"));
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(bad("not a JPEG or PNG file".into()));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    let mut reader = reader;
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = (img.width(), img.height());
+    if w == 0 || h == 0 {
+        return Err(bad("the image is empty".into()));
+    }
+    // Short side to 256, keeping the aspect ratio (rounded like torchvision's Resize).
+    let (rw, rh) = if w <= h {
+        (RESIZE, ((h as u64 * RESIZE as u64) as f64 / w as f64).round().max(1.0) as u32)
+    } else {
+        (((w as u64 * RESIZE as u64) as f64 / h as f64).round().max(1.0) as u32, RESIZE)
+    };
+    let resized = img.to_rgb8();
+    let resized = image::imageops::resize(&resized, rw, rh, FilterType::Triangle);
+    let (x0, y0) = ((rw - CROP) / 2, (rh - CROP) / 2);
+    let plane = (CROP * CROP) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for y in 0..CROP {
+        for x in 0..CROP {
+            let px = resized.get_pixel(x0 + x, y0 + y);
+            for c in 0..3 {
+                out[c * plane + (y * CROP + x) as usize] = (px[c] as f32 / 255.0 - MEAN[c]) / STD[c];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and preprocesses several image files into one `[N, 3, 224, 224]` batch.
+pub fn load_batch(paths: &[impl AsRef<Path>]) -> Result<Tensor> {
+    let mut data = Vec::with_capacity(paths.len() * 3 * (CROP * CROP) as usize);
+    for path in paths {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        data.extend(preprocess(&bytes, &path.display().to_string())?);
+    }
+    Tensor::new(vec![paths.len(), 3, CROP as usize, CROP as usize], data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_uniform_image_normalizes_to_constants() {
+        let out = preprocess(&png(300, 500, |_, _| [255, 128, 0]), "flat").unwrap();
+        assert_eq!(out.len(), 3 * 224 * 224);
+        let expect = [(1.0 - MEAN[0]) / STD[0], (128.0 / 255.0 - MEAN[1]) / STD[1], (0.0 - MEAN[2]) / STD[2]];
+        for c in 0..3 {
+            for v in &out[c * 224 * 224..(c + 1) * 224 * 224] {
+                assert!((v - expect[c]).abs() < 1e-5, "channel {c}: {v} vs {}", expect[c]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_crop_is_centered() {
+        // Left half black, right half white, 512 wide: resized to 256 high x 256 wide... the
+        // short side (height 256) stays, width 512 -> 512; the crop takes columns 144..368.
+        let out = preprocess(&png(512, 256, |x, _| if x < 256 { [0; 3] } else { [255; 3] }), "split").unwrap();
+        let at = |x: usize| out[100 * 224 + x];
+        assert!(at(10) < 0.0 && at(213) > 0.0, "left dark, right bright");
+        // The edge sits at column 256 - 144 = 112 of the crop.
+        assert!(at(108) < 0.0 && at(116) > 0.0);
+    }
+
+    #[test]
+    fn undecodable_bytes_are_refused() {
+        let err = preprocess(b"definitely not an image", "junk.jpg").unwrap_err().to_string();
+        assert!(err.contains("cannot decode image junk.jpg"), "{err}");
+        let mut truncated = png(64, 64, |x, y| [x as u8, y as u8, 7]);
+        truncated.truncate(truncated.len() / 2);
+        assert!(preprocess(&truncated, "half.png").is_err());
+    }
+
+    #[test]
+    fn there_are_a_thousand_labels() {
+        let l = labels();
+        assert_eq!(l.len(), 1000);
+        assert_eq!((l[0], l[281]), ("tench", "tabby"));
+    }
+}
