@@ -1,0 +1,76 @@
+//! Single convolution layers of RepVGG-A0/B0 at 224x224, batch 1, one thread, under
+//! every algorithm that applies: the measurements behind the default algorithm table
+//! (`repvgg_runtime::plan::default_algo`). Throughput is reported in direct-equivalent
+//! FLOP/s (2 x K x C x 9 x output pixels), so algorithms compare directly.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use repvgg::runtime::kernels::direct::{self, DirectShape, DirectWeights, InputLayout};
+use repvgg::runtime::kernels::winograd::{self as wino, WinogradShape};
+use repvgg::runtime::kernels::{LANES, Scratch, blocks};
+use repvgg::winograd::{PackedFilters, Variant};
+
+/// (name, in channels, out channels, input side, stride).
+const LAYERS: [(&str, usize, usize, usize, usize); 8] = [
+    ("a0_stage1.0_48-48_112_s2", 48, 48, 112, 2),
+    ("a0_stage1.1_48-48_56", 48, 48, 56, 1),
+    ("a0_stage2.1_96-96_28", 96, 96, 28, 1),
+    ("a0_stage3.1_192-192_14", 192, 192, 14, 1),
+    ("a0_stage4.0_192-1280_14_s2", 192, 1280, 14, 2),
+    ("b0_stage1.1_64-64_56", 64, 64, 56, 1),
+    ("b0_stage2.1_128-128_28", 128, 128, 28, 1),
+    ("b0_stage3.1_256-256_14", 256, 256, 14, 1),
+];
+
+fn layers(c: &mut Criterion) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let mut group = c.benchmark_group("layer");
+    group.sample_size(20).warm_up_time(std::time::Duration::from_millis(300));
+    group.measurement_time(std::time::Duration::from_secs(1));
+    for (name, cin, cout, side, stride) in LAYERS {
+        let out_side = (side - 1) / stride + 1;
+        let weights: Vec<f32> = (0..cout * cin * 9).map(|i| ((i * 31 % 97) as f32 - 48.0) * 1e-3).collect();
+        let bias = vec![0.01f32; blocks(cout) * LANES];
+        let input: Vec<f32> = (0..blocks(cin) * LANES * side * side).map(|i| (i % 13) as f32 * 0.05).collect();
+        let mut output = vec![0f32; blocks(cout) * LANES * out_side * out_side];
+        group.throughput(Throughput::Elements((2 * cout * cin * 9 * out_side * out_side) as u64));
+
+        let shape = DirectShape {
+            n: 1,
+            in_channels: cin,
+            h: side,
+            w: side,
+            out_channels: cout,
+            stride,
+            oh: out_side,
+            ow: out_side,
+        };
+        let packed = DirectWeights::new(InputLayout::Blocked, &weights, cout, cin, 1);
+        let mut panels = vec![0f32; direct::panels_len(&packed, &shape)];
+        let scratch = Scratch::new(1, direct::scratch_len_for(InputLayout::Blocked, &shape));
+        group.bench_function(BenchmarkId::new("direct", name), |b| {
+            b.iter(|| {
+                pool.install(|| direct::run(&packed, &bias, true, &shape, &input, &mut output, &mut panels, &scratch))
+            })
+        });
+        if stride != 1 {
+            continue;
+        }
+        for v in [Variant::F2, Variant::F4, Variant::F6] {
+            let shape = WinogradShape { n: 1, in_channels: cin, out_channels: cout, h: side, w: side };
+            let filters = PackedFilters::new(v, &weights, cout, cin, 1, direct::BLOCK).expect("filters");
+            let mut transformed = vec![0f32; wino::transformed_len(v, &shape)];
+            let scratch = Scratch::new(1, wino::scratch_len(v, &shape));
+            group.bench_function(BenchmarkId::new(format!("{v:?}"), name), |b| {
+                b.iter(|| {
+                    pool.install(|| {
+                        wino::run(&filters, &bias, true, &shape, &input, &mut output, &mut transformed, &scratch)
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, layers);
+criterion_main!(benches);
