@@ -104,6 +104,24 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Timing server for side-by-side comparisons (benches/compare): loads a model and an
+    /// input, then answers stdin lines: `run` times one inference and prints its
+    /// milliseconds; `write PATH` writes the logits to PATH; `quit` (or EOF) exits.
+    Time {
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        arch: Option<String>,
+        /// Input .safetensors holding `input`, F32 [N, 3, H, W].
+        #[arg(long)]
+        input: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Convolution algorithm: auto, direct, f2, f4, f6.
+        #[arg(long, default_value = "auto")]
+        algo: String,
+    },
     /// Convert training-time weights to the deploy form (official names, F32).
     Convert {
         /// Input weights in any supported form.
@@ -278,6 +296,39 @@ fn classify(weights: &Path, arch: Option<&str>, threads: Option<usize>, images: 
     Ok(())
 }
 
+fn time_server(weights: &Path, arch: Option<&str>, input: &Path, options: SessionOptions) -> Result<()> {
+    use std::io::BufRead;
+    let model = Model::load(weights, &model_options(arch)?)?;
+    let x = loader::read_input(input)?;
+    let mut session = model.session(options)?;
+    let mut logits = session.run(&x)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", model.description())?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("run"), None) => {
+                let start = std::time::Instant::now();
+                session.run_into(&x, &mut logits)?;
+                writeln!(out, "{:.6}", start.elapsed().as_secs_f64() * 1e3)?;
+            }
+            (Some("write"), Some(path)) => {
+                loader::write_tensors(
+                    Path::new(path),
+                    [("logits".to_string(), logits.shape().to_vec(), logits.data())],
+                )?;
+                writeln!(out, "ok")?;
+            }
+            (Some("quit"), None) | (None, _) => break,
+            _ => writeln!(out, "error: unknown command `{line}` (run, write PATH, quit)")?,
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
 fn convert(train: &Path, deploy: &Path, arch: Option<&str>) -> Result<()> {
     let model = Model::load(train, &model_options(arch)?)?;
     let tensors = model.weights().named_tensors(model.network());
@@ -298,6 +349,9 @@ fn run(cli: Cli) -> Result<()> {
             bench(arch.as_deref(), weights.as_deref(), config, options, json, plot.as_deref())
         }
         Command::Classify { weights, arch, threads, images } => classify(&weights, arch.as_deref(), threads, &images),
+        Command::Time { weights, arch, input, threads, algo } => {
+            time_server(&weights, arch.as_deref(), &input, session_options(threads, &algo, false)?)
+        }
         Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()).context("convert failed"),
     }
 }

@@ -409,3 +409,42 @@ fn classify_prints_the_top5_per_image() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("ImageNet-1k"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_timing_server_answers_its_protocol() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let logits = dir.path().join("logits.safetensors");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
+        .args([
+            "time",
+            "--weights",
+            &fixture("tiny-se", "train.safetensors"),
+            "--input",
+            &fixture("tiny-se", "input.safetensors"),
+            "--threads",
+            "1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("ready RepVGG-custom"));
+    for _ in 0..3 {
+        writeln!(stdin, "run").unwrap();
+        let ms: f64 = lines.next().unwrap().unwrap().parse().unwrap();
+        assert!(ms > 0.0);
+    }
+    writeln!(stdin, "write {}", logits.display()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "ok");
+    writeln!(stdin, "frobnicate").unwrap();
+    assert!(lines.next().unwrap().unwrap().starts_with("error: unknown command"));
+    writeln!(stdin, "quit").unwrap();
+    assert!(child.wait().unwrap().success());
+    let (shape, got) = read_tensor(&logits, "logits");
+    let (_, want) = read_tensor(Path::new(&fixture("tiny-se", "expected.safetensors")), "logits");
+    assert_eq!(shape, vec![1, 7]);
+    assert!(max_rel_diff(&got, &want) < 1e-5);
+}
