@@ -10,8 +10,10 @@
 //! `9 C` copies against `9 C K` multiply-adds. Pixels outside the map (the padding) are
 //! written as zeros.
 //!
-//! The network input (3 channels, planar NCHW) uses `kd = (c * 3 + ky) * 3 + kx`, padded to
-//! 32, so the stem does not multiply 13 zero channels per block.
+//! The network input (3 channels, planar NCHW) is first repacked into a zero-bordered
+//! NHWC copy and uses `kd = (ky * 3 + kx) * 3 + c`, padded to 32: each window row is 9
+//! contiguous floats, there are no bounds checks, and the stem does not multiply 13 zero
+//! channels per block.
 
 use rayon::prelude::*;
 
@@ -23,7 +25,8 @@ use super::{LANES, Scratch, SharedMut, blocks};
 pub enum InputLayout {
     /// `NCHWc16`, the layout between layers.
     Blocked,
-    /// Plain `NCHW` (the network input).
+    /// Plain `NCHW` (the network input). It is first repacked into a zero-bordered `NHWC`
+    /// copy, so that each row of a 3x3 window is `3 C` contiguous floats.
     Planar,
 }
 
@@ -67,7 +70,7 @@ impl DirectWeights {
                         for tap in 0..9 {
                             let row = match layout {
                                 InputLayout::Blocked => ((c / LANES) * 9 + tap) * LANES + c % LANES,
-                                InputLayout::Planar => c * 9 + tap,
+                                InputLayout::Planar => tap * in_per_group + c,
                             };
                             data[base + row * width + lane] = weights[(k * in_per_group + c) * 9 + tap];
                         }
@@ -152,9 +155,41 @@ pub const FUSED_WEIGHT_BYTES: usize = 1 << 20;
 
 /// [`panels_len`] before the weights are packed.
 pub fn panels_len_for(layout: InputLayout, shape: &DirectShape) -> usize {
+    if layout == InputLayout::Planar {
+        return padded_hwc_len(shape);
+    }
     let kd = reduction_depth(layout, shape.in_channels);
     let pixel_blocks = shape.pixels().div_ceil(NR);
     chunk_blocks(layout, kd, shape).min(pixel_blocks) * panel_floats(layout, kd, shape)
+}
+
+/// Floats of the zero-bordered NHWC copy of a planar input: one extra row and column on
+/// each side covers every window (padding 1; the last window of a stride-2 layer ends at
+/// most one past the map).
+fn padded_hwc_len(shape: &DirectShape) -> usize {
+    shape.n * (shape.h + 2) * (shape.w + 2) * shape.in_channels
+}
+
+/// Repacks planar `NCHW` into the zero-bordered NHWC copy, in parallel over rows.
+fn to_padded_hwc(input: &[f32], s: &DirectShape, hwc: &mut [f32]) {
+    let (c, pw) = (s.in_channels, s.w + 2);
+    let row_len = pw * c;
+    hwc[..padded_hwc_len(s)].par_chunks_mut(row_len).enumerate().for_each(|(r, row)| {
+        let (n, py) = (r / (s.h + 2), r % (s.h + 2));
+        if py == 0 || py > s.h {
+            row.fill(0.0);
+            return;
+        }
+        let y = py - 1;
+        row[..c].fill(0.0);
+        row[(s.w + 1) * c..].fill(0.0);
+        for ch in 0..c {
+            let src = &input[((n * c + ch) * s.h + y) * s.w..][..s.w];
+            for (x, v) in src.iter().enumerate() {
+                row[(x + 1) * c + ch] = *v;
+            }
+        }
+    });
 }
 
 /// Reduction depth of one group with `in_per_group` input channels.
@@ -199,26 +234,34 @@ pub fn run(
 
     let pixel_blocks = s.pixels().div_ceil(NR);
     let gb_count = weights.groups * weights.blocks_per_group;
+    let (input, panels) = if weights.layout == InputLayout::Planar {
+        assert!(panels.len() >= padded_hwc_len(shape), "panel buffer too small for the NHWC copy");
+        let (hwc, rest) = panels.split_at_mut(padded_hwc_len(shape));
+        to_padded_hwc(input, shape, hwc);
+        (&*hwc, rest)
+    } else {
+        (input, panels)
+    };
     let out = SharedMut::new(output);
-    let product = |gb: usize, pb: usize, panel: &[f32]| {
+    let product = |gb: usize, pixels: &PixelBlock, panel: &[f32]| {
         let (g, b) = (gb / weights.blocks_per_group, gb % weights.blocks_per_group);
         let (k0, width, a) = weights.block(g, b);
         let panel = &panel[g * weights.kd * NR..];
         let out_block = (g * weights.out_per_group + k0) / LANES;
-        let pixels = NR.min(s.pixels() - pb * NR);
         match width {
-            32 => block_product::<2>(weights.kd, a, panel, bias, relu, &s, pb, pixels, out_block, out),
-            16 => block_product::<1>(weights.kd, a, panel, bias, relu, &s, pb, pixels, out_block, out),
+            32 => block_product::<2>(weights.kd, a, panel, bias, relu, &s, pixels, out_block, out),
+            16 => block_product::<1>(weights.kd, a, panel, bias, relu, &s, pixels, out_block, out),
             _ => unreachable!("block widths are 16 or 32"),
         }
     };
-    if weights.bytes() <= FUSED_WEIGHT_BYTES {
+    if weights.bytes() <= FUSED_WEIGHT_BYTES || weights.layout == InputLayout::Planar {
         assert!(scratch.len() >= scratch_len_for(weights.layout, shape), "scratch too small");
         (0..pixel_blocks).into_par_iter().for_each(|pb| {
             scratch.with(|panel| {
                 pack_panel(weights.layout, &s, input, pb, panel);
+                let pixels = PixelBlock::new(&s, pb);
                 for gb in 0..gb_count {
-                    product(gb, pb, panel);
+                    product(gb, &pixels, panel);
                 }
             })
         });
@@ -235,8 +278,31 @@ pub fn run(
         let panels = &*panels;
         (0..gb_count * chunk_len).into_par_iter().for_each(|item| {
             let (gb, local) = (item / chunk_len, item % chunk_len);
-            product(gb, chunk_start + local, &panels[local * panel_len..(local + 1) * panel_len]);
+            let pixels = PixelBlock::new(&s, chunk_start + local);
+            product(gb, &pixels, &panels[local * panel_len..(local + 1) * panel_len]);
         });
+    }
+}
+
+/// The output pixels of one block: how many exist and where each one's first channel
+/// block starts, computed once per block (the divisions would otherwise dominate small
+/// reductions such as the stem's 27).
+struct PixelBlock {
+    count: usize,
+    /// Offset of pixel j in output channel block 0; block kb adds `kb * plane * 16`.
+    base: [usize; NR],
+}
+
+impl PixelBlock {
+    fn new(s: &DirectShape, pb: usize) -> PixelBlock {
+        let plane = s.oh * s.ow;
+        let out_blocks = blocks(s.out_channels);
+        let count = NR.min(s.pixels() - pb * NR);
+        let base = std::array::from_fn(|j| {
+            let p = pb * NR + j.min(count - 1);
+            ((p / plane) * out_blocks * plane + p % plane) * LANES
+        });
+        PixelBlock { count, base }
     }
 }
 
@@ -249,31 +315,27 @@ fn block_product<const MRV: usize>(
     bias: &[f32],
     relu: bool,
     s: &DirectShape,
-    pb: usize,
-    pixels: usize,
+    pixels: &PixelBlock,
     out_block: usize,
     out: SharedMut,
 ) {
     assert!(a.len() >= kd * 16 * MRV && b.len() >= kd * NR);
     // SAFETY: the assert above covers the kd * 16 * MRV and kd * NR reads, kd % 16 == 0,
-    // and 1 <= pixels <= NR.
-    let acc: Acc<MRV> = unsafe { gemm_block::<MRV>(kd, a.as_ptr(), b.as_ptr(), pixels) };
-    let out_blocks = blocks(s.out_channels);
+    // and 1 <= pixels.count <= NR.
+    let acc: Acc<MRV> = unsafe { gemm_block::<MRV>(kd, a.as_ptr(), b.as_ptr(), pixels.count) };
     let plane = s.oh * s.ow;
     for v in 0..MRV {
         let kb = out_block + v;
         let bias_v = V::from(<[f32; LANES]>::try_from(&bias[kb * LANES..(kb + 1) * LANES]).expect("16 lanes"));
-        for j in 0..pixels {
-            let p = pb * NR + j;
-            let (n, rest) = (p / plane, p % plane);
-            let offset = ((n * out_blocks + kb) * plane + rest) * LANES;
+        let block_offset = kb * plane * LANES;
+        for j in 0..pixels.count {
             let mut y = acc[v][j] + bias_v;
             if relu {
                 y = y.max(V::ZERO);
             }
             // SAFETY: each (pixel, channel block) is written by exactly one work item: pixel
             // blocks partition the pixels and items partition the channel blocks.
-            unsafe { out.region(offset, LANES) }.copy_from_slice(y.as_array());
+            unsafe { out.region(pixels.base[j] + block_offset, LANES) }.copy_from_slice(y.as_array());
         }
     }
 }
@@ -331,26 +393,24 @@ fn pack_panel(layout: InputLayout, s: &DirectShape, input: &[f32], pb: usize, pa
             }
         }
         InputLayout::Planar => {
-            let kd_pad = (s.in_channels * 9).div_ceil(LANES) * LANES;
+            // `input` is the zero-bordered NHWC copy: window (y0, x0) starts at padded (y0+1, x0+1).
+            let c = s.in_channels;
+            let (kd_pad, row_len) = ((c * 9).div_ceil(LANES) * LANES, (s.w + 2) * c);
             let at = |row: usize, j: usize| (row / LANES * NR + j) * LANES + row % LANES;
             for j in 0..NR {
-                if j >= pixels {
-                    for row in 0..kd_pad {
-                        panel[at(row, j)] = 0.0;
-                    }
-                    continue;
-                }
-                for row in s.in_channels * 9..kd_pad {
+                let first_zero = if j < pixels { c * 9 } else { 0 };
+                for row in first_zero..kd_pad {
                     panel[at(row, j)] = 0.0;
                 }
+                if j >= pixels {
+                    continue;
+                }
                 let (n, y0, x0) = window(j);
-                let interior = y0 >= 0 && x0 >= 0 && y0 as usize + 3 <= s.h && x0 as usize + 3 <= s.w;
-                for c in 0..s.in_channels {
-                    let image = &input[(n * s.in_channels + c) * in_plane..][..in_plane];
-                    for tap in 0..9 {
-                        let (y, x) = (y0 + (tap / 3) as isize, x0 + (tap % 3) as isize);
-                        let v = if interior || inside(y, x) { image[y as usize * s.w + x as usize] } else { 0.0 };
-                        panel[at(c * 9 + tap, j)] = v;
+                let base = (n * (s.h + 2) + (y0 + 1) as usize) * row_len + (x0 + 1) as usize * c;
+                for ky in 0..3 {
+                    let src = &input[base + ky * row_len..][..3 * c];
+                    for (i, v) in src.iter().enumerate() {
+                        panel[at(ky * 3 * c + i, j)] = *v;
                     }
                 }
             }

@@ -16,7 +16,7 @@ fn load(s: &[f32]) -> V {
 pub fn global_average_pool(act: &[f32], n: usize, c: usize, plane: usize, pooled: &mut [f32]) {
     let cb = blocks(c);
     let scale = V::splat(1.0 / plane as f32);
-    pooled[..n * cb * LANES].par_chunks_mut(LANES).enumerate().for_each(|(i, out)| {
+    pooled[..n * cb * LANES].par_chunks_mut(LANES).enumerate().with_min_len(16).for_each(|(i, out)| {
         let src = &act[i * plane * LANES..(i + 1) * plane * LANES];
         let sum = src.chunks_exact(LANES).fold(V::ZERO, |acc, px| acc + load(px));
         out.copy_from_slice((sum * scale).as_array());
@@ -59,22 +59,36 @@ pub fn squeeze_excite_relu(act: &mut [f32], n: usize, c: usize, plane: usize, se
     });
 }
 
+/// Classes per work item of [`linear`].
+const CLASS_CHUNK: usize = 64;
+
 /// The classifier on pooled features: `logits[b][k] = bias[k] + sum_c weight[k][c] pooled[b][c]`.
+///
+/// Parallel over chunks of classes, each reading its weight rows once for the whole
+/// batch: at batch 1 the weights (5 MB for A0) are the only real traffic, and both cores
+/// stream them.
 pub fn linear(pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], logits: &mut [f32]) {
     let classes = bias.len();
     let cb = blocks(c);
-    logits[..n * classes].par_chunks_mut(classes).enumerate().for_each(|(b, row)| {
-        let x = &pooled[b * cb * LANES..b * cb * LANES + c];
-        for (k, out) in row.iter_mut().enumerate() {
-            let w = &weight[k * c..(k + 1) * c];
-            // 16-wide partial sums, then a fixed-order reduction.
-            let mut acc = V::ZERO;
-            let whole = c / LANES * LANES;
-            for i in (0..whole).step_by(LANES) {
-                acc = load(&w[i..]).mul_add(load(&x[i..]), acc);
+    assert!(weight.len() >= classes * c && logits.len() >= n * classes && pooled.len() >= n * cb * LANES);
+    let out = SharedMut::new(logits);
+    let whole = c / LANES * LANES;
+    (0..classes.div_ceil(CLASS_CHUNK)).into_par_iter().for_each(|chunk| {
+        let (k0, k1) = (chunk * CLASS_CHUNK, ((chunk + 1) * CLASS_CHUNK).min(classes));
+        for b in 0..n {
+            let x = &pooled[b * cb * LANES..b * cb * LANES + c];
+            // SAFETY: chunks partition the classes, so each (row, chunk) region has one writer.
+            let row = unsafe { out.region(b * classes + k0, k1 - k0) };
+            for (k, logit) in (k0..k1).zip(row.iter_mut()) {
+                let w = &weight[k * c..(k + 1) * c];
+                // 16-wide partial sums, then a fixed-order reduction.
+                let mut acc = V::ZERO;
+                for i in (0..whole).step_by(LANES) {
+                    acc = load(&w[i..]).mul_add(load(&x[i..]), acc);
+                }
+                let tail = w[whole..].iter().zip(&x[whole..]).fold(0f32, |a, (wv, xv)| wv.mul_add(*xv, a));
+                *logit = acc.reduce_add() + tail + bias[k];
             }
-            let tail = w[whole..].iter().zip(&x[whole..]).fold(0f32, |a, (wv, xv)| wv.mul_add(*xv, a));
-            *out = acc.reduce_add() + tail + bias[k];
         }
     });
 }
