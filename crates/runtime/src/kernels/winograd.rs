@@ -118,23 +118,18 @@ pub fn run(
     let per_chunk = chunk_blocks(v, shape);
     let block_len = block_floats(v, shape);
     let pos_stride = in_blocks * NR * LANES;
-    // Tile t -> (image, tile row, tile column).
-    let locate = |t: usize| (t / (th * tw), t % (th * tw) / tw, t % tw);
     let groups = filters.groups();
     let group_blocks = filters.c_pad() / LANES;
     let gb_count = groups * filters.blocks_per_group();
     let out = SharedMut::new(output);
+    let geometry = Geometry { m, th, tw, h: s.h, w: s.w, plane, out_blocks: blocks(s.out_channels), tiles };
     let transform = |tb: usize, panels: &mut [f32]| {
-        for cb in 0..in_blocks {
-            for j in 0..NR {
-                let t = tb * NR + j;
-                if t >= tiles {
-                    break;
-                }
-                let (n, ty, tx) = locate(t);
-                let src = &input[(n * in_blocks + cb) * plane * LANES..][..plane * LANES];
-                let (y0, x0) = ((ty * m) as isize - 1, (tx * m) as isize - 1);
-                input_tile(v, src, s.w * LANES, s.h, s.w, y0, x0, &mut panels[(cb * NR + j) * LANES..], pos_stride);
+        let block = TileBlock::new(&geometry, tb);
+        for (j, tile) in block.tiles[..block.count].iter().enumerate() {
+            for cb in 0..in_blocks {
+                let src = &input[(tile.image * in_blocks + cb) * plane * LANES..][..plane * LANES];
+                let dst = &mut panels[(cb * NR + j) * LANES..];
+                input_tile(v, src, s.w * LANES, s.h, s.w, tile.y0, tile.x0, dst, pos_stride);
             }
         }
     };
@@ -144,8 +139,8 @@ pub fn run(
         let out_block = (g * filters.out_per_group() + block.k0) / LANES;
         let ctx = Block { v, panels, group_offset: g * group_blocks * NR * LANES, pos_stride, kc: filters.c_pad() };
         match block.width {
-            32 => ctx.multiply_and_store::<2>(&block, products, bias, relu, &s, tb, tiles, out_block, out, &locate),
-            16 => ctx.multiply_and_store::<1>(&block, products, bias, relu, &s, tb, tiles, out_block, out, &locate),
+            32 => ctx.multiply_and_store::<2>(&block, products, bias, relu, &geometry, tb, out_block, out),
+            16 => ctx.multiply_and_store::<1>(&block, products, bias, relu, &geometry, tb, out_block, out),
             _ => unreachable!("block widths are 16 or 32"),
         }
     };
@@ -179,6 +174,59 @@ pub fn run(
     }
 }
 
+/// What the tile loops need of a layer's shape.
+struct Geometry {
+    m: usize,
+    th: usize,
+    tw: usize,
+    h: usize,
+    w: usize,
+    plane: usize,
+    out_blocks: usize,
+    tiles: usize,
+}
+
+/// Where one tile reads and writes.
+#[derive(Debug, Clone, Copy, Default)]
+struct TileAt {
+    image: usize,
+    /// Top-left input pixel (the padding makes it -1 at the map's top/left edge).
+    y0: isize,
+    x0: isize,
+    /// Valid output rows and columns (fewer than m at the bottom/right edge).
+    rows: usize,
+    cols: usize,
+    /// Offset of the tile's first output pixel in output channel block 0.
+    out_base: usize,
+}
+
+/// The tiles of one block, located once (the divisions are not free next to a short GEMM).
+struct TileBlock {
+    count: usize,
+    tiles: [TileAt; NR],
+}
+
+impl TileBlock {
+    fn new(g: &Geometry, tb: usize) -> TileBlock {
+        let first = tb * NR;
+        let count = NR.min(g.tiles - first);
+        let mut tiles = [TileAt::default(); NR];
+        for (j, tile) in tiles.iter_mut().enumerate().take(count) {
+            let t = first + j;
+            let (image, ty, tx) = (t / (g.th * g.tw), t % (g.th * g.tw) / g.tw, t % g.tw);
+            *tile = TileAt {
+                image,
+                y0: (ty * g.m) as isize - 1,
+                x0: (tx * g.m) as isize - 1,
+                rows: g.m.min(g.h - ty * g.m),
+                cols: g.m.min(g.w - tx * g.m),
+                out_base: (image * g.out_blocks * g.plane + ty * g.m * g.w + tx * g.m) * LANES,
+            };
+        }
+        TileBlock { count, tiles }
+    }
+}
+
 /// One (tile block, output-channel block) item of phase 2.
 struct Block<'a> {
     v: Variant,
@@ -197,18 +245,17 @@ impl Block<'_> {
         products: &mut [f32],
         bias: &[f32],
         relu: bool,
-        s: &WinogradShape,
+        geometry: &Geometry,
         tb: usize,
-        tiles: usize,
         out_block: usize,
         out: SharedMut,
-        locate: &impl Fn(usize) -> (usize, usize, usize),
     ) {
+        let tiles = TileBlock::new(geometry, tb);
         let v = self.v;
-        let (m, positions) = (v.m(), v.alpha() * v.alpha());
+        let positions = v.alpha() * v.alpha();
         let m_stride = MRV * NR * LANES;
         assert!(products.len() >= positions * m_stride);
-        let cols = NR.min(tiles - tb * NR);
+        let cols = tiles.count;
         for p in 0..positions {
             let a = filters.position(p);
             let b = &self.panels[p * self.pos_stride + self.group_offset..];
@@ -223,36 +270,19 @@ impl Block<'_> {
                 }
             }
         }
-        let plane = s.h * s.w;
-        let out_blocks = blocks(s.out_channels);
         for vi in 0..MRV {
             let kb = out_block + vi;
             let bias16: &[f32; LANES] = bias[kb * LANES..(kb + 1) * LANES].try_into().expect("16 lanes");
-            for j in 0..NR {
-                let t = tb * NR + j;
-                if t >= tiles {
-                    break;
-                }
-                let (n, ty, tx) = locate(t);
-                let (rows, cols) = (m.min(s.h - ty * m), m.min(s.w - tx * m));
-                let offset = ((n * out_blocks + kb) * plane + ty * m * s.w + tx * m) * LANES;
-                let last = offset + ((rows - 1) * s.w + cols) * LANES;
+            for (j, tile) in tiles.tiles[..tiles.count].iter().enumerate() {
+                let offset = tile.out_base + kb * geometry.plane * LANES;
+                let last = offset + ((tile.rows - 1) * geometry.w + tile.cols) * LANES;
                 let dst = out.raw(offset, last - offset);
+                let src = &products[(vi * NR + j) * LANES..];
                 // SAFETY: the tile's rows x cols pixels of channel block kb lie in
                 // [offset, last), inside the buffer (checked by `raw`), and no other item
                 // writes them: tiles partition the map and items partition the channel blocks.
                 unsafe {
-                    output_tile_raw(
-                        v,
-                        &products[(vi * NR + j) * LANES..],
-                        m_stride,
-                        bias16,
-                        relu,
-                        dst,
-                        s.w * LANES,
-                        rows,
-                        cols,
-                    );
+                    output_tile_raw(v, src, m_stride, bias16, relu, dst, geometry.w * LANES, tile.rows, tile.cols);
                 }
             }
         }
