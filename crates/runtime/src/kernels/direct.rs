@@ -30,6 +30,10 @@ pub enum InputLayout {
     Planar,
 }
 
+/// Largest reduction depth of the planar (network input) path: 7 channels x 9 taps,
+/// padded to whole 16-float slices.
+const PLANAR_MAX_KD: usize = 64;
+
 /// Output channels per weight block (two vectors; a last narrower block has one).
 pub const BLOCK: usize = 32;
 
@@ -87,7 +91,7 @@ impl DirectWeights {
             groups == 1 || (in_per_group.is_multiple_of(LANES) && (out_channels / groups).is_multiple_of(LANES));
         match layout {
             InputLayout::Blocked => whole_blocks,
-            InputLayout::Planar => groups == 1,
+            InputLayout::Planar => groups == 1 && (in_per_group * 9).div_ceil(LANES) * LANES <= PLANAR_MAX_KD,
         }
     }
 
@@ -393,25 +397,29 @@ fn pack_panel(layout: InputLayout, s: &DirectShape, input: &[f32], pb: usize, pa
             }
         }
         InputLayout::Planar => {
-            // `input` is the zero-bordered NHWC copy: window (y0, x0) starts at padded (y0+1, x0+1).
+            // `input` is the zero-bordered NHWC copy: window (y0, x0) starts at padded
+            // (y0 + 1, x0 + 1), and its rows are 3 C contiguous floats. A pixel's whole
+            // reduction (at most PLANAR_MAX_KD values) is assembled in registers and stored
+            // as whole 16-float slices.
             let c = s.in_channels;
             let (kd_pad, row_len) = ((c * 9).div_ceil(LANES) * LANES, (s.w + 2) * c);
-            let at = |row: usize, j: usize| (row / LANES * NR + j) * LANES + row % LANES;
+            assert!(kd_pad <= PLANAR_MAX_KD && panel.len() >= kd_pad * NR);
             for j in 0..NR {
-                let first_zero = if j < pixels { c * 9 } else { 0 };
-                for row in first_zero..kd_pad {
-                    panel[at(row, j)] = 0.0;
-                }
-                if j >= pixels {
-                    continue;
-                }
-                let (n, y0, x0) = window(j);
-                let base = (n * (s.h + 2) + (y0 + 1) as usize) * row_len + (x0 + 1) as usize * c;
-                for ky in 0..3 {
-                    let src = &input[base + ky * row_len..][..3 * c];
-                    for (i, v) in src.iter().enumerate() {
-                        panel[at(ky * 3 * c + i, j)] = *v;
+                let mut column = [0f32; PLANAR_MAX_KD];
+                if j < pixels {
+                    let (n, y0, x0) = window(j);
+                    let base = (n * (s.h + 2) + (y0 + 1) as usize) * row_len + (x0 + 1) as usize * c;
+                    let mut row = |ky: usize, len: usize| {
+                        column[ky * len..(ky + 1) * len].copy_from_slice(&input[base + ky * row_len..][..len]);
+                    };
+                    for ky in 0..3 {
+                        // RGB (the only planar input a network has) gets fixed-size copies.
+                        if c == 3 { row(ky, 9) } else { row(ky, 3 * c) }
                     }
+                }
+                for slice in 0..kd_pad / LANES {
+                    let dst = (slice * NR + j) * LANES;
+                    panel[dst..dst + LANES].copy_from_slice(&column[slice * LANES..(slice + 1) * LANES]);
                 }
             }
         }
