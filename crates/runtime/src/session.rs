@@ -315,6 +315,7 @@ impl Session {
         mut times: Option<&mut Vec<Duration>>,
     ) -> Result<()> {
         let [n, _, h, w] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        check_finite(input)?;
         self.ensure_plan(n, h, w)?;
         let plan = &self.plans[&(n, h, w)];
         let model = &self.model;
@@ -354,6 +355,24 @@ impl Session {
         });
         Ok(())
     }
+}
+
+/// Refuses NaN and infinity in an input, naming the first one.
+///
+/// They are refused rather than propagated because no answer would be consistent: x86's
+/// `max` turns NaN into 0 in a ReLU, while a Winograd transform spreads one NaN over a
+/// whole tile, so different algorithms (and the reference) would disagree.
+fn check_finite(input: &Tensor) -> Result<()> {
+    let Some(index) = input.data().iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let [_, c, h, w] = input.dims4().expect("shape was checked");
+    let (n, rest) = (index / (c * h * w), index % (c * h * w));
+    Err(Error::Input(format!(
+        "input[{n}, {}, {}, {}] is {} (inputs must be finite)",
+        rest / (h * w),
+        rest % (h * w) / w,
+        rest % w,
+        input.data()[index]
+    )))
 }
 
 /// One block: convolution + bias, then SE and ReLU (or ReLU fused into the convolution).
