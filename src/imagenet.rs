@@ -20,7 +20,10 @@ pub const RESIZE: u32 = 256;
 pub const CROP: u32 = 224;
 
 /// Largest accepted image side: decoding is refused beyond it before any large allocation.
-pub const MAX_IMAGE_SIDE: u32 = 16384;
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// Largest allocation the decoder may make (an 8192 x 8192 RGBA image is 256 MiB).
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 
 /// The class names.
 pub fn labels() -> Vec<&'static str> {
@@ -38,7 +41,7 @@ pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(1 << 30);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     let mut reader = reader;
     reader.limits(limits);
     let img = reader.decode().map_err(|e| bad(e.to_string()))?;

@@ -32,11 +32,28 @@ struct Entry {
     end: usize,
 }
 
+/// The bytes of a safetensors file: memory-mapped, or owned (received over a wire, fuzzed).
+#[derive(Debug)]
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
 /// A safetensors file mapped into memory, with names stripped of `module.`.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     tensors: BTreeMap<String, Entry>,
 }
 
@@ -57,8 +74,23 @@ impl SafetensorsFile {
         // defend against (as for every mmap-based loader); the file is only read during
         // `Model::load` and the map is dropped afterwards.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Self::parse(path.to_path_buf(), Bytes::Mapped(map))
+    }
+
+    /// Parses a safetensors file held in memory; `name` stands for its path in messages.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<SafetensorsFile> {
+        if bytes.len() < 8 {
+            return Err(Error::Format {
+                path: PathBuf::from(name),
+                reason: format!("the file is {} bytes, too short for the 8-byte header length", bytes.len()),
+            });
+        }
+        Self::parse(PathBuf::from(name), Bytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, map: Bytes) -> Result<SafetensorsFile> {
         let (header_len, metadata) = SafeTensors::read_metadata(&map)
-            .map_err(|e| Error::Format { path: path.to_path_buf(), reason: describe_format_error(&e, &map) })?;
+            .map_err(|e| Error::Format { path: path.clone(), reason: describe_format_error(&e, &map) })?;
         let data_start = 8 + header_len;
         let mut tensors = BTreeMap::new();
         for (stored_name, info) in metadata.tensors() {
@@ -72,12 +104,12 @@ impl SafetensorsFile {
             };
             if let Some(previous) = tensors.insert(name.clone(), entry) {
                 return Err(Error::Format {
-                    path: path.to_path_buf(),
+                    path: path.clone(),
                     reason: format!("tensors `{}` and `{stored_name}` both resolve to `{name}`", previous.stored_name),
                 });
             }
         }
-        Ok(SafetensorsFile { path: path.to_path_buf(), map, tensors })
+        Ok(SafetensorsFile { path, map, tensors })
     }
 
     pub fn path(&self) -> &Path {
@@ -165,7 +197,16 @@ fn describe_format_error(error: &SafeTensorError, file: &[u8]) -> String {
 
 /// Reads the network input: a file holding a tensor `input` of shape `[N, 3, H, W]`.
 pub fn read_input(path: &Path) -> Result<Tensor> {
-    let file = SafetensorsFile::open(path)?;
+    input_from(SafetensorsFile::open(path)?)
+}
+
+/// [`read_input`] from bytes in memory; `name` stands for the path in messages.
+pub fn input_from_bytes(name: &str, bytes: Vec<u8>) -> Result<Tensor> {
+    input_from(SafetensorsFile::from_bytes(name, bytes)?)
+}
+
+fn input_from(file: SafetensorsFile) -> Result<Tensor> {
+    let path = file.path().to_path_buf();
     let shape = file
         .shape("input")
         .ok_or_else(|| {

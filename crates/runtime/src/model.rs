@@ -111,8 +111,19 @@ pub struct Model {
 impl Model {
     /// Loads a safetensors checkpoint in any supported naming form and dtype.
     pub fn load(path: &Path, options: &ModelOptions) -> Result<Model> {
-        let file = SafetensorsFile::open(path)?;
-        let resolved = repvgg_graph::resolve(&file, options.arch.as_ref()).map_err(|e| match e {
+        Model::from_safetensors(&SafetensorsFile::open(path)?, options)
+    }
+
+    /// Like [`Model::load`], for a checkpoint already in memory; `name` stands for its path
+    /// in messages.
+    pub fn load_bytes(name: &str, bytes: Vec<u8>, options: &ModelOptions) -> Result<Model> {
+        Model::from_safetensors(&SafetensorsFile::from_bytes(name, bytes)?, options)
+    }
+
+    /// Builds a model from a parsed safetensors file.
+    pub fn from_safetensors(file: &SafetensorsFile, options: &ModelOptions) -> Result<Model> {
+        let path = file.path();
+        let resolved = repvgg_graph::resolve(file, options.arch.as_ref()).map_err(|e| match e {
             // Name the file for errors that come from the names and shapes inside it.
             repvgg_graph::Error::BadWeights(msg) => {
                 Error::Graph(repvgg_graph::Error::BadWeights(format!("{}: {msg}", path.display())))
