@@ -1,0 +1,339 @@
+"""Engine adapters: our `repvgg time` subprocess and the in-process peers.
+
+Every adapter has the same small interface so the driver can treat them alike:
+
+* `name`, `version`, `notes` (list of strings for the report),
+* `infer()` runs one inference on the pre-built input and returns its seconds,
+* `logits()` returns the [N, classes] float32 logits of the last inference,
+* `cpu_seconds()` the CPU time the engine's process has used so far (to estimate how
+  many cores an engine actually kept busy), and `close()`.
+
+The peers are imported lazily, inside their constructors, so the driver can set
+OMP_NUM_THREADS and friends before any of them loads its thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+ALL_ENGINES = ("ours", "onnxruntime", "openvino", "ncnn", "tract")
+
+
+class Engine:
+    """Common base: timing around `_call`, CPU time from this process."""
+
+    name = "engine"
+
+    def __init__(self) -> None:
+        self.version = "?"
+        self.notes: list[str] = []
+        self._last = None
+
+    def _call(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def infer(self) -> float:
+        """One inference on the pre-built input; returns elapsed seconds (perf_counter)."""
+        t0 = time.perf_counter()
+        out = self._call()
+        elapsed = time.perf_counter() - t0
+        self._last = out
+        return elapsed
+
+    def logits(self) -> np.ndarray:
+        """Logits of the last inference (runs one if there was none)."""
+        if self._last is None:
+            self.infer()
+        return self._to_numpy(self._last)
+
+    def _to_numpy(self, out) -> np.ndarray:
+        return np.asarray(out, dtype=np.float32)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (all threads) used by the process running this engine."""
+        return time.process_time()
+
+    def close(self) -> None:
+        self._last = None
+
+
+class Ours(Engine):
+    """repvgg-rs through `repvgg time`: a line protocol on the subprocess's stdin/stdout.
+
+    `run` -> elapsed milliseconds measured inside Rust; `write PATH` -> `ok`; `quit`.
+    """
+
+    name = "ours"
+
+    def __init__(self, repvgg: Path, weights: Path, x_path: Path, threads: int, scratch: Path,
+                 algo: str | None = None) -> None:
+        super().__init__()
+        cmd = [str(repvgg), "time", "--weights", str(weights), "--input", str(x_path),
+               "--threads", str(threads)]
+        if algo:
+            cmd += ["--algo", algo]
+        self.cmd = cmd
+        self.scratch = scratch
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     bufsize=1)
+        banner = self._readline()
+        if not banner.startswith("ready"):
+            raise RuntimeError(f"`repvgg time` did not start: {banner!r}")
+        self.banner = banner
+        self.version = _our_version(repvgg)
+        if algo:
+            self.notes.append(f"--algo {algo}")
+        self.pipe_wall: list[float] = []  # Python-side round trip of each `run`, for reference
+
+    def _readline(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"`repvgg time` exited (code {self.proc.poll()}) {err}")
+        return line.strip()
+
+    def _send(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self._readline()
+
+    def infer(self) -> float:
+        t0 = time.perf_counter()
+        reply = self._send("run")
+        self.pipe_wall.append(time.perf_counter() - t0)
+        try:
+            return float(reply) / 1e3
+        except ValueError:
+            raise RuntimeError(f"`repvgg time` answered {reply!r} to `run`") from None
+
+    def logits(self) -> np.ndarray:
+        from safetensors.numpy import load_file
+
+        path = self.scratch / f"ours_logits_{os.getpid()}.safetensors"
+        reply = self._send(f"write {path}")
+        if reply != "ok":
+            raise RuntimeError(f"`repvgg time` answered {reply!r} to `write`")
+        logits = load_file(str(path))["logits"]
+        path.unlink(missing_ok=True)
+        return logits
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the subprocess from /proc (clock-tick resolution)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _our_version(repvgg: Path) -> str:
+    """`repvgg --version`, the binary's build time and the git commit of the work tree.
+
+    The commit gets `+dirty` when tracked files differ from it; the build time tells
+    whether the binary was built before or after those edits.
+    """
+    version = subprocess.run([str(repvgg), "--version"], capture_output=True, text=True).stdout.strip()
+    built = time.strftime("%Y-%m-%d %H:%M", time.localtime(repvgg.stat().st_mtime))
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        version += f" (binary built {built}; work tree at {commit}{'+dirty' if dirty else ''} when run)"
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        pass
+    return version
+
+
+class OnnxRuntime(Engine):
+    """ONNX Runtime CPU provider: intra-op threads = T, inter-op 1, sequential, ORT_ENABLE_ALL."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, x: np.ndarray, threads: int) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        self.feed = {"input": x}
+        self.version = ort.__version__
+
+    def _call(self):
+        return self.session.run(["logits"], self.feed)[0]
+
+
+class OpenVino(Engine):
+    """OpenVINO CPU plugin, forced to f32 and T inference threads, one stream, latency hint.
+
+    The CPU plugin defaults to bf16 inference on CPUs with AVX512-BF16 (this one has it);
+    INFERENCE_PRECISION_HINT=f32 turns that off. The constructor verifies it: the compiled
+    model must report f32, and every Convolution/FullyConnected of the runtime (executable)
+    graph must have runtimePrecision f32.
+    """
+
+    name = "openvino"
+
+    def __init__(self, onnx_path: Path, x: np.ndarray, threads: int) -> None:
+        super().__init__()
+        import openvino as ov
+
+        core = ov.Core()
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.x = x
+        self.version = ov.get_version().split("-")[0]
+        self.precision = self._check_precision()
+        self.notes.append(
+            f"precision hint {self.precision['hint']}, "
+            f"conv/fc runtime precision {','.join(sorted(self.precision['compute']))}"
+        )
+
+    def _check_precision(self) -> dict:
+        """Read back the precision from the compiled and runtime models; raise if not f32."""
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # ov.Type -> "f32"
+        threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        compute: set[str] = set()
+        for op in self.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else ""
+            if kind in ("Convolution", "FullyConnected", "MatMul", "GroupConvolution"):
+                compute.add(info["runtimePrecision"].astype(str))
+        if "f32" not in hint.lower() and "float32" not in hint.lower():
+            raise RuntimeError(f"OpenVINO compiled with precision hint {hint}, not f32")
+        if compute != {"f32"}:
+            raise RuntimeError(f"OpenVINO runtime graph computes in {compute}, not f32 only")
+        return {"hint": hint, "compute": sorted(compute), "threads": threads}
+
+    def _call(self):
+        return self.request.infer({0: self.x}, share_inputs=True)[0]
+
+
+class Ncnn(Engine):
+    """ncnn, CPU only, fp32 storage and arithmetic, Winograd + sgemm + packing allowed.
+
+    ncnn's Mat has no batch axis: a batch of N is N extractions of one image each, inside
+    the one timed call.
+    """
+
+    name = "ncnn"
+    FALSE_OPTIONS = ("use_vulkan_compute", "use_fp16_storage", "use_fp16_packed",
+                     "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed",
+                     "use_int8_inference", "use_int8_storage", "use_int8_packed",
+                     "use_int8_arithmetic")
+    TRUE_OPTIONS = ("use_winograd_convolution", "use_winograd23_convolution",
+                    "use_winograd43_convolution", "use_winograd63_convolution",
+                    "use_sgemm_convolution", "use_packing_layout")
+
+    def __init__(self, param: Path, binary: Path, x: np.ndarray, threads: int) -> None:
+        super().__init__()
+        import ncnn
+
+        self.net = ncnn.Net()
+        opt = self.net.opt
+        opt.num_threads = threads
+        self.options = {"num_threads": threads}
+        missing = []
+        for names, value in ((self.FALSE_OPTIONS, False), (self.TRUE_OPTIONS, True)):
+            for option in names:
+                if hasattr(opt, option):
+                    setattr(opt, option, value)
+                    self.options[option] = value
+                else:
+                    missing.append(option)
+        if missing:
+            self.notes.append("options not in this ncnn: " + ", ".join(missing))
+        if self.net.load_param(str(param)) != 0 or self.net.load_model(str(binary)) != 0:
+            raise RuntimeError(f"ncnn could not load {param} / {binary}")
+        # ncnn.Mat wraps the numpy buffers without copying: keep both alive.
+        self.images = [np.ascontiguousarray(img) for img in x]
+        self.mats = [ncnn.Mat(img) for img in self.images]
+        self.version = getattr(ncnn, "__version__", "?")
+        if len(self.mats) > 1:
+            self.notes.append(f"batch = {len(self.mats)} single-image extractions")
+
+    def _call(self):
+        outs = []
+        for mat in self.mats:
+            ex = self.net.create_extractor()
+            ex.input("input", mat)
+            ret, out = ex.extract("logits")
+            if ret != 0:
+                raise RuntimeError(f"ncnn extract failed with {ret}")
+            outs.append(out)
+            del ex
+        return outs
+
+    def _to_numpy(self, out) -> np.ndarray:
+        return np.stack([np.array(o, dtype=np.float32).reshape(-1) for o in out])
+
+
+class Tract(Engine):
+    """tract (Sonos), ONNX front end, optimized, one reused state.
+
+    tract's Python API has no thread-count setting: tract-linalg's executor defaults to
+    single-threaded and only Rust code can replace it, so tract runs on one thread
+    whatever T is (the report says so, and measures CPU/wall to confirm).
+    """
+
+    name = "tract"
+
+    def __init__(self, onnx_path: Path, x: np.ndarray, threads: int) -> None:
+        super().__init__()
+        import tract
+
+        model = tract.onnx().load(str(onnx_path))
+        model.set_input_fact(0, ",".join(str(d) for d in x.shape) + ",f32")
+        # into_runnable() runs tract's optimizer (declutter + optimize: OptMatMul, LazyIm2col).
+        self.runnable = model.into_model().into_runnable()
+        self.state = self.runnable.spawn_state()
+        self.input = tract.Tensor.from_numpy(x)
+        self.version = tract.version()
+        self.notes.append("single-threaded (no thread setting in tract's Python API)")
+
+    def _call(self):
+        return self.state.run([self.input])[0]
+
+    def _to_numpy(self, out) -> np.ndarray:
+        return out.to_numpy().astype(np.float32)
+
+
+def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarray, threads: int,
+                scratch: Path, algo: str | None) -> Engine:
+    """Build the adapter called `name` for one configuration."""
+    if name == "ours":
+        return Ours(repvgg, paths["weights"], paths["input"], threads, scratch, algo)
+    if name == "onnxruntime":
+        return OnnxRuntime(paths["onnx"], x, threads)
+    if name == "openvino":
+        return OpenVino(paths["onnx"], x, threads)
+    if name == "ncnn":
+        return Ncnn(paths["ncnn_param"], paths["ncnn_bin"], x, threads)
+    if name == "tract":
+        return Tract(paths["onnx"], x, threads)
+    raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ALL_ENGINES)}")

@@ -1,0 +1,313 @@
+"""Reports of the peer comparison: Markdown table, SVG plot, raw JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+
+ENGINE_LABELS = {
+    "ours": "repvgg-rs (ours)",
+    "onnxruntime": "ONNX Runtime",
+    "openvino": "OpenVINO",
+    "ncnn": "ncnn",
+    "tract": "tract",
+}
+
+
+def machine() -> dict:
+    """CPU model, core count and caches from lscpu, plus the kernel."""
+    info: dict = {"kernel": platform.release()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return info
+    fields = {}
+    for line in out.splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields[key.strip()] = value.strip()
+    info["model"] = fields.get("Model name", "?")
+    info["cpus"] = fields.get("CPU(s)", "?")
+    info["threads_per_core"] = fields.get("Thread(s) per core", "?")
+    info["hypervisor"] = fields.get("Hypervisor vendor")
+    info["caches"] = {k: fields[k] for k in ("L1d cache", "L1i cache", "L2 cache", "L3 cache") if k in fields}
+    flags = fields.get("Flags", "").split()
+    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni") if f in flags]
+    return info
+
+
+def cpu_usage(interval: float = 1.0) -> list[tuple[float, str]]:
+    """(percent of one core, "name (pid N)") of every other process over the next `interval` s.
+
+    Sampled from /proc twice, so it tells what runs right now, unlike `ps`'s lifetime
+    averages. Sorted busiest first.
+    """
+    import os
+    import time
+
+    def snapshot() -> dict[int, tuple[str, int]]:
+        ticks = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            ticks[int(entry)] = (comm, int(fields[11]) + int(fields[12]))  # utime + stime
+        return ticks
+
+    before = snapshot()
+    time.sleep(interval)
+    after = snapshot()
+    hz = os.sysconf("SC_CLK_TCK")
+    usage = [
+        (100.0 * (t - before[pid][1]) / hz / interval, f"{comm} (pid {pid})")
+        for pid, (comm, t) in after.items()
+        if pid != os.getpid() and pid in before
+    ]
+    return sorted(usage, reverse=True)
+
+
+def busiest_processes(n: int = 3) -> list[str]:
+    """The n busiest other processes over one second, as text, or that none is busy."""
+    busy = [f"{name} {pct:.0f}%" for pct, name in cpu_usage() if pct >= 1.0][:n]
+    return busy or ["none above 1% CPU"]
+
+
+def wait_idle(max_wait_s: float, threshold_pct: float = 10.0, log=print) -> list[str]:
+    """Wait (up to max_wait_s) until no other process uses threshold_pct% of a core or more.
+
+    Returns the busiest processes of the last sample (what still ran if the wait timed out).
+    """
+    import time
+
+    deadline = time.time() + max_wait_s
+    while True:
+        usage = cpu_usage()
+        heavy = [f"{name} {pct:.0f}%" for pct, name in usage if pct >= threshold_pct]
+        if not heavy or time.time() >= deadline:
+            return [f"{name} {pct:.0f}%" for pct, name in usage if pct >= 1.0][:3] or ["none above 1% CPU"]
+        log(f"  waiting for an idle machine: {'; '.join(heavy)}")
+        time.sleep(5)
+
+
+def _fmt(value, digits=2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _engines_in(results: list[dict]) -> list[str]:
+    seen = []
+    for r in results:
+        for name in r.get("engines", {}):
+            if name not in seen:
+                seen.append(name)
+    order = list(ENGINE_LABELS)
+    return sorted(seen, key=lambda n: order.index(n) if n in order else len(order))
+
+
+def _stats(entry: dict, hot: bool) -> dict | None:
+    """The first-of-turn statistics of an engine entry, or its back-to-back (`hot`) ones."""
+    if "median_ms" not in entry:
+        return None
+    return entry.get("hot") if hot else entry
+
+
+def summary_table(results: list[dict], hot: bool = False) -> list[str]:
+    """One row per configuration: every engine's median ms and its ratio to ours."""
+    engines = _engines_in(results)
+    head = "| configuration | rounds | other load | " + " | ".join(ENGINE_LABELS.get(e, e) for e in engines) + " |"
+    lines = [head, "|---|---:|---:|" + "---:|" * len(engines)]
+    for r in results:
+        if r["status"] != "ok":
+            lines.append(f"| {r['label']} | - | - | aborted: {r.get('message', '')} |")
+            continue
+        cells = []
+        for e in engines:
+            entry = r["engines"].get(e, {})
+            stats = _stats(entry, hot)
+            if stats is None:
+                cells.append(entry.get("error", "-"))
+            elif e == "ours":
+                cells.append(f"**{stats['median_ms']:.2f}**")
+            else:
+                flag = " ⚠" if entry.get("flagged") else ""
+                cells.append(f"{stats['median_ms']:.2f} ({stats['ratio']:.2f}x){flag}")
+        t = r["timing"]
+        noisy = " ⚠" if t.get("foreign_cores", 0.0) > 0.2 else ""
+        lines.append(f"| {r['label']} | {t['rounds']} | {_fmt(t.get('foreign_cores'))}{noisy} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def config_table(r: dict) -> list[str]:
+    """Full per-engine table for one configuration."""
+    has_hot = any("hot" in e for e in r["engines"].values())
+    hot_head, hot_rule = (" hot median ms | hot peer/ours |", "---:|---:|") if has_hot else ("", "")
+    lines = [
+        "| engine | median ms | min ms | IQR ms | images/s | eff. GFLOP/s | peer/ours |" + hot_head
+        + " CPU/wall | max abs diff | rel diff | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|" + hot_rule + "---:|---:|---:|---|",
+    ]
+    for name in _engines_in([r]):
+        e = r["engines"][name]
+        label = ENGINE_LABELS.get(name, name)
+        if "median_ms" not in e:
+            lines.append(f"| {label} |" + " - |" * (9 + 2 * has_hot) + f" {e.get('error', '')} |")
+            continue
+        flag = " **flagged**" if e.get("flagged") else ""
+        hot = f" {e['hot']['median_ms']:.2f} | {e['hot']['ratio']:.2f} |" if has_hot else ""
+        lines.append(
+            f"| {label} | {e['median_ms']:.2f} | {e['min_ms']:.2f} | {e['iqr_ms']:.2f} | "
+            f"{e['images_per_s']:.1f} | {e['gflops']:.1f} | {e['ratio']:.2f} |{hot} {_fmt(e['cpu_util'])} | "
+            f"{e['max_abs_diff']:.1e} | {e['rel_diff']:.1e}{flag} | {'; '.join(e.get('notes', []))} |"
+        )
+    return lines
+
+
+def markdown(meta: dict, results: list[dict]) -> str:
+    """The whole `latest.md`."""
+    m = meta["machine"]
+    caches = ", ".join(f"{k.replace(' cache', '')} {v}" for k, v in m.get("caches", {}).items())
+    versions = {}
+    for r in results:
+        for name, e in r.get("engines", {}).items():
+            if "version" in e:
+                versions.setdefault(name, e["version"])
+    rounds_cut = [r for r in results if r["status"] == "ok" and r["timing"]["rounds"] < r["timing"]["requested_rounds"]]
+    cfg0 = results[0]["config"] if results else {}
+    out = [
+        f"# repvgg-rs vs. peers, {meta['started']}",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {m.get('model', '?')}, {m.get('cpus', '?')} CPUs ({m.get('threads_per_core', '?')} thread(s) per core"
+        + (f", {m['hypervisor']} guest" if m.get("hypervisor") else "") + f"), {caches}; "
+        f"ISA {', '.join(m.get('isa', []))}; Linux {m.get('kernel', '?')}.",
+        "",
+        f"Load average before {tuple(round(v, 2) for v in meta['load_before'])}, after "
+        f"{tuple(round(v, 2) for v in meta['load_after'])}; busiest processes before the run: "
+        f"{'; '.join(meta.get('busy_before', []))}. Total time {meta['elapsed_s'] / 60:.1f} min.",
+        "",
+        "Engines: " + ", ".join(f"{ENGINE_LABELS.get(n, n)} {v}" for n, v in versions.items()) + ".",
+        "",
+        "## Method",
+        "",
+        "- Same network everywhere: the layer list comes from `repvgg info --json`; deterministic FP32 deploy weights "
+        f"(numpy `default_rng(seed)`, seed {cfg0.get('seed', 0)}) are written as safetensors (ours), ONNX opset 17 "
+        "(ONNX Runtime, OpenVINO, tract) and ncnn param/bin; the input is uniform in [-1, 1).",
+        "- Numerics are checked before timing: max |peer - ours| over the logits, and that divided by max |ours| "
+        "(`rel diff`). ONNX Runtime beyond 1e-4 relative aborts the configuration; other peers beyond it are flagged.",
+        f"- Timing: {cfg0.get('warmup', '?')} warm-up runs per engine, then rounds of one turn per engine in a "
+        f"rotating order with {cfg0.get('gap_ms', '?')} ms pauses (so the previous engine's spinning threads go idle); "
+        f"a turn is {cfg0.get('burst', 1)} inference(s). "
+        "Ours is the time `repvgg time` measures inside Rust; peers are `time.perf_counter()` around the single "
+        "inference call on pre-built inputs.",
+        "- `peer/ours` = peer median / our median (above 1: we are faster). Effective GFLOP/s = 2 x MACs "
+        "(direct convolution, from `repvgg info`) x batch / median. `CPU/wall` = CPU time of the engine's process over "
+        "the wall time of its timed calls, i.e. how many cores it kept busy.",
+        "- Threads: ONNX Runtime intra-op T, inter-op 1, sequential, ORT_ENABLE_ALL; OpenVINO CPU with "
+        "INFERENCE_NUM_THREADS=T, NUM_STREAMS=1, PERFORMANCE_HINT=LATENCY, INFERENCE_PRECISION_HINT=f32 (verified on the "
+        "compiled model and on every Convolution/FullyConnected of its runtime graph); ncnn num_threads=T, fp32 "
+        "storage and arithmetic, no Vulkan, Winograd (23/43/63) + sgemm + packing on; tract has no thread setting in "
+        "its Python API and runs single-threaded. Each configuration runs in a fresh Python process with "
+        "OMP_NUM_THREADS etc. = T.",
+        "- ncnn has no batch axis: batch N is N single-image extractions inside one timed call.",
+    ]
+    if rounds_cut:
+        out.append("- Rounds were cut to fit the per-configuration time budget in: "
+                   + "; ".join(f"{r['label']} ({r['timing']['rounds']} of {r['timing']['requested_rounds']})"
+                               for r in rounds_cut) + ".")
+    burst = cfg0.get("burst", 1)
+    if burst > 1:
+        out.append(
+            f"- Each turn is {burst} inferences back to back. `median` is the first of each turn, which starts "
+            "after the other engines' turns (the engine has idled for ~100 ms or more: thread pools asleep, "
+            f"caches cold); `hot median` is the other {burst - 1}, as in a back-to-back benchmark loop."
+        )
+    out += ["", "## Summary: median ms (peer/ours)", "",
+            "`other load`: cores that other processes on the machine kept busy, on average, while the "
+            "configuration was timed (0 on an idle machine; the machine has 2; ⚠ above 0.2: noisy). "
+            "⚠ after a peer's time: its logits differ from ours by more than 1e-4 relative."
+            + (" First inference of each turn (after idling)." if burst > 1 else ""), ""] + summary_table(results)
+    if burst > 1:
+        out += ["", "## Summary, back to back (hot): median ms (peer/ours)", ""] + summary_table(results, hot=True)
+    out += ["", "![median latency per engine and configuration](latest.svg)", ""]
+    for r in results:
+        out += ["", f"## {r['label']}", ""]
+        if r["status"] != "ok":
+            out.append(f"Aborted: {r.get('message', '')}")
+            continue
+        t = r["timing"]
+        out.append(
+            f"{r['flops_per_image'] / 1e9:.3f} GFLOP per image; {t['rounds']} rounds in {t['timed_s']:.0f} s"
+            f"{'' if r.get('attempts', 1) == 1 else ' (quietest of %d attempts)' % r['attempts']}; "
+            f"load average {tuple(round(v, 2) for v in r['load_before'])} before; other processes: "
+            f"{'; '.join(r.get('busy_before', ['?']))}; other processes kept "
+            f"{t.get('foreign_cores', float('nan')):.2f} cores busy on average while timing. "
+            + (f"Our `run` round trip through the pipe: {t['ours_roundtrip_median_ms']:.2f} ms median."
+               if "ours_roundtrip_median_ms" in t else "")
+        )
+        out += [""] + config_table(r)
+    return "\n".join(out) + "\n"
+
+
+def plot(path: Path, results: list[dict]) -> None:
+    """Grouped bars: median latency per engine per configuration, IQR whiskers, log scale.
+
+    With --burst > 1 a black diamond on each bar marks the back-to-back (hot) median.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if r["status"] == "ok"]
+    engines = _engines_in(ok)
+    width = 0.8 / max(len(engines), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(ok) + 2), 4.8))
+    values, hot_label = [], "back-to-back (hot) median"
+    for i, name in enumerate(engines):
+        xs, med, lo, hi, hot_x, hot = [], [], [], [], [], []
+        for j, r in enumerate(ok):
+            e = r["engines"].get(name, {})
+            if "median_ms" in e:
+                xs.append(j - 0.4 + width * (i + 0.5))
+                med.append(e["median_ms"])
+                lo.append(e["median_ms"] - e["q1_ms"])
+                hi.append(e["q3_ms"] - e["median_ms"])
+                if "hot" in e:
+                    hot_x.append(xs[-1])
+                    hot.append(e["hot"]["median_ms"])
+        values += med + hot
+        ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=ENGINE_LABELS.get(name, name))
+        if hot:
+            ax.scatter(hot_x, hot, marker="D", s=14, color="black", edgecolors="white", linewidths=0.5,
+                       zorder=3, label=hot_label)
+            hot_label = None  # one legend entry
+    ax.set_xticks(range(len(ok)))
+    ax.set_xticklabels([r["label"].replace(" ", "\n", 1) for r in ok], fontsize=8)
+    if values and max(values) / max(min(values), 1e-9) > 20:
+        ax.set_yscale("log")
+    ax.set_ylabel("median latency per batch (ms)")
+    ax.set_title("RepVGG FP32 CPU inference, lower is better")
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(len(engines) + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, format=Path(path).suffix.lstrip(".") or "svg")
+    plt.close(fig)
+
+
+def write_all(out_dir: Path, meta: dict, results: list[dict], stem: str = "latest") -> list[Path]:
+    """Write `<stem>.md`, `<stem>.svg` and `<stem>.json` into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, svg, js = (out_dir / f"{stem}.{ext}" for ext in ("md", "svg", "json"))
+    md.write_text(markdown(meta, results))
+    plot(svg, results)
+    js.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return [md, svg, js]
