@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use repvgg::runtime::ErrorKind;
 use repvgg::runtime::error::graph_error_kind;
 
-/// Exit code of an error kind. 1 is reserved for unexpected failures, 2 for usage errors
-/// (clap uses 2 for bad arguments too).
-pub fn code(kind: ErrorKind) -> ExitCode {
-    ExitCode::from(match kind {
+/// Exit status of an error kind. 1 is reserved for unexpected failures, 2 for usage errors
+/// (clap uses 2 for bad arguments too). The README's table lists these; a test keeps the
+/// two in step.
+pub fn number(kind: ErrorKind) -> u8 {
+    match kind {
         ErrorKind::Usage => 2,
         ErrorKind::Io => 3,
         ErrorKind::Format => 4,
@@ -16,7 +17,28 @@ pub fn code(kind: ErrorKind) -> ExitCode {
         ErrorKind::Input => 6,
         ErrorKind::Limit => 7,
         ErrorKind::Cpu => 8,
-    })
+    }
+}
+
+/// [`number`] as an [`ExitCode`].
+pub fn code(kind: ErrorKind) -> ExitCode {
+    ExitCode::from(number(kind))
+}
+
+/// The error and its causes on one line, each cause once: library errors already quote
+/// their source (`path: No such file ...`), and printing the chain as well would repeat it.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
 }
 
 /// Exit code of any error reaching `main`: the kind of the first library error in its chain.
@@ -37,4 +59,38 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error
         .chain()
         .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's exit-code table names the same code for every kind.
+    #[test]
+    fn readme_table_matches_the_codes() {
+        let readme = include_str!("../README.md");
+        let table = readme.split("## Errors and exit codes").nth(1).expect("README has the exit-code table");
+        let rows = [
+            (ErrorKind::Usage, "usage"),
+            (ErrorKind::Io, "missing/unreadable file"),
+            (ErrorKind::Format, "malformed file"),
+            (ErrorKind::Model, "weights do not fit"),
+            (ErrorKind::Input, "bad input"),
+            (ErrorKind::Limit, "resource limit"),
+            (ErrorKind::Cpu, "unsupported CPU"),
+        ];
+        for (kind, label) in rows {
+            let row = format!("| {} | {label} |", number(kind));
+            assert!(table.contains(&row), "README lacks `{row}`");
+        }
+    }
+
+    #[test]
+    fn causes_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::from(repvgg::Error::Io { path: "w.safetensors".into(), source: io });
+        assert_eq!(one_line(&e), "w.safetensors: No such file");
+        let wrapped = e.context("loading failed");
+        assert_eq!(one_line(&wrapped), "loading failed: w.safetensors: No such file");
+    }
 }

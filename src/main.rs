@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use repvgg::graph::{ArchSpec, Network};
 use repvgg::runtime::{AlgoChoice, ErrorKind, Model, ModelOptions, SessionOptions, cpu, loader};
@@ -352,7 +352,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Time { weights, arch, input, threads, algo } => {
             time_server(&weights, arch.as_deref(), &input, session_options(threads, &algo, false)?)
         }
-        Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()).context("convert failed"),
+        Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()),
     }
 }
 
@@ -379,7 +379,7 @@ fn main() -> ExitCode {
         // A closed stdout (`repvgg info | head`) is the reader's choice, not our failure.
         Err(e) if exit::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", exit::one_line(&e));
             exit::for_error(&e)
         }
     }

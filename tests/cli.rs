@@ -116,6 +116,7 @@ fn check(r: &Refusal) {
     assert!(err.contains(&r.phrase), "{}: stderr `{err}` lacks `{}`", r.what, r.phrase);
     assert_eq!(err.trim_end().lines().count(), 1, "{}: message is not one line: {err}", r.what);
     assert!(!err.contains("panicked"), "{}: {err}", r.what);
+    assert!(err.matches("os error").count() <= 1, "{}: cause repeated: {err}", r.what);
 }
 
 #[test]
