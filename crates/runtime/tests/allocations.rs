@@ -1,0 +1,78 @@
+//! After the first run at a given size, a forward pass allocates nothing: the arena, the
+//! plans and the prepared weights are all reused. Counted with a global allocator that
+//! counts every allocation made while a flag is set.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use repvgg_graph::{ArchSpec, synthetic};
+use repvgg_runtime::{Model, SessionOptions, Tensor};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; the counters are atomics
+// and allocation-free.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+#[test]
+fn a_forward_pass_allocates_nothing_after_the_first() {
+    let se = ArchSpec::from_toml(
+        "name='se'\nblocks_per_stage=[2,2,2,1]\nwidths=[32,32,48,64,96]\ngroups=2\ngrouped_layers=[2]\nse=true\nnum_classes=10\n",
+        "t",
+    )
+    .unwrap();
+    for arch in [ArchSpec::builtin("A0").unwrap(), se] {
+        let model = Model::synthetic(arch, 1).unwrap();
+        for threads in [1, 2] {
+            let mut session = model.session(SessionOptions { threads, ..Default::default() }).unwrap();
+            let x = Tensor::new(vec![2, 3, 64, 48], synthetic::input(2 * 3 * 64 * 48, 2)).unwrap();
+            let mut logits = Tensor::zeros(vec![2, model.network().num_classes]);
+            // The first run plans, packs weights and sizes the arena: the counter sees it.
+            ALLOCATIONS.store(0, Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            session.run_into(&x, &mut logits).unwrap();
+            COUNTING.store(false, Ordering::Relaxed);
+            assert!(ALLOCATIONS.load(Ordering::Relaxed) > 0, "the counting allocator is in use");
+            ALLOCATIONS.store(0, Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            for _ in 0..3 {
+                session.run_into(&x, &mut logits).unwrap();
+            }
+            COUNTING.store(false, Ordering::Relaxed);
+            assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0, "{} with {threads} threads", model.network().arch.name);
+        }
+    }
+}
+
+#[test]
+fn models_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Model>();
+    fn check_send<T: Send>() {}
+    check_send::<repvgg_runtime::Session>();
+}
