@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use repvgg::graph::{ArchSpec, Network};
 use repvgg::runtime::{AlgoChoice, ErrorKind, Model, ModelOptions, SessionOptions, cpu, loader};
 
@@ -17,6 +17,44 @@ mod exit;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// A checkpoint to load.
+#[derive(Args)]
+struct WeightsArgs {
+    /// Weights (.safetensors), any supported naming form, dtype F32/F16/BF16.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Architecture to check the weights against (inferred from shapes if omitted).
+    #[arg(long)]
+    arch: Option<String>,
+}
+
+impl WeightsArgs {
+    fn load(&self) -> Result<Model> {
+        Ok(Model::load(&self.weights, &model_options(self.arch.as_deref())?)?)
+    }
+}
+
+/// How a session runs.
+#[derive(Args)]
+struct RunArgs {
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Convolution algorithm: auto, direct, f2, f4, f6.
+    #[arg(long, default_value = "auto")]
+    algo: String,
+}
+
+impl RunArgs {
+    fn options(&self, autotune: bool) -> Result<SessionOptions> {
+        if self.threads == Some(0) {
+            return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
+        }
+        let algo: AlgoChoice = self.algo.parse()?;
+        Ok(SessionOptions { threads: self.threads.unwrap_or(0), algo, autotune })
+    }
 }
 
 #[derive(Subcommand)]
@@ -35,24 +73,16 @@ enum Command {
     },
     /// Run a model on an input tensor and write the logits.
     Infer {
-        /// Weights (.safetensors), any supported naming form, dtype F32/F16/BF16.
-        #[arg(long)]
-        weights: PathBuf,
-        /// Architecture to check the weights against (inferred from shapes if omitted).
-        #[arg(long)]
-        arch: Option<String>,
+        #[command(flatten)]
+        model: WeightsArgs,
         /// Input .safetensors holding `input`, F32 [N, 3, H, W].
         #[arg(long)]
         input: PathBuf,
         /// Output .safetensors receiving `logits`, F32 [N, classes].
         #[arg(long)]
         output: PathBuf,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Convolution algorithm: auto, direct, f2, f4, f6.
-        #[arg(long, default_value = "auto")]
-        algo: String,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Time a model per layer and as a whole (defaults: A0, synthetic weights, batch 1, 224).
     Bench {
@@ -64,15 +94,11 @@ enum Command {
         weights: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
         /// Input size: `224` or `HxW`.
         #[arg(long, default_value = "224", value_parser = parse_size)]
         size: (usize, usize),
-        /// Convolution algorithm: auto, direct, f2, f4, f6.
-        #[arg(long, default_value = "auto")]
-        algo: String,
+        #[command(flatten)]
+        run: RunArgs,
         /// Time every algorithm on each layer first and keep the fastest (with --algo auto).
         #[arg(long)]
         autotune: bool,
@@ -91,15 +117,11 @@ enum Command {
     },
     /// Classify JPEG/PNG images with an ImageNet model: top-5 classes per image.
     Classify {
-        /// Weights (.safetensors) of an ImageNet-1k model.
-        #[arg(long)]
-        weights: PathBuf,
-        /// Architecture to check the weights against (inferred from shapes if omitted).
-        #[arg(long)]
-        arch: Option<String>,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// An ImageNet-1k model.
+        #[command(flatten)]
+        model: WeightsArgs,
+        #[command(flatten)]
+        run: RunArgs,
         /// Images to classify (run as one batch).
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -108,19 +130,13 @@ enum Command {
     /// input, then answers stdin lines: `run` times one inference and prints its
     /// milliseconds; `write PATH` writes the logits to PATH; `quit` (or EOF) exits.
     Time {
-        #[arg(long)]
-        weights: PathBuf,
-        #[arg(long)]
-        arch: Option<String>,
+        #[command(flatten)]
+        model: WeightsArgs,
         /// Input .safetensors holding `input`, F32 [N, 3, H, W].
         #[arg(long)]
         input: PathBuf,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Convolution algorithm: auto, direct, f2, f4, f6.
-        #[arg(long, default_value = "auto")]
-        algo: String,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Convert training-time weights to the deploy form (official names, F32).
     Convert {
@@ -211,25 +227,9 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Session options from the common flags.
-fn session_options(threads: Option<usize>, algo: &str, autotune: bool) -> Result<SessionOptions> {
-    if threads == Some(0) {
-        return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
-    }
-    let algo: AlgoChoice = algo.parse()?;
-    Ok(SessionOptions { threads: threads.unwrap_or(0), algo, autotune })
-}
-
-fn infer(
-    weights: &Path,
-    arch: Option<&str>,
-    input: &Path,
-    output: &Path,
-    threads: Option<usize>,
-    algo: &str,
-) -> Result<()> {
-    let options = session_options(threads, algo, false)?;
-    let model = Model::load(weights, &model_options(arch)?)?;
+fn infer(model: &WeightsArgs, input: &Path, output: &Path, run: &RunArgs) -> Result<()> {
+    let options = run.options(false)?;
+    let model = model.load()?;
     let x = loader::read_input(input)?;
     let logits = model.session(options)?.run(&x)?;
     loader::write_tensors(output, [("logits".to_string(), logits.shape().to_vec(), logits.data())])?;
@@ -268,9 +268,9 @@ fn bench(
     Ok(())
 }
 
-fn classify(weights: &Path, arch: Option<&str>, threads: Option<usize>, images: &[PathBuf]) -> Result<()> {
-    let options = session_options(threads, "auto", false)?;
-    let model = Model::load(weights, &model_options(arch)?)?;
+fn classify(model: &WeightsArgs, run: &RunArgs, images: &[PathBuf]) -> Result<()> {
+    let options = run.options(false)?;
+    let model = model.load()?;
     let classes = model.network().num_classes;
     let labels = repvgg::imagenet::labels();
     if classes != labels.len() {
@@ -296,9 +296,9 @@ fn classify(weights: &Path, arch: Option<&str>, threads: Option<usize>, images: 
     Ok(())
 }
 
-fn time_server(weights: &Path, arch: Option<&str>, input: &Path, options: SessionOptions) -> Result<()> {
+fn time_server(model: &WeightsArgs, input: &Path, options: SessionOptions) -> Result<()> {
     use std::io::BufRead;
-    let model = Model::load(weights, &model_options(arch)?)?;
+    let model = model.load()?;
     let x = loader::read_input(input)?;
     let mut session = model.session(options)?;
     let mut logits = session.run(&x)?;
@@ -340,18 +340,14 @@ fn convert(train: &Path, deploy: &Path, arch: Option<&str>) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { arch, size, json } => info(&arch, size, json),
-        Command::Infer { weights, arch, input, output, threads, algo } => {
-            infer(&weights, arch.as_deref(), &input, &output, threads, &algo)
-        }
-        Command::Bench { arch, weights, batch, threads, size, algo, autotune, runs, warmup, json, plot } => {
-            let options = session_options(threads, &algo, autotune)?;
+        Command::Infer { model, input, output, run } => infer(&model, &input, &output, &run),
+        Command::Bench { arch, weights, batch, size, run, autotune, runs, warmup, json, plot } => {
+            let options = run.options(autotune)?;
             let config = bench::Config { batch, height: size.0, width: size.1, runs, warmup };
             bench(arch.as_deref(), weights.as_deref(), config, options, json, plot.as_deref())
         }
-        Command::Classify { weights, arch, threads, images } => classify(&weights, arch.as_deref(), threads, &images),
-        Command::Time { weights, arch, input, threads, algo } => {
-            time_server(&weights, arch.as_deref(), &input, session_options(threads, &algo, false)?)
-        }
+        Command::Classify { model, run, images } => classify(&model, &run, &images),
+        Command::Time { model, input, run } => time_server(&model, &input, run.options(false)?),
         Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()),
     }
 }
