@@ -237,7 +237,7 @@ impl Model {
                             .expect("layer shapes were validated"),
                     ),
                     None if algo == Algo::Direct => {
-                        let layout = if index == 0 { InputLayout::Planar } else { InputLayout::Blocked };
+                        let layout = InputLayout::for_layer(index);
                         Prepared::Direct(DirectWeights::new(layout, weight, layer.out_channels, cg, layer.groups))
                     }
                     None => Prepared::Generic,

@@ -63,7 +63,7 @@ impl Algo {
     /// True if the algorithm can run this layer.
     pub fn supports(self, layer: &ConvLayer) -> bool {
         let cg = layer.in_channels / layer.groups;
-        let layout = if layer.index == 0 { InputLayout::Planar } else { InputLayout::Blocked };
+        let layout = InputLayout::for_layer(layer.index);
         match self {
             Algo::Generic => layer.index != 0,
             Algo::Direct => DirectWeights::supports(layout, layer.out_channels, cg, layer.groups),
@@ -220,7 +220,7 @@ impl Plan {
                     self.scratch_len = self.scratch_len.max(wino::scratch_len(v, &lp.winograd_shape(n)));
                 }
                 None if lp.algo == Algo::Direct => {
-                    let layout = if lp.index == 0 { InputLayout::Planar } else { InputLayout::Blocked };
+                    let layout = InputLayout::for_layer(lp.index);
                     let shape = lp.direct_shape(n);
                     self.transformed_len = self.transformed_len.max(direct::panels_len_for(layout, &shape));
                     self.scratch_len = self.scratch_len.max(direct::scratch_len_for(layout, &shape));

@@ -158,10 +158,9 @@ impl Session {
 
     /// Runs a batch `[N, 3, H, W]` and returns the logits `[N, classes]`.
     pub fn run(&mut self, input: &Tensor) -> Result<Tensor> {
-        let classes = self.model.network().num_classes;
-        let n = input.shape().first().copied().unwrap_or(0);
-        let mut logits = Tensor::zeros(vec![n.min(self.model.limits().max_batch), classes]);
-        self.run_into(input, &mut logits)?;
+        let [n, ..] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        let mut logits = Tensor::zeros(vec![n, self.model.network().num_classes]);
+        self.forward(input, logits.data_mut(), None, None)?;
         Ok(logits)
     }
 

@@ -30,6 +30,14 @@ pub enum InputLayout {
     Planar,
 }
 
+impl InputLayout {
+    /// The layout layer `index` of a network reads: the network input is planar, every
+    /// later layer reads the channel-blocked output of the one before.
+    pub fn for_layer(index: usize) -> InputLayout {
+        if index == 0 { InputLayout::Planar } else { InputLayout::Blocked }
+    }
+}
+
 /// Largest reduction depth of the planar (network input) path: 7 channels x 9 taps,
 /// padded to whole 16-float slices.
 const PLANAR_MAX_KD: usize = 64;
@@ -91,7 +99,7 @@ impl DirectWeights {
             groups == 1 || (in_per_group.is_multiple_of(LANES) && (out_channels / groups).is_multiple_of(LANES));
         match layout {
             InputLayout::Blocked => whole_blocks,
-            InputLayout::Planar => groups == 1 && (in_per_group * 9).div_ceil(LANES) * LANES <= PLANAR_MAX_KD,
+            InputLayout::Planar => groups == 1 && reduction_depth(layout, in_per_group) <= PLANAR_MAX_KD,
         }
     }
 
@@ -402,7 +410,7 @@ fn pack_panel(layout: InputLayout, s: &DirectShape, input: &[f32], pb: usize, pa
             // reduction (at most PLANAR_MAX_KD values) is assembled in registers and stored
             // as whole 16-float slices.
             let c = s.in_channels;
-            let (kd_pad, row_len) = ((c * 9).div_ceil(LANES) * LANES, (s.w + 2) * c);
+            let (kd_pad, row_len) = (reduction_depth(layout, c), (s.w + 2) * c);
             assert!(kd_pad <= PLANAR_MAX_KD && panel.len() >= kd_pad * NR);
             for j in 0..NR {
                 let mut column = [0f32; PLANAR_MAX_KD];
