@@ -4,7 +4,9 @@
 //! FLOP/s (2 x K x C x 9 x output pixels), so algorithms compare directly.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use repvgg::runtime::DEFAULT_SPIN;
 use repvgg::runtime::kernels::direct::{self, DirectShape, DirectWeights, InputLayout};
+use repvgg::runtime::kernels::parallel::Team;
 use repvgg::runtime::kernels::winograd::{self as wino, WinogradShape};
 use repvgg::runtime::kernels::{LANES, Scratch, blocks};
 use repvgg::winograd::{PackedFilters, Variant};
@@ -22,7 +24,7 @@ const LAYERS: [(&str, usize, usize, usize, usize); 8] = [
 ];
 
 fn layers(c: &mut Criterion) {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let pool = Team::new(1, DEFAULT_SPIN).expect("team");
     let mut group = c.benchmark_group("layer");
     group.sample_size(20).warm_up_time(std::time::Duration::from_millis(300));
     group.measurement_time(std::time::Duration::from_secs(1));

@@ -53,7 +53,7 @@ impl RunArgs {
             return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
         }
         let algo: AlgoChoice = self.algo.parse()?;
-        Ok(SessionOptions { threads: self.threads.unwrap_or(0), algo, autotune })
+        Ok(SessionOptions { threads: self.threads.unwrap_or(0), algo, autotune, ..Default::default() })
     }
 }
 

@@ -88,6 +88,45 @@ pub fn set_flush_denormals() {
     }
 }
 
+/// Flushes denormals on the calling thread (as [`set_flush_denormals`]) until dropped,
+/// then restores the thread's previous float mode: the forward pass runs partly on the
+/// embedding application's own thread, whose arithmetic must not change behind its back.
+pub struct FlushDenormals {
+    #[cfg(target_arch = "x86_64")]
+    saved: u32,
+}
+
+impl FlushDenormals {
+    pub fn new() -> FlushDenormals {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut saved: u32 = 0;
+            // SAFETY: stmxcsr stores the calling thread's SSE control register into a local.
+            unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut saved, options(nostack)) };
+            set_flush_denormals();
+            FlushDenormals { saved }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        FlushDenormals {}
+    }
+}
+
+impl Default for FlushDenormals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for FlushDenormals {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: reloads the value stmxcsr read from this same thread in `new`.
+        unsafe {
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &self.saved, options(nostack, readonly))
+        };
+    }
+}
+
 /// Measures the FP32 FMA throughput of the calling thread in GFLOP/s: 12 independent
 /// 16-wide FMA chains (enough to cover the FMA latency) for about `millis` ms.
 pub fn measure_fma_gflops(millis: u64) -> f64 {
@@ -115,6 +154,24 @@ mod tests {
     #[test]
     fn this_machine_runs_this_build() {
         super::check_build_features().unwrap();
+    }
+
+    #[test]
+    fn the_scoped_flush_restores_the_previous_mode() {
+        std::thread::spawn(|| {
+            // Each product from fresh black boxes: LLVM assumes a fixed float mode and
+            // would otherwise compute the product once for all three asserts.
+            let product = || std::hint::black_box(f32::MIN_POSITIVE) * std::hint::black_box(0.5f32);
+            assert!(product() > 0.0, "subnormals before");
+            {
+                let _flush = super::FlushDenormals::new();
+                #[cfg(target_arch = "x86_64")]
+                assert_eq!(product(), 0.0);
+            }
+            assert!(product() > 0.0, "subnormals after");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! RepVGG execution: safetensors loading, the f64 reference executor, and the fast
 //! executor (Winograd F(m,3) and direct convolution over a channel-blocked layout,
-//! parallel with rayon) behind the [`Model`] / [`Session`] API.
+//! parallel on a spin-waiting fork-join team) behind the [`Model`] / [`Session`] API.
 //!
 //! ```no_run
 //! use repvgg_runtime::{Model, ModelOptions, SessionOptions, Tensor};
@@ -25,5 +25,5 @@ pub mod tensor;
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Limits, Model, ModelOptions};
 pub use plan::{Algo, AlgoChoice, LayerPlan, Plan};
-pub use session::{Features, Profile, Session, SessionOptions};
+pub use session::{DEFAULT_SPIN, Features, Profile, Session, SessionOptions};
 pub use tensor::Tensor;

@@ -200,14 +200,14 @@ impl Model {
         &self.inner.description
     }
 
-    /// A session: a thread pool and working memory for running this model.
+    /// A session: a thread team and working memory for running this model.
     pub fn session(&self, options: SessionOptions) -> Result<Session> {
         Session::new(self.clone(), options)
     }
 
     /// Runs the model once on a batch and returns the logits `[N, classes]`.
     ///
-    /// Convenience for occasional calls: it builds a session (thread pool, plan, arena)
+    /// Convenience for occasional calls: it builds a session (thread team, plan, arena)
     /// each time. Hold a [`Session`] to run many batches.
     pub fn run(&self, input: &Tensor) -> Result<Tensor> {
         self.session(SessionOptions::default())?.run(input)

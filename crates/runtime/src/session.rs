@@ -1,4 +1,4 @@
-//! Sessions: a thread pool, execution plans and working memory for one [`Model`].
+//! Sessions: a thread team, execution plans and working memory for one [`Model`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -7,6 +7,7 @@ use crate::cpu;
 use crate::error::{Error, Result};
 use crate::kernels::direct;
 use crate::kernels::generic::GenericConv;
+use crate::kernels::parallel::Team;
 use crate::kernels::winograd as wino;
 use crate::kernels::{LANES, Scratch, blocks, pointwise};
 use crate::model::{Model, Prepared};
@@ -14,7 +15,7 @@ use crate::plan::{Algo, AlgoChoice, LayerPlan, Plan, default_algo};
 use crate::tensor::Tensor;
 
 /// How a session runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionOptions {
     /// Worker threads; 0 means one per available core.
     pub threads: usize,
@@ -23,6 +24,19 @@ pub struct SessionOptions {
     /// With `AlgoChoice::Auto`, time every applicable algorithm on each layer when a plan
     /// is first built for an input size, and keep the fastest.
     pub autotune: bool,
+    /// How long helper threads spin waiting for more work before they sleep. Spinning
+    /// keeps back-to-back requests at full speed (a sleeping thread must be woken, which
+    /// on a VM goes through the hypervisor) at the price of that much CPU after each run.
+    pub spin: Duration,
+}
+
+/// Default [`SessionOptions::spin`].
+pub const DEFAULT_SPIN: Duration = Duration::from_millis(5);
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { threads: 0, algo: AlgoChoice::default(), autotune: false, spin: DEFAULT_SPIN }
+    }
 }
 
 /// Logits and the stage outputs (C2..C5 feature maps, `NCHW`).
@@ -103,14 +117,14 @@ impl Arena {
     }
 }
 
-/// A thread pool, cached plans and working memory for running one model.
+/// A thread team, cached plans and working memory for running one model.
 ///
 /// Sessions are `Send`: give each serving thread its own, or share one behind a mutex.
 /// After the first run at a given input size, a run allocates nothing but its result.
 pub struct Session {
     model: Model,
     options: SessionOptions,
-    pool: rayon::ThreadPool,
+    team: Team,
     workers: usize,
     plans: HashMap<(usize, usize, usize), Plan>,
     arena: Arena,
@@ -128,13 +142,9 @@ impl Session {
         if workers > 1024 {
             return Err(Error::Option(format!("{workers} threads requested; at most 1024")));
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(workers)
-            .thread_name(|i| format!("repvgg-{i}"))
-            .start_handler(|_| cpu::set_flush_denormals())
-            .build()
+        let team = Team::new(workers, options.spin)
             .map_err(|e| Error::Option(format!("cannot start {workers} worker threads: {e}")))?;
-        Ok(Session { model, options, pool, workers, plans: HashMap::new(), arena: Arena::new(workers) })
+        Ok(Session { model, options, team, workers, plans: HashMap::new(), arena: Arena::new(workers) })
     }
 
     pub fn model(&self) -> &Model {
@@ -148,7 +158,10 @@ impl Session {
 
     /// The FP32 FMA peak of this session's workers, measured now (all workers at once).
     pub fn measure_peak_gflops(&self, millis: u64) -> f64 {
-        self.pool.broadcast(|_| cpu::measure_fma_gflops(millis)).iter().sum()
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..self.workers).map(|_| scope.spawn(|| cpu::measure_fma_gflops(millis))).collect();
+            threads.into_iter().map(|t| t.join().expect("FMA probe thread")).sum()
+        })
     }
 
     /// Bytes of working memory currently held.
@@ -303,7 +316,7 @@ impl Session {
             if lp.index == 0 { n * 3 * lp.h * lp.w } else { n * blocks(lp.in_channels) * lp.h * lp.w * LANES };
         let input = &first[0][..input_len];
         let output = &mut second[0];
-        self.pool.install(|| conv_layer(&model, lp, n, input, output, transformed, scratch, pooled));
+        self.team.install(|| conv_layer(&model, lp, n, input, output, transformed, scratch, pooled));
     }
 
     fn forward(
@@ -321,7 +334,7 @@ impl Session {
         let network = model.network();
         let stage_ends = network.stage_ends();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
-        self.pool.install(|| {
+        self.team.install(|| {
             let mut current = 0;
             for lp in &plan.layers {
                 let start = times.as_ref().map(|_| Instant::now());

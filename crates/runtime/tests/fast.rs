@@ -5,7 +5,8 @@ mod common;
 
 use repvgg_graph::ArchSpec;
 use repvgg_graph::synthetic;
-use repvgg_runtime::{Algo, AlgoChoice, Error, Limits, Model, SessionOptions, Tensor};
+use repvgg_runtime::{Algo, AlgoChoice, DEFAULT_SPIN, Error, Limits, Model, SessionOptions, Tensor};
+use std::time::Duration;
 
 fn input(n: usize, h: usize, w: usize, seed: u64) -> Tensor {
     Tensor::new(vec![n, 3, h, w], synthetic::input(n * 3 * h * w, seed)).unwrap()
@@ -45,7 +46,7 @@ const CHOICES: [AlgoChoice; 5] = [
 fn check_against_reference(model: &Model, x: &Tensor, what: &str) {
     let want = model.run_reference(x).unwrap();
     for choice in CHOICES {
-        let mut session = model.session(SessionOptions { threads: 2, algo: choice, autotune: false }).unwrap();
+        let mut session = model.session(SessionOptions { threads: 2, algo: choice, ..Default::default() }).unwrap();
         let got = session.features(x).unwrap();
         let tol = tolerance(choice);
         let err = got.logits.rel_diff(&want.logits);
@@ -97,7 +98,7 @@ fn odd_widths_and_groups_take_the_padded_and_generic_paths() {
 fn forced_algorithms_fall_back_where_they_cannot_run() {
     let model = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 1).unwrap();
     let mut session =
-        model.session(SessionOptions { threads: 1, algo: AlgoChoice::Force(Algo::F6), autotune: false }).unwrap();
+        model.session(SessionOptions { threads: 1, algo: AlgoChoice::Force(Algo::F6), ..Default::default() }).unwrap();
     let plan = session.plan(1, 64, 64).unwrap();
     for lp in &plan.layers {
         let expected = if lp.stride == 2 { Algo::Direct } else { Algo::F6 };
@@ -110,16 +111,18 @@ fn results_do_not_depend_on_the_thread_count() {
     let model = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 7).unwrap();
     let x = input(2, 67, 53, 9);
     for choice in CHOICES {
-        let run = |threads| {
-            let mut s = model.session(SessionOptions { threads, algo: choice, autotune: false }).unwrap();
+        let run = |threads, spin| {
+            let mut s = model.session(SessionOptions { threads, algo: choice, spin, ..Default::default() }).unwrap();
             s.features(&x).unwrap()
         };
-        let one = run(1);
-        for threads in [2, 3] {
-            let many = run(threads);
-            assert_eq!(one.logits, many.logits, "{choice:?} with {threads} threads");
+        let one = run(1, DEFAULT_SPIN);
+        // Zero spin: helpers park between loops and join late, so the split between
+        // threads differs from run to run; the results must not.
+        for (threads, spin) in [(2, DEFAULT_SPIN), (3, DEFAULT_SPIN), (2, Duration::ZERO)] {
+            let many = run(threads, spin);
+            assert_eq!(one.logits, many.logits, "{choice:?} with {threads} threads, spin {spin:?}");
             for (a, b) in one.stages.iter().zip(&many.stages) {
-                assert_eq!(a, b, "{choice:?} stage outputs with {threads} threads");
+                assert_eq!(a, b, "{choice:?} stage outputs with {threads} threads, spin {spin:?}");
             }
         }
     }
@@ -189,7 +192,9 @@ fn oversized_requests_are_refused_before_allocating() {
 fn autotuning_picks_working_algorithms() {
     let model = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 5).unwrap();
     let x = input(1, 40, 40, 6);
-    let mut tuned = model.session(SessionOptions { threads: 2, algo: AlgoChoice::Auto, autotune: true }).unwrap();
+    let mut tuned = model
+        .session(SessionOptions { threads: 2, algo: AlgoChoice::Auto, autotune: true, ..Default::default() })
+        .unwrap();
     let plan = tuned.plan(1, 40, 40).unwrap().clone();
     assert!(plan.layers.iter().all(|l| l.stride == 1 || l.algo == Algo::Direct));
     let want = model.run_reference(&x).unwrap();

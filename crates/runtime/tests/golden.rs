@@ -85,7 +85,8 @@ fn fast_executor_matches_onnx_runtime() {
             (AlgoChoice::Force(Algo::F4), 2e-5),
             (AlgoChoice::Force(Algo::F6), 4e-5),
         ] {
-            let mut session = f.model.session(SessionOptions { threads: 2, algo: choice, autotune: false }).unwrap();
+            let mut session =
+                f.model.session(SessionOptions { threads: 2, algo: choice, ..Default::default() }).unwrap();
             let out = session.features(&f.input).unwrap();
             let err = out.logits.rel_diff(&f.logits);
             assert!(err < tol, "{name} {choice:?}: logits differ from ORT by {err:e}");

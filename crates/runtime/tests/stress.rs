@@ -30,7 +30,7 @@ fn eight_threads_on_one_model_agree_with_a_single_thread() {
     let expected: Vec<Vec<Tensor>> = choices
         .iter()
         .map(|&algo| {
-            let mut single = model.session(SessionOptions { threads: 1, algo, autotune: false }).unwrap();
+            let mut single = model.session(SessionOptions { threads: 1, algo, ..Default::default() }).unwrap();
             inputs.iter().map(|x| single.run(x).unwrap()).collect()
         })
         .collect();
@@ -43,7 +43,7 @@ fn eight_threads_on_one_model_agree_with_a_single_thread() {
             scope.spawn(move || {
                 // Mix session shapes: some threads run 2-worker sessions, some force F(4,3).
                 let choice = t % 2;
-                let options = SessionOptions { threads: 1 + t / 4, algo: choices[choice], autotune: false };
+                let options = SessionOptions { threads: 1 + t / 4, algo: choices[choice], ..Default::default() };
                 let expected = &expected[choice];
                 let mut session = model.session(options).unwrap();
                 let mut i = t;

@@ -15,9 +15,8 @@
 //! contiguous floats, there are no bounds checks, and the stem does not multiply 13 zero
 //! channels per block.
 
-use rayon::prelude::*;
-
 use super::gemm::{Acc, NR, V, gemm_block};
+use super::parallel::{for_each, for_each_chunk_mut};
 use super::{LANES, Scratch, SharedMut, blocks};
 
 /// How a direct layer's input is stored.
@@ -186,7 +185,7 @@ fn padded_hwc_len(shape: &DirectShape) -> usize {
 fn to_padded_hwc(input: &[f32], s: &DirectShape, hwc: &mut [f32]) {
     let (c, pw) = (s.in_channels, s.w + 2);
     let row_len = pw * c;
-    hwc[..padded_hwc_len(s)].par_chunks_mut(row_len).enumerate().for_each(|(r, row)| {
+    for_each_chunk_mut(&mut hwc[..padded_hwc_len(s)], row_len, |r, row| {
         let (n, py) = (r / (s.h + 2), r % (s.h + 2));
         if py == 0 || py > s.h {
             row.fill(0.0);
@@ -268,7 +267,7 @@ pub fn run(
     };
     if weights.bytes() <= FUSED_WEIGHT_BYTES || weights.layout == InputLayout::Planar {
         assert!(scratch.len() >= scratch_len_for(weights.layout, shape), "scratch too small");
-        (0..pixel_blocks).into_par_iter().for_each(|pb| {
+        for_each(pixel_blocks, |pb| {
             scratch.with(|panel| {
                 pack_panel(weights.layout, &s, input, pb, panel);
                 let pixels = PixelBlock::new(&s, pb);
@@ -284,11 +283,11 @@ pub fn run(
     let panel_len = panel_floats(weights.layout, weights.kd, shape);
     for chunk_start in (0..pixel_blocks).step_by(per_chunk) {
         let chunk_len = per_chunk.min(pixel_blocks - chunk_start);
-        panels[..chunk_len * panel_len].par_chunks_mut(panel_len).enumerate().for_each(|(local, panel)| {
+        for_each_chunk_mut(&mut panels[..chunk_len * panel_len], panel_len, |local, panel| {
             pack_panel(weights.layout, &s, input, chunk_start + local, panel);
         });
         let panels = &*panels;
-        (0..gb_count * chunk_len).into_par_iter().for_each(|item| {
+        for_each(gb_count * chunk_len, |item| {
             let (gb, local) = (item / chunk_len, item % chunk_len);
             let pixels = PixelBlock::new(&s, chunk_start + local);
             product(gb, &pixels, &panels[local * panel_len..(local + 1) * panel_len]);

@@ -3,8 +3,7 @@
 //! architectures only; every published variant uses the fast paths). Slow but simple:
 //! one f32 FMA chain per output value.
 
-use rayon::prelude::*;
-
+use super::parallel::for_each_chunk_mut;
 use super::{LANES, blocks};
 
 /// Geometry and weights of one grouped 3x3 convolution (padding 1).
@@ -34,34 +33,32 @@ impl GenericConv<'_> {
         let pixel = |n: usize, c: usize, y: usize, x: usize| {
             input[((n * in_blocks + c / LANES) * in_plane + y * self.w + x) * LANES + c % LANES]
         };
-        output[..self.n * out_blocks * out_plane * LANES].par_chunks_mut(out_plane * LANES).enumerate().for_each(
-            |(nb, plane)| {
-                let (n, kb) = (nb / out_blocks, nb % out_blocks);
-                for lane in 0..LANES {
-                    let k = kb * LANES + lane;
-                    for p in 0..out_plane {
-                        let value = if k < self.out_channels {
-                            let (oy, ox) = (p / self.ow, p % self.ow);
-                            let g = k / kg;
-                            let mut acc = self.bias[k];
-                            for ci in 0..cg {
-                                for tap in 0..9 {
-                                    let y = (oy * self.stride + tap / 3) as isize - 1;
-                                    let x = (ox * self.stride + tap % 3) as isize - 1;
-                                    if y >= 0 && x >= 0 && (y as usize) < self.h && (x as usize) < self.w {
-                                        let wv = self.weight[(k * cg + ci) * 9 + tap];
-                                        acc = wv.mul_add(pixel(n, g * cg + ci, y as usize, x as usize), acc);
-                                    }
+        for_each_chunk_mut(&mut output[..self.n * out_blocks * out_plane * LANES], out_plane * LANES, |nb, plane| {
+            let (n, kb) = (nb / out_blocks, nb % out_blocks);
+            for lane in 0..LANES {
+                let k = kb * LANES + lane;
+                for p in 0..out_plane {
+                    let value = if k < self.out_channels {
+                        let (oy, ox) = (p / self.ow, p % self.ow);
+                        let g = k / kg;
+                        let mut acc = self.bias[k];
+                        for ci in 0..cg {
+                            for tap in 0..9 {
+                                let y = (oy * self.stride + tap / 3) as isize - 1;
+                                let x = (ox * self.stride + tap % 3) as isize - 1;
+                                if y >= 0 && x >= 0 && (y as usize) < self.h && (x as usize) < self.w {
+                                    let wv = self.weight[(k * cg + ci) * 9 + tap];
+                                    acc = wv.mul_add(pixel(n, g * cg + ci, y as usize, x as usize), acc);
                                 }
                             }
-                            if self.relu { acc.max(0.0) } else { acc }
-                        } else {
-                            0.0
-                        };
-                        plane[p * LANES + lane] = value;
-                    }
+                        }
+                        if self.relu { acc.max(0.0) } else { acc }
+                    } else {
+                        0.0
+                    };
+                    plane[p * LANES + lane] = value;
                 }
-            },
-        );
+            }
+        });
     }
 }

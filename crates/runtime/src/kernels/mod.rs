@@ -8,6 +8,7 @@
 pub mod direct;
 pub mod gemm;
 pub mod generic;
+pub mod parallel;
 pub mod pointwise;
 pub mod winograd;
 
@@ -73,7 +74,8 @@ impl SharedMut {
     }
 }
 
-/// Per-worker scratch buffers, indexed by the rayon worker that runs the task.
+/// Per-worker scratch buffers, indexed by the team thread that runs the task
+/// ([`parallel::thread_index`]).
 ///
 /// Each worker only ever locks its own slot, so the mutexes are never contended; they
 /// exist to make the exclusivity checkable rather than assumed.
@@ -98,7 +100,7 @@ impl Scratch {
 
     /// Runs `f` with the calling worker's buffer.
     pub fn with<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> R {
-        let slot = rayon::current_thread_index().unwrap_or(0) % self.slots.len();
+        let slot = parallel::thread_index() % self.slots.len();
         let mut guard = self.slots[slot].lock().unwrap_or_else(|poison| poison.into_inner());
         f(&mut guard)
     }

@@ -1,10 +1,10 @@
 //! Memory-bound passes over channel-blocked activations: global average pooling,
 //! squeeze-and-excitation, the classifier, and conversion to planar `NCHW`.
 
-use rayon::prelude::*;
 use repvgg_graph::SeParams;
 
 use super::gemm::V;
+use super::parallel::{for_each, for_each_chunk_mut};
 use super::{LANES, SharedMut, blocks};
 
 #[inline(always)]
@@ -16,10 +16,14 @@ fn load(s: &[f32]) -> V {
 pub fn global_average_pool(act: &[f32], n: usize, c: usize, plane: usize, pooled: &mut [f32]) {
     let cb = blocks(c);
     let scale = V::splat(1.0 / plane as f32);
-    pooled[..n * cb * LANES].par_chunks_mut(LANES).enumerate().with_min_len(16).for_each(|(i, out)| {
-        let src = &act[i * plane * LANES..(i + 1) * plane * LANES];
-        let sum = src.chunks_exact(LANES).fold(V::ZERO, |acc, px| acc + load(px));
-        out.copy_from_slice((sum * scale).as_array());
+    // Items of up to 16 channel blocks: one block is too little work to be worth claiming.
+    for_each_chunk_mut(&mut pooled[..n * cb * LANES], 16 * LANES, |item, out| {
+        for (k, out) in out.chunks_exact_mut(LANES).enumerate() {
+            let i = item * 16 + k;
+            let src = &act[i * plane * LANES..(i + 1) * plane * LANES];
+            let sum = src.chunks_exact(LANES).fold(V::ZERO, |acc, px| acc + load(px));
+            out.copy_from_slice((sum * scale).as_array());
+        }
     });
 }
 
@@ -51,7 +55,7 @@ pub fn squeeze_excite_relu(act: &mut [f32], n: usize, c: usize, plane: usize, se
         }
     }
     let gates = &*pooled;
-    act[..n * cb * plane * LANES].par_chunks_mut(plane * LANES).enumerate().for_each(|(i, block)| {
+    for_each_chunk_mut(&mut act[..n * cb * plane * LANES], plane * LANES, |i, block| {
         let g = load(&gates[i * LANES..]);
         for px in block.chunks_exact_mut(LANES) {
             px.copy_from_slice((load(px) * g).max(V::ZERO).as_array());
@@ -73,7 +77,7 @@ pub fn linear(pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], 
     assert!(weight.len() >= classes * c && logits.len() >= n * classes && pooled.len() >= n * cb * LANES);
     let out = SharedMut::new(logits);
     let whole = c / LANES * LANES;
-    (0..classes.div_ceil(CLASS_CHUNK)).into_par_iter().for_each(|chunk| {
+    for_each(classes.div_ceil(CLASS_CHUNK), |chunk| {
         let (k0, k1) = (chunk * CLASS_CHUNK, ((chunk + 1) * CLASS_CHUNK).min(classes));
         for b in 0..n {
             let x = &pooled[b * cb * LANES..b * cb * LANES + c];
@@ -97,7 +101,7 @@ pub fn linear(pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], 
 pub fn to_planar(act: &[f32], n: usize, c: usize, plane: usize, out: &mut [f32]) {
     let cb = blocks(c);
     let dst = SharedMut::new(out);
-    (0..n * c).into_par_iter().for_each(|nc| {
+    for_each(n * c, |nc| {
         let (b, ch) = (nc / c, nc % c);
         let src = &act[(b * cb + ch / LANES) * plane * LANES..][..plane * LANES];
         // SAFETY: each (image, channel) plane is written by exactly one task.

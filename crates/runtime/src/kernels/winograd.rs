@@ -25,10 +25,10 @@
 //! count, and each output element is produced by the same sequence of operations
 //! whichever worker runs it. Results are therefore identical for any number of threads.
 
-use rayon::prelude::*;
 use repvgg_winograd::{PackedFilters, Variant, input_tile, output_tile_raw};
 
 use super::gemm::{Acc, NR, gemm_block};
+use super::parallel::{for_each, for_each_chunk_mut};
 use super::{LANES, Scratch, SharedMut, blocks};
 
 /// Target size of one chunk's transformed inputs, in floats (1 MiB).
@@ -145,7 +145,7 @@ pub fn run(
         }
     };
     if filters.bytes() <= FUSED_FILTER_BYTES {
-        (0..tile_blocks).into_par_iter().for_each(|tb| {
+        for_each(tile_blocks, |tb| {
             scratch.with(|buf| {
                 let (panels, products) = buf.split_at_mut(block_len);
                 transform(tb, panels);
@@ -160,13 +160,12 @@ pub fn run(
     for chunk_start in (0..tile_blocks).step_by(per_chunk) {
         let chunk_len = per_chunk.min(tile_blocks - chunk_start);
         // Phase 1: input transforms into this chunk's B panels.
-        transformed[..chunk_len * block_len]
-            .par_chunks_mut(block_len)
-            .enumerate()
-            .for_each(|(local, panels)| transform(chunk_start + local, panels));
+        for_each_chunk_mut(&mut transformed[..chunk_len * block_len], block_len, |local, panels| {
+            transform(chunk_start + local, panels)
+        });
         let transformed = &*transformed;
         // Phase 2: GEMM over all positions, then output transforms, per (block, tile block).
-        (0..gb_count * chunk_len).into_par_iter().for_each(|item| {
+        for_each(gb_count * chunk_len, |item| {
             let (gb, local) = (item / chunk_len, item % chunk_len);
             let panels = &transformed[local * block_len..(local + 1) * block_len];
             scratch.with(|products| multiply(gb, chunk_start + local, panels, products));

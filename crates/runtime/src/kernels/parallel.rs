@@ -1,0 +1,461 @@
+//! The fork-join team that runs a forward pass: the calling thread plus `threads - 1`
+//! helper threads, with dynamic self-scheduling and spin-waiting between loops.
+//!
+//! A forward pass is some 30 parallel loops (one or two per layer), each a few hundred
+//! microseconds long. Two properties matter at that grain, and a general-purpose pool
+//! has neither:
+//!
+//! - **Nobody sleeps inside a pass.** Between two loops a helper spins (`pause`) for up
+//!   to [`Team::new`]'s `spin`, instead of blocking in the kernel. On a VM a blocked
+//!   thread halts its vCPU, and waking a halted vCPU goes through the hypervisor; with
+//!   rayon (whose idle workers sleep after a few microseconds) a two-thread A0 pass
+//!   blocked ~20 times, and after an idle spell ran 10-50% slower than back to back.
+//! - **Nobody waits for a late helper.** A loop is published to whichever helpers are
+//!   awake; each joins only while the loop is open, and the caller works through the
+//!   items itself. A helper that is parked, or descheduled by the host, costs nothing
+//!   but its own share. Items are claimed one at a time from an atomic counter, so the
+//!   split adapts to whoever shows up.
+//!
+//! Which thread runs an item never changes what the item computes, so results are
+//! identical for any thread count (the kernels keep each output element's arithmetic
+//! inside one item).
+//!
+//! # Protocol
+//!
+//! One `AtomicU64` holds `generation << 32 | CLOSED | active`. The caller writes the job
+//! (closure pointer, item count), resets the item counter, and stores a new generation
+//! with `active = 0` and `CLOSED` clear. A helper joins by incrementing `active` with a
+//! compare-and-swap that fails if the word changed (closed, or a newer generation), so a
+//! successful join proves the job it then reads is the current one. When its own items
+//! run out, the caller sets `CLOSED` and spins until `active` is 0; only then can the
+//! closure's borrow end and a new job be written.
+
+use std::cell::{Cell, UnsafeCell};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::SharedMut;
+use crate::cpu;
+
+const CLOSED: u64 = 1 << 31;
+const ACTIVE: u64 = CLOSED - 1;
+
+fn generation(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+
+/// The loop being run: the body (type and borrow erased, see [`for_each`]), the
+/// monomorphized function that runs it over a range of items, the item count, and how
+/// many items a thread claims at a time.
+#[derive(Clone, Copy)]
+struct Job {
+    body: *const (),
+    run: unsafe fn(*const (), usize, usize),
+    items: usize,
+    grain: usize,
+}
+
+impl Job {
+    const NONE: Job = Job { body: std::ptr::null(), run: run_range::<fn(usize)>, items: 0, grain: 1 };
+}
+
+/// Runs `body(i)` for `i` in `start..end`.
+///
+/// # Safety
+///
+/// `body` must point to a live `F`.
+unsafe fn run_range<F: Fn(usize)>(body: *const (), start: usize, end: usize) {
+    // SAFETY: forwarded contract.
+    let body = unsafe { &*(body as *const F) };
+    for i in start..end {
+        body(i);
+    }
+}
+
+/// Keeps a hot atomic on its own cache lines (the adjacent-line prefetcher pairs lines).
+#[repr(align(128))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+struct Shared {
+    threads: usize,
+    /// Spun on by waiting helpers; written once per loop.
+    state: Line<AtomicU64>,
+    /// Claimed by every thread during a loop.
+    next: Line<AtomicUsize>,
+    job: UnsafeCell<Job>,
+    panicked: AtomicBool,
+    shutdown: AtomicBool,
+    spin: Duration,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+// SAFETY: `job` is written only by the caller while no helper is joined (after the
+// previous job closed with `active == 0`) and read only by helpers that joined the
+// current generation; the state word's release/acquire pairs order the two. The body it
+// points to is `Sync`.
+unsafe impl Sync for Shared {}
+// SAFETY: as above; the raw pointer is only dereferenced under that protocol.
+unsafe impl Send for Shared {}
+
+impl Shared {
+    /// Claims and runs items of `job` until none are left.
+    fn drain(&self, job: Job) {
+        loop {
+            let start = self.next.fetch_add(job.grain, Ordering::Relaxed);
+            if start >= job.items {
+                return;
+            }
+            // SAFETY: the caller keeps the body alive until every joined thread has left
+            // (`active == 0`), and this runs only between a join and the matching leave.
+            unsafe { (job.run)(job.body, start, (start + job.grain).min(job.items)) };
+        }
+    }
+
+    /// Spins, then parks, until the generation differs from `seen`; returns the state.
+    fn wait_for_job(&self, seen: u32) -> u64 {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            // A helper started after the team's last generation must still see shutdown.
+            if generation(state) != seen || self.shutdown.load(Ordering::Relaxed) {
+                return state;
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(256) {
+                if start.elapsed() >= self.spin {
+                    break;
+                }
+                // Oversubscribed machines: let a descheduled caller run.
+                if spins.is_multiple_of(8192) {
+                    std::thread::yield_now();
+                }
+            }
+            std::hint::spin_loop();
+        }
+        let mut guard = self.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        // SeqCst pairs with the caller's store of the state and load of `sleepers`: one
+        // of the two threads sees the other, so a wake-up cannot be lost.
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let state = self.state.load(Ordering::SeqCst);
+            if generation(state) != seen || self.shutdown.load(Ordering::SeqCst) {
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+                return state;
+            }
+            guard = self.wake.wait(guard).unwrap_or_else(|poison| poison.into_inner());
+        }
+    }
+
+    fn helper(&self, index: usize) {
+        INDEX.set(index);
+        cpu::set_flush_denormals();
+        let mut seen = generation(self.state.load(Ordering::Acquire));
+        loop {
+            let mut state = self.wait_for_job(seen);
+            if self.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            seen = generation(state);
+            while state & CLOSED == 0 && generation(state) == seen {
+                match self.state.compare_exchange_weak(state, state + 1, Ordering::Acquire, Ordering::Acquire) {
+                    Ok(_) => {
+                        // SAFETY: joined the open job of generation `seen`; see `Shared`.
+                        let job = unsafe { *self.job.get() };
+                        if catch_unwind(AssertUnwindSafe(|| self.drain(job))).is_err() {
+                            self.panicked.store(true, Ordering::Relaxed);
+                        }
+                        self.state.fetch_sub(1, Ordering::Release);
+                        break;
+                    }
+                    Err(now) => state = now,
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The team whose caller this thread is, while inside [`Team::install`] and not
+    /// inside a loop body.
+    static CURRENT: Cell<Option<*const Shared>> = const { Cell::new(None) };
+    /// This thread's index in its team (0 for the caller and outside any team).
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A calling thread plus helper threads that run [`for_each`] loops together.
+pub struct Team {
+    shared: Arc<Shared>,
+    helpers: Vec<JoinHandle<()>>,
+    threads: usize,
+    in_use: AtomicBool,
+}
+
+impl Team {
+    /// A team of `threads` (the caller counts as one, so `threads - 1` helpers are
+    /// started). Helpers spin for up to `spin` waiting for the next loop, then park.
+    pub fn new(threads: usize, spin: Duration) -> std::io::Result<Team> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            threads,
+            state: Line(AtomicU64::new(CLOSED)),
+            next: Line(AtomicUsize::new(0)),
+            job: UnsafeCell::new(Job::NONE),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            spin,
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let mut team =
+            Team { shared, helpers: Vec::with_capacity(threads - 1), threads, in_use: AtomicBool::new(false) };
+        for index in 1..threads {
+            let shared = Arc::clone(&team.shared);
+            // On failure, `team` drops here and stops the helpers already started.
+            let handle =
+                std::thread::Builder::new().name(format!("repvgg-{index}")).spawn(move || shared.helper(index))?;
+            team.helpers.push(handle);
+        }
+        Ok(team)
+    }
+
+    /// Threads in the team, the caller included.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on the calling thread with this team serving its [`for_each`] loops, and
+    /// with denormals flushed (the previous float mode is restored after).
+    ///
+    /// If the team is already serving another caller, `f` runs with no team (serially).
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _denormals = cpu::FlushDenormals::new();
+        if self.in_use.swap(true, Ordering::Acquire) {
+            return without_team(f);
+        }
+        struct Restore<'a>(&'a AtomicBool, Option<*const Shared>, usize);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                CURRENT.set(self.1);
+                INDEX.set(self.2);
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _restore = Restore(&self.in_use, CURRENT.replace(Some(Arc::as_ptr(&self.shared))), INDEX.replace(0));
+        f()
+    }
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.shutdown.store(true, Ordering::SeqCst);
+        let state = shared.state.load(Ordering::SeqCst);
+        shared.state.store(u64::from(generation(state).wrapping_add(1)) << 32 | CLOSED, Ordering::SeqCst);
+        drop(shared.lock.lock().unwrap_or_else(|poison| poison.into_inner()));
+        shared.wake.notify_all();
+        for handle in self.helpers.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn without_team<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<*const Shared>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.set(self.0);
+        }
+    }
+    let _restore = Restore(CURRENT.take());
+    f()
+}
+
+/// This thread's index in the team running it: 0 for the caller (and outside any team),
+/// `1..threads` for helpers. Distinct threads of one team have distinct indices.
+pub fn thread_index() -> usize {
+    INDEX.get()
+}
+
+/// Runs `body(i)` for every `i < items`, on the installed team if there is one (see
+/// [`Team::install`]), else serially. Returns when all items are done. Loops nested in a
+/// body run serially on the thread that runs the body.
+pub fn for_each<F: Fn(usize) + Sync>(items: usize, body: F) {
+    // SAFETY: CURRENT is set only inside `Team::install`, which holds the team alive.
+    let team = CURRENT.get().map(|shared| unsafe { &*shared });
+    let Some(shared) = team.filter(|shared| items > 1 && shared.threads > 1) else {
+        without_team(|| (0..items).for_each(&body));
+        return;
+    };
+    // Claims of several items when there are many: one claim is an atomic add on a line
+    // both threads write, which costs more than a tiny item. Still 16 claims per thread,
+    // so the split stays adaptive.
+    let grain = (items / (16 * shared.threads)).max(1);
+    // Helpers use the pointer only between joining this job and leaving it, and `Close`
+    // below does not return (or unwind) before every joined helper has left.
+    let job = Job { body: &body as *const F as *const (), run: run_range::<F>, items, grain };
+    // SAFETY: no helper is joined (the previous job ended with active == 0), so nothing
+    // reads the slot while it is written; the SeqCst store below publishes it.
+    unsafe { *shared.job.get() = job };
+    shared.next.store(0, Ordering::Relaxed);
+    shared.panicked.store(false, Ordering::Relaxed);
+    let state = shared.state.load(Ordering::Relaxed);
+    shared.state.store(u64::from(generation(state).wrapping_add(1)) << 32, Ordering::SeqCst);
+    if shared.sleepers.load(Ordering::SeqCst) > 0 {
+        drop(shared.lock.lock().unwrap_or_else(|poison| poison.into_inner()));
+        shared.wake.notify_all();
+    }
+
+    /// Closes the job and waits for joined helpers, also when the caller's share panics.
+    struct Close<'a>(&'a Shared);
+    impl Drop for Close<'_> {
+        fn drop(&mut self) {
+            self.0.state.fetch_or(CLOSED, Ordering::AcqRel);
+            let mut spins = 0u32;
+            while self.0.state.load(Ordering::Acquire) & ACTIVE != 0 {
+                spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(1024) {
+                    std::thread::yield_now();
+                }
+                std::hint::spin_loop();
+            }
+        }
+    }
+    {
+        let _close = Close(shared);
+        without_team(|| shared.drain(job));
+    }
+    if shared.panicked.swap(false, Ordering::Relaxed) {
+        panic!("a worker thread panicked in a parallel loop");
+    }
+}
+
+/// Runs `body(i, chunk)` over the `chunk`-float chunks of `buf` (the last may be
+/// shorter), in parallel as [`for_each`].
+pub fn for_each_chunk_mut(buf: &mut [f32], chunk: usize, body: impl Fn(usize, &mut [f32]) + Sync) {
+    assert!(chunk > 0, "chunk length 0");
+    let len = buf.len();
+    let shared = SharedMut::new(buf);
+    for_each(len.div_ceil(chunk), |i| {
+        let start = i * chunk;
+        // SAFETY: item i alone gets [i * chunk, (i + 1) * chunk), and `buf` is borrowed
+        // mutably for the whole loop.
+        body(i, unsafe { shared.region(start, chunk.min(len - start)) });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn every_item_runs_once() {
+        for threads in [1, 2, 3, 5] {
+            let team = Team::new(threads, Duration::from_micros(200)).unwrap();
+            for items in [0, 1, 2, 7, 1000] {
+                let counts: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
+                team.install(|| for_each(items, |i| _ = counts[i].fetch_add(1, Ordering::Relaxed)));
+                assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "{threads} threads, {items} items");
+            }
+        }
+    }
+
+    #[test]
+    fn helpers_take_part_and_indices_are_distinct() {
+        let team = Team::new(3, Duration::from_millis(50)).unwrap();
+        let seen: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        let busy = AtomicUsize::new(0);
+        team.install(|| {
+            for _ in 0..100 {
+                for_each(64, |_| {
+                    // Two threads never share an index at the same time.
+                    let index = thread_index();
+                    assert_eq!(busy.fetch_or(1 << index, Ordering::AcqRel) & (1 << index), 0);
+                    seen[index].fetch_add(1, Ordering::Relaxed);
+                    let start = Instant::now();
+                    while start.elapsed() < Duration::from_micros(20) {
+                        std::hint::spin_loop();
+                    }
+                    busy.fetch_and(!(1 << index), Ordering::AcqRel);
+                });
+            }
+        });
+        assert_eq!(seen.iter().map(|s| s.load(Ordering::Relaxed)).sum::<usize>(), 100 * 64);
+        assert!(seen[1].load(Ordering::Relaxed) + seen[2].load(Ordering::Relaxed) > 0, "no helper ever joined");
+    }
+
+    #[test]
+    fn parked_helpers_wake_up() {
+        let team = Team::new(2, Duration::ZERO).unwrap();
+        let helped = AtomicUsize::new(0);
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(1));
+            team.install(|| {
+                for_each(8, |_| {
+                    if thread_index() == 1 {
+                        helped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_micros(300));
+                })
+            });
+        }
+        assert!(helped.load(Ordering::Relaxed) > 0, "the parked helper never took an item");
+    }
+
+    #[test]
+    fn chunks_cover_the_buffer() {
+        let team = Team::new(2, Duration::from_micros(100)).unwrap();
+        let mut buf = vec![0f32; 1003];
+        team.install(|| for_each_chunk_mut(&mut buf, 10, |i, chunk| chunk.fill(i as f32)));
+        assert!(buf.iter().enumerate().all(|(k, v)| *v == (k / 10) as f32));
+    }
+
+    #[test]
+    fn nested_loops_run_serially_and_complete() {
+        let team = Team::new(2, Duration::from_micros(100)).unwrap();
+        let total = AtomicUsize::new(0);
+        team.install(|| {
+            for_each(10, |_| for_each(10, |_| _ = total.fetch_add(1, Ordering::Relaxed)));
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn a_panicking_item_reaches_the_caller_and_the_team_still_works() {
+        let team = Team::new(2, Duration::from_millis(5)).unwrap();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            team.install(|| {
+                for_each(1000, |i| {
+                    if i == 500 {
+                        panic!("item 500");
+                    }
+                })
+            })
+        }));
+        assert!(result.is_err());
+        let count = AtomicUsize::new(0);
+        team.install(|| for_each(100, |_| _ = count.fetch_add(1, Ordering::Relaxed)));
+        assert_eq!(count.load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn without_install_loops_run_on_the_calling_thread() {
+        let ran_on = Mutex::new(Vec::new());
+        for_each(4, |_| ran_on.lock().unwrap().push(std::thread::current().id()));
+        assert!(ran_on.lock().unwrap().iter().all(|id| *id == std::thread::current().id()));
+    }
+}
