@@ -13,8 +13,8 @@
 //! - **Nobody waits for a late helper.** A loop is published to whichever helpers are
 //!   awake; each joins only while the loop is open, and the caller works through the
 //!   items itself. A helper that is parked, or descheduled by the host, costs nothing
-//!   but its own share. Items are claimed one at a time from an atomic counter, so the
-//!   split adapts to whoever shows up.
+//!   but its own share. Items are claimed from an atomic counter (a few at a time when
+//!   there are many), so the split adapts to whoever shows up.
 //!
 //! Which thread runs an item never changes what the item computes, so results are
 //! identical for any thread count (the kernels keep each output element's arithmetic
