@@ -1,6 +1,8 @@
 //! Writes the fuzzers' seed corpus (`fuzz/seeds/`): valid weight files in every naming
 //! form and dtype, valid and broken input tensors, and small JPEG/PNG images, plus
-//! truncated and bit-flipped copies. Deterministic; rerun after format changes:
+//! truncated and bit-flipped copies. Deterministic; rerun after format changes (it only
+//! overwrites its own files, so inputs the fuzzers found, such as
+//! `image/jpeg-3880x1-aspect`, stay):
 //!
 //! ```sh
 //! cargo run --release --example fuzz_seeds

@@ -22,6 +22,11 @@ pub const CROP: u32 = 224;
 /// Largest accepted image side: decoding is refused beyond it before any large allocation.
 pub const MAX_IMAGE_SIDE: u32 = 8192;
 
+/// Longest side after resizing the short side to [`RESIZE`]: an aspect ratio up to 32:1.
+/// A tiny file can declare a 3880 x 1 image, whose resize would be 993280 x 256 (760 MB
+/// and seconds of filtering) for a 224 x 224 crop.
+pub const MAX_RESIZED_SIDE: u32 = 8192;
+
 /// Largest allocation the decoder may make (an 8192 x 8192 RGBA image is 256 MiB).
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 
@@ -55,6 +60,13 @@ pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
     } else {
         (((w as u64 * RESIZE as u64) as f64 / h as f64).round().max(1.0) as u32, RESIZE)
     };
+    if rw.max(rh) > MAX_RESIZED_SIDE {
+        return Err(Error::Limit(format!(
+            "image {name} is {w}x{h}: resizing its short side to {RESIZE} would make it {}x{} \
+             (at most {MAX_RESIZED_SIDE} on a side, an aspect ratio of 32:1)",
+            rw, rh
+        )));
+    }
     let resized = img.to_rgb8();
     let resized = image::imageops::resize(&resized, rw, rh, FilterType::Triangle);
     let (x0, y0) = ((rw - CROP) / 2, (rh - CROP) / 2);
@@ -123,6 +135,17 @@ mod tests {
         let mut truncated = png(64, 64, |x, y| [x as u8, y as u8, 7]);
         truncated.truncate(truncated.len() / 2);
         assert!(preprocess(&truncated, "half.png").is_err());
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_are_refused_before_resizing() {
+        // 32:1 is the limit; 33:1 would resize to 8448 x 256.
+        assert!(preprocess(&png(32 * 8, 8, |_, _| [9; 3]), "wide.png").is_ok());
+        let err = preprocess(&png(33 * 8, 8, |_, _| [9; 3]), "wider.png").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Limit, "{err}");
+        assert!(err.to_string().contains("wider.png is 264x8"), "{err}");
+        let err = preprocess(&png(1, 3880, |_, _| [9; 3]), "tall.png").unwrap_err();
+        assert!(err.to_string().contains("256x993280"), "{err}");
     }
 
     #[test]
