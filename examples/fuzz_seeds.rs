@@ -2,7 +2,7 @@
 //! form and dtype, valid and broken input tensors, and small JPEG/PNG images, plus
 //! truncated and bit-flipped copies. Deterministic; rerun after format changes (it only
 //! overwrites its own files, so inputs the fuzzers found, such as
-//! `image/jpeg-3880x1-aspect`, stay):
+//! `image/found-3880x1.jpg.refused`, stay):
 //!
 //! ```sh
 //! cargo run --release --example fuzz_seeds

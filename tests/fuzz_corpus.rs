@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use repvgg::runtime::loader::{SafetensorsFile, input_from_bytes};
-use repvgg::{ArchSpec, Model, ModelOptions, SessionOptions, Tensor};
+use repvgg::{ArchSpec, ErrorKind, Model, ModelOptions, SessionOptions, Tensor};
 
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
@@ -65,11 +65,15 @@ fn input_seeds_parse_or_are_refused() {
 fn image_seeds_decode_or_are_refused() {
     let mut decoded = 0;
     for (path, bytes) in seeds("image") {
+        // `.refused`: inputs the fuzzer found that a limit must refuse.
+        let must_refuse = path.extension().is_some_and(|e| e == "refused");
         match repvgg::imagenet::preprocess(&bytes, "seed") {
             Ok(values) => {
+                assert!(!must_refuse, "{} was accepted", path.display());
                 assert_eq!(values.len(), 3 * 224 * 224);
                 decoded += 1;
             }
+            Err(e) if must_refuse => assert_eq!(e.kind(), ErrorKind::Limit, "{}: {e}", path.display()),
             Err(e) => assert!(is_mutant(&path), "valid image {} refused: {e}", path.display()),
         }
     }
