@@ -1,6 +1,8 @@
 //! After the first run at a given size, a forward pass allocates nothing: the arena, the
 //! plans and the prepared weights are all reused. Counted with a global allocator that
-//! counts every allocation made while a flag is set.
+//! counts every allocation made while a flag is set, on any thread (so the helper threads
+//! count too). That is why this file holds one test only: the harness allocates when it
+//! reports another test's result, and that could land inside the counting window.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -67,12 +69,4 @@ fn a_forward_pass_allocates_nothing_after_the_first() {
             assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0, "{} with {threads} threads", model.network().arch.name);
         }
     }
-}
-
-#[test]
-fn models_are_send_and_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<Model>();
-    fn check_send<T: Send>() {}
-    check_send::<repvgg_runtime::Session>();
 }

@@ -60,3 +60,11 @@ fn eight_threads_on_one_model_agree_with_a_single_thread() {
     });
     assert!(runs.load(Ordering::Relaxed) >= 8 * 6);
 }
+
+#[test]
+fn models_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Model>();
+    fn check_send<T: Send>() {}
+    check_send::<repvgg_runtime::Session>();
+}

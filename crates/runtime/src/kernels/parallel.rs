@@ -97,6 +97,8 @@ struct Shared {
     shutdown: AtomicBool,
     spin: Duration,
     sleepers: AtomicUsize,
+    /// Helpers that have started and are waiting for work.
+    started: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -163,6 +165,7 @@ impl Shared {
         INDEX.set(index);
         cpu::set_flush_denormals();
         let mut seen = generation(self.state.load(Ordering::Acquire));
+        self.started.fetch_add(1, Ordering::Release);
         loop {
             let mut state = self.wait_for_job(seen);
             if self.shutdown.load(Ordering::Acquire) {
@@ -217,6 +220,7 @@ impl Team {
             shutdown: AtomicBool::new(false),
             spin,
             sleepers: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -228,6 +232,12 @@ impl Team {
             let handle =
                 std::thread::Builder::new().name(format!("repvgg-{index}")).spawn(move || shared.helper(index))?;
             team.helpers.push(handle);
+        }
+        // Wait until every helper runs: thread start-up allocates (in std), and a helper
+        // the OS schedules late would otherwise do that during some later forward pass,
+        // which promises to allocate nothing. It also has them spinning for the first run.
+        while team.shared.started.load(Ordering::Acquire) < threads - 1 {
+            std::thread::yield_now();
         }
         Ok(team)
     }
