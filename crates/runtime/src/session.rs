@@ -27,6 +27,7 @@ pub struct SessionOptions {
     /// How long helper threads spin waiting for more work before they sleep. Spinning
     /// keeps back-to-back requests at full speed (a sleeping thread must be woken, which
     /// on a VM goes through the hypervisor) at the price of that much CPU after each run.
+    /// Ignored (no spinning) when `threads` exceeds the machine's cores.
     pub spin: Duration,
 }
 

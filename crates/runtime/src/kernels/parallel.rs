@@ -209,8 +209,14 @@ pub struct Team {
 impl Team {
     /// A team of `threads` (the caller counts as one, so `threads - 1` helpers are
     /// started). Helpers spin for up to `spin` waiting for the next loop, then park.
+    ///
+    /// With more threads than the machine has cores, helpers do not spin at all: a
+    /// spinning helper would take a core from a thread with work (measured, A0 with 8
+    /// threads on 2 cores: 19.4 ms spinning, against 14.0 ms for one thread).
     pub fn new(threads: usize, spin: Duration) -> std::io::Result<Team> {
         let threads = threads.max(1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spin = if threads > cores { Duration::ZERO } else { spin };
         let shared = Arc::new(Shared {
             threads,
             state: Line(AtomicU64::new(CLOSED)),
@@ -245,6 +251,12 @@ impl Team {
     /// Threads in the team, the caller included.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// How long helpers spin before they park (zero when the team oversubscribes the
+    /// machine's cores).
+    pub fn spin(&self) -> Duration {
+        self.shared.spin
     }
 
     /// Runs `f` on the calling thread with this team serving its [`for_each`] loops, and
@@ -424,6 +436,18 @@ mod tests {
             });
         }
         assert!(helped.load(Ordering::Relaxed) > 0, "the parked helper never took an item");
+    }
+
+    #[test]
+    fn helpers_do_not_spin_on_an_oversubscribed_machine() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spin = Duration::from_millis(5);
+        assert_eq!(Team::new(cores, spin).unwrap().spin(), spin);
+        let team = Team::new(cores + 1, spin).unwrap();
+        assert_eq!(team.spin(), Duration::ZERO);
+        let count = AtomicUsize::new(0);
+        team.install(|| for_each(100, |_| _ = count.fetch_add(1, Ordering::Relaxed)));
+        assert_eq!(count.load(Ordering::Relaxed), 100);
     }
 
     #[test]
