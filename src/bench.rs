@@ -33,6 +33,14 @@ pub struct LayerRow {
     /// Multiplies the chosen algorithm performs for the batch.
     pub multiplies: u64,
     pub median_ms: f64,
+    /// Bytes of the packed weights the layer reads per run, in MB (10^6 bytes).
+    pub weight_mb: f64,
+    /// The layer's multiplies at the measured FMA peak: the time it cannot go below
+    /// with its algorithm on these threads.
+    pub floor_ms: f64,
+    /// The packed weights read from DRAM at the measured bandwidth: the layer's time if
+    /// nothing else limited it and its weights were not cached from the previous run.
+    pub stream_ms: f64,
     /// 2 x multiplies / time.
     pub gflops: f64,
     /// 2 x direct MACs / time (direct-equivalent).
@@ -59,6 +67,17 @@ pub struct Report {
     pub peak_gflops: f64,
     pub simd: &'static str,
     pub head_ms: f64,
+    /// Summed layer times (without the head).
+    pub layers_ms: f64,
+    /// Summed per-layer floors: all multiplies at the measured FMA peak.
+    pub floor_ms: f64,
+    /// Summed per-layer `max(floor, stream)`: the roofline of the layers with their
+    /// weights from DRAM.
+    pub roofline_ms: f64,
+    /// Packed weights read per run, in MB.
+    pub weight_mb: f64,
+    /// Measured DRAM read bandwidth of the session's threads, GB/s.
+    pub read_gbps: f64,
     pub layers: Vec<LayerRow>,
 }
 
@@ -106,13 +125,18 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
     }
     progress.set_message("measuring the FMA peak");
     let peak = session.measure_peak_gflops(300);
+    progress.set_message("measuring the DRAM bandwidth");
+    // Per worker, a buffer well beyond its share of any L3, without gigabytes on big hosts.
+    let mib = (1024 / session.threads()).clamp(16, 64);
+    let read_gbps = session.measure_read_gbps(mib, 300);
     progress.finish_and_clear();
     let profile = profile.expect("at least one run");
 
     let layer_ms: Vec<f64> = profile.layers.iter().map(|t| median(t)).collect();
     let head_ms = median(&profile.head);
-    let summed: f64 = layer_ms.iter().sum::<f64>() + head_ms;
-    let layers = profile
+    let layers_ms: f64 = layer_ms.iter().sum();
+    let summed = layers_ms + head_ms;
+    let layers: Vec<LayerRow> = profile
         .plan
         .layers
         .iter()
@@ -120,6 +144,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         .map(|(lp, &ms)| {
             let flops = 2 * lp.macs * n as u64;
             let multiplies = lp.multiplies() * n as u64;
+            let weight_bytes = model.weight_bytes(lp.index, lp.algo);
             LayerRow {
                 name: lp.name.clone(),
                 in_channels: lp.in_channels,
@@ -132,6 +157,9 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
                 flops,
                 multiplies,
                 median_ms: ms,
+                weight_mb: weight_bytes as f64 / 1e6,
+                floor_ms: 2.0 * multiplies as f64 / peak / 1e6,
+                stream_ms: weight_bytes as f64 / read_gbps / 1e6,
                 gflops: 2.0 * multiplies as f64 / ms / 1e6,
                 effective_gflops: flops as f64 / ms / 1e6,
                 share: ms / summed,
@@ -157,6 +185,11 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         peak_gflops: peak,
         simd: repvgg::runtime::cpu::simd_level(),
         head_ms,
+        layers_ms,
+        floor_ms: layers.iter().map(|l| l.floor_ms).sum(),
+        roofline_ms: layers.iter().map(|l| l.floor_ms.max(l.stream_ms)).sum(),
+        weight_mb: layers.iter().map(|l| l.weight_mb).sum(),
+        read_gbps,
         layers,
     })
 }
@@ -177,13 +210,26 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
     )?;
     writeln!(
         out,
-        "{:<10} {:>16} {:>13} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
-        "layer", "channels", "output", "algo", "GFLOPs", "Gmul", "ms", "GFLOP/s", "eff", "share"
+        "{:<10} {:>16} {:>13} {:>7} {:>8} {:>8} {:>7} {:>8} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
+        "layer",
+        "channels",
+        "output",
+        "algo",
+        "GFLOPs",
+        "Gmul",
+        "MB",
+        "ms",
+        "floor",
+        "stream",
+        "peak",
+        "GFLOP/s",
+        "eff",
+        "share"
     )?;
     for l in &report.layers {
         writeln!(
             out,
-            "{:<10} {:>16} {:>13} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>8.1} {:>5.1}%",
+            "{:<10} {:>16} {:>13} {:>7} {:>8.3} {:>8.3} {:>7.2} {:>8.3} {:>7.3} {:>7.3} {:>5.0}% {:>8.1} {:>7.1} {:>5.1}%",
             l.name,
             format!(
                 "{}->{}{}",
@@ -195,13 +241,29 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
             l.algo,
             l.flops as f64 / 1e9,
             l.multiplies as f64 / 1e9,
+            l.weight_mb,
             l.median_ms,
+            l.floor_ms,
+            l.stream_ms,
+            100.0 * l.floor_ms / l.median_ms,
             l.gflops,
             l.effective_gflops,
             100.0 * l.share
         )?;
     }
-    writeln!(out, "{:<10} {:>82.3}", "head", report.head_ms)?;
+    writeln!(out, "{:<10} {:>73.3}", "head", report.head_ms)?;
+    writeln!(
+        out,
+        "layers {:.3} ms: multiplies at the FMA peak {:.3} ms ({:.0}%), roofline with weights from DRAM {:.3} ms ({:.0}%); \
+         weights {:.1} MB per run, DRAM {:.1} GB/s",
+        report.layers_ms,
+        report.floor_ms,
+        100.0 * report.floor_ms / report.layers_ms,
+        report.roofline_ms,
+        100.0 * report.roofline_ms / report.layers_ms,
+        report.weight_mb,
+        report.read_gbps
+    )?;
     writeln!(
         out,
         "median {:.3} ms (min {:.3}), {:.1} images/s, {:.1} effective GFLOP/s; measured FMA peak {:.1} GFLOP/s on {} thread{}",

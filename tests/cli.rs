@@ -341,8 +341,30 @@ fn bench_prints_json_and_a_plot() {
     assert!(v["peak_gflops"].as_f64().unwrap() > 1.0);
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 22);
+    let (peak, gbps) = (v["peak_gflops"].as_f64().unwrap(), v["read_gbps"].as_f64().unwrap());
+    assert!(gbps > 0.0);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-12);
+    let mut roofline = 0.0;
     for l in layers {
         let algo = l["algo"].as_str().unwrap();
+        // The floors follow from the counts and the two measured rates.
+        let (floor, stream) = (l["floor_ms"].as_f64().unwrap(), l["stream_ms"].as_f64().unwrap());
+        let weight_mb = l["weight_mb"].as_f64().unwrap();
+        assert!(close(floor * peak * 1e6, 2.0 * l["multiplies"].as_u64().unwrap() as f64), "{l}");
+        assert!(close(stream * gbps * 1e6, weight_mb * 1e6), "{l}");
+        roofline += floor.max(stream);
+        // The weight bytes are those of the packed buffers the algorithm reads: for the
+        // 192-channel layers (no padding), K x C x positions floats.
+        if l["in_channels"].as_u64() == Some(192) && l["out_channels"].as_u64() == Some(192) {
+            let positions = match algo {
+                "direct" => 9.0,
+                "f2" => 16.0,
+                "f4" => 36.0,
+                "f6" => 64.0,
+                other => panic!("{other}"),
+            };
+            assert!(close(weight_mb, 192.0 * 192.0 * positions * 4.0 / 1e6), "{l}");
+        }
         assert!(["direct", "f2", "f4", "f6"].contains(&algo), "{algo}");
         assert!(l["median_ms"].as_f64().unwrap() > 0.0);
         if l["stride"].as_u64() == Some(2) {
@@ -351,6 +373,8 @@ fn bench_prints_json_and_a_plot() {
         // FLOPs are 2 x direct MACs for the batch; Winograd multiplies fewer.
         assert!(l["multiplies"].as_u64().unwrap() <= l["flops"].as_u64().unwrap() / 2 + 1);
     }
+    assert!(close(v["roofline_ms"].as_f64().unwrap(), roofline));
+    assert!(v["roofline_ms"].as_f64().unwrap() >= v["floor_ms"].as_f64().unwrap());
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.matches("<circle").count() >= 22);
 
@@ -358,6 +382,7 @@ fn bench_prints_json_and_a_plot() {
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("stage3.1") && table.contains(" f4 ") && table.contains("images/s"), "{table}");
+    assert!(table.contains("multiplies at the FMA peak") && table.contains(" stream "), "{table}");
 }
 
 fn png(path: &Path, seed: u8) {

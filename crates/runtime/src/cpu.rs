@@ -149,8 +149,39 @@ pub fn measure_fma_gflops(millis: u64) -> f64 {
     (iterations * 12 * 16 * 2) as f64 / seconds / 1e9
 }
 
+/// Measures the calling thread's read bandwidth from DRAM in GB/s (10^9 bytes): sums a
+/// `mib`-MiB buffer, larger than the caches, with 8 independent 16-wide accumulators,
+/// pass after pass for about `millis` ms. The buffer is written once first, so the pages
+/// exist and the timed passes only read.
+pub fn measure_read_gbps(mib: usize, millis: u64) -> f64 {
+    use wide::f32x16;
+    let floats = (mib.max(1) << 20) / std::mem::size_of::<f32>();
+    let buffer: Vec<f32x16> = (0..floats / 16).map(|i| f32x16::splat((i % 7) as f32)).collect();
+    let mut acc = [f32x16::splat(0.0); 8];
+    let start = std::time::Instant::now();
+    let mut passes = 0u64;
+    while passes == 0 || start.elapsed().as_millis() < millis as u128 {
+        for chunk in std::hint::black_box(&buffer).chunks_exact(8) {
+            for (a, &v) in acc.iter_mut().zip(chunk) {
+                *a += v;
+            }
+        }
+        passes += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(acc);
+    (passes as usize * (buffer.len() / 8 * 8) * 64) as f64 / seconds / 1e9
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_bandwidth_probe_reads_something() {
+        // Plausibility only (speed belongs in benchmarks): a positive, finite rate.
+        let gbps = super::measure_read_gbps(4, 1);
+        assert!(gbps.is_finite() && gbps > 0.0, "{gbps}");
+    }
+
     #[test]
     fn this_machine_runs_this_build() {
         super::check_build_features().unwrap();

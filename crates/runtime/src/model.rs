@@ -219,6 +219,18 @@ impl Model {
         reference::forward(self.network(), self.weights(), input)
     }
 
+    /// Bytes of layer `index`'s weights as `algo` reads them on every run (transformed and
+    /// packed for Winograd, packed for direct, the deploy kernel for generic). At batch 1
+    /// a network's Winograd filters exceed the L3 cache, so this is the layer's DRAM
+    /// stream per run.
+    pub fn weight_bytes(&self, index: usize, algo: Algo) -> usize {
+        match &*self.prepared(index, algo) {
+            Prepared::Winograd(filters) => filters.bytes(),
+            Prepared::Direct(weights) => weights.bytes(),
+            Prepared::Generic => std::mem::size_of_val(self.weights().layers[index].conv.weight.as_slice()),
+        }
+    }
+
     /// Padded bias of layer `index`.
     pub(crate) fn bias(&self, index: usize) -> &[f32] {
         &self.inner.layers[index].bias

@@ -165,6 +165,16 @@ impl Session {
         })
     }
 
+    /// The DRAM read bandwidth of this session's workers in GB/s, measured now (all
+    /// workers at once, each streaming its own `mib`-MiB buffer).
+    pub fn measure_read_gbps(&self, mib: usize, millis: u64) -> f64 {
+        std::thread::scope(|scope| {
+            let threads: Vec<_> =
+                (0..self.workers).map(|_| scope.spawn(move || cpu::measure_read_gbps(mib, millis))).collect();
+            threads.into_iter().map(|t| t.join().expect("bandwidth probe thread")).sum()
+        })
+    }
+
     /// Bytes of working memory currently held.
     pub fn arena_bytes(&self) -> usize {
         self.arena.bytes(self.workers)
