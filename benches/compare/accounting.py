@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -108,7 +107,7 @@ def label(c: dict) -> str:
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     m = meta["machine"]
-    caches = ", ".join(f"{k.replace(' cache', '')} {v}" for k, v in m.get("caches", {}).items())
+    caches = report.caches(m)
     out = [
         f"# Where the time goes, {meta['started']}",
         "",
@@ -188,8 +187,7 @@ def main(argv: list[str]) -> None:
     peer_run = json.loads(args.peers.read_text())
     peers = fastest_peers(peer_run["results"])
     meta = {
-        "command": "/tmp/peers/bin/python " + " ".join(shlex.quote(a) for a in
-                                                          [os.path.relpath(__file__, REPO)] + argv),
+        "command": report.command_line(__file__, argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "peers_from": os.path.relpath(args.peers.resolve(), REPO),
         "peers_started": peer_run["meta"]["started"],

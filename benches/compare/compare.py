@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -416,8 +415,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"{repvgg} not found: run `cargo build --release` first")
     configs = build_configs(args)
     meta = {
-        "command": "/tmp/peers/bin/python " + " ".join(shlex.quote(a) for a in
-                                                          [os.path.relpath(__file__, REPO)] + argv),
+        "command": report.command_line(__file__, argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": report.machine(),
         "busy_before": report.busiest_processes(),

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import shlex
 import subprocess
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 ENGINE_LABELS = {
     "ours": "repvgg-rs (ours)",
@@ -15,6 +19,17 @@ ENGINE_LABELS = {
     "ncnn": "ncnn",
     "tract": "tract",
 }
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """How to re-run `script` (a file of this folder) with `argv`, from the repository root."""
+    args = [os.path.relpath(script, REPO)] + argv
+    return "/tmp/peers/bin/python " + " ".join(shlex.quote(a) for a in args)
+
+
+def caches(m: dict) -> str:
+    """The cache sizes of `machine()`, e.g. `L1d 64 KiB (2 instances), L2 2 MiB (...)`."""
+    return ", ".join(f"{k.replace(' cache', '')} {v}" for k, v in m.get("caches", {}).items())
 
 
 def machine() -> dict:
@@ -172,7 +187,7 @@ def config_table(r: dict) -> list[str]:
 def markdown(meta: dict, results: list[dict]) -> str:
     """The whole `latest.md`."""
     m = meta["machine"]
-    caches = ", ".join(f"{k.replace(' cache', '')} {v}" for k, v in m.get("caches", {}).items())
+    caches_text = caches(m)
     versions = {}
     for r in results:
         for name, e in r.get("engines", {}).items():
@@ -186,7 +201,7 @@ def markdown(meta: dict, results: list[dict]) -> str:
         f"Command: `{meta['command']}`",
         "",
         f"Machine: {m.get('model', '?')}, {m.get('cpus', '?')} CPUs ({m.get('threads_per_core', '?')} thread(s) per core"
-        + (f", {m['hypervisor']} guest" if m.get("hypervisor") else "") + f"), {caches}; "
+        + (f", {m['hypervisor']} guest" if m.get("hypervisor") else "") + f"), {caches_text}; "
         f"ISA {', '.join(m.get('isa', []))}; Linux {m.get('kernel', '?')}.",
         "",
         f"Load average before {tuple(round(v, 2) for v in meta['load_before'])}, after "

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -142,7 +141,7 @@ def find(cells: list[dict], **key) -> dict | None:
 def markdown(meta: dict, cells: list[dict], args) -> str:
     """The whole `scaling.md`."""
     m = meta["machine"]
-    caches = ", ".join(f"{k.replace(' cache', '')} {v}" for k, v in m.get("caches", {}).items())
+    caches = report.caches(m)
     ref_size = 224 if 224 in args.size else sorted(args.size)[0]
     out = [
         f"# repvgg-rs scaling, RepVGG-{args.arch}, {meta['started']}",
@@ -235,8 +234,7 @@ def main(argv: list[str]) -> None:
     from engines import _our_version
 
     meta = {
-        "command": "/tmp/peers/bin/python " + " ".join(shlex.quote(a) for a in
-                                                          [os.path.relpath(__file__, REPO)] + argv),
+        "command": report.command_line(__file__, argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": report.machine(),
         "version": _our_version(args.repvgg),
