@@ -159,19 +159,21 @@ impl Session {
 
     /// The FP32 FMA peak of this session's workers, measured now (all workers at once).
     pub fn measure_peak_gflops(&self, millis: u64) -> f64 {
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = (0..self.workers).map(|_| scope.spawn(|| cpu::measure_fma_gflops(millis))).collect();
-            threads.into_iter().map(|t| t.join().expect("FMA probe thread")).sum()
-        })
+        self.sum_over_workers(|| cpu::measure_fma_gflops(millis))
     }
 
     /// The DRAM read bandwidth of this session's workers in GB/s, measured now (all
     /// workers at once, each streaming its own `mib`-MiB buffer).
     pub fn measure_read_gbps(&self, mib: usize, millis: u64) -> f64 {
+        self.sum_over_workers(|| cpu::measure_read_gbps(mib, millis))
+    }
+
+    /// Runs `probe` on as many fresh threads as the session has workers, all at once,
+    /// and sums what they measure.
+    fn sum_over_workers(&self, probe: impl Fn() -> f64 + Sync) -> f64 {
         std::thread::scope(|scope| {
-            let threads: Vec<_> =
-                (0..self.workers).map(|_| scope.spawn(move || cpu::measure_read_gbps(mib, millis))).collect();
-            threads.into_iter().map(|t| t.join().expect("bandwidth probe thread")).sum()
+            let threads: Vec<_> = (0..self.workers).map(|_| scope.spawn(&probe)).collect();
+            threads.into_iter().map(|t| t.join().expect("probe thread")).sum()
         })
     }
 
