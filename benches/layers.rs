@@ -1,14 +1,17 @@
 //! Single convolution layers of RepVGG-A0/B0 at 224x224, batch 1, one thread, under
-//! every algorithm that applies: the measurements behind the default algorithm table
+//! every algorithm that applies and every instruction set this CPU runs: the measurements behind the default algorithm table
 //! (`repvgg_runtime::plan::default_algo`). Throughput is reported in direct-equivalent
 //! FLOP/s (2 x K x C x 9 x output pixels), so algorithms compare directly.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use repvgg::runtime::DEFAULT_SPIN;
-use repvgg::runtime::kernels::direct::{self, DirectShape, DirectWeights, InputLayout};
-use repvgg::runtime::kernels::parallel::Team;
-use repvgg::runtime::kernels::winograd::{self as wino, WinogradShape};
-use repvgg::runtime::kernels::{LANES, Scratch, blocks};
+use repvgg::runtime::buffers::Scratch;
+use repvgg::runtime::exec::direct::{self, DirectShape, DirectWeights, InputLayout};
+use repvgg::runtime::exec::winograd::{self as wino, WinogradShape};
+use repvgg::runtime::kernels::gemm::MR;
+use repvgg::runtime::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
+use repvgg::runtime::team::Team;
+use repvgg::simd::Dispatch;
 use repvgg::winograd::{PackedFilters, Variant};
 
 /// (name, in channels, out channels, input side, stride).
@@ -42,33 +45,40 @@ fn layers(c: &mut Criterion) {
             h: side,
             w: side,
             out_channels: cout,
+            groups: 1,
             stride,
             oh: out_side,
             ow: out_side,
         };
         let packed = DirectWeights::new(InputLayout::Blocked, &weights, cout, cin, 1);
-        let mut panels = vec![0f32; direct::panels_len(&packed, &shape)];
-        let scratch = Scratch::new(1, direct::scratch_len_for(InputLayout::Blocked, &shape));
-        group.bench_function(BenchmarkId::new("direct", name), |b| {
-            b.iter(|| {
-                pool.install(|| direct::run(&packed, &bias, true, &shape, &input, &mut output, &mut panels, &scratch))
-            })
-        });
+        let mut shared = vec![0f32; direct::shared_len(InputLayout::Blocked, &shape)];
+        let scratch = Scratch::new(1, direct::scratch_len(InputLayout::Blocked, &shape));
+        for isa in Dispatch::all_supported() {
+            group.bench_function(BenchmarkId::new(format!("direct/{}", isa.isa()), name), |b| {
+                b.iter(|| {
+                    pool.install(|| {
+                        direct::run(isa, &packed, &bias, true, &shape, &input, &mut output, &mut shared, &scratch)
+                    })
+                })
+            });
+        }
         if stride != 1 {
             continue;
         }
         for v in [Variant::F2, Variant::F4, Variant::F6] {
-            let shape = WinogradShape { n: 1, in_channels: cin, out_channels: cout, h: side, w: side };
-            let filters = PackedFilters::new(v, &weights, cout, cin, 1, direct::BLOCK).expect("filters");
-            let mut transformed = vec![0f32; wino::transformed_len(v, &shape)];
+            let shape = WinogradShape { n: 1, in_channels: cin, out_channels: cout, groups: 1, h: side, w: side };
+            let filters = PackedFilters::new(v, &weights, cout, cin, 1, MR).expect("filters");
+            let mut shared = vec![0f32; wino::shared_len(v, &shape)];
             let scratch = Scratch::new(1, wino::scratch_len(v, &shape));
-            group.bench_function(BenchmarkId::new(format!("{v:?}"), name), |b| {
-                b.iter(|| {
-                    pool.install(|| {
-                        wino::run(&filters, &bias, true, &shape, &input, &mut output, &mut transformed, &scratch)
+            for isa in Dispatch::all_supported() {
+                group.bench_function(BenchmarkId::new(format!("{v:?}/{}", isa.isa()), name), |b| {
+                    b.iter(|| {
+                        pool.install(|| {
+                            wino::run(isa, &filters, &bias, true, &shape, &input, &mut output, &mut shared, &scratch)
+                        })
                     })
-                })
-            });
+                });
+            }
         }
     }
     group.finish();

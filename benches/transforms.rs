@@ -1,5 +1,5 @@
-//! Winograd tile transforms on RepVGG-A0/B0 layer shapes, with the batched GEMM they
-//! feed for scale.
+//! Winograd tile transforms on RepVGG-A0/B0 layer shapes, per instruction set this CPU
+//! runs, with the batched GEMM they feed for scale.
 //!
 //! Each benchmark transforms a whole layer (every tile of every 16-channel block) so the
 //! numbers compare directly with the layer's GEMM: `input` and `output` report tiles/s
@@ -9,7 +9,8 @@
 //! the multiplies it performs.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use repvgg::winograd::{LANES, Variant, input_tile, output_tile};
+use repvgg::simd::{Dispatch, dispatch};
+use repvgg::winograd::{CHANNEL_BLOCK as LANES, Variant, input_tile, output_tile};
 use std::hint::black_box;
 
 /// (name, channels, map side): A0 stages 1-3 and B0 stage 3.
@@ -18,6 +19,7 @@ const SHAPES: [(&str, usize, usize); 4] =
 const VARIANTS: [Variant; 3] = [Variant::F2, Variant::F4, Variant::F6];
 
 struct Layer {
+    isa: Dispatch,
     variant: Variant,
     channels: usize,
     side: usize,
@@ -25,8 +27,8 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(variant: Variant, channels: usize, side: usize) -> Layer {
-        Layer { variant, channels, side, tiles_per_side: side.div_ceil(variant.m()) }
+    fn new(isa: Dispatch, variant: Variant, channels: usize, side: usize) -> Layer {
+        Layer { isa, variant, channels, side, tiles_per_side: side.div_ceil(variant.m()) }
     }
     fn blocks(&self) -> usize {
         self.channels / LANES
@@ -54,7 +56,8 @@ impl Layer {
                 let (ty, tx) = (t / self.tiles_per_side, t % self.tiles_per_side);
                 let out = &mut dst[(cb * self.tiles() + t) * tile_len..];
                 let (y0, x0) = ((ty * m) as isize - 1, (tx * m) as isize - 1);
-                input_tile(self.variant, &src[cb * plane..(cb + 1) * plane], s * LANES, s, s, y0, x0, out, LANES);
+                let src = &src[cb * plane..(cb + 1) * plane];
+                dispatch!(self.isa, |k| input_tile(k, self.variant, src, s * LANES, s, s, y0, x0, out, LANES));
             }
         }
     }
@@ -69,7 +72,18 @@ impl Layer {
                 let (rows, cols) = (m.min(s - ty * m), m.min(s - tx * m));
                 let out = &mut dst[cb * plane + (ty * m * s + tx * m) * LANES..];
                 let src = &src[(cb * self.tiles() + t) * tile_len..];
-                output_tile(self.variant, src, LANES, &bias, true, out, s * LANES, rows, cols);
+                dispatch!(self.isa, |k| output_tile(
+                    k,
+                    self.variant,
+                    src,
+                    LANES,
+                    &bias,
+                    true,
+                    out,
+                    s * LANES,
+                    rows,
+                    cols
+                ));
             }
         }
     }
@@ -90,12 +104,14 @@ fn transforms(c: &mut Criterion) {
         group.sample_size(20).warm_up_time(std::time::Duration::from_millis(300));
         group.measurement_time(std::time::Duration::from_millis(800));
         for (name, channels, side) in SHAPES {
-            for v in VARIANTS {
-                let layer = Layer::new(v, channels, side);
+            for (v, isa) in
+                VARIANTS.into_iter().flat_map(|v| Dispatch::all_supported().into_iter().map(move |d| (v, d)))
+            {
+                let layer = Layer::new(isa, v, channels, side);
                 let act = layer.activation();
                 let mut tr = layer.transformed();
                 let tiles = (layer.tiles() * layer.blocks()) as u64;
-                let id = |op: &str| BenchmarkId::new(format!("{op}/{v:?}"), name);
+                let id = |op: &str| BenchmarkId::new(format!("{op}/{v:?}/{}", isa.isa()), name);
                 group.throughput(if unit == "tiles" {
                     Throughput::Elements(tiles)
                 } else {
@@ -122,7 +138,7 @@ fn gemm(c: &mut Criterion) {
     group.measurement_time(std::time::Duration::from_millis(800));
     for (name, channels, side) in SHAPES {
         for v in VARIANTS {
-            let layer = Layer::new(v, channels, side);
+            let layer = Layer::new(Dispatch::best(), v, channels, side);
             let (k, t, p) = (channels, layer.tiles(), layer.positions());
             let u: Vec<f32> = (0..p * k * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let vv: Vec<f32> = (0..p * k * t).map(|i| (i % 5) as f32 * 0.1).collect();

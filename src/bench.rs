@@ -65,7 +65,8 @@ pub struct Report {
     pub flops: u64,
     pub effective_gflops: f64,
     pub peak_gflops: f64,
-    pub simd: &'static str,
+    /// The kernel set that ran (`avx512`, `avx2`, `portable`).
+    pub isa: &'static str,
     pub head_ms: f64,
     /// Summed layer times (without the head).
     pub layers_ms: f64,
@@ -183,7 +184,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         flops,
         effective_gflops: flops as f64 / median_ms / 1e6,
         peak_gflops: peak,
-        simd: repvgg::runtime::cpu::simd_level(),
+        isa: session.isa().name(),
         head_ms,
         layers_ms,
         floor_ms: layers.iter().map(|l| l.floor_ms).sum(),
@@ -199,14 +200,14 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
     writeln!(out, "{}", report.model)?;
     writeln!(
         out,
-        "batch {} at {}x{}, {} thread{}, {} timed runs, {}",
+        "batch {} at {}x{}, {} thread{}, {} timed runs, {} kernels",
         report.batch,
         report.height,
         report.width,
         report.threads,
         if report.threads == 1 { "" } else { "s" },
         report.runs,
-        report.simd
+        report.isa
     )?;
     writeln!(
         out,

@@ -5,7 +5,8 @@
 //! - [`graph`]: architectures, layer shapes, parameter/MAC counts, weight naming,
 //!   re-parameterization (Ding et al. 2021);
 //! - [`runtime`]: safetensors loading, the reference executor and the fast executor;
-//! - [`winograd`]: the Winograd F(m,3) transforms (Lavin & Gray 2016).
+//! - [`winograd`]: the Winograd F(m,3) transforms (Lavin & Gray 2016);
+//! - [`simd`]: the per-instruction-set vector types and the run-time kernel choice.
 //!
 //! ```no_run
 //! use repvgg::{Model, ModelOptions, SessionOptions, Tensor};
@@ -21,9 +22,11 @@ pub mod imagenet;
 
 pub use repvgg_graph as graph;
 pub use repvgg_runtime as runtime;
+pub use repvgg_simd as simd;
 pub use repvgg_winograd as winograd;
 
 pub use repvgg_graph::{ArchSpec, Network};
 pub use repvgg_runtime::{
-    Algo, AlgoChoice, Error, ErrorKind, Features, Limits, Model, ModelOptions, Result, Session, SessionOptions, Tensor,
+    Algo, AlgoChoice, Error, ErrorKind, Features, Isa, IsaChoice, Limits, Model, ModelOptions, Result, Session,
+    SessionOptions, Tensor,
 };

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use repvgg::graph::{ArchSpec, Network};
-use repvgg::runtime::{AlgoChoice, ErrorKind, Model, ModelOptions, SessionOptions, cpu, loader};
+use repvgg::runtime::{AlgoChoice, ErrorKind, IsaChoice, Model, ModelOptions, SessionOptions, cpu, loader};
 
 mod bench;
 mod exit;
@@ -45,6 +45,9 @@ struct RunArgs {
     /// Convolution algorithm: auto, direct, f2, f4, f6.
     #[arg(long, default_value = "auto")]
     algo: String,
+    /// Kernel set: auto (REPVGG_ISA if set, else the best this CPU runs), avx512, avx2, portable.
+    #[arg(long, default_value = "auto")]
+    isa: String,
 }
 
 impl RunArgs {
@@ -53,7 +56,8 @@ impl RunArgs {
             return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
         }
         let algo: AlgoChoice = self.algo.parse()?;
-        Ok(SessionOptions { threads: self.threads.unwrap_or(0), algo, autotune, ..Default::default() })
+        let isa: IsaChoice = self.isa.parse().map_err(|e| repvgg::Error::Option(format!("--isa: {e}")))?;
+        Ok(SessionOptions { threads: self.threads.unwrap_or(0), algo, autotune, isa, ..Default::default() })
     }
 }
 

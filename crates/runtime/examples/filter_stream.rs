@@ -11,9 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use repvgg_runtime::kernels::parallel::Team;
-use repvgg_runtime::kernels::winograd::{self as wino, WinogradShape};
-use repvgg_runtime::kernels::{LANES, Scratch, blocks, direct};
+use repvgg_runtime::buffers::Scratch;
+use repvgg_runtime::exec::winograd::{self as wino, WinogradShape};
+use repvgg_runtime::kernels::gemm::MR;
+use repvgg_runtime::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
+use repvgg_runtime::team::Team;
+use repvgg_simd::Dispatch;
 use repvgg_winograd::{PackedFilters, Variant};
 
 const COPIES: usize = 16;
@@ -27,18 +30,20 @@ fn main() -> anyhow::Result<()> {
         .map(|copy| {
             let weights: Vec<f32> =
                 (0..channels * channels * 9).map(|i| (((i + copy) * 31 % 97) as f32 - 48.0) * 1e-3).collect();
-            PackedFilters::new(variant, &weights, channels, channels, 1, direct::BLOCK)
+            PackedFilters::new(variant, &weights, channels, channels, 1, MR)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let isa = Dispatch::auto()?;
     println!(
-        "{channels}->{channels} at {side}x{side}, F(4,3): {:.1} MB of filters per copy",
+        "{channels}->{channels} at {side}x{side}, F(4,3), {} kernels: {:.1} MB of filters per copy",
+        isa.isa(),
         copies[0].bytes() as f64 / 1e6
     );
     let bias = vec![0.01f32; blocks(channels) * LANES];
     let input: Vec<f32> = (0..blocks(channels) * LANES * side * side).map(|i| (i % 13) as f32 * 0.05).collect();
     let mut output = vec![0f32; blocks(channels) * LANES * side * side];
-    let shape = WinogradShape { n: 1, in_channels: channels, out_channels: channels, h: side, w: side };
-    let mut transformed = vec![0f32; wino::transformed_len(variant, &shape)];
+    let shape = WinogradShape { n: 1, in_channels: channels, out_channels: channels, groups: 1, h: side, w: side };
+    let mut shared = vec![0f32; wino::shared_len(variant, &shape)];
     for threads in [1, 2] {
         let team = Team::new(threads, Duration::from_millis(5))?;
         let scratch = Scratch::new(threads, wino::scratch_len(variant, &shape));
@@ -50,7 +55,7 @@ fn main() -> anyhow::Result<()> {
                     let filters = &copies[if rotate { run % COPIES } else { 0 }];
                     let start = Instant::now();
                     team.install(|| {
-                        wino::run(filters, &bias, true, &shape, &input, &mut output, &mut transformed, &scratch)
+                        wino::run(isa, filters, &bias, true, &shape, &input, &mut output, &mut shared, &scratch)
                     });
                     start.elapsed().as_secs_f64() * 1e3
                 })

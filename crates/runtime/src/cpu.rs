@@ -1,4 +1,4 @@
-//! CPU feature checks and floating-point environment of worker threads.
+//! CPU feature checks of the build, and the floating-point environment of worker threads.
 
 use crate::error::{Error, Result};
 
@@ -43,27 +43,22 @@ build_features!(
     "avx512vbmi",
 );
 
-/// Refuses to run if the binary uses an instruction-set extension this CPU lacks.
+/// Refuses to run if the binary assumes an instruction-set extension this CPU lacks.
 ///
-/// The workspace builds with `-C target-cpu=native`; a binary copied to an older machine
-/// would otherwise die of SIGILL somewhere in a kernel.
+/// The default build assumes nothing beyond the target's baseline (the kernels choose
+/// their instruction set at run time); a binary built with `-C target-cpu=native` and
+/// copied to an older machine would otherwise die of SIGILL in code outside the kernels.
 pub fn check_build_features() -> Result<()> {
     let missing: Vec<&str> =
         features().into_iter().filter(|(_, built, has)| *built && !*has).map(|(f, _, _)| f).collect();
-    if missing.is_empty() { Ok(()) } else { Err(Error::Cpu { missing: missing.join(", ") }) }
-}
-
-/// The SIMD level this build's kernels use, for reports.
-pub fn simd_level() -> &'static str {
-    if cfg!(target_feature = "avx512f") {
-        "AVX-512"
-    } else if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
-        "AVX2+FMA"
-    } else if cfg!(target_feature = "avx") {
-        "AVX"
-    } else {
-        "SSE2/portable"
+    if missing.is_empty() {
+        return Ok(());
     }
+    Err(Error::Cpu(format!(
+        "this CPU lacks {}, which this build of repvgg was compiled for (-C target-cpu=native on another machine?); \
+         rebuild without target flags",
+        missing.join(", ")
+    )))
 }
 
 /// Sets flush-to-zero and denormals-are-zero on the calling thread.
@@ -127,61 +122,8 @@ impl Drop for FlushDenormals {
     }
 }
 
-/// Measures the FP32 FMA throughput of the calling thread in GFLOP/s: 12 independent
-/// 16-wide FMA chains (enough to cover the FMA latency) for about `millis` ms.
-pub fn measure_fma_gflops(millis: u64) -> f64 {
-    use wide::f32x16;
-    let mut acc = [f32x16::splat(1.0); 12];
-    let (b, c) = (f32x16::splat(0.999_999), f32x16::splat(1e-7));
-    let start = std::time::Instant::now();
-    let mut iterations = 0u64;
-    while start.elapsed().as_millis() < millis as u128 {
-        for _ in 0..10_000 {
-            for a in acc.iter_mut() {
-                *a = a.mul_add(b, c);
-            }
-        }
-        iterations += 10_000;
-        acc = std::hint::black_box(acc);
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    std::hint::black_box(acc);
-    (iterations * 12 * 16 * 2) as f64 / seconds / 1e9
-}
-
-/// Measures the calling thread's read bandwidth from DRAM in GB/s (10^9 bytes): sums a
-/// `mib`-MiB buffer, larger than the caches, with 8 independent 16-wide accumulators,
-/// pass after pass for about `millis` ms. The buffer is written once first, so the pages
-/// exist and the timed passes only read.
-pub fn measure_read_gbps(mib: usize, millis: u64) -> f64 {
-    use wide::f32x16;
-    let floats = (mib.max(1) << 20) / std::mem::size_of::<f32>();
-    let buffer: Vec<f32x16> = (0..floats / 16).map(|i| f32x16::splat((i % 7) as f32)).collect();
-    let mut acc = [f32x16::splat(0.0); 8];
-    let start = std::time::Instant::now();
-    let mut passes = 0u64;
-    while passes == 0 || start.elapsed().as_millis() < millis as u128 {
-        for chunk in std::hint::black_box(&buffer).chunks_exact(8) {
-            for (a, &v) in acc.iter_mut().zip(chunk) {
-                *a += v;
-            }
-        }
-        passes += 1;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    std::hint::black_box(acc);
-    (passes as usize * (buffer.len() / 8 * 8) * 64) as f64 / seconds / 1e9
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_bandwidth_probe_reads_something() {
-        // Plausibility only (speed belongs in benchmarks): a positive, finite rate.
-        let gbps = super::measure_read_gbps(4, 1);
-        assert!(gbps.is_finite() && gbps > 0.0, "{gbps}");
-    }
-
     #[test]
     fn this_machine_runs_this_build() {
         super::check_build_features().unwrap();

@@ -32,11 +32,10 @@ pub enum Error {
     #[error("limit exceeded: {0}")]
     Limit(String),
 
-    /// The CPU lacks an instruction-set feature this binary was compiled to use.
-    #[error(
-        "this CPU lacks {missing}, which this build of repvgg was compiled for (target-cpu=native on another machine?); rebuild on this machine or with RUSTFLAGS=\"\""
-    )]
-    Cpu { missing: String },
+    /// The CPU lacks an instruction-set feature: one a forced kernel set needs
+    /// (`SessionOptions::isa`, `REPVGG_ISA`), or one this binary was compiled to assume.
+    #[error("{0}")]
+    Cpu(String),
 
     /// An invalid option value (thread count, algorithm name, ...).
     #[error("invalid option: {0}")]
@@ -71,9 +70,18 @@ impl Error {
             Error::Dtype { .. } => ErrorKind::Model,
             Error::Input(_) => ErrorKind::Input,
             Error::Limit(_) => ErrorKind::Limit,
-            Error::Cpu { .. } => ErrorKind::Cpu,
+            Error::Cpu(_) => ErrorKind::Cpu,
             Error::Option(_) => ErrorKind::Usage,
             Error::Graph(g) => graph_error_kind(g),
+        }
+    }
+}
+
+impl From<repvgg_simd::Error> for Error {
+    fn from(error: repvgg_simd::Error) -> Error {
+        match error {
+            repvgg_simd::Error::Unknown { .. } => Error::Option(error.to_string()),
+            repvgg_simd::Error::Unsupported { .. } => Error::Cpu(error.to_string()),
         }
     }
 }

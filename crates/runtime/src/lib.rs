@@ -2,6 +2,12 @@
 //! executor (Winograd F(m,3) and direct convolution over a channel-blocked layout,
 //! parallel on a spin-waiting fork-join team) behind the [`Model`] / [`Session`] API.
 //!
+//! Layout, from the bottom up: [`kernels`] (the per-instruction-set hot code), [`exec`]
+//! (layer executors and their schedules), [`team`] and [`buffers`] (the thread team and
+//! what its workers share), [`plan`] (per-layer algorithm and buffer sizes), [`model`]
+//! (loaded weights, packed per algorithm on first use), [`session`] (team, plans and
+//! arena of one user), beside [`loader`], [`reference`] and [`cpu`].
+//!
 //! ```no_run
 //! use repvgg_runtime::{Model, ModelOptions, SessionOptions, Tensor};
 //!
@@ -12,18 +18,22 @@
 //! # Ok::<(), repvgg_runtime::Error>(())
 //! ```
 
+pub mod buffers;
 pub mod cpu;
 pub mod error;
+pub mod exec;
 pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod plan;
 pub mod reference;
 pub mod session;
+pub mod team;
 pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Limits, Model, ModelOptions};
 pub use plan::{Algo, AlgoChoice, LayerPlan, Plan};
+pub use repvgg_simd::{Isa, IsaChoice};
 pub use session::{DEFAULT_SPIN, Features, Profile, Session, SessionOptions};
 pub use tensor::Tensor;

@@ -8,12 +8,12 @@ use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network};
 use repvgg_winograd::PackedFilters;
 
 use crate::error::{Error, Result};
-use crate::kernels::direct::{self, DirectWeights, InputLayout};
-use crate::kernels::{LANES, blocks};
+use crate::exec::direct::{DirectWeights, InputLayout};
+use crate::kernels::gemm::MR;
+use crate::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
 use crate::loader::SafetensorsFile;
 use crate::plan::Algo;
 use crate::reference;
-use crate::session::{Session, SessionOptions};
 use crate::tensor::Tensor;
 
 /// Resource limits applied to every request before anything large is allocated.
@@ -102,7 +102,8 @@ struct Inner {
 /// A loaded, re-parameterized RepVGG model.
 ///
 /// Cheap to clone (the weights are shared), `Send + Sync`: any number of threads can run
-/// inferences on one model at once, each through its own [`Session`] (or [`Model::run`]).
+/// inferences on one model at once, each through its own [`Session`](crate::Session) (or
+/// [`Model::run`](crate::Model::run)).
 #[derive(Debug, Clone)]
 pub struct Model {
     inner: Arc<Inner>,
@@ -200,19 +201,6 @@ impl Model {
         &self.inner.description
     }
 
-    /// A session: a thread team and working memory for running this model.
-    pub fn session(&self, options: SessionOptions) -> Result<Session> {
-        Session::new(self.clone(), options)
-    }
-
-    /// Runs the model once on a batch and returns the logits `[N, classes]`.
-    ///
-    /// Convenience for occasional calls: it builds a session (thread team, plan, arena)
-    /// each time. Hold a [`Session`] to run many batches.
-    pub fn run(&self, input: &Tensor) -> Result<Tensor> {
-        self.session(SessionOptions::default())?.run(input)
-    }
-
     /// Runs the f64 reference executor (the oracle; slow).
     pub fn run_reference(&self, input: &Tensor) -> Result<reference::Outputs> {
         self.limits().check_input(self.network(), input.shape())?;
@@ -245,7 +233,7 @@ impl Model {
                 let cg = layer.in_channels / layer.groups;
                 Arc::new(match algo.variant() {
                     Some(v) => Prepared::Winograd(
-                        PackedFilters::new(v, weight, layer.out_channels, cg, layer.groups, direct::BLOCK)
+                        PackedFilters::new(v, weight, layer.out_channels, cg, layer.groups, MR)
                             .expect("layer shapes were validated"),
                     ),
                     None if algo == Algo::Direct => {

@@ -8,9 +8,10 @@ use repvgg_graph::{ConvLayer, Network};
 use repvgg_winograd::Variant;
 
 use crate::error::{Error, Result};
-use crate::kernels::direct::{self, DirectShape, DirectWeights, InputLayout};
-use crate::kernels::winograd::{self as wino, WinogradShape};
-use crate::kernels::{LANES, blocks, pointwise};
+use crate::exec::direct::{self, DirectShape, DirectWeights, InputLayout};
+use crate::exec::pointwise;
+use crate::exec::winograd::{self as wino, WinogradShape};
+use crate::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
 
 /// A convolution algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -135,6 +136,7 @@ impl LayerPlan {
             h: self.h,
             w: self.w,
             out_channels: self.out_channels,
+            groups: self.groups,
             stride: self.stride,
             oh: self.oh,
             ow: self.ow,
@@ -142,7 +144,14 @@ impl LayerPlan {
     }
 
     pub fn winograd_shape(&self, n: usize) -> WinogradShape {
-        WinogradShape { n, in_channels: self.in_channels, out_channels: self.out_channels, h: self.h, w: self.w }
+        WinogradShape {
+            n,
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            groups: self.groups,
+            h: self.h,
+            w: self.w,
+        }
     }
 
     /// Multiplies the algorithm performs for one image (tile overhang included).
@@ -172,7 +181,8 @@ pub struct Plan {
     pub layers: Vec<LayerPlan>,
     /// Floats of each ping-pong activation buffer.
     pub activation_len: usize,
-    /// Floats of the shared buffer of transformed inputs (Winograd) or im2col panels (direct).
+    /// Floats of the shared buffer of packed column panels: transformed inputs (Winograd)
+    /// or im2col panels (direct), and the NHWC copy of the network input.
     pub transformed_len: usize,
     /// Floats of each worker's scratch.
     pub scratch_len: usize,
@@ -216,14 +226,14 @@ impl Plan {
             self.activation_len = self.activation_len.max(lp.output_len(n));
             match lp.algo.variant() {
                 Some(v) => {
-                    self.transformed_len = self.transformed_len.max(wino::transformed_len(v, &lp.winograd_shape(n)));
+                    self.transformed_len = self.transformed_len.max(wino::shared_len(v, &lp.winograd_shape(n)));
                     self.scratch_len = self.scratch_len.max(wino::scratch_len(v, &lp.winograd_shape(n)));
                 }
                 None if lp.algo == Algo::Direct => {
                     let layout = InputLayout::for_layer(lp.index);
                     let shape = lp.direct_shape(n);
-                    self.transformed_len = self.transformed_len.max(direct::panels_len_for(layout, &shape));
-                    self.scratch_len = self.scratch_len.max(direct::scratch_len_for(layout, &shape));
+                    self.transformed_len = self.transformed_len.max(direct::shared_len(layout, &shape));
+                    self.scratch_len = self.scratch_len.max(direct::scratch_len(layout, &shape));
                 }
                 None => {}
             }

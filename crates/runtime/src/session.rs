@@ -3,15 +3,17 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::cpu;
+use repvgg_simd::{Dispatch, IsaChoice, dispatch};
+
+use crate::buffers::Scratch;
 use crate::error::{Error, Result};
-use crate::kernels::direct;
-use crate::kernels::generic::GenericConv;
-use crate::kernels::parallel::Team;
-use crate::kernels::winograd as wino;
-use crate::kernels::{LANES, Scratch, blocks, pointwise};
+use crate::exec::generic::GenericConv;
+use crate::exec::winograd as wino;
+use crate::exec::{direct, pointwise};
+use crate::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks, probe};
 use crate::model::{Model, Prepared};
 use crate::plan::{Algo, AlgoChoice, LayerPlan, Plan, default_algo};
+use crate::team::Team;
 use crate::tensor::Tensor;
 
 /// How a session runs.
@@ -29,6 +31,9 @@ pub struct SessionOptions {
     /// on a VM goes through the hypervisor) at the price of that much CPU after each run.
     /// Ignored (no spinning) when `threads` exceeds the machine's cores.
     pub spin: Duration,
+    /// Kernel set: `Auto` is `REPVGG_ISA` if set, else the best this CPU runs; forcing one
+    /// the CPU lacks is refused ([`Error::Cpu`]).
+    pub isa: IsaChoice,
 }
 
 /// Default [`SessionOptions::spin`].
@@ -36,7 +41,28 @@ pub const DEFAULT_SPIN: Duration = Duration::from_millis(5);
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 0, algo: AlgoChoice::default(), autotune: false, spin: DEFAULT_SPIN }
+        SessionOptions {
+            threads: 0,
+            algo: AlgoChoice::default(),
+            autotune: false,
+            spin: DEFAULT_SPIN,
+            isa: IsaChoice::Auto,
+        }
+    }
+}
+
+impl Model {
+    /// A session: a thread team and working memory for running this model.
+    pub fn session(&self, options: SessionOptions) -> Result<Session> {
+        Session::new(self.clone(), options)
+    }
+
+    /// Runs the model once on a batch and returns the logits `[N, classes]`.
+    ///
+    /// Convenience for occasional calls: it builds a session (thread team, plan, arena)
+    /// each time. Hold a [`Session`] to run many batches.
+    pub fn run(&self, input: &Tensor) -> Result<Tensor> {
+        self.session(SessionOptions::default())?.run(input)
     }
 }
 
@@ -125,6 +151,7 @@ impl Arena {
 pub struct Session {
     model: Model,
     options: SessionOptions,
+    isa: Dispatch,
     team: Team,
     workers: usize,
     plans: HashMap<(usize, usize, usize), Plan>,
@@ -134,7 +161,8 @@ pub struct Session {
 impl Session {
     /// Creates a session; see [`Model::session`].
     pub fn new(model: Model, options: SessionOptions) -> Result<Session> {
-        cpu::check_build_features()?;
+        crate::cpu::check_build_features()?;
+        let isa = Dispatch::choose(options.isa)?;
         let workers = if options.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -145,7 +173,7 @@ impl Session {
         }
         let team = Team::new(workers, options.spin)
             .map_err(|e| Error::Option(format!("cannot start {workers} worker threads: {e}")))?;
-        Ok(Session { model, options, team, workers, plans: HashMap::new(), arena: Arena::new(workers) })
+        Ok(Session { model, options, isa, team, workers, plans: HashMap::new(), arena: Arena::new(workers) })
     }
 
     pub fn model(&self) -> &Model {
@@ -157,15 +185,27 @@ impl Session {
         self.workers
     }
 
-    /// The FP32 FMA peak of this session's workers, measured now (all workers at once).
+    /// The instruction set whose kernels this session runs.
+    pub fn isa(&self) -> repvgg_simd::Isa {
+        self.isa.isa()
+    }
+
+    /// The FP32 multiply-add peak of this session's workers with its kernel set, measured
+    /// now (all workers at once).
     pub fn measure_peak_gflops(&self, millis: u64) -> f64 {
-        self.sum_over_workers(|| cpu::measure_fma_gflops(millis))
+        let isa = self.isa;
+        self.sum_over_workers(|| dispatch!(isa, |s| probe::fma_gflops(s, millis)))
     }
 
     /// The DRAM read bandwidth of this session's workers in GB/s, measured now (all
-    /// workers at once, each streaming its own `mib`-MiB buffer).
+    /// workers at once, each streaming its own `mib`-MiB buffer, written once first so
+    /// that the timed passes only read).
     pub fn measure_read_gbps(&self, mib: usize, millis: u64) -> f64 {
-        self.sum_over_workers(|| cpu::measure_read_gbps(mib, millis))
+        let isa = self.isa;
+        self.sum_over_workers(|| {
+            let buffer: Vec<f32> = (0..(mib.max(1) << 20) / 4).map(|i| (i % 7) as f32).collect();
+            dispatch!(isa, |s| probe::read_gbps(s, &buffer, millis))
+        })
     }
 
     /// Runs `probe` on as many fresh threads as the session has workers, all at once,
@@ -329,7 +369,8 @@ impl Session {
             if lp.index == 0 { n * 3 * lp.h * lp.w } else { n * blocks(lp.in_channels) * lp.h * lp.w * LANES };
         let input = &first[0][..input_len];
         let output = &mut second[0];
-        self.team.install(|| conv_layer(&model, lp, n, input, output, transformed, scratch, pooled));
+        let isa = self.isa;
+        self.team.install(|| conv_layer(isa, &model, lp, n, input, output, transformed, scratch, pooled));
     }
 
     fn forward(
@@ -347,6 +388,7 @@ impl Session {
         let network = model.network();
         let stage_ends = network.stage_ends();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
+        let isa = self.isa;
         self.team.install(|| {
             let mut current = 0;
             for lp in &plan.layers {
@@ -354,7 +396,7 @@ impl Session {
                 let (a, b) = act.split_at_mut(1);
                 let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
                 let src: &[f32] = if lp.index == 0 { input.data() } else { src };
-                conv_layer(model, lp, n, src, dst, transformed, scratch, pooled);
+                conv_layer(isa, model, lp, n, src, dst, transformed, scratch, pooled);
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
                 }
@@ -372,8 +414,8 @@ impl Session {
             let last = plan.layers.last().expect("layers");
             let features = network.feature_channels();
             let weights = model.weights();
-            pointwise::global_average_pool(&act[current], n, features, last.oh * last.ow, pooled);
-            pointwise::linear(pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits);
+            pointwise::global_average_pool(isa, &act[current], n, features, last.oh * last.ow, pooled);
+            pointwise::linear(isa, pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits);
             if let Some(t) = times {
                 t[plan.layers.len()] = start.elapsed();
             }
@@ -403,6 +445,7 @@ fn check_finite(input: &Tensor) -> Result<()> {
 /// One block: convolution + bias, then SE and ReLU (or ReLU fused into the convolution).
 #[allow(clippy::too_many_arguments)]
 fn conv_layer(
+    isa: Dispatch,
     model: &Model,
     lp: &LayerPlan,
     n: usize,
@@ -417,10 +460,10 @@ fn conv_layer(
     let prepared = model.prepared(lp.index, lp.algo);
     match (&*prepared, lp.algo) {
         (Prepared::Winograd(filters), _) => {
-            wino::run(filters, bias, relu, &lp.winograd_shape(n), input, output, transformed, scratch);
+            wino::run(isa, filters, bias, relu, &lp.winograd_shape(n), input, output, transformed, scratch);
         }
         (Prepared::Direct(weights), _) => {
-            direct::run(weights, bias, relu, &lp.direct_shape(n), input, output, transformed, scratch);
+            direct::run(isa, weights, bias, relu, &lp.direct_shape(n), input, output, transformed, scratch);
         }
         (Prepared::Generic, _) => {
             let weight = &model.weights().layers[lp.index].conv.weight;
@@ -438,11 +481,11 @@ fn conv_layer(
                 bias,
                 relu,
             }
-            .run(input, output);
+            .run(isa, input, output);
         }
     }
     if lp.se {
         let se = model.weights().layers[lp.index].se.as_ref().expect("SE layers have SE weights");
-        pointwise::squeeze_excite_relu(output, n, lp.out_channels, lp.oh * lp.ow, se, pooled);
+        pointwise::squeeze_excite_relu(isa, output, n, lp.out_channels, lp.oh * lp.ow, se, pooled);
     }
 }

@@ -5,10 +5,10 @@
 //!
 //! # Packed layout
 //!
-//! For every group, the output channels are cut into blocks of `block` channels (a
-//! multiple of 16, the GEMM microkernel's register-tile height). The last block is
-//! narrower when the group's width is not a multiple of `block`: it is rounded up to 16,
-//! zero-padded. Within a block, the data is `[position p][input channel c][lane]`:
+//! For every group, the output channels are cut into panels of `panel` channels (a
+//! multiple of 16: the GEMM's weight panel, `MR` rows of its microkernel). The last panel
+//! is narrower when the group's width is not a multiple of `panel`: it is rounded up to
+//! 16, zero-padded. Within a panel, the data is `[position p][input channel c][lane]`:
 //!
 //! ```text
 //! U[p][c][k - k0]   for p in 0..alpha^2, c in 0..c_pad, k in k0..k0 + width
@@ -18,22 +18,22 @@
 //! are padded to `c_pad` (a multiple of 16) with zeros to match the channel-blocked
 //! activation layout.
 
-use crate::tiles::LANES;
+use crate::tiles::CHANNEL_BLOCK;
 use crate::{Error, Variant};
 
-/// One block of output channels of one group, for all transform positions.
+/// One panel of output channels of one group, for all transform positions.
 #[derive(Debug, Clone, Copy)]
-pub struct FilterBlock<'a> {
-    /// First output channel of the block, counted within its group.
+pub struct FilterPanel<'a> {
+    /// First output channel of the panel, counted within its group.
     pub k0: usize,
-    /// Channels in the block (a multiple of 16; padding channels have zero filters).
+    /// Channels in the panel (a multiple of 16; padding channels have zero filters).
     pub width: usize,
     /// `[p][c_pad][width]`.
     pub data: &'a [f32],
     c_pad: usize,
 }
 
-impl<'a> FilterBlock<'a> {
+impl<'a> FilterPanel<'a> {
     /// The `c_pad x width` panel of transform position `p`.
     pub fn position(&self, p: usize) -> &'a [f32] {
         let len = self.c_pad * self.width;
@@ -49,8 +49,8 @@ pub struct PackedFilters {
     out_per_group: usize,
     in_per_group: usize,
     c_pad: usize,
-    block: usize,
-    blocks_per_group: usize,
+    panel: usize,
+    panels_per_group: usize,
     group_len: usize,
     data: Vec<f32>,
 }
@@ -61,22 +61,22 @@ fn round_up(x: usize, to: usize) -> usize {
 
 impl PackedFilters {
     /// Transforms `weights` (`[K][C/groups][3][3]`, K = `out_channels`) and packs them into
-    /// blocks of at most `block` output channels.
+    /// panels of at most `panel` output channels.
     pub fn new(
         variant: Variant,
         weights: &[f32],
         out_channels: usize,
         in_per_group: usize,
         groups: usize,
-        block: usize,
+        panel: usize,
     ) -> Result<PackedFilters, Error> {
         if groups == 0 || out_channels == 0 || in_per_group == 0 || !out_channels.is_multiple_of(groups) {
             return Err(Error::Layout(format!(
                 "{out_channels} output channels, {in_per_group} inputs per group, {groups} groups"
             )));
         }
-        if block == 0 || !block.is_multiple_of(LANES) {
-            return Err(Error::Layout(format!("block width {block} is not a positive multiple of {LANES}")));
+        if panel == 0 || !panel.is_multiple_of(CHANNEL_BLOCK) {
+            return Err(Error::Layout(format!("panel width {panel} is not a positive multiple of {CHANNEL_BLOCK}")));
         }
         if weights.len() != out_channels * in_per_group * 9 {
             return Err(Error::Layout(format!(
@@ -85,9 +85,9 @@ impl PackedFilters {
             )));
         }
         let out_per_group = out_channels / groups;
-        let c_pad = round_up(in_per_group, LANES);
-        let k_pad = round_up(out_per_group, LANES);
-        let blocks_per_group = k_pad.div_ceil(block);
+        let c_pad = round_up(in_per_group, CHANNEL_BLOCK);
+        let k_pad = round_up(out_per_group, CHANNEL_BLOCK);
+        let panels_per_group = k_pad.div_ceil(panel);
         let positions = variant.alpha() * variant.alpha();
         let group_len = positions * c_pad * k_pad;
         let mut data = vec![0f32; groups * group_len];
@@ -95,9 +95,9 @@ impl PackedFilters {
         let mats = variant.matrices();
         let a = mats.alpha;
         for grp in 0..groups {
-            for b in 0..blocks_per_group {
-                let k0 = b * block;
-                let width = block.min(k_pad - k0);
+            for b in 0..panels_per_group {
+                let k0 = b * panel;
+                let width = panel.min(k_pad - k0);
                 let base = grp * group_len + k0 * positions * c_pad;
                 for lane in 0..width.min(out_per_group.saturating_sub(k0)) {
                     let k = grp * out_per_group + k0 + lane;
@@ -126,8 +126,8 @@ impl PackedFilters {
             out_per_group,
             in_per_group,
             c_pad,
-            block,
-            blocks_per_group,
+            panel,
+            panels_per_group,
             group_len,
             data,
         })
@@ -154,19 +154,19 @@ impl PackedFilters {
         self.c_pad
     }
 
-    /// Output-channel blocks per group.
-    pub fn blocks_per_group(&self) -> usize {
-        self.blocks_per_group
+    /// Output-channel panels per group.
+    pub fn panels_per_group(&self) -> usize {
+        self.panels_per_group
     }
 
-    /// Block `b` of group `group`.
-    pub fn block(&self, group: usize, b: usize) -> FilterBlock<'_> {
-        assert!(group < self.groups && b < self.blocks_per_group, "block ({group}, {b}) out of range");
+    /// Panel `b` of group `group`.
+    pub fn panel(&self, group: usize, b: usize) -> FilterPanel<'_> {
+        assert!(group < self.groups && b < self.panels_per_group, "panel ({group}, {b}) out of range");
         let positions = self.variant.alpha() * self.variant.alpha();
-        let k0 = b * self.block;
-        let width = self.block.min(round_up(self.out_per_group, LANES) - k0);
+        let k0 = b * self.panel;
+        let width = self.panel.min(round_up(self.out_per_group, CHANNEL_BLOCK) - k0);
         let start = group * self.group_len + k0 * positions * self.c_pad;
-        FilterBlock { k0, width, data: &self.data[start..start + positions * self.c_pad * width], c_pad: self.c_pad }
+        FilterPanel { k0, width, data: &self.data[start..start + positions * self.c_pad * width], c_pad: self.c_pad }
     }
 
     /// Bytes held.
@@ -181,16 +181,16 @@ mod tests {
 
     #[test]
     fn packing_places_every_transformed_filter() {
-        // 2 groups, 40 outputs per group (blocks 32 + 16 with 8 padding), 3 inputs per group.
+        // 2 groups, 40 outputs per group (panels 32 + 16 with 8 padding), 3 inputs per group.
         let (k, cg, groups) = (80, 3, 2);
         let weights: Vec<f32> = (0..k * cg * 9).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let variant = Variant::F4;
         let packed = PackedFilters::new(variant, &weights, k, cg, groups, 32).unwrap();
-        assert_eq!((packed.blocks_per_group(), packed.c_pad()), (2, 16));
+        assert_eq!((packed.panels_per_group(), packed.c_pad()), (2, 16));
         let mats = variant.matrices();
         for grp in 0..groups {
             for b in 0..2 {
-                let blk = packed.block(grp, b);
+                let blk = packed.panel(grp, b);
                 assert_eq!((blk.k0, blk.width), (b * 32, if b == 0 { 32 } else { 16 }));
                 for lane in 0..blk.width {
                     let kk = blk.k0 + lane;
@@ -205,7 +205,7 @@ mod tests {
                         for p in 0..36 {
                             let got = blk.position(p)[c * blk.width + lane];
                             let want = u.as_ref().map_or(0.0, |u| u[p / 6][p % 6] as f32);
-                            assert_eq!(got, want, "group {grp} block {b} lane {lane} c {c} p {p}");
+                            assert_eq!(got, want, "group {grp} panel {b} lane {lane} c {c} p {p}");
                         }
                     }
                 }

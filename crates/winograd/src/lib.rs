@@ -23,7 +23,7 @@
 //! - [`tables`]: the shipped f32 constants, tested equal to the generator;
 //! - [`filters`]: the load-time filter transform, packed for the runtime's GEMM;
 //! - [`tiles`]: the input and output tile transforms on the channel-blocked layout,
-//!   vectorized across 16 channels with `wide`, each with a scalar twin.
+//!   generic over the instruction set (`repvgg-simd`), each with a scalar twin.
 //!
 //! It knows no graph types: it works on slices, strides and the `NCHWc16` tile layout.
 //!
@@ -63,9 +63,9 @@ pub mod matrices;
 pub mod tables;
 pub mod tiles;
 
-pub use filters::{FilterBlock, PackedFilters};
+pub use filters::{FilterPanel, PackedFilters};
 pub use matrices::{Matrices, Point, cook_toom};
-pub use tiles::{LANES, input_tile, output_tile, output_tile_raw};
+pub use tiles::{CHANNEL_BLOCK, input_tile, output_tile, output_tile_raw};
 
 /// Errors of the winograd crate.
 #[derive(Debug, thiserror::Error)]

@@ -2,39 +2,44 @@
 //!
 //! Activations are channel-blocked (`NCHWc16`): a plane of one channel block stores pixel
 //! `(y, x)` as 16 consecutive floats, one per channel, at `y * row_stride + x * 16`. Every
-//! arithmetic operation of a transform is then a 16-wide vector operation, with no
-//! shuffles. The transform of one tile reads or writes `alpha^2` such vectors, each at
-//! `position * pos_stride` in the transformed buffer, so the caller chooses the layout that
-//! its batched GEMM reads.
+//! arithmetic operation of a transform is then a lane-wise vector operation, with no
+//! shuffles: an instruction set with 16-float vectors transforms a channel block at once,
+//! one with 8 or 4 floats runs the same transform on each part of the block in turn, with
+//! its own registers. Each output lane sees the same operations in the same order
+//! whatever the vector width, so the FMA instruction sets (AVX-512, AVX2) produce
+//! bitwise the same tiles. The transform of one tile reads or writes `alpha^2` positions,
+//! each at `position * pos_stride` in the transformed buffer, so the caller chooses the
+//! layout that its batched GEMM reads.
 //!
-//! The SIMD kernels take the constant tables at compile time. Zero coefficients vanish
-//! and +-1 coefficients become plain adds. The symmetric points pair the rows of `B^T`
-//! and the columns of `A^T` (see [`crate::matrices`]), so each pair costs one even and one
-//! odd partial sum. [`scalar`] holds the twins: dense, lane-by-lane, same signatures.
+//! The kernels are `#[inline(always)]` bodies generic over a [`Simd`] token: the caller
+//! instantiates them inside its own `repvgg_simd::dispatch!`, together with the GEMM that
+//! consumes the tiles. They take the constant tables at compile time. Zero coefficients
+//! vanish and +-1 coefficients become plain adds. The symmetric points pair the rows of
+//! `B^T` and the columns of `A^T` (see [`crate::matrices`]), so each pair costs one even
+//! and one odd partial sum. [`scalar`] holds the twins: dense, lane-by-lane, same
+//! signatures.
 
-use wide::f32x16;
+use repvgg_simd::Simd;
 
 use crate::Variant;
 use crate::tables;
 
-/// Channels per block of the channel-blocked layout (one AVX-512 vector of f32).
-pub const LANES: usize = 16;
-
-type V = f32x16;
+/// Channels per block of the channel-blocked layout.
+pub const CHANNEL_BLOCK: usize = 16;
 
 #[inline(always)]
-fn load(src: &[f32], offset: usize) -> V {
-    debug_assert!(offset + LANES <= src.len());
+fn load<S: Simd>(s: S, src: &[f32], offset: usize) -> S::F32 {
+    debug_assert!(offset + S::LANES <= src.len());
     // SAFETY: every caller passes an offset inside the range validated by
     // `check_input_args` / `check_output_args` on entry to the public kernel.
-    unsafe { std::ptr::read_unaligned(src.as_ptr().add(offset) as *const V) }
+    unsafe { s.load(src.as_ptr().add(offset)) }
 }
 
 #[inline(always)]
-fn store(dst: &mut [f32], offset: usize, v: V) {
-    debug_assert!(offset + LANES <= dst.len());
+fn store<S: Simd>(s: S, dst: &mut [f32], offset: usize, v: S::F32) {
+    debug_assert!(offset + S::LANES <= dst.len());
     // SAFETY: as for `load`, the range was validated on entry to the public kernel.
-    unsafe { std::ptr::write_unaligned(dst.as_mut_ptr().add(offset) as *mut V, v) }
+    unsafe { s.store(dst.as_mut_ptr().add(offset), v) }
 }
 
 /// The 1-D transforms of one variant, written out by hand from its tables.
@@ -46,24 +51,19 @@ fn store(dst: &mut [f32], offset: usize, v: V) {
 /// tables, so the kernels compute exactly the matrices the tests check against the generator.
 trait OneD<const M: usize, const A: usize> {
     /// `B^T d` for a column (or row) of `alpha` vectors.
-    fn input(d: [V; A]) -> [V; A];
+    fn input<S: Simd>(s: S, d: [S::F32; A]) -> [S::F32; A];
     /// `A^T x` for a column (or row) of `alpha` vectors.
-    fn output(x: [V; A]) -> [V; M];
-}
-
-#[inline(always)]
-fn c(v: f32) -> V {
-    V::splat(v)
+    fn output<S: Simd>(s: S, x: [S::F32; A]) -> [S::F32; M];
 }
 
 struct F2;
 impl OneD<2, 4> for F2 {
     #[inline(always)]
-    fn input(d: [V; 4]) -> [V; 4] {
+    fn input<S: Simd>(_: S, d: [S::F32; 4]) -> [S::F32; 4] {
         [d[2] - d[0], d[1] + d[2], d[2] - d[1], d[3] - d[1]]
     }
     #[inline(always)]
-    fn output(x: [V; 4]) -> [V; 2] {
+    fn output<S: Simd>(_: S, x: [S::F32; 4]) -> [S::F32; 2] {
         [x[0] + x[1] + x[2], x[1] - x[2] + x[3]]
     }
 }
@@ -81,26 +81,28 @@ impl<const TEXTBOOK: bool> F4<TEXTBOOK> {
 }
 impl<const TEXTBOOK: bool> OneD<4, 6> for F4<TEXTBOOK> {
     #[inline(always)]
-    fn input(d: [V; 6]) -> [V; 6] {
+    fn input<S: Simd>(s: S, d: [S::F32; 6]) -> [S::F32; 6] {
         let b = Self::BT;
-        let r0 = d[0].mul_add(c(b[0][0]), d[2].mul_add(c(b[0][2]), d[4]));
-        let e1 = d[2].mul_add(c(b[1][2]), d[4]);
-        let o1 = d[1].mul_add(c(b[1][1]), d[3] * c(b[1][3]));
-        let e2 = d[2].mul_add(c(b[3][2]), d[4]);
-        let o2 = d[1].mul_add(c(b[3][1]), d[3] * c(b[3][3]));
-        let r5 = d[1].mul_add(c(b[5][1]), d[3].mul_add(c(b[5][3]), d[5]));
+        let c = |v: f32| s.splat(v);
+        let r0 = s.mul_add(d[0], c(b[0][0]), s.mul_add(d[2], c(b[0][2]), d[4]));
+        let e1 = s.mul_add(d[2], c(b[1][2]), d[4]);
+        let o1 = s.mul_add(d[1], c(b[1][1]), d[3] * c(b[1][3]));
+        let e2 = s.mul_add(d[2], c(b[3][2]), d[4]);
+        let o2 = s.mul_add(d[1], c(b[3][1]), d[3] * c(b[3][3]));
+        let r5 = s.mul_add(d[1], c(b[5][1]), s.mul_add(d[3], c(b[5][3]), d[5]));
         [r0, e1 + o1, e1 - o1, e2 + o2, e2 - o2, r5]
     }
     #[inline(always)]
-    fn output(x: [V; 6]) -> [V; 4] {
+    fn output<S: Simd>(s: S, x: [S::F32; 6]) -> [S::F32; 4] {
         let a = Self::AT;
+        let c = |v: f32| s.splat(v);
         let (s1, d1) = (x[1] + x[2], x[1] - x[2]);
         let (s2, d2) = (x[3] + x[4], x[3] - x[4]);
         [
             x[0] + s1 + s2,
-            d1.mul_add(c(a[1][1]), d2 * c(a[1][3])),
-            s1.mul_add(c(a[2][1]), s2 * c(a[2][3])),
-            d1.mul_add(c(a[3][1]), d2.mul_add(c(a[3][3]), x[5])),
+            s.mul_add(d1, c(a[1][1]), d2 * c(a[1][3])),
+            s.mul_add(s1, c(a[2][1]), s2 * c(a[2][3])),
+            s.mul_add(d1, c(a[3][1]), s.mul_add(d2, c(a[3][3]), x[5])),
         ]
     }
 }
@@ -121,14 +123,15 @@ const _: () = {
 struct F6;
 impl OneD<6, 8> for F6 {
     #[inline(always)]
-    fn input(d: [V; 8]) -> [V; 8] {
+    fn input<S: Simd>(s: S, d: [S::F32; 8]) -> [S::F32; 8] {
         let b = tables::f6::BT;
+        let c = |v: f32| s.splat(v);
         // Rows 0 and 7 share the coefficient 5.25 on their inner terms.
-        let r0 = (d[2] - d[4]).mul_add(c(b[0][2]), d[6] - d[0]);
-        let r7 = (d[3] - d[5]).mul_add(c(b[7][3]), d[7] - d[1]);
+        let r0 = s.mul_add(d[2] - d[4], c(b[0][2]), d[6] - d[0]);
+        let r7 = s.mul_add(d[3] - d[5], c(b[7][3]), d[7] - d[1]);
         let pair = |k: usize| {
-            let even = d[2].mul_add(c(b[k][2]), d[4].mul_add(c(b[k][4]), d[6]));
-            let odd = d[1].mul_add(c(b[k][1]), d[3].mul_add(c(b[k][3]), d[5] * c(b[k][5])));
+            let even = s.mul_add(d[2], c(b[k][2]), s.mul_add(d[4], c(b[k][4]), d[6]));
+            let odd = s.mul_add(d[1], c(b[k][1]), s.mul_add(d[3], c(b[k][3]), d[5] * c(b[k][5])));
             (even + odd, even - odd)
         };
         let (r1, r2) = pair(1);
@@ -137,13 +140,14 @@ impl OneD<6, 8> for F6 {
         [r0, r1, r2, r3, r4, r5, r6, r7]
     }
     #[inline(always)]
-    fn output(x: [V; 8]) -> [V; 6] {
+    fn output<S: Simd>(s: S, x: [S::F32; 8]) -> [S::F32; 6] {
         let a = tables::f6::AT;
+        let c = |v: f32| s.splat(v);
         let (s1, d1) = (x[1] + x[2], x[1] - x[2]);
         let (s2, d2) = (x[3] + x[4], x[3] - x[4]);
         let (s3, d3) = (x[5] + x[6], x[5] - x[6]);
-        let even = |i: usize| s2.mul_add(c(a[i][3]), s3.mul_add(c(a[i][5]), s1));
-        let odd = |i: usize| d2.mul_add(c(a[i][3]), d3.mul_add(c(a[i][5]), d1));
+        let even = |i: usize| s.mul_add(s2, c(a[i][3]), s.mul_add(s3, c(a[i][5]), s1));
+        let odd = |i: usize| s.mul_add(d2, c(a[i][3]), s.mul_add(d3, c(a[i][5]), d1));
         [x[0] + s1 + s2 + s3, odd(1), even(2), odd(3), even(4), odd(5) + x[7]]
     }
 }
@@ -165,81 +169,92 @@ const _: () = {
     assert!(at[0][3] == 1.0 && at[0][5] == 1.0);
 };
 
-/// Reads pixel `(y, x)` of the tile, relative to its top-left corner.
-trait TileReader {
-    fn get(&self, y: usize, x: usize) -> V;
+/// Reads pixel `(y, x)` of the tile, relative to its top-left corner, for the lanes
+/// starting at `lane` of the channel block.
+trait TileReader<S: Simd> {
+    fn get(&self, y: usize, x: usize, lane: usize) -> S::F32;
 }
 
 /// A tile entirely inside the map: plain loads.
-struct Interior<'a> {
+struct Interior<'a, S> {
+    s: S,
     src: &'a [f32],
     base: usize,
     row_stride: usize,
 }
 
-impl TileReader for Interior<'_> {
+impl<S: Simd> TileReader<S> for Interior<'_, S> {
     #[inline(always)]
-    fn get(&self, y: usize, x: usize) -> V {
-        load(self.src, self.base + y * self.row_stride + x * LANES)
+    fn get(&self, y: usize, x: usize, lane: usize) -> S::F32 {
+        load(self.s, self.src, self.base + y * self.row_stride + x * CHANNEL_BLOCK + lane)
     }
 }
 
 /// A tile crossing the map's edge: every load reads a clamped, valid address and is
 /// ANDed with an all-ones or all-zeros mask, so outside pixels read as exact zeros
 /// (the convolution's padding) without branches and without a padded copy.
-struct Border<'a, const A: usize> {
+struct Border<'a, S: Simd, const A: usize> {
+    s: S,
     src: &'a [f32],
     row_stride: usize,
     rows: [usize; A],
     cols: [usize; A],
-    row_mask: [V; A],
-    col_mask: [V; A],
+    row_mask: [S::F32; A],
+    col_mask: [S::F32; A],
 }
 
-impl<'a, const A: usize> Border<'a, A> {
-    fn new(src: &'a [f32], row_stride: usize, h: usize, w: usize, y0: isize, x0: isize) -> Self {
-        let ones = V::from_bits(wide::u32x16::splat(u32::MAX));
-        let axis = |start: isize, len: usize| -> ([usize; A], [V; A]) {
+impl<'a, S: Simd, const A: usize> Border<'a, S, A> {
+    #[inline(always)]
+    fn new(s: S, src: &'a [f32], row_stride: usize, h: usize, w: usize, y0: isize, x0: isize) -> Self {
+        let axis = |start: isize, len: usize| -> ([usize; A], [S::F32; A]) {
             let pos = std::array::from_fn(|i| (start + i as isize).clamp(0, len.max(1) as isize - 1) as usize);
             let mask = std::array::from_fn(|i| {
                 let p = start + i as isize;
-                if p >= 0 && p < len as isize { ones } else { V::ZERO }
+                s.mask(p >= 0 && p < len as isize)
             });
             (pos, mask)
         };
         let (rows, row_mask) = axis(y0, h);
         let (cols, col_mask) = axis(x0, w);
-        Border { src, row_stride, rows, cols, row_mask, col_mask }
+        Border { s, src, row_stride, rows, cols, row_mask, col_mask }
     }
 }
 
-impl<const A: usize> TileReader for Border<'_, A> {
+impl<S: Simd, const A: usize> TileReader<S> for Border<'_, S, A> {
     #[inline(always)]
-    fn get(&self, y: usize, x: usize) -> V {
-        let v = load(self.src, self.rows[y] * self.row_stride + self.cols[x] * LANES);
-        v & (self.row_mask[y] & self.col_mask[x])
+    fn get(&self, y: usize, x: usize, lane: usize) -> S::F32 {
+        let v = load(self.s, self.src, self.rows[y] * self.row_stride + self.cols[x] * CHANNEL_BLOCK + lane);
+        self.s.and(v, self.s.and(self.row_mask[y], self.col_mask[x]))
     }
 }
 
-/// `V = B^T d B`: columns first into a small stack tile, then rows straight to `dst`.
+/// `V = B^T d B` for the lanes at `lane`: columns first into a small stack tile, then
+/// rows straight to `dst`.
 #[inline(always)]
-fn input_2d<const M: usize, const A: usize, T: OneD<M, A>, R: TileReader>(d: &R, dst: &mut [f32], pos_stride: usize) {
-    let mut t = [[V::ZERO; A]; A];
+fn input_2d<S: Simd, const M: usize, const A: usize, T: OneD<M, A>, R: TileReader<S>>(
+    s: S,
+    d: &R,
+    lane: usize,
+    dst: &mut [f32],
+    pos_stride: usize,
+) {
+    let mut t = [[s.zero(); A]; A];
     for x in 0..A {
-        let col = T::input(std::array::from_fn(|y| d.get(y, x)));
+        let col = T::input(s, std::array::from_fn(|y| d.get(y, x, lane)));
         for y in 0..A {
             t[y][x] = col[y];
         }
     }
     for (i, row) in t.iter().enumerate() {
-        for (j, v) in T::input(*row).iter().enumerate() {
-            store(dst, (i * A + j) * pos_stride, *v);
+        for (j, v) in T::input(s, *row).iter().enumerate() {
+            store(s, dst, (i * A + j) * pos_stride + lane, *v);
         }
     }
 }
 
 #[inline(always)]
-fn input_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
+fn input_tile_impl<S: Simd, const M: usize, const A: usize, T: OneD<M, A>>(
+    s: S,
     src: &[f32],
     row_stride: usize,
     h: usize,
@@ -251,10 +266,15 @@ fn input_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
 ) {
     let interior = y0 >= 0 && x0 >= 0 && y0 as usize + A <= h && x0 as usize + A <= w;
     if interior {
-        let reader = Interior { src, base: y0 as usize * row_stride + x0 as usize * LANES, row_stride };
-        input_2d::<M, A, T, _>(&reader, dst, pos_stride);
+        let reader = Interior { s, src, base: y0 as usize * row_stride + x0 as usize * CHANNEL_BLOCK, row_stride };
+        for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
+            input_2d::<S, M, A, T, _>(s, &reader, lane, dst, pos_stride);
+        }
     } else {
-        input_2d::<M, A, T, _>(&Border::<A>::new(src, row_stride, h, w, y0, x0), dst, pos_stride);
+        let reader = Border::<S, A>::new(s, src, row_stride, h, w, y0, x0);
+        for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
+            input_2d::<S, M, A, T, _>(s, &reader, lane, dst, pos_stride);
+        }
     }
 }
 
@@ -263,32 +283,36 @@ fn input_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
 /// # Safety
 ///
 /// `src` must hold `alpha^2` vectors at `pos_stride`, and `dst` must be valid for writes of
-/// `rows x cols` vectors at `row_stride`.
+/// `rows x cols` pixels at `row_stride`.
 #[inline(always)]
-unsafe fn output_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
+unsafe fn output_tile_impl<S: Simd, const M: usize, const A: usize, T: OneD<M, A>>(
+    s: S,
     src: &[f32],
     pos_stride: usize,
-    bias: &[f32; LANES],
+    bias: &[f32; CHANNEL_BLOCK],
     relu: bool,
     dst: *mut f32,
     row_stride: usize,
     rows: usize,
     cols: usize,
 ) {
-    let mut t = [[V::ZERO; A]; M];
-    for x in 0..A {
-        let col = T::output(std::array::from_fn(|y| load(src, (y * A + x) * pos_stride)));
-        for i in 0..M {
-            t[i][x] = col[i];
+    for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
+        let mut t = [[s.zero(); A]; M];
+        for x in 0..A {
+            let col = T::output(s, std::array::from_fn(|y| load(s, src, (y * A + x) * pos_stride + lane)));
+            for i in 0..M {
+                t[i][x] = col[i];
+            }
         }
-    }
-    let bias = V::from(*bias);
-    for (i, row) in t.iter().enumerate().take(rows) {
-        for (j, v) in T::output(*row).iter().enumerate().take(cols) {
-            let v = *v + bias;
-            let v = if relu { v.max(V::ZERO) } else { v };
-            // SAFETY: (i, j) is inside the rows x cols block the caller vouches for.
-            unsafe { std::ptr::write_unaligned(dst.add(i * row_stride + j * LANES) as *mut V, v) };
+        let bias = s.read(&bias[lane..]);
+        for (i, row) in t.iter().enumerate().take(rows) {
+            for (j, v) in T::output(s, *row).iter().enumerate().take(cols) {
+                let v = *v + bias;
+                let v = if relu { s.max(v, s.zero()) } else { v };
+                // SAFETY: (i, j) is inside the rows x cols block the caller vouches for, and
+                // lane + LANES <= 16.
+                unsafe { s.store(dst.add(i * row_stride + j * CHANNEL_BLOCK + lane), v) };
+            }
         }
     }
 }
@@ -298,9 +322,10 @@ unsafe fn output_tile_impl<const M: usize, const A: usize, T: OneD<M, A>>(
 #[inline(always)]
 fn check_input_args(v: Variant, src: &[f32], row_stride: usize, h: usize, w: usize, dst: &[f32], pos_stride: usize) {
     let a = v.alpha();
-    assert!(row_stride >= w * LANES, "row stride {row_stride} shorter than {w} pixels");
-    assert!(h == 0 || src.len() >= (h - 1) * row_stride + w * LANES, "source plane too short");
-    assert!(pos_stride >= LANES && dst.len() >= (a * a - 1) * pos_stride + LANES, "destination too short");
+    let cb = CHANNEL_BLOCK;
+    assert!(row_stride >= w * cb, "row stride {row_stride} shorter than {w} pixels");
+    assert!(h == 0 || src.len() >= (h - 1) * row_stride + w * cb, "source plane too short");
+    assert!(pos_stride >= cb && dst.len() >= (a * a - 1) * pos_stride + cb, "destination too short");
 }
 
 #[inline(always)]
@@ -313,20 +338,30 @@ fn check_output_args(
     rows: usize,
     cols: usize,
 ) {
-    let (a, m) = (v.alpha(), v.m());
-    assert!(rows <= m && cols <= m, "{rows}x{cols} exceeds the {m}x{m} output tile");
-    assert!(pos_stride >= LANES && src.len() >= (a * a - 1) * pos_stride + LANES, "source too short");
-    assert!(rows == 0 || cols == 0 || dst.len() >= (rows - 1) * row_stride + cols * LANES, "destination too short");
+    check_output_src(v, src, pos_stride, rows, cols);
+    assert!(
+        rows == 0 || cols == 0 || dst.len() >= (rows - 1) * row_stride + cols * CHANNEL_BLOCK,
+        "destination too short"
+    );
 }
 
-/// Transforms one input tile, `V = B^T d B`, for 16 channels.
+#[inline(always)]
+fn check_output_src(v: Variant, src: &[f32], pos_stride: usize, rows: usize, cols: usize) {
+    let (a, m) = (v.alpha(), v.m());
+    assert!(rows <= m && cols <= m, "{rows}x{cols} exceeds the {m}x{m} output tile");
+    assert!(pos_stride >= CHANNEL_BLOCK && src.len() >= (a * a - 1) * pos_stride + CHANNEL_BLOCK, "source too short");
+}
+
+/// Transforms one input tile, `V = B^T d B`, for the 16 channels of a channel block.
 ///
 /// The tile's top-left pixel is `(y0, x0)` (negative at the top/left border, the
 /// convolution's padding). `src` is the channel block's plane of `h x w` pixels with
 /// `row_stride` floats per row. Pixels outside it read as zero, so no padded copy of the
 /// input is needed. Position `p = i * alpha + j` of the result goes to
 /// `dst[p * pos_stride..][..16]`.
-pub fn input_tile(
+#[inline(always)]
+pub fn input_tile<S: Simd>(
+    s: S,
     variant: Variant,
     src: &[f32],
     row_stride: usize,
@@ -338,12 +373,12 @@ pub fn input_tile(
     pos_stride: usize,
 ) {
     check_input_args(variant, src, row_stride, h, w, dst, pos_stride);
-    let (s, rs, p) = (src, row_stride, pos_stride);
+    let (rs, p) = (row_stride, pos_stride);
     match variant {
-        Variant::F2 => input_tile_impl::<2, 4, F2>(s, rs, h, w, y0, x0, dst, p),
-        Variant::F4 => input_tile_impl::<4, 6, F4<false>>(s, rs, h, w, y0, x0, dst, p),
-        Variant::F4Textbook => input_tile_impl::<4, 6, F4<true>>(s, rs, h, w, y0, x0, dst, p),
-        Variant::F6 => input_tile_impl::<6, 8, F6>(s, rs, h, w, y0, x0, dst, p),
+        Variant::F2 => input_tile_impl::<S, 2, 4, F2>(s, src, rs, h, w, y0, x0, dst, p),
+        Variant::F4 => input_tile_impl::<S, 4, 6, F4<false>>(s, src, rs, h, w, y0, x0, dst, p),
+        Variant::F4Textbook => input_tile_impl::<S, 4, 6, F4<true>>(s, src, rs, h, w, y0, x0, dst, p),
+        Variant::F6 => input_tile_impl::<S, 6, 8, F6>(s, src, rs, h, w, y0, x0, dst, p),
     }
 }
 
@@ -353,11 +388,13 @@ pub fn input_tile(
 ///
 /// Position `p` of `M` is read from `src[p * pos_stride..][..16]`; output pixel `(i, j)`
 /// goes to `dst[i * row_stride + j * 16..][..16]`.
-pub fn output_tile(
+#[inline(always)]
+pub fn output_tile<S: Simd>(
+    s: S,
     variant: Variant,
     src: &[f32],
     pos_stride: usize,
-    bias: &[f32; LANES],
+    bias: &[f32; CHANNEL_BLOCK],
     relu: bool,
     dst: &mut [f32],
     row_stride: usize,
@@ -366,7 +403,7 @@ pub fn output_tile(
 ) {
     check_output_args(variant, src, pos_stride, dst, row_stride, rows, cols);
     // SAFETY: `check_output_args` verified that `dst` holds the rows x cols block.
-    unsafe { output_tile_raw(variant, src, pos_stride, bias, relu, dst.as_mut_ptr(), row_stride, rows, cols) }
+    unsafe { output_tile_raw(s, variant, src, pos_stride, bias, relu, dst.as_mut_ptr(), row_stride, rows, cols) }
 }
 
 /// [`output_tile`] writing through a raw pointer, for callers whose concurrent tiles
@@ -377,28 +414,28 @@ pub fn output_tile(
 ///
 /// `dst` must be valid for writes of the `rows x cols` pixels (16 floats each) at
 /// `i * row_stride + j * 16`, and no other thread may access those floats concurrently.
-pub unsafe fn output_tile_raw(
+#[inline(always)]
+pub unsafe fn output_tile_raw<S: Simd>(
+    s: S,
     variant: Variant,
     src: &[f32],
     pos_stride: usize,
-    bias: &[f32; LANES],
+    bias: &[f32; CHANNEL_BLOCK],
     relu: bool,
     dst: *mut f32,
     row_stride: usize,
     rows: usize,
     cols: usize,
 ) {
-    let (a, m) = (variant.alpha(), variant.m());
-    assert!(rows <= m && cols <= m, "{rows}x{cols} exceeds the {m}x{m} output tile");
-    assert!(pos_stride >= LANES && src.len() >= (a * a - 1) * pos_stride + LANES, "source too short");
-    let (s, p, rs) = (src, pos_stride, row_stride);
+    check_output_src(variant, src, pos_stride, rows, cols);
+    let (p, rs) = (pos_stride, row_stride);
     // SAFETY: forwarded contract of this function.
     unsafe {
         match variant {
-            Variant::F2 => output_tile_impl::<2, 4, F2>(s, p, bias, relu, dst, rs, rows, cols),
-            Variant::F4 => output_tile_impl::<4, 6, F4<false>>(s, p, bias, relu, dst, rs, rows, cols),
-            Variant::F4Textbook => output_tile_impl::<4, 6, F4<true>>(s, p, bias, relu, dst, rs, rows, cols),
-            Variant::F6 => output_tile_impl::<6, 8, F6>(s, p, bias, relu, dst, rs, rows, cols),
+            Variant::F2 => output_tile_impl::<S, 2, 4, F2>(s, src, p, bias, relu, dst, rs, rows, cols),
+            Variant::F4 => output_tile_impl::<S, 4, 6, F4<false>>(s, src, p, bias, relu, dst, rs, rows, cols),
+            Variant::F4Textbook => output_tile_impl::<S, 4, 6, F4<true>>(s, src, p, bias, relu, dst, rs, rows, cols),
+            Variant::F6 => output_tile_impl::<S, 6, 8, F6>(s, src, p, bias, relu, dst, rs, rows, cols),
         }
     }
 }
@@ -433,12 +470,12 @@ pub mod scalar {
         check_input_args(variant, src, row_stride, h, w, dst, pos_stride);
         let a = variant.alpha();
         let bt = f32_rows(&variant.bt_rows());
-        for lane in 0..LANES {
+        for lane in 0..CHANNEL_BLOCK {
             let pixel = |y: isize, x: isize| {
                 if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
                     0.0
                 } else {
-                    src[y as usize * row_stride + x as usize * LANES + lane]
+                    src[y as usize * row_stride + x as usize * CHANNEL_BLOCK + lane]
                 }
             };
             let d: Vec<Vec<f32>> =
@@ -460,7 +497,7 @@ pub mod scalar {
         variant: Variant,
         src: &[f32],
         pos_stride: usize,
-        bias: &[f32; LANES],
+        bias: &[f32; CHANNEL_BLOCK],
         relu: bool,
         dst: &mut [f32],
         row_stride: usize,
@@ -470,7 +507,7 @@ pub mod scalar {
         check_output_args(variant, src, pos_stride, dst, row_stride, rows, cols);
         let a = variant.alpha();
         let at = f32_rows(&variant.at_rows());
-        for lane in 0..LANES {
+        for lane in 0..CHANNEL_BLOCK {
             let mm = |i: usize, j: usize| src[(i * a + j) * pos_stride + lane];
             let tcols: Vec<Vec<f32>> =
                 (0..a).map(|x| apply(&at, &(0..a).map(|y| mm(y, x)).collect::<Vec<_>>())).collect();
@@ -478,7 +515,7 @@ pub mod scalar {
                 let trow: Vec<f32> = (0..a).map(|x| tcols[x][i]).collect();
                 for (j, v) in apply(&at, &trow).into_iter().enumerate().take(cols) {
                     let v = v + bias[lane];
-                    dst[i * row_stride + j * LANES + lane] = if relu { v.max(0.0) } else { v };
+                    dst[i * row_stride + j * CHANNEL_BLOCK + lane] = if relu { v.max(0.0) } else { v };
                 }
             }
         }

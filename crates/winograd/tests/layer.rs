@@ -1,7 +1,8 @@
 //! A whole single-layer Winograd convolution (the crate's transforms plus a plain batched
 //! GEMM written here) against an f64 direct convolution, over random shapes.
 
-use repvgg_winograd::{LANES, PackedFilters, Variant, input_tile, output_tile};
+use repvgg_simd::{Dispatch, dispatch};
+use repvgg_winograd::{CHANNEL_BLOCK as LANES, PackedFilters, Variant, input_tile, output_tile};
 
 struct Rng(u64);
 impl Rng {
@@ -55,7 +56,7 @@ fn direct(case: &Case, x: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f64> {
 /// Each group's channels are laid out channel-blocked with padding to 16, transformed tile
 /// by tile into `V[tile][p][c]`, multiplied position by position with the packed filters,
 /// and inverse-transformed with bias.
-fn winograd(v: Variant, case: &Case, x: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f32> {
+fn winograd(isa: Dispatch, v: Variant, case: &Case, x: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f32> {
     let Case { n, c, k, groups, h, w } = *case;
     let (cg, kg) = (c / groups, k / groups);
     let packed = PackedFilters::new(v, weights, k, cg, groups, 32).unwrap();
@@ -80,12 +81,13 @@ fn winograd(v: Variant, case: &Case, x: &[f32], weights: &[f32], bias: &[f32]) -
                     for cb in 0..c_pad / LANES {
                         let plane = &blocked[cb * h * w * LANES..(cb + 1) * h * w * LANES];
                         let (y0, x0) = ((ty * m) as isize - 1, (tx * m) as isize - 1);
-                        input_tile(v, plane, w * LANES, h, w, y0, x0, &mut tile[cb * LANES..], c_pad);
+                        let dst = &mut tile[cb * LANES..];
+                        dispatch!(isa, |s| input_tile(s, v, plane, w * LANES, h, w, y0, x0, dst, c_pad));
                     }
                     // The batched GEMM, one position at a time: M[p][k] = sum_c U[p][c][k] V[p][c].
                     let mut prod = vec![0f32; positions * k_pad];
-                    for blk in 0..packed.blocks_per_group() {
-                        let f = packed.block(g, blk);
+                    for panel in 0..packed.panels_per_group() {
+                        let f = packed.panel(g, panel);
                         for p in 0..positions {
                             let u = f.position(p);
                             for lane in 0..f.width {
@@ -104,7 +106,8 @@ fn winograd(v: Variant, case: &Case, x: &[f32], weights: &[f32], bias: &[f32]) -
                             bias16[l] = bias[g * kg + kb * LANES + l];
                         }
                         let dst = &mut out_blocked[(kb * h * w + ty * m * w + tx * m) * LANES..];
-                        output_tile(v, &prod[kb * LANES..], k_pad, &bias16, false, dst, w * LANES, rows, cols);
+                        let src = &prod[kb * LANES..];
+                        dispatch!(isa, |s| output_tile(s, v, src, k_pad, &bias16, false, dst, w * LANES, rows, cols));
                     }
                 }
             }
@@ -119,13 +122,13 @@ fn winograd(v: Variant, case: &Case, x: &[f32], weights: &[f32], bias: &[f32]) -
 }
 
 /// max |winograd - direct| / max |direct|.
-fn relative_error(v: Variant, case: &Case, seed: u64) -> f64 {
+fn relative_error(isa: Dispatch, v: Variant, case: &Case, seed: u64) -> f64 {
     let mut rng = Rng(seed);
     let x: Vec<f32> = (0..case.n * case.c * case.h * case.w).map(|_| rng.uniform()).collect();
     let weights: Vec<f32> = (0..case.k * case.c / case.groups * 9).map(|_| rng.uniform()).collect();
     let bias: Vec<f32> = (0..case.k).map(|_| rng.uniform()).collect();
     let want = direct(case, &x, &weights, &bias);
-    let got = winograd(v, case, &x, &weights, &bias);
+    let got = winograd(isa, v, case, &x, &weights, &bias);
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     want.iter().zip(&got).fold(0f64, |m, (a, b)| m.max((a - *b as f64).abs())) / scale
 }
@@ -161,23 +164,33 @@ fn winograd_layer_matches_f64_direct_convolution() {
         Case { n: 1, c: 64, k: 64, groups: 4, h: 14, w: 14 },
         Case { n: 1, c: 48, k: 40, groups: 1, h: 17, w: 6 },
     ];
-    for v in Variant::ALL {
-        for (i, case) in cases.iter().enumerate() {
-            let err = relative_error(v, case, 100 + i as u64);
-            let limit = bound(v, case.c / case.groups);
-            assert!(err < limit, "{v:?} case {i}: relative error {err:.2e} exceeds {limit:.2e}");
+    for isa in Dispatch::all_supported() {
+        for v in Variant::ALL {
+            for (i, case) in cases.iter().enumerate() {
+                let err = relative_error(isa, v, case, 100 + i as u64);
+                let limit = bound(v, case.c / case.groups);
+                assert!(err < limit, "{:?} {v:?} case {i}: relative error {err:.2e} exceeds {limit:.2e}", isa.isa());
+            }
         }
     }
 }
 
 /// The error table recorded in the crate docs (run with `--nocapture` to print it), and
-/// the ordering the docs claim: the sqrt(2) points beat the textbook points.
+/// the ordering the docs claim: the sqrt(2) points beat the textbook points. Per
+/// instruction set: the portable set's unfused multiply-adds round twice.
 #[test]
 fn error_table() {
+    for isa in Dispatch::all_supported() {
+        println!("{}", isa.isa());
+        error_table_for(isa);
+    }
+}
+
+fn error_table_for(isa: Dispatch) {
     let mut rows = Vec::new();
     for c in [32, 128, 512] {
         let case = Case { n: 1, c, k: 16, groups: 1, h: 24, w: 24 };
-        let errs: Vec<f64> = Variant::ALL.iter().map(|&v| relative_error(v, &case, 7 + c as u64)).collect();
+        let errs: Vec<f64> = Variant::ALL.iter().map(|&v| relative_error(isa, v, &case, 7 + c as u64)).collect();
         println!(
             "C={c:4}  F2 {:.2e}  F4(sqrt2) {:.2e}  F4(textbook) {:.2e}  F6 {:.2e}",
             errs[0], errs[1], errs[2], errs[3]

@@ -1,11 +1,17 @@
 //! Every SIMD tile kernel against its scalar twin, on random tiles, positions and strides.
 
 use proptest::prelude::*;
+use repvgg_simd::{Dispatch, dispatch};
 use repvgg_winograd::Variant;
-use repvgg_winograd::tiles::{self, LANES, scalar};
+use repvgg_winograd::tiles::{self, CHANNEL_BLOCK as LANES, scalar};
 
 fn variant() -> impl Strategy<Value = Variant> {
     prop::sample::select(Variant::ALL.to_vec())
+}
+
+/// Every instruction set this CPU runs (the others cannot be executed here).
+fn isa() -> impl Strategy<Value = Dispatch> {
+    prop::sample::select(Dispatch::all_supported())
 }
 
 /// The twins sum in different orders (pairs and skipped zeros vs dense rows), so they
@@ -21,6 +27,7 @@ proptest! {
 
     #[test]
     fn input_tile_matches_scalar(
+        isa in isa(),
         v in variant(),
         h in 1usize..14,
         w in 1usize..14,
@@ -42,13 +49,13 @@ proptest! {
         let pos_stride = LANES * (1 + extra_pos);
         let mut simd = vec![f32::NAN; a * a * pos_stride];
         let mut twin = simd.clone();
-        tiles::input_tile(v, &src, row_stride, h, w, y0, x0, &mut simd, pos_stride);
+        dispatch!(isa, |s| tiles::input_tile(s, v, &src, row_stride, h, w, y0, x0, &mut simd, pos_stride));
         scalar::input_tile(v, &src, row_stride, h, w, y0, x0, &mut twin, pos_stride);
         let tol = 4.0 * f32::EPSILON * gain(&v.bt_rows());
         for p in 0..a * a {
             for l in 0..LANES {
                 let (s, t) = (simd[p * pos_stride + l], twin[p * pos_stride + l]);
-                prop_assert!((s - t).abs() <= tol, "{v:?} p={p} lane={l}: {s} vs {t}");
+                prop_assert!((s - t).abs() <= tol, "{:?} {v:?} p={p} lane={l}: {s} vs {t}", isa.isa());
             }
             // Gaps between positions are never written.
             for l in LANES..pos_stride {
@@ -59,6 +66,7 @@ proptest! {
 
     #[test]
     fn output_tile_matches_scalar(
+        isa in isa(),
         v in variant(),
         rows_cut in 0usize..6,
         cols_cut in 0usize..6,
@@ -80,7 +88,7 @@ proptest! {
         let row_stride = (m + 1) * LANES;
         let mut simd = vec![f32::NAN; m * row_stride];
         let mut twin = simd.clone();
-        tiles::output_tile(v, &src, pos_stride, &bias, relu, &mut simd, row_stride, rows, cols);
+        dispatch!(isa, |s| tiles::output_tile(s, v, &src, pos_stride, &bias, relu, &mut simd, row_stride, rows, cols));
         scalar::output_tile(v, &src, pos_stride, &bias, relu, &mut twin, row_stride, rows, cols);
         let tol = 4.0 * f32::EPSILON * (gain(&v.at_rows()) + 1.0);
         for y in 0..m {

@@ -1,113 +1,64 @@
-//! Memory-bound passes over channel-blocked activations: global average pooling,
-//! squeeze-and-excitation, the classifier, and conversion to planar `NCHW`.
+//! Memory-bound passes over channel-blocked activations, per channel block: spatial
+//! sums for pooling, gating, and the classifier's dot products.
+//!
+//! Each result depends only on its lane's values, summed in a fixed order, so the FMA
+//! instruction sets agree bitwise whatever their vector width; the cross-lane sum of a
+//! dot product is a fixed pairwise tree over the 16 lanes.
 
-use repvgg_graph::SeParams;
+use repvgg_simd::Simd;
 
-use super::gemm::V;
-use super::parallel::{for_each, for_each_chunk_mut};
-use super::{LANES, SharedMut, blocks};
+use super::CHANNEL_BLOCK;
 
+/// `out[l] = scale * sum_p plane[p * 16 + l]` over the pixels of one channel block.
 #[inline(always)]
-fn load(s: &[f32]) -> V {
-    V::from(<[f32; LANES]>::try_from(&s[..LANES]).expect("16 lanes"))
+pub fn mean_block<S: Simd>(s: S, plane: &[f32], scale: f32, out: &mut [f32]) {
+    assert!(plane.len().is_multiple_of(CHANNEL_BLOCK) && out.len() >= CHANNEL_BLOCK);
+    for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
+        let sum = plane.chunks_exact(CHANNEL_BLOCK).fold(s.zero(), |acc, px| acc + s.read(&px[lane..]));
+        s.write(&mut out[lane..], sum * s.splat(scale));
+    }
 }
 
-/// Per-(image, channel) spatial means, `[n][blocks(c) * 16]` (padding lanes included).
-pub fn global_average_pool(act: &[f32], n: usize, c: usize, plane: usize, pooled: &mut [f32]) {
-    let cb = blocks(c);
-    let scale = V::splat(1.0 / plane as f32);
-    // Items of up to 16 channel blocks: one block is too little work to be worth claiming.
-    for_each_chunk_mut(&mut pooled[..n * cb * LANES], 16 * LANES, |item, out| {
-        for (k, out) in out.chunks_exact_mut(LANES).enumerate() {
-            let i = item * 16 + k;
-            let src = &act[i * plane * LANES..(i + 1) * plane * LANES];
-            let sum = src.chunks_exact(LANES).fold(V::ZERO, |acc, px| acc + load(px));
-            out.copy_from_slice((sum * scale).as_array());
-        }
-    });
-}
-
-/// Scratch floats [`squeeze_excite_relu`] needs.
-pub fn se_scratch_len(n: usize, c: usize, r: usize) -> usize {
-    n * blocks(c) * LANES + r
-}
-
-/// Squeeze-and-excitation followed by ReLU, in place:
-/// `x = relu(x * sigmoid(up(relu(down(gap(x))))))` (Hu et al. 2018), per image.
-pub fn squeeze_excite_relu(act: &mut [f32], n: usize, c: usize, plane: usize, se: &SeParams, scratch: &mut [f32]) {
-    let cb = blocks(c);
-    let r = se.down_bias.len();
-    let (pooled, hidden) = scratch[..se_scratch_len(n, c, r)].split_at_mut(n * cb * LANES);
-    global_average_pool(act, n, c, plane, pooled);
-    // The two 1x1 convolutions on a C-vector are tiny: do them serially per image, in f32
-    // with a fixed summation order so the result does not depend on threads. The gates
-    // overwrite the pooled means in place.
-    for b in 0..n {
-        let x = &mut pooled[b * cb * LANES..b * cb * LANES + c];
-        for (j, h) in hidden.iter_mut().enumerate() {
-            let row = &se.down_weight[j * c..(j + 1) * c];
-            *h = row.iter().zip(x.iter()).fold(se.down_bias[j], |a, (w, v)| w.mul_add(*v, a)).max(0.0);
-        }
-        for (i, gate) in x.iter_mut().enumerate() {
-            let row = &se.up_weight[i * r..(i + 1) * r];
-            let s = row.iter().zip(hidden.iter()).fold(se.up_bias[i], |a, (w, h)| w.mul_add(*h, a));
-            *gate = 1.0 / (1.0 + (-s).exp());
+/// `plane = relu(plane * gate)` over the pixels of one channel block (`gate`: 16 floats).
+#[inline(always)]
+pub fn gate_relu_block<S: Simd>(s: S, plane: &mut [f32], gate: &[f32]) {
+    assert!(plane.len().is_multiple_of(CHANNEL_BLOCK) && gate.len() >= CHANNEL_BLOCK);
+    for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
+        let g = s.read(&gate[lane..]);
+        for px in plane.chunks_exact_mut(CHANNEL_BLOCK) {
+            let v = s.max(s.read(&px[lane..]) * g, s.zero());
+            s.write(&mut px[lane..], v);
         }
     }
-    let gates = &*pooled;
-    for_each_chunk_mut(&mut act[..n * cb * plane * LANES], plane * LANES, |i, block| {
-        let g = load(&gates[i * LANES..]);
-        for px in block.chunks_exact_mut(LANES) {
-            px.copy_from_slice((load(px) * g).max(V::ZERO).as_array());
-        }
-    });
 }
 
-/// Classes per work item of [`linear`].
-const CLASS_CHUNK: usize = 64;
-
-/// The classifier on pooled features: `logits[b][k] = bias[k] + sum_c weight[k][c] pooled[b][c]`.
-///
-/// Parallel over chunks of classes, each reading its weight rows once for the whole
-/// batch: at batch 1 the weights (5 MB for A0) are the only real traffic, and both cores
-/// stream them.
-pub fn linear(pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], logits: &mut [f32]) {
-    let classes = bias.len();
-    let cb = blocks(c);
-    assert!(weight.len() >= classes * c && logits.len() >= n * classes && pooled.len() >= n * cb * LANES);
-    let out = SharedMut::new(logits);
-    let whole = c / LANES * LANES;
-    for_each(classes.div_ceil(CLASS_CHUNK), |chunk| {
-        let (k0, k1) = (chunk * CLASS_CHUNK, ((chunk + 1) * CLASS_CHUNK).min(classes));
-        for b in 0..n {
-            let x = &pooled[b * cb * LANES..b * cb * LANES + c];
-            // SAFETY: chunks partition the classes, so each (row, chunk) region has one writer.
-            let row = unsafe { out.region(b * classes + k0, k1 - k0) };
-            for (k, logit) in (k0..k1).zip(row.iter_mut()) {
-                let w = &weight[k * c..(k + 1) * c];
-                // 16-wide partial sums, then a fixed-order reduction.
-                let mut acc = V::ZERO;
-                for i in (0..whole).step_by(LANES) {
-                    acc = load(&w[i..]).mul_add(load(&x[i..]), acc);
-                }
-                let tail = w[whole..].iter().zip(&x[whole..]).fold(0f32, |a, (wv, xv)| wv.mul_add(*xv, a));
-                *logit = acc.reduce_add() + tail + bias[k];
-            }
+/// `sum_i w[i] x[i]`: 16 lane-wise partial sums over the whole channel blocks, a fixed
+/// pairwise tree over the lanes, then the tail in order.
+#[inline(always)]
+pub fn dot<S: Simd>(s: S, w: &[f32], x: &[f32]) -> f32 {
+    let len = w.len().min(x.len());
+    let whole = len / CHANNEL_BLOCK * CHANNEL_BLOCK;
+    let mut partial = [0f32; CHANNEL_BLOCK];
+    for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
+        let mut acc = s.zero();
+        for i in (0..whole).step_by(CHANNEL_BLOCK) {
+            acc = s.mul_add(s.read(&w[i + lane..]), s.read(&x[i + lane..]), acc);
         }
-    });
+        s.write(&mut partial[lane..], acc);
+    }
+    let mut width = CHANNEL_BLOCK;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            partial[l] += partial[l + width];
+        }
+    }
+    w[whole..len].iter().zip(&x[whole..len]).fold(partial[0], |acc, (a, b)| s.mul_add_scalar(*a, *b, acc))
 }
 
-/// Copies a channel-blocked activation to planar `NCHW` (dropping padding lanes).
-pub fn to_planar(act: &[f32], n: usize, c: usize, plane: usize, out: &mut [f32]) {
-    let cb = blocks(c);
-    let dst = SharedMut::new(out);
-    for_each(n * c, |nc| {
-        let (b, ch) = (nc / c, nc % c);
-        let src = &act[(b * cb + ch / LANES) * plane * LANES..][..plane * LANES];
-        // SAFETY: each (image, channel) plane is written by exactly one task.
-        let row = unsafe { dst.region(nc * plane, plane) };
-        for (p, v) in row.iter_mut().enumerate() {
-            *v = src[p * LANES + ch % LANES];
-        }
-    });
+/// `sum_i w[i] x[i] + bias` in order, one scalar multiply-add at a time (the small
+/// squeeze-and-excitation convolutions, whose summation order is part of the result).
+#[inline(always)]
+pub fn dot_in_order<S: Simd>(s: S, w: &[f32], x: &[f32], bias: f32) -> f32 {
+    w.iter().zip(x).fold(bias, |acc, (a, b)| s.mul_add_scalar(*a, *b, acc))
 }

@@ -37,7 +37,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::SharedMut;
+use crate::buffers::SharedMut;
 use crate::cpu;
 
 const CLOSED: u64 = 1 << 31;

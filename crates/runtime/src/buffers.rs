@@ -1,0 +1,89 @@
+//! Buffers the team's workers share: a mutable buffer written in disjoint regions, and
+//! per-worker scratch.
+
+use std::sync::Mutex;
+
+use crate::team;
+
+/// A mutable buffer that parallel tasks write through, each into a region no other task
+/// touches (different output tiles, pixels or channel blocks).
+#[derive(Clone, Copy)]
+pub struct SharedMut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `SharedMut` only hands out sub-slices through the unsafe `region`, whose
+// contract requires callers to keep concurrent regions disjoint.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    pub fn new(buf: &mut [f32]) -> Self {
+        SharedMut { ptr: buf.as_mut_ptr(), len: buf.len() }
+    }
+
+    /// The sub-slice `[offset, offset + len)`.
+    ///
+    /// # Safety
+    ///
+    /// No other live reference (from this or another thread) may overlap the region, and
+    /// the underlying buffer must outlive the returned slice.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn region(&self, offset: usize, len: usize) -> &mut [f32] {
+        assert!(offset <= self.len && len <= self.len - offset, "region [{offset}, +{len}) outside {}", self.len);
+        // SAFETY: in bounds by the assert; exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
+    }
+
+    /// A raw pointer to `[offset, offset + len)`, bounds-checked. For writers whose regions
+    /// interleave with other workers' (the rows of neighbouring tiles, the pixels of a
+    /// column panel), where even a disjointly-written shared slice would alias.
+    pub fn raw(&self, offset: usize, len: usize) -> *mut f32 {
+        assert!(offset <= self.len && len <= self.len - offset, "region [{offset}, +{len}) outside {}", self.len);
+        // SAFETY: offset is within the allocation (asserted above).
+        unsafe { self.ptr.add(offset) }
+    }
+
+    /// Floats in the buffer.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Per-worker scratch buffers, indexed by the team thread that runs the task
+/// ([`team::thread_index`]).
+///
+/// Each worker only ever locks its own slot, so the mutexes are never contended; they
+/// exist to make the exclusivity checkable rather than assumed.
+pub struct Scratch {
+    slots: Vec<Mutex<Vec<f32>>>,
+}
+
+impl Scratch {
+    /// `workers` buffers of `len` floats each, allocated once.
+    pub fn new(workers: usize, len: usize) -> Scratch {
+        Scratch { slots: (0..workers.max(1)).map(|_| Mutex::new(vec![0.0; len])).collect() }
+    }
+
+    /// Floats held per worker.
+    pub fn len(&self) -> usize {
+        self.slots[0].lock().map(|b| b.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` with the calling worker's buffer.
+    pub fn with<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        let slot = team::thread_index() % self.slots.len();
+        let mut guard = self.slots[slot].lock().unwrap_or_else(|poison| poison.into_inner());
+        f(&mut guard)
+    }
+}

@@ -1,0 +1,403 @@
+//! Direct 3x3 convolution as an implicit-im2col GEMM, for stride-2 layers, the stem and
+//! small maps where Winograd's tile overhang costs more than it saves.
+//!
+//! Each column panel (NR output pixels) is packed once (`kernels::im2col`) and reused by
+//! every weight panel: packing costs `9 C` copies per pixel against `9 C K`
+//! multiply-adds. The schedule (fused or two-phase) is `exec::schedule`'s.
+//!
+//! The network input (3 channels, planar NCHW) is first repacked into a zero-bordered
+//! NHWC copy and uses `kd = (ky * 3 + kx) * 3 + c`, padded to 32: each window row is 9
+//! contiguous floats, there are no bounds checks, and the stem does not multiply 13 zero
+//! channels per panel.
+
+use repvgg_simd::{Dispatch, dispatch};
+
+use super::schedule::{Schedule, Work};
+use crate::buffers::{Scratch, SharedMut};
+use crate::kernels::gemm::{Epilogue, Gemm, MR, NR};
+use crate::kernels::im2col::{self, Geometry, PLANAR_MAX_KD};
+use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+use crate::team::for_each_chunk_mut;
+
+/// How a direct layer's input is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputLayout {
+    /// `NCHWc16`, the layout between layers.
+    Blocked,
+    /// Plain `NCHW` (the network input). It is first repacked into a zero-bordered `NHWC`
+    /// copy, so that each row of a 3x3 window is `3 C` contiguous floats.
+    Planar,
+}
+
+impl InputLayout {
+    /// The layout layer `index` of a network reads: the network input is planar, every
+    /// later layer reads the channel-blocked output of the one before.
+    pub fn for_layer(index: usize) -> InputLayout {
+        if index == 0 { InputLayout::Planar } else { InputLayout::Blocked }
+    }
+}
+
+/// Weights packed for the direct path: per group and weight panel (up to `MR` output
+/// channels), `[kd][width]`.
+#[derive(Debug, Clone)]
+pub struct DirectWeights {
+    layout: InputLayout,
+    groups: usize,
+    out_per_group: usize,
+    /// Reduction depth per group (multiple of 16).
+    kd: usize,
+    panels_per_group: usize,
+    k_pad: usize,
+    data: Vec<f32>,
+}
+
+impl DirectWeights {
+    /// Packs `[K][C/groups][3][3]` weights.
+    ///
+    /// With `groups > 1` the fast path needs whole channel blocks per group (`C/groups` and
+    /// `K/groups` multiples of 16); callers check [`DirectWeights::supports`] first.
+    pub fn new(layout: InputLayout, weights: &[f32], out_channels: usize, in_per_group: usize, groups: usize) -> Self {
+        assert!(Self::supports(layout, out_channels, in_per_group, groups), "unsupported direct layout");
+        assert_eq!(weights.len(), out_channels * in_per_group * 9);
+        let out_per_group = out_channels / groups;
+        let kd = reduction_depth(layout, in_per_group);
+        let k_pad = channel_blocks(out_per_group) * CHANNEL_BLOCK;
+        let panels_per_group = k_pad.div_ceil(MR);
+        let mut data = vec![0f32; groups * kd * k_pad];
+        for g in 0..groups {
+            for b in 0..panels_per_group {
+                let k0 = b * MR;
+                let width = MR.min(k_pad - k0);
+                let base = g * kd * k_pad + k0 * kd;
+                for lane in 0..width.min(out_per_group.saturating_sub(k0)) {
+                    let k = g * out_per_group + k0 + lane;
+                    for c in 0..in_per_group {
+                        for tap in 0..9 {
+                            let row = match layout {
+                                InputLayout::Blocked => {
+                                    ((c / CHANNEL_BLOCK) * 9 + tap) * CHANNEL_BLOCK + c % CHANNEL_BLOCK
+                                }
+                                InputLayout::Planar => tap * in_per_group + c,
+                            };
+                            data[base + row * width + lane] = weights[(k * in_per_group + c) * 9 + tap];
+                        }
+                    }
+                }
+            }
+        }
+        DirectWeights { layout, groups, out_per_group, kd, panels_per_group, k_pad, data }
+    }
+
+    /// True if the packed direct path can run this layer.
+    pub fn supports(layout: InputLayout, out_channels: usize, in_per_group: usize, groups: usize) -> bool {
+        let whole_blocks = groups == 1
+            || (in_per_group.is_multiple_of(CHANNEL_BLOCK) && (out_channels / groups).is_multiple_of(CHANNEL_BLOCK));
+        match layout {
+            InputLayout::Blocked => whole_blocks,
+            InputLayout::Planar => groups == 1 && reduction_depth(layout, in_per_group) <= PLANAR_MAX_KD,
+        }
+    }
+
+    /// Panel `b` of group `g`: its first output channel within the group, its width and data.
+    fn panel(&self, g: usize, b: usize) -> (usize, usize, &[f32]) {
+        let k0 = b * MR;
+        let width = MR.min(self.k_pad - k0);
+        let start = g * self.kd * self.k_pad + k0 * self.kd;
+        (k0, width, &self.data[start..start + self.kd * width])
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Geometry of one direct convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct DirectShape {
+    pub n: usize,
+    pub in_channels: usize,
+    pub h: usize,
+    pub w: usize,
+    pub out_channels: usize,
+    pub groups: usize,
+    pub stride: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl DirectShape {
+    fn geometry(&self) -> Geometry {
+        let s = *self;
+        Geometry { n: s.n, c: s.in_channels, h: s.h, w: s.w, stride: s.stride, oh: s.oh, ow: s.ow }
+    }
+}
+
+/// Target size of one chunk of panels, in floats (1 MiB).
+const CHUNK_FLOATS: usize = 1 << 18;
+
+/// Layers whose packed weights fit in this many bytes run fused (`exec::schedule`); the
+/// network input always does.
+pub const FUSED_WEIGHT_BYTES: usize = 1 << 20;
+
+/// Reduction depth of one group with `in_per_group` input channels.
+fn reduction_depth(layout: InputLayout, in_per_group: usize) -> usize {
+    match layout {
+        InputLayout::Blocked => channel_blocks(in_per_group) * 9 * CHANNEL_BLOCK,
+        InputLayout::Planar => (in_per_group * 9).div_ceil(CHANNEL_BLOCK) * CHANNEL_BLOCK,
+    }
+}
+
+/// The layer's panels and schedule.
+fn work(layout: InputLayout, s: &DirectShape) -> Work {
+    let (cg, kg) = (s.in_channels / s.groups, s.out_channels / s.groups);
+    let kd = reduction_depth(layout, cg);
+    let k_pad = channel_blocks(kg) * CHANNEL_BLOCK;
+    let weight_bytes = s.groups * kd * k_pad * 4;
+    let panel_floats = match layout {
+        InputLayout::Blocked => channel_blocks(s.in_channels) * 9 * CHANNEL_BLOCK * NR,
+        InputLayout::Planar => kd * NR,
+    };
+    let schedule = if weight_bytes <= FUSED_WEIGHT_BYTES || layout == InputLayout::Planar {
+        Schedule::Fused
+    } else {
+        Schedule::TwoPhase { chunk: (CHUNK_FLOATS / panel_floats).max(1) }
+    };
+    Work {
+        column_panels: (s.n * s.oh * s.ow).div_ceil(NR),
+        weight_panels: s.groups * k_pad.div_ceil(MR),
+        panel_floats,
+        schedule,
+    }
+}
+
+/// Floats of the shared buffer [`run`] needs: a chunk of panels for the two-phase
+/// schedule, or the NHWC copy of a planar input.
+pub fn shared_len(layout: InputLayout, shape: &DirectShape) -> usize {
+    let hwc = if layout == InputLayout::Planar { im2col::hwc_buffer_len(&shape.geometry()) } else { 0 };
+    hwc + work(layout, shape).shared_len()
+}
+
+/// Floats of per-worker scratch [`run`] needs.
+pub fn scratch_len(layout: InputLayout, shape: &DirectShape) -> usize {
+    work(layout, shape).scratch_len(0)
+}
+
+/// Repacks planar `NCHW` into the zero-bordered NHWC copy, in parallel over rows.
+fn to_padded_hwc(input: &[f32], s: &DirectShape, hwc: &mut [f32]) {
+    let (c, pw) = (s.in_channels, s.w + 2);
+    let row_len = pw * c;
+    for_each_chunk_mut(&mut hwc[..im2col::padded_hwc_len(&s.geometry())], row_len, |r, row| {
+        let (n, py) = (r / (s.h + 2), r % (s.h + 2));
+        if py == 0 || py > s.h {
+            row.fill(0.0);
+            return;
+        }
+        let y = py - 1;
+        row[..c].fill(0.0);
+        row[(s.w + 1) * c..].fill(0.0);
+        for ch in 0..c {
+            let src = &input[((n * c + ch) * s.h + y) * s.w..][..s.w];
+            for (x, v) in src.iter().enumerate() {
+                row[(x + 1) * c + ch] = *v;
+            }
+        }
+    });
+}
+
+/// Runs the convolution: `output = relu?(conv(input) + bias)`, channel-blocked out.
+///
+/// `bias` is padded to the output's channel blocks. The work split depends only on the
+/// shape, so results are identical for any number of threads.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    isa: Dispatch,
+    weights: &DirectWeights,
+    bias: &[f32],
+    relu: bool,
+    shape: &DirectShape,
+    input: &[f32],
+    output: &mut [f32],
+    shared: &mut [f32],
+    scratch: &Scratch,
+) {
+    let s = *shape;
+    let layout = weights.layout;
+    let out_blocks = channel_blocks(s.out_channels);
+    assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
+    assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
+    let in_len = match layout {
+        InputLayout::Blocked => s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK,
+        InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
+    };
+    assert!(input.len() >= in_len, "input buffer too small");
+    assert!(shared.len() >= shared_len(layout, shape), "shared panel buffer too small");
+    assert_eq!(weights.groups, s.groups, "weights packed for another group count");
+    let geometry = s.geometry();
+    let (input, shared) = if layout == InputLayout::Planar {
+        let (hwc, rest) = shared.split_at_mut(im2col::hwc_buffer_len(&geometry));
+        to_padded_hwc(input, shape, hwc);
+        (&*hwc, rest)
+    } else {
+        (input, shared)
+    };
+    let out = SharedMut::new(output);
+    let pack = |col: usize, panel: &mut [f32]| {
+        dispatch!(isa, |s| match layout {
+            InputLayout::Blocked => im2col::pack_blocked(s, &geometry, input, col, panel),
+            InputLayout::Planar if geometry.c == 3 => im2col::pack_rgb(s, &geometry, input, col, panel),
+            InputLayout::Planar => im2col::pack_planar(s, &geometry, input, col, panel),
+        })
+    };
+    let product = |weight_panel: usize, col: usize, panel: &[f32], _: &mut [f32]| {
+        let (g, b) = (weight_panel / weights.panels_per_group, weight_panel % weights.panels_per_group);
+        let (k0, width, a) = weights.panel(g, b);
+        let panel = &panel[g * weights.kd * NR..];
+        let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
+        let pixels = PanelPixels::new(&s, col);
+        dispatch!(isa, |s| match width {
+            MR => panel_product::<_, 2>(s, weights.kd, a, panel, bias, relu, &pixels, first_block, out),
+            CHANNEL_BLOCK => panel_product::<_, 1>(s, weights.kd, a, panel, bias, relu, &pixels, first_block, out),
+            _ => unreachable!("panel widths are 16 or 32"),
+        })
+    };
+    work(layout, shape).run(shared, scratch, 0, pack, product);
+}
+
+/// The output pixels of one column panel: how many exist and where each one's first
+/// channel block starts, computed once per panel (the divisions would otherwise dominate
+/// small reductions such as the stem's 27).
+struct PanelPixels {
+    count: usize,
+    /// Offset of pixel j in output channel block 0; block kb adds `kb * plane * 16`.
+    base: [usize; NR],
+    /// Floats of one output channel block (`plane * 16`).
+    block_stride: usize,
+}
+
+impl PanelPixels {
+    fn new(s: &DirectShape, panel: usize) -> PanelPixels {
+        let plane = s.oh * s.ow;
+        let out_blocks = channel_blocks(s.out_channels);
+        let count = NR.min(s.n * plane - panel * NR);
+        let base = std::array::from_fn(|j| {
+            let p = panel * NR + j.min(count - 1);
+            ((p / plane) * out_blocks * plane + p % plane) * CHANNEL_BLOCK
+        });
+        PanelPixels { count, base, block_stride: plane * CHANNEL_BLOCK }
+    }
+}
+
+/// Bias (+ ReLU) and the scattered store of each pixel's channel blocks.
+struct BiasReluStore<'a> {
+    bias: &'a [f32],
+    relu: bool,
+    pixels: &'a PanelPixels,
+    /// Output pointer at the panel's first channel block.
+    out: *mut f32,
+}
+
+impl<S: repvgg_simd::Simd> Epilogue<S> for BiasReluStore<'_> {
+    #[inline(always)]
+    fn take(&mut self, s: S, channel: usize, col: usize, acc: S::F32) {
+        let mut y = acc + s.read(&self.bias[channel..]);
+        if self.relu {
+            y = s.max(y, s.zero());
+        }
+        let at = self.pixels.base[col] + (channel / CHANNEL_BLOCK) * self.pixels.block_stride + channel % CHANNEL_BLOCK;
+        // SAFETY: `panel_product` checked that the panel's last pixel and channel block are
+        // inside the output, and offsets grow with the pixel and the block.
+        unsafe { s.store(self.out.add(at), y) }
+    }
+}
+
+/// Multiplies one weight panel by a column panel and stores bias (+ ReLU) results.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn panel_product<S: Gemm, const MRV: usize>(
+    s: S,
+    kd: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    relu: bool,
+    pixels: &PanelPixels,
+    first_block: usize,
+    out: SharedMut,
+) {
+    assert!(a.len() >= kd * CHANNEL_BLOCK * MRV && b.len() >= kd * NR);
+    let first = first_block * pixels.block_stride;
+    let end = first + pixels.base[pixels.count - 1] + (MRV - 1) * pixels.block_stride + CHANNEL_BLOCK;
+    // Each (pixel, channel block) is written by exactly one item: column panels partition
+    // the pixels and items partition the channel blocks.
+    let out = out.raw(first, end - first);
+    let mut epilogue = BiasReluStore { bias: &bias[first_block * CHANNEL_BLOCK..], relu, pixels, out };
+    // SAFETY: the assert above covers the kd * 16 * MRV and kd * NR reads, kd % 16 == 0,
+    // and 1 <= pixels.count <= NR.
+    unsafe { s.panel_product::<MRV, _>(kd, a.as_ptr(), b.as_ptr(), pixels.count, &mut epilogue) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::{Activation, conv2d};
+    use crate::team::Team;
+
+    /// The network-input (planar) path against the f64 reference convolution, on every
+    /// instruction set this CPU runs: RGB (the vector-load packing) and other channel
+    /// counts, strides 1 and 2, odd sizes, column panels that span rows and images, padded
+    /// output channels. The panel buffer starts
+    /// as NaN, so a lane of the NHWC slack or of a neighbouring window that leaked into
+    /// a panel would show. Tolerance: fp32 sums of at most 63 products of values in
+    /// [-1, 1], against f64; 1e-5 of the largest output leaves a wide margin.
+    #[test]
+    fn planar_input_matches_the_reference_convolution() {
+        let team = Team::new(2, std::time::Duration::ZERO).unwrap();
+        for isa in Dispatch::all_supported() {
+            for (c, k, stride, n, h, w) in [
+                (3, 48, 2, 2, 61, 47),
+                (3, 20, 1, 2, 13, 11),
+                (3, 64, 2, 1, 5, 9),
+                (5, 16, 1, 1, 9, 8),
+                (7, 40, 2, 2, 10, 13),
+            ] {
+                let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+                let shape = DirectShape { n, in_channels: c, h, w, out_channels: k, groups: 1, stride, oh, ow };
+                let mut seed = (c * 1000 + k * 10 + stride) as u32;
+                let mut next = move || {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+                };
+                let weights: Vec<f32> = (0..k * c * 9).map(|_| next()).collect();
+                let bias_raw: Vec<f32> = (0..k).map(|_| next()).collect();
+                let input: Vec<f32> = (0..n * c * h * w).map(|_| next()).collect();
+                let mut bias = bias_raw.clone();
+                bias.resize(channel_blocks(k) * CHANNEL_BLOCK, 0.0);
+
+                let packed = DirectWeights::new(InputLayout::Planar, &weights, k, c, 1);
+                let mut shared = vec![f32::NAN; shared_len(InputLayout::Planar, &shape)];
+                let scratch = Scratch::new(2, scratch_len(InputLayout::Planar, &shape));
+                let mut output = vec![0f32; n * channel_blocks(k) * oh * ow * CHANNEL_BLOCK];
+                team.install(|| run(isa, &packed, &bias, true, &shape, &input, &mut output, &mut shared, &scratch));
+
+                let activation = Activation { n, c, h, w, data: input.iter().map(|&v| v as f64).collect() };
+                let expected = conv2d(&activation, &weights, Some(&bias_raw), k, 3, stride, 1, 1);
+                let scale = expected.data.iter().fold(0f64, |m, v| m.max(v.abs()));
+                for b in 0..n {
+                    for ch in 0..k {
+                        for p in 0..oh * ow {
+                            let want = expected.data[(b * k + ch) * oh * ow + p].max(0.0);
+                            let got = output[((b * channel_blocks(k) + ch / CHANNEL_BLOCK) * oh * ow + p)
+                                * CHANNEL_BLOCK
+                                + ch % CHANNEL_BLOCK] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * scale,
+                                "{:?} c{c} k{k} s{stride} {n}x{h}x{w}: image {b} channel {ch} pixel {p}: {got} vs {want}",
+                                isa.isa()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
