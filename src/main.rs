@@ -131,7 +131,7 @@ enum Command {
         images: Vec<PathBuf>,
     },
     /// Timing server for side-by-side comparisons (benches/compare): loads a model and an
-    /// input, then answers stdin lines: `run` times one inference and prints its
+    /// input, prints `ready DESCRIPTION (ISA kernels)`, then answers stdin lines: `run` times one inference and prints its
     /// milliseconds; `write PATH` writes the logits to PATH; `quit` (or EOF) exits.
     Time {
         #[command(flatten)]
@@ -307,7 +307,7 @@ fn time_server(model: &WeightsArgs, input: &Path, options: SessionOptions) -> Re
     let mut session = model.session(options)?;
     let mut logits = session.run(&x)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "ready {}", model.description())?;
+    writeln!(out, "ready {} ({} kernels)", model.description(), session.isa())?;
     out.flush()?;
     for line in std::io::stdin().lock().lines() {
         let line = line?;

@@ -457,7 +457,8 @@ fn the_timing_server_answers_its_protocol() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("ready RepVGG-custom"));
+    let banner = lines.next().unwrap().unwrap();
+    assert!(banner.starts_with("ready RepVGG-custom") && banner.ends_with(" kernels)"), "{banner}");
     for _ in 0..3 {
         writeln!(stdin, "run").unwrap();
         let ms: f64 = lines.next().unwrap().unwrap().parse().unwrap();
@@ -473,4 +474,92 @@ fn the_timing_server_answers_its_protocol() {
     let (_, want) = read_tensor(Path::new(&fixture("tiny-se", "expected.safetensors")), "logits");
     assert_eq!(shape, vec![1, 7]);
     assert!(max_rel_diff(&got, &want) < 1e-5);
+}
+
+fn repvgg_with_env(args: &[&str], isa_env: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_repvgg"));
+    command.args(args);
+    match isa_env {
+        Some(value) => command.env("REPVGG_ISA", value),
+        None => command.env_remove("REPVGG_ISA"),
+    };
+    command.output().expect("run repvgg")
+}
+
+/// `--isa` and `REPVGG_ISA` choose the kernel set, `bench` shows it, and a set the CPU
+/// lacks (or an unknown name) is refused with one line and the CPU (or usage) exit code.
+#[test]
+fn the_kernel_set_is_chosen_shown_and_refused_when_missing() {
+    use repvgg::simd::Isa;
+    let bench = ["bench", "--size", "32", "--runs", "1", "--warmup", "0"];
+    let json = |args: &[&str], env: Option<&str>| -> serde_json::Value {
+        let out = repvgg_with_env(args, env);
+        assert!(out.status.success(), "{args:?} {env:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let best = Isa::supported()[0].name();
+    let with = |extra: &[&'static str]| -> Vec<&'static str> { bench.iter().chain(extra).copied().collect() };
+    assert_eq!(json(&with(&["--json"]), None)["isa"], best);
+    for isa in Isa::supported() {
+        let v = json(&with(&["--json", "--isa", isa.name()]), None);
+        assert_eq!(v["isa"], isa.name());
+        assert!(v["peak_gflops"].as_f64().unwrap() > 0.0);
+        // The environment stands in for `auto`, and an explicit --isa wins over it.
+        assert_eq!(json(&with(&["--json"]), Some(isa.name()))["isa"], isa.name());
+        assert_eq!(json(&with(&["--json", "--isa", "portable"]), Some(isa.name()))["isa"], "portable");
+    }
+    let out = repvgg_with_env(&with(&["--isa", "portable"]), None);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().nth(1).unwrap().ends_with(", portable kernels"), "{table}");
+
+    let refusals = [
+        (with(&["--isa", "sse9"]), None, 2, "--isa: instruction set `sse9` is not an instruction set"),
+        (with(&[]), Some("sse9"), 2, "REPVGG_ISA `sse9` is not an instruction set"),
+    ];
+    for (args, env, code, phrase) in refusals {
+        let out = repvgg_with_env(&args, env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?} {env:?}: {err}");
+        assert!(err.contains(phrase) && err.trim_end().lines().count() == 1, "{err}");
+    }
+    for isa in Isa::ALL.into_iter().filter(|isa| !isa.is_supported()) {
+        let missing = isa.missing_features()[0];
+        for (args, env) in [(with(&["--isa", isa.name()]), None), (with(&[]), Some(isa.name()))] {
+            let out = repvgg_with_env(&args, env);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(8), "{args:?} {env:?}: {err}");
+            assert!(err.contains(&format!("needs {missing}")) && err.contains("this CPU lacks"), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        }
+    }
+}
+
+/// Every kernel set this CPU runs gives the ONNX Runtime fixture's logits through `infer`
+/// (2e-5: the fast paths' bound against ORT, tests/golden.rs).
+#[test]
+fn infer_runs_every_kernel_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, want) = read_tensor(Path::new(&fixture("tiny-groups", "expected.safetensors")), "logits");
+    for isa in repvgg::simd::Isa::supported() {
+        let output = dir.path().join(format!("logits-{isa}.safetensors"));
+        let out = repvgg_with_env(
+            &[
+                "infer",
+                "--weights",
+                &fixture("tiny-groups", "train.safetensors"),
+                "--arch",
+                &fixture("tiny-groups", "arch.toml"),
+                "--input",
+                &fixture("tiny-groups", "input.safetensors"),
+                "--output",
+                output.to_str().unwrap(),
+                "--isa",
+                isa.name(),
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{isa}: {}", stderr(&out));
+        let (_, got) = read_tensor(&output, "logits");
+        assert!(max_rel_diff(&got, &want) < 2e-5, "{isa}: {}", max_rel_diff(&got, &want));
+    }
 }

@@ -260,6 +260,7 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
             "cpu_util": info["cpu_util"][name],
             "samples_ms": [s * 1e3 for s in samples[name]],
             **({"precision": engine.precision} if hasattr(engine, "precision") else {}),
+            **({"isa": engine.isa} if hasattr(engine, "isa") else {}),
             **({"options": engine.options} if hasattr(engine, "options") else {}),
         }
     ours = result["engines"]["ours"]

@@ -15,6 +15,7 @@ OMP_NUM_THREADS and friends before any of them loads its thread pool.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -85,7 +86,11 @@ class Ours(Engine):
         if not banner.startswith("ready"):
             raise RuntimeError(f"`repvgg time` did not start: {banner!r}")
         self.banner = banner
-        self.version = _our_version(repvgg)
+        # `ready DESCRIPTION (ISA kernels)`: the kernel set the run-time dispatch chose.
+        kernels = re.search(r"\((\w+) kernels\)$", banner)
+        self.isa = kernels.group(1) if kernels else "unknown"
+        self.version = f"{_our_version(repvgg)} ({self.isa} kernels)"
+        self.notes.append(f"{self.isa} kernels")
         if algo:
             self.notes.append(f"--algo {algo}")
         self.pipe_wall: list[float] = []  # Python-side round trip of each `run`, for reference

@@ -5,7 +5,7 @@ mod common;
 
 use repvgg_graph::ArchSpec;
 use repvgg_graph::synthetic;
-use repvgg_runtime::{Algo, AlgoChoice, DEFAULT_SPIN, Error, Limits, Model, SessionOptions, Tensor};
+use repvgg_runtime::{Algo, AlgoChoice, DEFAULT_SPIN, Error, Isa, IsaChoice, Limits, Model, SessionOptions, Tensor};
 use std::time::Duration;
 
 fn input(n: usize, h: usize, w: usize, seed: u64) -> Tensor {
@@ -43,10 +43,17 @@ const CHOICES: [AlgoChoice; 5] = [
     AlgoChoice::Force(Algo::F6),
 ];
 
+/// Every algorithm choice on the kernel set `REPVGG_ISA` selects (CI runs the suite once
+/// per set), against the reference.
 fn check_against_reference(model: &Model, x: &Tensor, what: &str) {
+    check_isa_against_reference(model, x, what, IsaChoice::Auto)
+}
+
+fn check_isa_against_reference(model: &Model, x: &Tensor, what: &str, isa: IsaChoice) {
     let want = model.run_reference(x).unwrap();
     for choice in CHOICES {
-        let mut session = model.session(SessionOptions { threads: 2, algo: choice, ..Default::default() }).unwrap();
+        let mut session =
+            model.session(SessionOptions { threads: 2, algo: choice, isa, ..Default::default() }).unwrap();
         let got = session.features(x).unwrap();
         let tol = tolerance(choice);
         let err = got.logits.rel_diff(&want.logits);
@@ -63,6 +70,51 @@ fn a0_at_odd_sizes_matches_the_reference() {
     let model = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 3).unwrap();
     check_against_reference(&model, &input(2, 61, 47, 1), "A0 2x61x47");
     check_against_reference(&model, &input(1, 5, 9, 2), "A0 1x5x9");
+}
+
+/// Every kernel set this CPU runs, in one process, whatever `REPVGG_ISA` says: a plain and
+/// a grouped SE network at odd sizes. The portable set rounds each product before adding
+/// it, which the tolerances absorb.
+#[test]
+fn every_kernel_set_matches_the_reference() {
+    let a0 = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 3).unwrap();
+    let se = Model::synthetic(
+        custom(
+            "name='se'\nblocks_per_stage=[2,2,2,1]\nwidths=[32,48,64,96,160]\ngroups=2\ngrouped_layers=[2,4]\nse=true\nnum_classes=21\n",
+        ),
+        8,
+    )
+    .unwrap();
+    for isa in Isa::supported() {
+        check_isa_against_reference(&a0, &input(2, 37, 29, 1), &format!("{isa} A0 2x37x29"), IsaChoice::Force(isa));
+        check_isa_against_reference(&se, &input(1, 29, 34, 4), &format!("{isa} SE 1x29x34"), IsaChoice::Force(isa));
+    }
+}
+
+/// The FMA kernel sets (AVX-512 and AVX2) perform the same operations in the same order on
+/// every value, whatever their vector width: bitwise the same logits and stage outputs.
+/// On a CPU with only one of them there is nothing to compare (the test says so).
+#[test]
+fn the_fma_kernel_sets_agree_bitwise() {
+    let sets: Vec<Isa> = Isa::supported().into_iter().filter(|isa| *isa != Isa::Portable).collect();
+    if sets.len() < 2 {
+        eprintln!("only {sets:?} on this CPU: no second FMA kernel set to compare with");
+        return;
+    }
+    let model = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 12).unwrap();
+    let x = input(2, 45, 38, 13);
+    for choice in CHOICES {
+        let run = |isa| {
+            let options = SessionOptions { threads: 2, algo: choice, isa: IsaChoice::Force(isa), ..Default::default() };
+            model.session(options).unwrap().features(&x).unwrap()
+        };
+        let first = run(sets[0]);
+        for &isa in &sets[1..] {
+            let other = run(isa);
+            assert_eq!(first.logits, other.logits, "{choice:?}: {:?} vs {isa:?}", sets[0]);
+            assert_eq!(first.stages, other.stages, "{choice:?}: {:?} vs {isa:?} stages", sets[0]);
+        }
+    }
 }
 
 #[test]

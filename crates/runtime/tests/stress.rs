@@ -38,24 +38,31 @@ fn eight_threads_on_one_model_agree_with_a_single_thread() {
     let runs = AtomicUsize::new(0);
     let start = Instant::now();
     std::thread::scope(|scope| {
-        for t in 0..8 {
-            let (model, inputs, expected, runs) = (&model, &inputs, &expected, &runs);
-            scope.spawn(move || {
-                // Mix session shapes: some threads run 2-worker sessions, some force F(4,3).
-                let choice = t % 2;
-                let options = SessionOptions { threads: 1 + t / 4, algo: choices[choice], ..Default::default() };
-                let expected = &expected[choice];
-                let mut session = model.session(options).unwrap();
-                let mut i = t;
-                let mut mine = 0;
-                while mine < 6 || start.elapsed() < BUDGET {
-                    let k = i % inputs.len();
-                    assert_eq!(session.run(&inputs[k]).unwrap(), expected[k], "thread {t}, input {k}");
-                    i += 7;
-                    mine += 1;
-                    runs.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+        // Joined explicitly, not by the scope's end: ThreadSanitizer (tools/sanitizers.sh)
+        // sees a join as synchronisation, not the scope's uninstrumented bookkeeping.
+        let workers: Vec<_> = (0..8)
+            .map(|t| {
+                let (model, inputs, expected, runs) = (&model, &inputs, &expected, &runs);
+                scope.spawn(move || {
+                    // Mix session shapes: some threads run 2-worker sessions, some force F(4,3).
+                    let choice = t % 2;
+                    let options = SessionOptions { threads: 1 + t / 4, algo: choices[choice], ..Default::default() };
+                    let expected = &expected[choice];
+                    let mut session = model.session(options).unwrap();
+                    let mut i = t;
+                    let mut mine = 0;
+                    while mine < 6 || start.elapsed() < BUDGET {
+                        let k = i % inputs.len();
+                        assert_eq!(session.run(&inputs[k]).unwrap(), expected[k], "thread {t}, input {k}");
+                        i += 7;
+                        mine += 1;
+                        runs.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("worker");
         }
     });
     assert!(runs.load(Ordering::Relaxed) >= 8 * 6);

@@ -332,9 +332,17 @@ macro_rules! dispatch {
             // `inline(always)`: the body must be inlined into the trampoline to be compiled
             // with its features; outside it, every intrinsic would be a call.
             #[cfg(target_arch = "x86_64")]
-            $crate::Isa::Avx512 => $crate::x86_64::avx512::enter(dispatch, #[inline(always)] |$s| $body),
+            $crate::Isa::Avx512 => $crate::x86_64::avx512::enter(
+                dispatch,
+                #[inline(always)]
+                |$s| $body,
+            ),
             #[cfg(target_arch = "x86_64")]
-            $crate::Isa::Avx2 => $crate::x86_64::avx2::enter(dispatch, #[inline(always)] |$s| $body),
+            $crate::Isa::Avx2 => $crate::x86_64::avx2::enter(
+                dispatch,
+                #[inline(always)]
+                |$s| $body,
+            ),
             _ => {
                 let $s = $crate::Portable::new();
                 $body
