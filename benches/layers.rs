@@ -9,7 +9,7 @@ use repvgg::runtime::buffers::Scratch;
 use repvgg::runtime::exec::direct::{self, DirectShape, DirectWeights, InputLayout};
 use repvgg::runtime::exec::winograd::{self as wino, WinogradShape};
 use repvgg::runtime::kernels::gemm::MR;
-use repvgg::runtime::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
+use repvgg::runtime::kernels::{CHANNEL_BLOCK, channel_blocks};
 use repvgg::runtime::team::Team;
 use repvgg::simd::Dispatch;
 use repvgg::winograd::{PackedFilters, Variant};
@@ -34,9 +34,10 @@ fn layers(c: &mut Criterion) {
     for (name, cin, cout, side, stride) in LAYERS {
         let out_side = (side - 1) / stride + 1;
         let weights: Vec<f32> = (0..cout * cin * 9).map(|i| ((i * 31 % 97) as f32 - 48.0) * 1e-3).collect();
-        let bias = vec![0.01f32; blocks(cout) * LANES];
-        let input: Vec<f32> = (0..blocks(cin) * LANES * side * side).map(|i| (i % 13) as f32 * 0.05).collect();
-        let mut output = vec![0f32; blocks(cout) * LANES * out_side * out_side];
+        let bias = vec![0.01f32; channel_blocks(cout) * CHANNEL_BLOCK];
+        let input: Vec<f32> =
+            (0..channel_blocks(cin) * CHANNEL_BLOCK * side * side).map(|i| (i % 13) as f32 * 0.05).collect();
+        let mut output = vec![0f32; channel_blocks(cout) * CHANNEL_BLOCK * out_side * out_side];
         group.throughput(Throughput::Elements((2 * cout * cin * 9 * out_side * out_side) as u64));
 
         let shape = DirectShape {

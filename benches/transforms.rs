@@ -10,7 +10,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use repvgg::simd::{Dispatch, dispatch};
-use repvgg::winograd::{CHANNEL_BLOCK as LANES, Variant, input_tile, output_tile};
+use repvgg::winograd::{CHANNEL_BLOCK, Variant, input_tile, output_tile};
 use std::hint::black_box;
 
 /// (name, channels, map side): A0 stages 1-3 and B0 stage 3.
@@ -30,8 +30,8 @@ impl Layer {
     fn new(isa: Dispatch, variant: Variant, channels: usize, side: usize) -> Layer {
         Layer { isa, variant, channels, side, tiles_per_side: side.div_ceil(variant.m()) }
     }
-    fn blocks(&self) -> usize {
-        self.channels / LANES
+    fn channel_blocks(&self) -> usize {
+        self.channels / CHANNEL_BLOCK
     }
     fn tiles(&self) -> usize {
         self.tiles_per_side * self.tiles_per_side
@@ -41,46 +41,61 @@ impl Layer {
     }
     /// Channel-blocked activation of the layer.
     fn activation(&self) -> Vec<f32> {
-        (0..self.blocks() * self.side * self.side * LANES).map(|i| (i % 97) as f32 * 0.01 - 0.5).collect()
+        (0..self.channel_blocks() * self.side * self.side * CHANNEL_BLOCK)
+            .map(|i| (i % 97) as f32 * 0.01 - 0.5)
+            .collect()
     }
     /// Transformed tiles, `[cb][tile][p][16]`.
     fn transformed(&self) -> Vec<f32> {
-        (0..self.blocks() * self.tiles() * self.positions() * LANES).map(|i| (i % 89) as f32 * 0.01 - 0.4).collect()
+        (0..self.channel_blocks() * self.tiles() * self.positions() * CHANNEL_BLOCK)
+            .map(|i| (i % 89) as f32 * 0.01 - 0.4)
+            .collect()
     }
 
     fn input(&self, src: &[f32], dst: &mut [f32]) {
-        let (m, s, plane) = (self.variant.m(), self.side, self.side * self.side * LANES);
-        let tile_len = self.positions() * LANES;
-        for cb in 0..self.blocks() {
+        let (m, s, plane) = (self.variant.m(), self.side, self.side * self.side * CHANNEL_BLOCK);
+        let tile_len = self.positions() * CHANNEL_BLOCK;
+        for cb in 0..self.channel_blocks() {
             for t in 0..self.tiles() {
                 let (ty, tx) = (t / self.tiles_per_side, t % self.tiles_per_side);
                 let out = &mut dst[(cb * self.tiles() + t) * tile_len..];
                 let (y0, x0) = ((ty * m) as isize - 1, (tx * m) as isize - 1);
                 let src = &src[cb * plane..(cb + 1) * plane];
-                dispatch!(self.isa, |k| input_tile(k, self.variant, src, s * LANES, s, s, y0, x0, out, LANES));
+                dispatch!(self.isa, |k| input_tile(
+                    k,
+                    self.variant,
+                    src,
+                    s * CHANNEL_BLOCK,
+                    s,
+                    s,
+                    y0,
+                    x0,
+                    out,
+                    CHANNEL_BLOCK
+                ));
             }
         }
     }
 
     fn output(&self, src: &[f32], dst: &mut [f32]) {
-        let (m, s, plane) = (self.variant.m(), self.side, self.side * self.side * LANES);
-        let tile_len = self.positions() * LANES;
-        let bias = [0.1f32; LANES];
-        for cb in 0..self.blocks() {
+        let (m, s, plane) = (self.variant.m(), self.side, self.side * self.side * CHANNEL_BLOCK);
+        let tile_len = self.positions() * CHANNEL_BLOCK;
+        let bias = [0.1f32; CHANNEL_BLOCK];
+        for cb in 0..self.channel_blocks() {
             for t in 0..self.tiles() {
                 let (ty, tx) = (t / self.tiles_per_side, t % self.tiles_per_side);
                 let (rows, cols) = (m.min(s - ty * m), m.min(s - tx * m));
-                let out = &mut dst[cb * plane + (ty * m * s + tx * m) * LANES..];
+                let out = &mut dst[cb * plane + (ty * m * s + tx * m) * CHANNEL_BLOCK..];
                 let src = &src[(cb * self.tiles() + t) * tile_len..];
                 dispatch!(self.isa, |k| output_tile(
                     k,
                     self.variant,
                     src,
-                    LANES,
+                    CHANNEL_BLOCK,
                     &bias,
                     true,
                     out,
-                    s * LANES,
+                    s * CHANNEL_BLOCK,
                     rows,
                     cols
                 ));
@@ -91,10 +106,10 @@ impl Layer {
     /// Bytes an input transform reads (the map once, plus tile overlap) and writes.
     fn input_bytes(&self) -> u64 {
         let a = self.variant.alpha();
-        ((self.tiles() * a * a * 2) * self.blocks() * LANES * 4) as u64
+        ((self.tiles() * a * a * 2) * self.channel_blocks() * CHANNEL_BLOCK * 4) as u64
     }
     fn output_bytes(&self) -> u64 {
-        ((self.tiles() * self.positions() + self.side * self.side) * self.blocks() * LANES * 4) as u64
+        ((self.tiles() * self.positions() + self.side * self.side) * self.channel_blocks() * CHANNEL_BLOCK * 4) as u64
     }
 }
 
@@ -110,7 +125,7 @@ fn transforms(c: &mut Criterion) {
                 let layer = Layer::new(isa, v, channels, side);
                 let act = layer.activation();
                 let mut tr = layer.transformed();
-                let tiles = (layer.tiles() * layer.blocks()) as u64;
+                let tiles = (layer.tiles() * layer.channel_blocks()) as u64;
                 let id = |op: &str| BenchmarkId::new(format!("{op}/{v:?}/{}", isa.isa()), name);
                 group.throughput(if unit == "tiles" {
                     Throughput::Elements(tiles)

@@ -4,7 +4,8 @@
 #
 # - AddressSanitizer with LeakSanitizer: the simd, winograd and runtime crates' tests,
 #   once per kernel set this CPU runs (REPVGG_ISA; the kernel-level tests cover every
-#   set in each run, the network-level ones follow the variable);
+#   set in each run, the network-level ones follow the variable). Doctests are left out:
+#   rustdoc does not link them with the sanitizer runtime;
 # - ThreadSanitizer: the fork-join team's tests and the concurrency stress test.
 #   Uninstrumented std makes TSan report races inside the test harness and in Arc's
 #   drop that are not there; tools/tsan.supp suppresses exactly those, and the stress
@@ -21,7 +22,8 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for isa in $(tools/isas.sh); do
   if ! REPVGG_ISA=$isa RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan ASAN_OPTIONS=detect_leaks=1 \
-    cargo +nightly test --release --target "$target" -p repvgg-simd -p repvgg-winograd -p repvgg-runtime >"$log" 2>&1; then
+    cargo +nightly test --release --target "$target" --lib --tests -p repvgg-simd -p repvgg-winograd -p repvgg-runtime \
+    >"$log" 2>&1; then
     tail -60 "$log"
     echo "AddressSanitizer: the suites failed with REPVGG_ISA=$isa"
     exit 1

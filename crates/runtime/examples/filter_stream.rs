@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use repvgg_runtime::buffers::Scratch;
 use repvgg_runtime::exec::winograd::{self as wino, WinogradShape};
 use repvgg_runtime::kernels::gemm::MR;
-use repvgg_runtime::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
+use repvgg_runtime::kernels::{CHANNEL_BLOCK, channel_blocks};
 use repvgg_runtime::team::Team;
 use repvgg_simd::Dispatch;
 use repvgg_winograd::{PackedFilters, Variant};
@@ -39,9 +39,10 @@ fn main() -> anyhow::Result<()> {
         isa.isa(),
         copies[0].bytes() as f64 / 1e6
     );
-    let bias = vec![0.01f32; blocks(channels) * LANES];
-    let input: Vec<f32> = (0..blocks(channels) * LANES * side * side).map(|i| (i % 13) as f32 * 0.05).collect();
-    let mut output = vec![0f32; blocks(channels) * LANES * side * side];
+    let bias = vec![0.01f32; channel_blocks(channels) * CHANNEL_BLOCK];
+    let input: Vec<f32> =
+        (0..channel_blocks(channels) * CHANNEL_BLOCK * side * side).map(|i| (i % 13) as f32 * 0.05).collect();
+    let mut output = vec![0f32; channel_blocks(channels) * CHANNEL_BLOCK * side * side];
     let shape = WinogradShape { n: 1, in_channels: channels, out_channels: channels, groups: 1, h: side, w: side };
     let mut shared = vec![0f32; wino::shared_len(variant, &shape)];
     for threads in [1, 2] {

@@ -10,7 +10,7 @@ use repvgg_winograd::PackedFilters;
 use crate::error::{Error, Result};
 use crate::exec::direct::{DirectWeights, InputLayout};
 use crate::kernels::gemm::MR;
-use crate::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
+use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 use crate::loader::SafetensorsFile;
 use crate::plan::Algo;
 use crate::reference;
@@ -166,7 +166,7 @@ impl Model {
             .iter()
             .zip(&weights.layers)
             .map(|(layer, params)| {
-                let mut bias = vec![0f32; blocks(layer.out_channels) * LANES];
+                let mut bias = vec![0f32; channel_blocks(layer.out_channels) * CHANNEL_BLOCK];
                 bias[..layer.out_channels].copy_from_slice(&params.conv.bias);
                 LayerCache { bias, prepared: Default::default() }
             })

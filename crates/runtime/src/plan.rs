@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::exec::direct::{self, DirectShape, DirectWeights, InputLayout};
 use crate::exec::pointwise;
 use crate::exec::winograd::{self as wino, WinogradShape};
-use crate::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
+use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 
 /// A convolution algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -168,7 +168,7 @@ impl LayerPlan {
 
     /// Floats of the output activation (channel-blocked) for a batch of `n`.
     fn output_len(&self, n: usize) -> usize {
-        n * blocks(self.out_channels) * self.oh * self.ow * LANES
+        n * channel_blocks(self.out_channels) * self.oh * self.ow * CHANNEL_BLOCK
     }
 }
 
@@ -242,7 +242,7 @@ impl Plan {
             }
         }
         let features = network.feature_channels();
-        self.pooled_len = self.pooled_len.max(n * blocks(features) * LANES);
+        self.pooled_len = self.pooled_len.max(n * channel_blocks(features) * CHANNEL_BLOCK);
     }
 }
 
@@ -276,7 +276,8 @@ pub fn default_algo(lp: &LayerPlan, n: usize) -> Algo {
     if lp.stride != 1 || lp.index == 0 {
         return Algo::Direct;
     }
-    let (cb, kb) = (blocks(lp.in_channels / lp.groups) as f64, blocks(lp.out_channels / lp.groups) as f64);
+    let (cb, kb) =
+        (channel_blocks(lp.in_channels / lp.groups) as f64, channel_blocks(lp.out_channels / lp.groups) as f64);
     let groups = lp.groups as f64;
     let weight_floats = |positions: usize| groups * kb * cb * 256.0 * positions as f64;
     const STREAM: f64 = 0.3;

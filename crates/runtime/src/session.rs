@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::exec::generic::GenericConv;
 use crate::exec::winograd as wino;
 use crate::exec::{direct, pointwise};
-use crate::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks, probe};
+use crate::kernels::{CHANNEL_BLOCK, channel_blocks, probe};
 use crate::model::{Model, Prepared};
 use crate::plan::{Algo, AlgoChoice, LayerPlan, Plan, default_algo};
 use crate::team::Team;
@@ -365,8 +365,11 @@ impl Session {
         let model = self.model.clone();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
         let (first, second) = act.split_at_mut(1);
-        let input_len =
-            if lp.index == 0 { n * 3 * lp.h * lp.w } else { n * blocks(lp.in_channels) * lp.h * lp.w * LANES };
+        let input_len = if lp.index == 0 {
+            n * 3 * lp.h * lp.w
+        } else {
+            n * channel_blocks(lp.in_channels) * lp.h * lp.w * CHANNEL_BLOCK
+        };
         let input = &first[0][..input_len];
         let output = &mut second[0];
         let isa = self.isa;
@@ -442,7 +445,7 @@ fn check_finite(input: &Tensor) -> Result<()> {
     )))
 }
 
-/// One block: convolution + bias, then SE and ReLU (or ReLU fused into the convolution).
+/// One RepVGG block: convolution + bias, then SE and ReLU (or ReLU fused into the convolution).
 #[allow(clippy::too_many_arguments)]
 fn conv_layer(
     isa: Dispatch,

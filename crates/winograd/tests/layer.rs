@@ -2,7 +2,7 @@
 //! GEMM written here) against an f64 direct convolution, over random shapes.
 
 use repvgg_simd::{Dispatch, dispatch};
-use repvgg_winograd::{CHANNEL_BLOCK as LANES, PackedFilters, Variant, input_tile, output_tile};
+use repvgg_winograd::{CHANNEL_BLOCK, PackedFilters, Variant, input_tile, output_tile};
 
 struct Rng(u64);
 impl Rng {
@@ -62,7 +62,7 @@ fn winograd(isa: Dispatch, v: Variant, case: &Case, x: &[f32], weights: &[f32], 
     let packed = PackedFilters::new(v, weights, k, cg, groups, 32).unwrap();
     let (m, a) = (v.m(), v.alpha());
     let positions = a * a;
-    let (c_pad, k_pad) = (packed.c_pad(), kg.div_ceil(LANES) * LANES);
+    let (c_pad, k_pad) = (packed.c_pad(), kg.div_ceil(CHANNEL_BLOCK) * CHANNEL_BLOCK);
     let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
     let mut out = vec![0f32; n * k * h * w];
     for b in 0..n {
@@ -71,18 +71,19 @@ fn winograd(isa: Dispatch, v: Variant, case: &Case, x: &[f32], weights: &[f32], 
             let mut blocked = vec![0f32; c_pad * h * w];
             for ci in 0..cg {
                 for p in 0..h * w {
-                    blocked[((ci / LANES) * h * w + p) * LANES + ci % LANES] = x[(b * c + g * cg + ci) * h * w + p];
+                    blocked[((ci / CHANNEL_BLOCK) * h * w + p) * CHANNEL_BLOCK + ci % CHANNEL_BLOCK] =
+                        x[(b * c + g * cg + ci) * h * w + p];
                 }
             }
             let mut out_blocked = vec![0f32; k_pad * h * w];
             for ty in 0..th {
                 for tx in 0..tw {
                     let mut tile = vec![0f32; positions * c_pad];
-                    for cb in 0..c_pad / LANES {
-                        let plane = &blocked[cb * h * w * LANES..(cb + 1) * h * w * LANES];
+                    for cb in 0..c_pad / CHANNEL_BLOCK {
+                        let plane = &blocked[cb * h * w * CHANNEL_BLOCK..(cb + 1) * h * w * CHANNEL_BLOCK];
                         let (y0, x0) = ((ty * m) as isize - 1, (tx * m) as isize - 1);
-                        let dst = &mut tile[cb * LANES..];
-                        dispatch!(isa, |s| input_tile(s, v, plane, w * LANES, h, w, y0, x0, dst, c_pad));
+                        let dst = &mut tile[cb * CHANNEL_BLOCK..];
+                        dispatch!(isa, |s| input_tile(s, v, plane, w * CHANNEL_BLOCK, h, w, y0, x0, dst, c_pad));
                     }
                     // The batched GEMM, one position at a time: M[p][k] = sum_c U[p][c][k] V[p][c].
                     let mut prod = vec![0f32; positions * k_pad];
@@ -100,20 +101,32 @@ fn winograd(isa: Dispatch, v: Variant, case: &Case, x: &[f32], weights: &[f32], 
                         }
                     }
                     let (rows, cols) = (m.min(h - ty * m), m.min(w - tx * m));
-                    for kb in 0..k_pad / LANES {
-                        let mut bias16 = [0f32; LANES];
-                        for l in 0..LANES.min(kg.saturating_sub(kb * LANES)) {
-                            bias16[l] = bias[g * kg + kb * LANES + l];
+                    for kb in 0..k_pad / CHANNEL_BLOCK {
+                        let mut bias16 = [0f32; CHANNEL_BLOCK];
+                        for l in 0..CHANNEL_BLOCK.min(kg.saturating_sub(kb * CHANNEL_BLOCK)) {
+                            bias16[l] = bias[g * kg + kb * CHANNEL_BLOCK + l];
                         }
-                        let dst = &mut out_blocked[(kb * h * w + ty * m * w + tx * m) * LANES..];
-                        let src = &prod[kb * LANES..];
-                        dispatch!(isa, |s| output_tile(s, v, src, k_pad, &bias16, false, dst, w * LANES, rows, cols));
+                        let dst = &mut out_blocked[(kb * h * w + ty * m * w + tx * m) * CHANNEL_BLOCK..];
+                        let src = &prod[kb * CHANNEL_BLOCK..];
+                        dispatch!(isa, |s| output_tile(
+                            s,
+                            v,
+                            src,
+                            k_pad,
+                            &bias16,
+                            false,
+                            dst,
+                            w * CHANNEL_BLOCK,
+                            rows,
+                            cols
+                        ));
                     }
                 }
             }
             for o in 0..kg {
                 for p in 0..h * w {
-                    out[(b * k + g * kg + o) * h * w + p] = out_blocked[((o / LANES) * h * w + p) * LANES + o % LANES];
+                    out[(b * k + g * kg + o) * h * w + p] =
+                        out_blocked[((o / CHANNEL_BLOCK) * h * w + p) * CHANNEL_BLOCK + o % CHANNEL_BLOCK];
                 }
             }
         }

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use repvgg_simd::{Dispatch, dispatch};
 use repvgg_winograd::Variant;
-use repvgg_winograd::tiles::{self, CHANNEL_BLOCK as LANES, scalar};
+use repvgg_winograd::tiles::{self, CHANNEL_BLOCK, scalar};
 
 fn variant() -> impl Strategy<Value = Variant> {
     prop::sample::select(Variant::ALL.to_vec())
@@ -37,7 +37,7 @@ proptest! {
         extra_pos in 0usize..2,
         seed in any::<u64>(),
     ) {
-        let row_stride = (w + extra_stride) * LANES;
+        let row_stride = (w + extra_stride) * CHANNEL_BLOCK;
         let mut rng = seed;
         let src: Vec<f32> = (0..h * row_stride).map(|_| {
             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -46,19 +46,19 @@ proptest! {
         let a = v.alpha();
         // Tiles start at multiples of m minus the padding of 1, and may hang past the map.
         let (y0, x0) = (ty * v.m() as isize - 1, tx * v.m() as isize - 1);
-        let pos_stride = LANES * (1 + extra_pos);
+        let pos_stride = CHANNEL_BLOCK * (1 + extra_pos);
         let mut simd = vec![f32::NAN; a * a * pos_stride];
         let mut twin = simd.clone();
         dispatch!(isa, |s| tiles::input_tile(s, v, &src, row_stride, h, w, y0, x0, &mut simd, pos_stride));
         scalar::input_tile(v, &src, row_stride, h, w, y0, x0, &mut twin, pos_stride);
         let tol = 4.0 * f32::EPSILON * gain(&v.bt_rows());
         for p in 0..a * a {
-            for l in 0..LANES {
+            for l in 0..CHANNEL_BLOCK {
                 let (s, t) = (simd[p * pos_stride + l], twin[p * pos_stride + l]);
                 prop_assert!((s - t).abs() <= tol, "{:?} {v:?} p={p} lane={l}: {s} vs {t}", isa.isa());
             }
             // Gaps between positions are never written.
-            for l in LANES..pos_stride {
+            for l in CHANNEL_BLOCK..pos_stride {
                 prop_assert!(simd[p * pos_stride + l].is_nan());
             }
         }
@@ -77,15 +77,15 @@ proptest! {
         let (a, m) = (v.alpha(), v.m());
         let rows = m - rows_cut.min(m - 1);
         let cols = m - cols_cut.min(m - 1);
-        let pos_stride = LANES * (1 + extra_pos);
+        let pos_stride = CHANNEL_BLOCK * (1 + extra_pos);
         let mut rng = seed;
         let mut next = || {
             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         };
         let src: Vec<f32> = (0..a * a * pos_stride).map(|_| next()).collect();
-        let bias: [f32; LANES] = std::array::from_fn(|_| next());
-        let row_stride = (m + 1) * LANES;
+        let bias: [f32; CHANNEL_BLOCK] = std::array::from_fn(|_| next());
+        let row_stride = (m + 1) * CHANNEL_BLOCK;
         let mut simd = vec![f32::NAN; m * row_stride];
         let mut twin = simd.clone();
         dispatch!(isa, |s| tiles::output_tile(s, v, &src, pos_stride, &bias, relu, &mut simd, row_stride, rows, cols));
@@ -93,8 +93,8 @@ proptest! {
         let tol = 4.0 * f32::EPSILON * (gain(&v.at_rows()) + 1.0);
         for y in 0..m {
             for x in 0..m + 1 {
-                for l in 0..LANES {
-                    let i = y * row_stride + x * LANES + l;
+                for l in 0..CHANNEL_BLOCK {
+                    let i = y * row_stride + x * CHANNEL_BLOCK + l;
                     if y < rows && x < cols {
                         prop_assert!((simd[i] - twin[i]).abs() <= tol, "{v:?} ({y},{x}) lane {l}: {} vs {}", simd[i], twin[i]);
                         if relu {

@@ -7,25 +7,25 @@ use repvgg_simd::{Dispatch, dispatch};
 
 use crate::buffers::SharedMut;
 use crate::kernels::pointwise::{dot, dot_in_order, gate_relu_block, mean_block};
-use crate::kernels::{CHANNEL_BLOCK as LANES, channel_blocks as blocks};
+use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 use crate::team::{for_each, for_each_chunk_mut};
 
-/// Per-(image, channel) spatial means, `[n][blocks(c) * 16]` (padding lanes included).
+/// Per-(image, channel) spatial means, `[n][channel_blocks(c) * 16]` (padding lanes included).
 pub fn global_average_pool(isa: Dispatch, act: &[f32], n: usize, c: usize, plane: usize, pooled: &mut [f32]) {
-    let cb = blocks(c);
+    let cb = channel_blocks(c);
     let scale = 1.0 / plane as f32;
     // Items of up to 16 channel blocks: one block is too little work to be worth claiming.
-    for_each_chunk_mut(&mut pooled[..n * cb * LANES], 16 * LANES, |item, out| {
-        dispatch!(isa, |s| for (k, out) in out.chunks_exact_mut(LANES).enumerate() {
+    for_each_chunk_mut(&mut pooled[..n * cb * CHANNEL_BLOCK], 16 * CHANNEL_BLOCK, |item, out| {
+        dispatch!(isa, |s| for (k, out) in out.chunks_exact_mut(CHANNEL_BLOCK).enumerate() {
             let i = item * 16 + k;
-            mean_block(s, &act[i * plane * LANES..(i + 1) * plane * LANES], scale, out);
+            mean_block(s, &act[i * plane * CHANNEL_BLOCK..(i + 1) * plane * CHANNEL_BLOCK], scale, out);
         })
     });
 }
 
 /// Scratch floats [`squeeze_excite_relu`] needs.
 pub fn se_scratch_len(n: usize, c: usize, r: usize) -> usize {
-    n * blocks(c) * LANES + r
+    n * channel_blocks(c) * CHANNEL_BLOCK + r
 }
 
 /// Squeeze-and-excitation followed by ReLU, in place:
@@ -39,15 +39,15 @@ pub fn squeeze_excite_relu(
     se: &SeParams,
     scratch: &mut [f32],
 ) {
-    let cb = blocks(c);
+    let cb = channel_blocks(c);
     let r = se.down_bias.len();
-    let (pooled, hidden) = scratch[..se_scratch_len(n, c, r)].split_at_mut(n * cb * LANES);
+    let (pooled, hidden) = scratch[..se_scratch_len(n, c, r)].split_at_mut(n * cb * CHANNEL_BLOCK);
     global_average_pool(isa, act, n, c, plane, pooled);
     // The two 1x1 convolutions on a C-vector are tiny: do them serially per image, with a
     // fixed summation order so the result does not depend on threads. The gates
     // overwrite the pooled means in place.
     dispatch!(isa, |s| for b in 0..n {
-        let x = &mut pooled[b * cb * LANES..b * cb * LANES + c];
+        let x = &mut pooled[b * cb * CHANNEL_BLOCK..b * cb * CHANNEL_BLOCK + c];
         for (j, h) in hidden.iter_mut().enumerate() {
             *h = dot_in_order(s, &se.down_weight[j * c..(j + 1) * c], x, se.down_bias[j]).max(0.0);
         }
@@ -57,8 +57,8 @@ pub fn squeeze_excite_relu(
         }
     });
     let gates = &*pooled;
-    for_each_chunk_mut(&mut act[..n * cb * plane * LANES], plane * LANES, |i, block| {
-        dispatch!(isa, |s| gate_relu_block(s, block, &gates[i * LANES..]))
+    for_each_chunk_mut(&mut act[..n * cb * plane * CHANNEL_BLOCK], plane * CHANNEL_BLOCK, |i, block| {
+        dispatch!(isa, |s| gate_relu_block(s, block, &gates[i * CHANNEL_BLOCK..]))
     });
 }
 
@@ -73,13 +73,13 @@ const CLASS_CHUNK: usize = 64;
 #[allow(clippy::too_many_arguments)]
 pub fn linear(isa: Dispatch, pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], logits: &mut [f32]) {
     let classes = bias.len();
-    let cb = blocks(c);
-    assert!(weight.len() >= classes * c && logits.len() >= n * classes && pooled.len() >= n * cb * LANES);
+    let cb = channel_blocks(c);
+    assert!(weight.len() >= classes * c && logits.len() >= n * classes && pooled.len() >= n * cb * CHANNEL_BLOCK);
     let out = SharedMut::new(logits);
     for_each(classes.div_ceil(CLASS_CHUNK), |chunk| {
         let (k0, k1) = (chunk * CLASS_CHUNK, ((chunk + 1) * CLASS_CHUNK).min(classes));
         for b in 0..n {
-            let x = &pooled[b * cb * LANES..b * cb * LANES + c];
+            let x = &pooled[b * cb * CHANNEL_BLOCK..b * cb * CHANNEL_BLOCK + c];
             // SAFETY: chunks partition the classes, so each (row, chunk) region has one writer.
             let row = unsafe { out.region(b * classes + k0, k1 - k0) };
             dispatch!(isa, |s| for (k, logit) in (k0..k1).zip(row.iter_mut()) {
@@ -91,15 +91,15 @@ pub fn linear(isa: Dispatch, pooled: &[f32], n: usize, c: usize, weight: &[f32],
 
 /// Copies a channel-blocked activation to planar `NCHW` (dropping padding lanes).
 pub fn to_planar(act: &[f32], n: usize, c: usize, plane: usize, out: &mut [f32]) {
-    let cb = blocks(c);
+    let cb = channel_blocks(c);
     let dst = SharedMut::new(out);
     for_each(n * c, |nc| {
         let (b, ch) = (nc / c, nc % c);
-        let src = &act[(b * cb + ch / LANES) * plane * LANES..][..plane * LANES];
+        let src = &act[(b * cb + ch / CHANNEL_BLOCK) * plane * CHANNEL_BLOCK..][..plane * CHANNEL_BLOCK];
         // SAFETY: each (image, channel) plane is written by exactly one task.
         let row = unsafe { dst.region(nc * plane, plane) };
         for (p, v) in row.iter_mut().enumerate() {
-            *v = src[p * LANES + ch % LANES];
+            *v = src[p * CHANNEL_BLOCK + ch % CHANNEL_BLOCK];
         }
     });
 }

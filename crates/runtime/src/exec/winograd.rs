@@ -317,8 +317,6 @@ mod tests {
     use crate::reference::{Activation, conv2d};
     use crate::team::Team;
 
-    const LANES: usize = CHANNEL_BLOCK;
-
     /// On every instruction set this CPU runs, the two-phase schedule with one chunk (the default size), with chunks of one and of
     /// three column panels (four chunks; two, the last one partial), on one and two threads:
     /// bitwise the same output, which matches the f64 reference convolution. The layer
@@ -342,7 +340,8 @@ mod tests {
         let mut blocked = vec![0f32; planar.len()];
         for (i, &x) in planar.iter().enumerate() {
             let (b, ch, p) = (i / (c * plane), i / plane % c, i % plane);
-            blocked[((b * (c / LANES) + ch / LANES) * plane + p) * LANES + ch % LANES] = x;
+            blocked
+                [((b * (c / CHANNEL_BLOCK) + ch / CHANNEL_BLOCK) * plane + p) * CHANNEL_BLOCK + ch % CHANNEL_BLOCK] = x;
         }
         let filters = PackedFilters::new(Variant::F4, &weights, k, c, 1, MR).unwrap();
         assert!(filters.bytes() > FUSED_FILTER_BYTES, "the test needs the two-phase schedule");
@@ -380,7 +379,9 @@ mod tests {
             let scale = expected.data.iter().fold(0f64, |m, v| m.max(v.abs()));
             for (i, want) in expected.data.iter().enumerate() {
                 let (b, ch, p) = (i / (k * plane), i / plane % k, i % plane);
-                let got = outputs[0][((b * (k / LANES) + ch / LANES) * plane + p) * LANES + ch % LANES] as f64;
+                let got = outputs[0]
+                    [((b * (k / CHANNEL_BLOCK) + ch / CHANNEL_BLOCK) * plane + p) * CHANNEL_BLOCK + ch % CHANNEL_BLOCK]
+                    as f64;
                 assert!(
                     (got - want.max(0.0)).abs() <= 1e-5 * scale,
                     "{:?} image {b} channel {ch} pixel {p}: {got} vs {want}",

@@ -15,7 +15,7 @@
 //! the im2col packing write it with whole-vector stores. Each instruction set has its own
 //! register blocking ([`Gemm`]), because the accumulators must stay in registers:
 //!
-//! | set | accumulators | block per call | registers |
+//! | set | accumulators | per call | registers |
 //! |---|---|---|---|
 //! | AVX-512 | 2 x 12 zmm | 32 channels x 12 columns | 24 + 2 `A` vectors of 32; `B` broadcast from memory |
 //! | AVX2 | 2 x 6 ymm | 16 channels x 6 columns | 12 + 2 `A` + 1 broadcast = 15 of 16 |
@@ -150,55 +150,43 @@ macro_rules! tiled {
     }};
 }
 
-#[cfg(target_arch = "x86_64")]
-impl Gemm for repvgg_simd::x86_64::Avx512 {
-    #[inline(always)]
-    unsafe fn panel_product<const MRV: usize, E: Epilogue<Self>>(
-        self,
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        cols: usize,
-        epilogue: &mut E,
-    ) {
-        // The whole panel (MRV zmm rows) x 12 columns in one call.
-        match MRV {
-            1 => tiled!(self, MRV, kc, a, b, cols, epilogue, rows = 1, widths = [1 2 3 4 5 6 7 8 9 10 11 12]),
-            _ => tiled!(self, MRV, kc, a, b, cols, epilogue, rows = 2, widths = [1 2 3 4 5 6 7 8 9 10 11 12]),
+/// Implements [`Gemm`] for a token with its register blocking per weight-panel width
+/// (`MRV` = 1 or 2 channel blocks): `rows` vectors of channels and up to `widths.len()`
+/// columns per microkernel call.
+macro_rules! blocking {
+    ($(#[$cfg:meta])* $token:ty: $($mrv:literal => rows = $r:literal, widths = [$($n:literal)*]);+ $(;)?) => {
+        $(#[$cfg])*
+        impl Gemm for $token {
+            #[inline(always)]
+            unsafe fn panel_product<const MRV: usize, E: Epilogue<Self>>(
+                self,
+                kc: usize,
+                a: *const f32,
+                b: *const f32,
+                cols: usize,
+                epilogue: &mut E,
+            ) {
+                match MRV {
+                    $($mrv => tiled!(self, MRV, kc, a, b, cols, epilogue, rows = $r, widths = [$($n)*]),)+
+                    other => unreachable!("weight panels of {other} channel blocks"),
+                }
+            }
         }
-    }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-impl Gemm for repvgg_simd::x86_64::Avx2 {
-    #[inline(always)]
-    unsafe fn panel_product<const MRV: usize, E: Epilogue<Self>>(
-        self,
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        cols: usize,
-        epilogue: &mut E,
-    ) {
-        // 2 ymm rows (16 channels) x 6 columns per call.
-        tiled!(self, MRV, kc, a, b, cols, epilogue, rows = 2, widths = [1 2 3 4 5 6])
-    }
-}
-
-impl Gemm for Portable {
-    #[inline(always)]
-    unsafe fn panel_product<const MRV: usize, E: Epilogue<Self>>(
-        self,
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        cols: usize,
-        epilogue: &mut E,
-    ) {
-        // 4 vectors (16 channels) x 2 columns per call.
-        tiled!(self, MRV, kc, a, b, cols, epilogue, rows = 4, widths = [1 2])
-    }
-}
+// AVX-512: the whole weight panel (1 or 2 zmm rows) x 12 columns in one call.
+blocking!(#[cfg(target_arch = "x86_64")] repvgg_simd::x86_64::Avx512:
+    1 => rows = 1, widths = [1 2 3 4 5 6 7 8 9 10 11 12];
+    2 => rows = 2, widths = [1 2 3 4 5 6 7 8 9 10 11 12]);
+// AVX2: 2 ymm rows (16 channels) x 6 columns per call.
+blocking!(#[cfg(target_arch = "x86_64")] repvgg_simd::x86_64::Avx2:
+    1 => rows = 2, widths = [1 2 3 4 5 6];
+    2 => rows = 2, widths = [1 2 3 4 5 6]);
+// Portable: 4 four-float rows (16 channels) x 2 columns per call.
+blocking!(Portable:
+    1 => rows = 4, widths = [1 2];
+    2 => rows = 4, widths = [1 2]);
 
 /// An [`Epilogue`] that stores the panel product as `[16 MRV][NR]` channel blocks:
 /// channel `k`, column `j` at `((k / 16) * NR + j) * 16 + k % 16` (the Winograd

@@ -64,7 +64,7 @@ fn zero_block<S: Simd>(s: S, dst: &mut [f32]) {
     }
 }
 
-/// Packs column panel `panel` from a channel-blocked input (`blocks(c)` planes of
+/// Packs column panel `panel` from a channel-blocked input (`channel_blocks(c)` planes of
 /// `h x w` pixels per image).
 ///
 /// Pixel-major: each pixel's window origin is computed once; a window inside the map is
