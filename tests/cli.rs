@@ -513,8 +513,8 @@ fn the_kernel_set_is_chosen_shown_and_refused_when_missing() {
     assert!(table.lines().nth(1).unwrap().ends_with(", portable kernels"), "{table}");
 
     let refusals = [
-        (with(&["--isa", "sse9"]), None, 2, "--isa: instruction set `sse9` is not an instruction set"),
-        (with(&[]), Some("sse9"), 2, "REPVGG_ISA `sse9` is not an instruction set"),
+        (with(&["--isa", "sse9"]), None, 2, "--isa: unknown instruction set `sse9` (auto, avx512, avx2, portable)"),
+        (with(&[]), Some("sse9"), 2, "unknown REPVGG_ISA value `sse9`"),
     ];
     for (args, env, code, phrase) in refusals {
         let out = repvgg_with_env(&args, env);

@@ -28,8 +28,9 @@
 //! # Soundness
 //!
 //! A token (an ISA's zero-sized type) proves that the CPU runs its instructions: it is
-//! made only by [`dispatch!`] from a [`Dispatch`], and a `Dispatch` only by checking the
-//! CPU ([`Dispatch::new`]). Vector values exist only through a token's methods. So every
+//! made only inside the trampoline that [`dispatch!`] enters (`x86_64::avx2::enter`, ...),
+//! which takes a [`Dispatch`], and a `Dispatch` is made only by checking the CPU
+//! ([`Dispatch::new`]). Vector values exist only through a token's methods. So every
 //! intrinsic call in this crate runs on a CPU that has it; a method called outside a
 //! trampoline is still correct, only slower (its intrinsics are not inlined).
 
@@ -47,11 +48,13 @@ pub use portable::Portable;
 /// Errors of the simd crate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// A name that is not an instruction set we have kernels for.
-    #[error("{what} `{name}` is not an instruction set (auto, avx512, avx2, portable)")]
+    /// A name that is not an instruction set we have kernels for (`what`: where it came
+    /// from, "instruction set" or "REPVGG_ISA value").
+    #[error("unknown {what} `{name}` (auto, avx512, avx2, portable)")]
     Unknown { what: &'static str, name: String },
-    /// The CPU lacks features an instruction set's kernels need.
-    #[error("{what} `{isa}` needs {missing}, which this CPU lacks (it runs: {available})")]
+    /// The CPU lacks features an instruction set's kernels need (`what`: "instruction set "
+    /// or "REPVGG_ISA=", printed before the set's name).
+    #[error("{what}{isa} needs {missing}, which this CPU lacks (it runs: {available})")]
     Unsupported { what: &'static str, isa: Isa, missing: String, available: String },
 }
 
@@ -177,7 +180,7 @@ pub struct Dispatch(Isa);
 impl Dispatch {
     /// `isa`, if this CPU runs it.
     pub fn new(isa: Isa) -> Result<Dispatch, Error> {
-        Dispatch::checked(isa, "instruction set")
+        Dispatch::checked(isa, "instruction set ")
     }
 
     fn checked(isa: Isa, what: &'static str) -> Result<Dispatch, Error> {
@@ -211,10 +214,9 @@ impl Dispatch {
 
     /// What `REPVGG_ISA=value` selects.
     pub fn from_env_value(value: &str) -> Result<Dispatch, Error> {
-        const WHAT: &str = "REPVGG_ISA";
-        match IsaChoice::parse(value, WHAT)? {
+        match IsaChoice::parse(value, "REPVGG_ISA value")? {
             IsaChoice::Auto => Ok(Dispatch::best()),
-            IsaChoice::Force(isa) => Dispatch::checked(isa, WHAT),
+            IsaChoice::Force(isa) => Dispatch::checked(isa, "REPVGG_ISA="),
         }
     }
 
@@ -363,7 +365,7 @@ mod tests {
         }
         assert_eq!("auto".parse::<IsaChoice>().unwrap(), IsaChoice::Auto);
         let err = "sse9".parse::<IsaChoice>().unwrap_err();
-        assert_eq!(err.to_string(), "instruction set `sse9` is not an instruction set (auto, avx512, avx2, portable)");
+        assert_eq!(err.to_string(), "unknown instruction set `sse9` (auto, avx512, avx2, portable)");
     }
 
     #[test]
@@ -381,10 +383,10 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(isa.missing_features()[0]) && text.contains("portable"), "{text}");
             let err = Dispatch::from_env_value(isa.name()).unwrap_err();
-            assert!(err.to_string().starts_with(&format!("REPVGG_ISA `{}` needs", isa.name())), "{err}");
+            assert!(err.to_string().starts_with(&format!("REPVGG_ISA={} needs", isa.name())), "{err}");
         }
         let err = Dispatch::from_env_value("neon9").unwrap_err();
-        assert!(matches!(err, Error::Unknown { what: "REPVGG_ISA", .. }), "{err}");
+        assert!(matches!(err, Error::Unknown { what: "REPVGG_ISA value", .. }), "{err}");
         assert_eq!(Dispatch::from_env_value("AUTO").unwrap(), Dispatch::best());
     }
 
