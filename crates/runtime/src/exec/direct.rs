@@ -241,26 +241,25 @@ pub fn run(
         (input, shared)
     };
     let out = SharedMut::new(output);
-    let pack = |col: usize, panel: &mut [f32]| {
+    let pack = |col: usize, _: &PanelPixels, panel: &mut [f32]| {
         dispatch!(isa, |s| match layout {
             InputLayout::Blocked => im2col::pack_blocked(s, &geometry, input, col, panel),
             InputLayout::Planar if geometry.c == 3 => im2col::pack_rgb(s, &geometry, input, col, panel),
             InputLayout::Planar => im2col::pack_planar(s, &geometry, input, col, panel),
         })
     };
-    let product = |weight_panel: usize, col: usize, panel: &[f32], _: &mut [f32]| {
+    let product = |weight_panel: usize, pixels: &PanelPixels, panel: &[f32], _: &mut [f32]| {
         let (g, b) = (weight_panel / weights.panels_per_group, weight_panel % weights.panels_per_group);
         let (k0, width, a) = weights.panel(g, b);
         let panel = &panel[g * weights.kd * NR..];
         let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
-        let pixels = PanelPixels::new(&s, col);
         dispatch!(isa, |s| match width {
-            MR => panel_product::<_, 2>(s, weights.kd, a, panel, bias, relu, &pixels, first_block, out),
-            CHANNEL_BLOCK => panel_product::<_, 1>(s, weights.kd, a, panel, bias, relu, &pixels, first_block, out),
+            MR => panel_product::<_, 2>(s, weights.kd, a, panel, bias, relu, pixels, first_block, out),
+            CHANNEL_BLOCK => panel_product::<_, 1>(s, weights.kd, a, panel, bias, relu, pixels, first_block, out),
             _ => unreachable!("panel widths are 16 or 32"),
         })
     };
-    work(layout, shape).run(shared, scratch, 0, pack, product);
+    work(layout, shape).run(shared, scratch, 0, |col| PanelPixels::new(&s, col), pack, product);
 }
 
 /// The output pixels of one column panel: how many exist and where each one's first

@@ -58,26 +58,30 @@ impl Work {
             }
     }
 
-    /// Runs the layer: `pack(column_panel, panel)` fills a packed column panel;
-    /// `product(weight_panel, column_panel, panel, extra)` multiplies one pair, with the
-    /// worker's `extra` scratch floats.
-    pub fn run(
+    /// Runs the layer: `locate(column_panel)` works out where a column panel's tiles or
+    /// pixels are (once per column panel in the fused schedule, where every product of
+    /// the panel shares it); `pack(column_panel, located, panel)` fills a packed column
+    /// panel; `product(weight_panel, located, panel, extra)` multiplies the weight panel by
+    /// that column panel, with the worker's `extra` scratch floats.
+    pub fn run<L>(
         &self,
         shared: &mut [f32],
         scratch: &Scratch,
         extra: usize,
-        pack: impl Fn(usize, &mut [f32]) + Sync,
-        product: impl Fn(usize, usize, &[f32], &mut [f32]) + Sync,
+        locate: impl Fn(usize) -> L + Sync,
+        pack: impl Fn(usize, &L, &mut [f32]) + Sync,
+        product: impl Fn(usize, &L, &[f32], &mut [f32]) + Sync,
     ) {
         let len = self.panel_floats;
         assert!(scratch.len() >= self.scratch_len(extra), "scratch too small");
         match self.schedule {
             Schedule::Fused => for_each(self.column_panels, |col| {
+                let located = locate(col);
                 scratch.with(|buf| {
                     let (panel, rest) = buf.split_at_mut(len);
-                    pack(col, panel);
+                    pack(col, &located, panel);
                     for weights in 0..self.weight_panels {
-                        product(weights, col, panel, &mut rest[..extra]);
+                        product(weights, &located, panel, &mut rest[..extra]);
                     }
                 })
             }),
@@ -85,12 +89,15 @@ impl Work {
                 assert!(shared.len() >= self.shared_len(), "shared panel buffer too small");
                 for start in (0..self.column_panels).step_by(chunk) {
                     let count = chunk.min(self.column_panels - start);
-                    for_each_chunk_mut(&mut shared[..count * len], len, |local, panel| pack(start + local, panel));
+                    for_each_chunk_mut(&mut shared[..count * len], len, |local, panel| {
+                        pack(start + local, &locate(start + local), panel)
+                    });
                     let panels = &*shared;
                     for_each(self.weight_panels * count, |item| {
                         let (weights, local) = (item / count, item % count);
                         let panel = &panels[local * len..(local + 1) * len];
-                        scratch.with(|buf| product(weights, start + local, panel, &mut buf[..extra]));
+                        let located = locate(start + local);
+                        scratch.with(|buf| product(weights, &located, panel, &mut buf[..extra]));
                     });
                 }
             }

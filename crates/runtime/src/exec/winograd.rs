@@ -142,11 +142,10 @@ fn run_in_chunks(
     let group_blocks = filters.c_pad() / CHANNEL_BLOCK;
     let per_group = filters.panels_per_group();
     let out = SharedMut::new(output);
-    let pack = |col: usize, panel: &mut [f32]| {
-        let tiles = PanelTiles::new(&geometry, col);
-        dispatch!(isa, |s| transform_panel(s, v, &tiles, input, in_blocks, &geometry, pos_stride, panel))
+    let pack = |_: usize, tiles: &PanelTiles, panel: &mut [f32]| {
+        dispatch!(isa, |s| transform_panel(s, v, tiles, input, in_blocks, &geometry, pos_stride, panel))
     };
-    let product = |weight_panel: usize, col: usize, panel: &[f32], products: &mut [f32]| {
+    let product = |weight_panel: usize, tiles: &PanelTiles, panel: &[f32], products: &mut [f32]| {
         let (g, b) = (weight_panel / per_group, weight_panel % per_group);
         let filter = filters.panel(g, b);
         let first_block = (g * filters.out_per_group() + filter.k0) / CHANNEL_BLOCK;
@@ -156,7 +155,7 @@ fn run_in_chunks(
             kc: filters.c_pad(),
             panel: &panel[g * group_blocks * NR * CHANNEL_BLOCK..],
             pos_stride,
-            tiles: PanelTiles::new(&geometry, col),
+            tiles,
             bias,
             relu,
             first_block,
@@ -167,7 +166,8 @@ fn run_in_chunks(
             _ => unreachable!("panel widths are 16 or 32"),
         })
     };
-    work(v, shape, chunk_floats).run(shared, scratch, products_len(v), pack, product);
+    let locate = |col: usize| PanelTiles::new(&geometry, col);
+    work(v, shape, chunk_floats).run(shared, scratch, products_len(v), locate, pack, product);
 }
 
 /// What the tile loops need of a layer's shape.
@@ -257,7 +257,7 @@ struct Product<'a> {
     /// The column panel at this group's channel blocks.
     panel: &'a [f32],
     pos_stride: usize,
-    tiles: PanelTiles,
+    tiles: &'a PanelTiles,
     bias: &'a [f32],
     relu: bool,
     first_block: usize,
