@@ -1,7 +1,7 @@
 //! `repvgg bench`: per-layer and whole-network timing of one configuration.
 
+use repvgg::files::Output;
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -145,8 +145,8 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         .map(|(lp, &ms)| {
             let flops = 2 * lp.macs * n as u64;
             let multiplies = lp.multiplies() * n as u64;
-            let weight_bytes = model.weight_bytes(lp.index, lp.algo);
-            LayerRow {
+            let weight_bytes = model.weight_bytes(lp.index, lp.algo)?;
+            Ok(LayerRow {
                 name: lp.name.clone(),
                 in_channels: lp.in_channels,
                 out_channels: lp.out_channels,
@@ -164,9 +164,9 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
                 gflops: 2.0 * multiplies as f64 / ms / 1e6,
                 effective_gflops: flops as f64 / ms / 1e6,
                 share: ms / summed,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let median_ms = median(&profile.total);
     let min_ms = profile.total.iter().min().expect("runs").as_secs_f64() * 1e3;
     let flops = 2 * model.network().cost(h, w)?.macs * n as u64;
@@ -279,7 +279,7 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
 }
 
 /// Draws per-layer effective GFLOP/s against FLOPs (log scale) as an SVG.
-pub fn write_plot(report: &Report, path: &Path) -> Result<()> {
+pub fn write_plot(report: &Report, output: &Output) -> Result<()> {
     let (width, height, margin) = (760.0, 440.0, 60.0);
     let xs: Vec<f64> = report.layers.iter().map(|l| (l.flops as f64).log10()).collect();
     let (xmin, xmax) = xs.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
@@ -359,6 +359,5 @@ pub fn write_plot(report: &Report, path: &Path) -> Result<()> {
         );
     }
     svg += "</svg>\n";
-    std::fs::write(path, svg).map_err(|source| repvgg::Error::Io { path: path.to_path_buf(), source })?;
-    Ok(())
+    Ok(output.write(svg.as_bytes())?)
 }

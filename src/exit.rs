@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use repvgg::runtime::ErrorKind;
-use repvgg::runtime::error::graph_error_kind;
+use repvgg::runtime::error::{file_error_kind, graph_error_kind};
 
 /// Exit status of an error kind. 1 is reserved for unexpected failures, 2 for usage errors
 /// (clap uses 2 for bad arguments too). The README's table lists these; a test keeps the
@@ -17,7 +17,21 @@ pub fn number(kind: ErrorKind) -> u8 {
         ErrorKind::Input => 6,
         ErrorKind::Limit => 7,
         ErrorKind::Cpu => 8,
+        ErrorKind::Arch => 9,
+        ErrorKind::Numeric => 10,
     }
+}
+
+/// clap's message for a bad command line, on one line: its first paragraph, which says
+/// what is wrong and, for missing arguments, lists them on the lines that follow.
+pub fn usage_line(rendered: &str) -> String {
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    if paragraph.is_empty() { "error: invalid arguments".to_string() } else { paragraph.join(" ") }
 }
 
 /// [`number`] as an [`ExitCode`].
@@ -50,6 +64,7 @@ pub fn for_error(error: &anyhow::Error) -> ExitCode {
                 .downcast_ref::<repvgg::Error>()
                 .map(repvgg::Error::kind)
                 .or_else(|| cause.downcast_ref::<repvgg::graph::Error>().map(graph_error_kind))
+                .or_else(|| cause.downcast_ref::<repvgg::files::Error>().map(file_error_kind))
         })
         .map_or(ExitCode::from(1), code)
 }
@@ -78,6 +93,8 @@ mod tests {
             (ErrorKind::Input, "bad input"),
             (ErrorKind::Limit, "resource limit"),
             (ErrorKind::Cpu, "unsupported CPU"),
+            (ErrorKind::Arch, "invalid architecture"),
+            (ErrorKind::Numeric, "non-finite result"),
         ];
         for (kind, label) in rows {
             let row = format!("| {} | {label} |", number(kind));
@@ -88,9 +105,24 @@ mod tests {
     #[test]
     fn causes_are_not_repeated() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
-        let e = anyhow::Error::from(repvgg::Error::Io { path: "w.safetensors".into(), source: io });
-        assert_eq!(one_line(&e), "w.safetensors: No such file");
+        let file = repvgg::files::Error::Io { what: "weights file", path: "w.safetensors".into(), source: io };
+        let e = anyhow::Error::from(repvgg::Error::from(file));
+        assert_eq!(one_line(&e), "weights file w.safetensors: No such file");
         let wrapped = e.context("loading failed");
-        assert_eq!(one_line(&wrapped), "loading failed: w.safetensors: No such file");
+        assert_eq!(one_line(&wrapped), "loading failed: weights file w.safetensors: No such file");
+    }
+
+    #[test]
+    fn a_missing_argument_is_named_on_the_one_line() {
+        let rendered = "error: the following required arguments were not provided:\n  --weights <WEIGHTS>\n\n\
+                        Usage: repvgg infer --weights <WEIGHTS>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_line(rendered),
+            "error: the following required arguments were not provided: --weights <WEIGHTS>"
+        );
+        assert_eq!(
+            usage_line("error: unexpected argument '--x' found\n\n  tip: ...\n"),
+            "error: unexpected argument '--x' found"
+        );
     }
 }

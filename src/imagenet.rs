@@ -27,6 +27,9 @@ pub const MAX_IMAGE_SIDE: u32 = 8192;
 /// and seconds of filtering) for a 224 x 224 crop.
 pub const MAX_RESIZED_SIDE: u32 = 8192;
 
+/// Largest image file read: an uncompressed 8192 x 8192 RGB PNG is 192 MiB.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
 /// Largest allocation the decoder may make (an 8192 x 8192 RGBA image is 256 MiB).
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 
@@ -43,13 +46,30 @@ pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
     if reader.format().is_none() {
         return Err(bad("not a JPEG or PNG file".into()));
     }
+    // The header's dimensions first, so that a refusal can give them.
+    let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?
+        .into_dimensions()
+        .map_err(|e| bad(e.to_string()))?;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(Error::Limit(format!(
+            "image {name} is {w}x{h}, over the limit of {MAX_IMAGE_SIDE} pixels per side"
+        )));
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     let mut reader = reader;
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| bad(e.to_string()))?;
+    let img = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => Error::Limit(format!(
+            "decoding image {name} ({w}x{h}) needs more than the limit of {} MiB",
+            MAX_DECODE_BYTES >> 20
+        )),
+        other => bad(other.to_string()),
+    })?;
     let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
         return Err(bad("the image is empty".into()));
@@ -88,7 +108,7 @@ pub fn load_batch(paths: &[impl AsRef<Path>]) -> Result<Tensor> {
     let mut data = Vec::with_capacity(paths.len() * 3 * (CROP * CROP) as usize);
     for path in paths {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let bytes = repvgg_files::read(path, "image", MAX_IMAGE_FILE_BYTES)?;
         data.extend(preprocess(&bytes, &path.display().to_string())?);
     }
     Tensor::new(vec![paths.len(), 3, CROP as usize, CROP as usize], data)
@@ -146,6 +166,13 @@ mod tests {
         assert!(err.to_string().contains("wider.png is 264x8"), "{err}");
         let err = preprocess(&png(1, 3880, |_, _| [9; 3]), "tall.png").unwrap_err();
         assert!(err.to_string().contains("256x993280"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_image_is_refused_with_its_dimensions() {
+        let err = preprocess(&png(MAX_IMAGE_SIDE + 1, 1, |_, _| [1; 3]), "huge.png").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Limit, "{err}");
+        assert!(err.to_string().contains("huge.png is 8193x1, over the limit of 8192 pixels per side"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   re-parameterization (Ding et al. 2021);
 //! - [`runtime`]: safetensors loading, the reference executor and the fast executor;
 //! - [`winograd`]: the Winograd F(m,3) transforms (Lavin & Gray 2016);
-//! - [`simd`]: the per-instruction-set vector types and the run-time kernel choice.
+//! - [`simd`]: the per-instruction-set vector types and the run-time kernel choice;
+//! - [`files`]: bounded reads of regular files and atomic, identity-checked writes.
 //!
 //! ```no_run
 //! use repvgg::{Model, ModelOptions, SessionOptions, Tensor};
@@ -20,6 +21,7 @@
 
 pub mod imagenet;
 
+pub use repvgg_files as files;
 pub use repvgg_graph as graph;
 pub use repvgg_runtime as runtime;
 pub use repvgg_simd as simd;

@@ -1,13 +1,15 @@
 //! The `repvgg` command-line tool.
 
-use std::io::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use repvgg::files::Output;
 use repvgg::graph::{ArchSpec, Network};
-use repvgg::runtime::{AlgoChoice, ErrorKind, IsaChoice, Model, ModelOptions, SessionOptions, cpu, loader};
+use repvgg::runtime::{AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, SessionOptions, cpu, loader};
 
 mod bench;
 mod exit;
@@ -33,6 +35,11 @@ struct WeightsArgs {
 impl WeightsArgs {
     fn load(&self) -> Result<Model> {
         Ok(Model::load(&self.weights, &model_options(self.arch.as_deref())?)?)
+    }
+
+    /// `--arch` as a path, in case it names a file.
+    fn arch_path(&self) -> Option<&Path> {
+        self.arch.as_deref().map(Path::new)
     }
 }
 
@@ -167,11 +174,29 @@ fn model_options(arch: Option<&str>) -> Result<ModelOptions> {
     Ok(ModelOptions { arch, ..ModelOptions::default() })
 }
 
+/// Writes a whole report to standard output at once, naming the stream if that fails.
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(stdout_error)?;
+    Ok(())
+}
+
+fn stdout_error(source: std::io::Error) -> repvgg::Error {
+    repvgg::Error::Stream { stream: "standard output", source }
+}
+
+/// The files a command reads, which no output of it may be: the weights or input paths,
+/// and `--arch` when it names a file.
+fn inputs<'a>(paths: &[Option<&'a Path>]) -> Vec<&'a Path> {
+    paths.iter().flatten().copied().collect()
+}
+
 fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
     let network = Network::from_name(arch).map_err(repvgg::Error::from)?;
+    network.check_input_size(h, w, Limits::default().max_side).map_err(repvgg::Error::from)?;
     let shapes = network.shapes(h, w).map_err(repvgg::Error::from)?;
     let cost = network.cost(h, w).map_err(repvgg::Error::from)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = String::new();
     if json {
         let value = serde_json::json!({
             "arch": network.arch.name,
@@ -189,9 +214,9 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
             },
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
-        return Ok(());
+        return print(&out);
     }
-    let row = |out: &mut dyn Write, cells: [&dyn std::fmt::Display; 9]| {
+    let row = |out: &mut String, cells: [&dyn std::fmt::Display; 9]| {
         writeln!(
             out,
             "{:<10} {:>6} {:>6} {:>6} {:>6} {:>11} {:>11} {:>12} {:>14}",
@@ -228,16 +253,17 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
         cost.macs as f64 / 1e9,
         2.0 * cost.macs as f64 / 1e9
     )?;
-    Ok(())
+    print(&out)
 }
 
 fn infer(model: &WeightsArgs, input: &Path, output: &Path, run: &RunArgs) -> Result<()> {
     let options = run.options(false)?;
+    let output = Output::new(output, &inputs(&[Some(&model.weights), Some(input), model.arch_path()]))?;
     let model = model.load()?;
-    let x = loader::read_input(input)?;
+    let x = loader::read_input(input, model.limits())?;
     let logits = model.session(options)?.run(&x)?;
-    loader::write_tensors(output, [("logits".to_string(), logits.shape().to_vec(), logits.data())])?;
-    eprintln!("{}: wrote logits {:?} to {}", model.description(), logits.shape(), output.display());
+    loader::write_tensors(&output, [("logits".to_string(), logits.shape().to_vec(), logits.data())])?;
+    eprintln!("{}: wrote logits {:?} to {}", model.description(), logits.shape(), output.path().display());
     Ok(())
 }
 
@@ -249,25 +275,27 @@ fn bench(
     json: bool,
     plot: Option<&Path>,
 ) -> Result<()> {
+    if config.runs == 0 {
+        return Err(repvgg::Error::Option("--runs must be at least 1".into()).into());
+    }
+    let plot = plot.map(|p| Output::new(p, &inputs(&[weights, arch.map(Path::new)]))).transpose()?;
     let model = match weights {
         Some(path) => Model::load(path, &model_options(arch)?)?,
         None => Model::synthetic(ArchSpec::resolve(arch.unwrap_or("A0")).map_err(repvgg::Error::from)?, 0)?,
     };
     let limits = model.limits();
     limits.check_input(model.network(), &[config.batch, 3, config.height, config.width])?;
-    if config.runs == 0 {
-        return Err(repvgg::Error::Option("--runs must be at least 1".into()).into());
-    }
     let mut session = model.session(options)?;
     let report = bench::run(&model, &mut session, &config)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Vec::new();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         bench::print_table(&report, &mut out)?;
     }
-    if let Some(path) = plot {
-        bench::write_plot(&report, path)?;
+    print(&String::from_utf8(out).expect("reports are UTF-8"))?;
+    if let Some(plot) = &plot {
+        bench::write_plot(&report, plot)?;
     }
     Ok(())
 }
@@ -286,7 +314,7 @@ fn classify(model: &WeightsArgs, run: &RunArgs, images: &[PathBuf]) -> Result<()
     }
     let batch = repvgg::imagenet::load_batch(images)?;
     let logits = model.session(options)?.run(&batch)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = String::new();
     for (i, path) in images.iter().enumerate() {
         let row = &logits.data()[i * classes..(i + 1) * classes];
         let max = row.iter().fold(f32::MIN, |m, v| m.max(*v));
@@ -297,47 +325,54 @@ fn classify(model: &WeightsArgs, run: &RunArgs, images: &[PathBuf]) -> Result<()
             writeln!(out, "  {:>6.2}%  {:>4}  {}", 100.0 * p, class, labels[class])?;
         }
     }
-    Ok(())
+    print(&out)
 }
 
-fn time_server(model: &WeightsArgs, input: &Path, options: SessionOptions) -> Result<()> {
+/// The `time` protocol: one command per line, one answer line each. A failed `write`
+/// answers `error: ...` and the server keeps going; only a failed inference, or standard
+/// input or output failing, ends it.
+fn time_server(model_args: &WeightsArgs, input: &Path, options: SessionOptions) -> Result<()> {
     use std::io::BufRead;
-    let model = model.load()?;
-    let x = loader::read_input(input)?;
+    let model = model_args.load()?;
+    let x = loader::read_input(input, model.limits())?;
     let mut session = model.session(options)?;
     let mut logits = session.run(&x)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "ready {} ({} kernels)", model.description(), session.isa())?;
-    out.flush()?;
+    writeln!(out, "ready {} ({} kernels)", model.description(), session.isa()).map_err(stdout_error)?;
+    out.flush().map_err(stdout_error)?;
+    let read_only = inputs(&[Some(&model_args.weights), Some(input), model_args.arch_path()]);
     for line in std::io::stdin().lock().lines() {
-        let line = line?;
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("run"), None) => {
+        let line = line.map_err(|source| repvgg::Error::Stream { stream: "standard input", source })?;
+        let answer = match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            ("run", "") => {
                 let start = std::time::Instant::now();
                 session.run_into(&x, &mut logits)?;
-                writeln!(out, "{:.6}", start.elapsed().as_secs_f64() * 1e3)?;
+                format!("{:.6}", start.elapsed().as_secs_f64() * 1e3)
             }
-            (Some("write"), Some(path)) => {
-                loader::write_tensors(
-                    Path::new(path),
-                    [("logits".to_string(), logits.shape().to_vec(), logits.data())],
-                )?;
-                writeln!(out, "ok")?;
+            // The path is the rest of the line, spaces included.
+            ("write", path) if !path.is_empty() => {
+                let written = Output::new(Path::new(path), &read_only).map_err(repvgg::Error::from).and_then(|o| {
+                    loader::write_tensors(&o, [("logits".to_string(), logits.shape().to_vec(), logits.data())])
+                });
+                match written {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("error: {e}"),
+                }
             }
-            (Some("quit"), None) | (None, _) => break,
-            _ => writeln!(out, "error: unknown command `{line}` (run, write PATH, quit)")?,
-        }
-        out.flush()?;
+            ("quit", "") => break,
+            _ => format!("error: unknown command `{line}` (run, write PATH, quit)"),
+        };
+        writeln!(out, "{answer}").and_then(|()| out.flush()).map_err(stdout_error)?;
     }
     Ok(())
 }
 
 fn convert(train: &Path, deploy: &Path, arch: Option<&str>) -> Result<()> {
+    let output = Output::new(deploy, &inputs(&[Some(train), arch.map(Path::new)]))?;
     let model = Model::load(train, &model_options(arch)?)?;
     let tensors = model.weights().named_tensors(model.network());
-    loader::write_tensors(deploy, tensors)?;
-    eprintln!("{}: wrote deploy weights to {}", model.description(), deploy.display());
+    loader::write_tensors(&output, tensors)?;
+    eprintln!("{}: wrote deploy weights to {}", model.description(), output.path().display());
     Ok(())
 }
 
@@ -368,9 +403,7 @@ fn main() -> ExitCode {
         }
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         Err(e) => {
-            // clap renders usage hints over several lines; keep the one that says what is wrong.
-            let rendered = e.to_string();
-            eprintln!("{}", rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments"));
+            eprintln!("{}", exit::usage_line(&e.to_string()));
             return exit::code(ErrorKind::Usage);
         }
     };

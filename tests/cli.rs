@@ -1,12 +1,48 @@
 //! End-to-end tests of the `repvgg` binary: its commands and its refusals of bad input.
 
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use safetensors::tensor::{Dtype, TensorView};
 
 fn repvgg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_repvgg")).args(args).output().expect("run repvgg")
+    finish(Command::new(env!("CARGO_BIN_EXE_repvgg")).args(args))
+}
+
+/// Runs a command to completion, failing the test (instead of hanging it) if it takes more
+/// than a minute: a hang is one of the failures these tests exist to catch.
+fn finish(command: &mut Command) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Drain both pipes while waiting, so a long report cannot block the child.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("repvgg hung: {command:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
 }
 
 fn fixture(name: &str, file: &str) -> String {
@@ -167,6 +203,21 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
     write_tensors(&p("in0.safetensors"), &[("input", Dtype::F32, vec![1, 3, 0, 8], vec![])]);
     write_tensors(&p("noinput.safetensors"), &[("image", Dtype::F32, vec![1, 3, 8, 8], f32_bytes(vec![0.0; 192]))]);
     write_tensors(&p("in3d.safetensors"), &[("input", Dtype::F32, vec![3, 8, 8], f32_bytes(vec![0.0; 192]))]);
+    write_tensors(&p("in64.safetensors"), &[("input", Dtype::I64, vec![1, 3, 8, 8], vec![0; 8 * 192])]);
+    edited(
+        "",
+        Some(("stage1.0.rbr_dense.bn.running_var", Dtype::F32, vec![16], f32_bytes([-1.0; 16]))),
+        &p("negvar.safetensors"),
+    );
+    mkfifo(&p("fifo"));
+    let copy = s(&p("weights-copy.safetensors"));
+    std::fs::write(&copy, &good).unwrap();
+    std::fs::write(p("bad.toml"), "name = 'x'\nblocks_per_stage = [1, 1]\n").unwrap();
+    std::fs::write(
+        p("huge.toml"),
+        "name = 'huge'\nblocks_per_stage = [2, 4, 14, 1]\nwidths = [64, 8192, 16384, 32768, 65536]\n",
+    )
+    .unwrap();
 
     let out = s(&p("out.safetensors"));
     let infer = |w: &str, i: &str| {
@@ -249,7 +300,7 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
         Refusal {
             what: "unknown arch",
             args: infer_arch(&weights, "Q7"),
-            code: 5,
+            code: 9,
             phrase: "unknown architecture `Q7`".into(),
         },
         Refusal {
@@ -297,7 +348,7 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
         Refusal {
             what: "unknown info arch",
             args: vec!["info".into(), "--arch".into(), "Z1".into()],
-            code: 5,
+            code: 9,
             phrase: "unknown architecture".into(),
         },
         Refusal {
@@ -306,10 +357,116 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
             code: 2,
             phrase: "224x160".into(),
         },
+        Refusal {
+            what: "info size beyond the side limit (it used to wrap its MAC counts)",
+            args: vec!["info".into(), "--size".into(), "99999999999".into()],
+            code: 6,
+            phrase: "99999999999x99999999999 exceeds the limit of 8192 pixels per side".into(),
+        },
+        Refusal {
+            what: "missing required argument, named",
+            args: vec!["infer".into(), "--input".into(), input.clone(), "--output".into(), out.clone()],
+            code: 2,
+            phrase: "were not provided: --weights <WEIGHTS>".into(),
+        },
+        Refusal {
+            what: "input of the wrong dtype is bad input",
+            args: infer(&weights, &s(&p("in64.safetensors"))),
+            code: 6,
+            phrase: "tensor `input` has dtype I64, expected F32".into(),
+        },
+        Refusal {
+            what: "negative BatchNorm variance",
+            args: infer(&s(&p("negvar.safetensors")), &input),
+            code: 5,
+            phrase: "`stage1.0.rbr_dense.bn.running_var` holds a negative BatchNorm variance (-1)".into(),
+        },
+        Refusal {
+            what: "a FIFO as weights is refused, not waited on",
+            args: infer(&s(&p("fifo")), &input),
+            code: 3,
+            phrase: "is a FIFO, not a regular file".into(),
+        },
+        Refusal {
+            what: "a FIFO as input",
+            args: infer(&weights, &s(&p("fifo"))),
+            code: 3,
+            phrase: "input file".into(),
+        },
+        Refusal {
+            what: "a FIFO as architecture file",
+            args: vec!["info".into(), "--arch".into(), s(&p("fifo"))],
+            code: 3,
+            phrase: "architecture file".into(),
+        },
+        Refusal {
+            what: "/dev/zero as architecture file is not read until memory runs out",
+            args: vec!["info".into(), "--arch".into(), "/dev/zero".into()],
+            code: 3,
+            phrase: "/dev/zero is a character device, not a regular file".into(),
+        },
+        Refusal {
+            what: "invalid architecture file",
+            args: vec!["info".into(), "--arch".into(), s(&p("bad.toml"))],
+            code: 9,
+            phrase: "invalid architecture".into(),
+        },
+        Refusal {
+            what: "synthetic weights over the weight limit (bench used to abort allocating 154 GB)",
+            args: vec!["bench".into(), "--arch".into(), s(&p("huge.toml")), "--runs".into(), "1".into()],
+            code: 7,
+            phrase: "over the limit of 8192 MiB of weights".into(),
+        },
+        Refusal {
+            what: "output onto the weights",
+            args: {
+                let mut a = infer(&copy, &input);
+                *a.last_mut().unwrap() = copy.clone();
+                a
+            },
+            code: 2,
+            phrase: "is the same file as the input".into(),
+        },
+        Refusal {
+            what: "convert onto its own input",
+            args: vec!["convert".into(), copy.clone(), copy.clone()],
+            code: 2,
+            phrase: "is the same file as the input".into(),
+        },
+        Refusal {
+            what: "output into a directory",
+            args: {
+                let mut a = infer(&weights, &input);
+                *a.last_mut().unwrap() = s(dir.path());
+                a
+            },
+            code: 3,
+            phrase: "it is a directory".into(),
+        },
+        Refusal {
+            what: "output onto a FIFO nobody reads",
+            args: {
+                let mut a = infer(&weights, &input);
+                *a.last_mut().unwrap() = s(&p("fifo"));
+                a
+            },
+            code: 3,
+            phrase: "it is a FIFO that no process is reading".into(),
+        },
     ];
     for case in &cases {
         check(case);
     }
+    assert_eq!(std::fs::read(&copy).unwrap(), good, "the weights survived every refusal");
+    assert!(std::fs::metadata(p("fifo")).unwrap().file_type().is_fifo(), "the FIFO is still a FIFO");
+    assert!(!p("out.safetensors").exists(), "no refused command wrote its output");
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -409,7 +566,8 @@ fn classify_prints_the_top5_per_image() {
         3,
     );
     let weights = dir.path().join("w.safetensors");
-    repvgg::runtime::loader::write_tensors(&weights, map.iter().map(|(n, s, d)| (n.to_string(), s.to_vec(), d)))
+    let output = repvgg::files::Output::new(&weights, &[]).unwrap();
+    repvgg::runtime::loader::write_tensors(&output, map.iter().map(|(n, s, d)| (n.to_string(), s.to_vec(), d)))
         .unwrap();
     let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
     png(&a, 5);
@@ -468,12 +626,29 @@ fn the_timing_server_answers_its_protocol() {
     assert_eq!(lines.next().unwrap().unwrap(), "ok");
     writeln!(stdin, "frobnicate").unwrap();
     assert!(lines.next().unwrap().unwrap().starts_with("error: unknown command"));
+    // An empty line is an unknown command, not `quit`.
+    writeln!(stdin).unwrap();
+    assert!(lines.next().unwrap().unwrap().starts_with("error: unknown command ``"));
+    // The path is the rest of the line, spaces included.
+    let spaced = dir.path().join("with space.safetensors");
+    writeln!(stdin, "write {}", spaced.display()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "ok");
+    assert!(spaced.exists() && !dir.path().join("with").exists());
+    // A failed write answers an error and the server keeps going.
+    writeln!(stdin, "write {}", dir.path().display()).unwrap();
+    let answer = lines.next().unwrap().unwrap();
+    assert!(answer.starts_with("error: output ") && answer.contains("it is a directory"), "{answer}");
+    writeln!(stdin, "write {}", fixture("tiny-se", "train.safetensors")).unwrap();
+    assert!(lines.next().unwrap().unwrap().contains("is the same file as the input"));
+    writeln!(stdin, "run").unwrap();
+    assert!(lines.next().unwrap().unwrap().parse::<f64>().is_ok(), "still serving");
     writeln!(stdin, "quit").unwrap();
     assert!(child.wait().unwrap().success());
     let (shape, got) = read_tensor(&logits, "logits");
     let (_, want) = read_tensor(Path::new(&fixture("tiny-se", "expected.safetensors")), "logits");
     assert_eq!(shape, vec![1, 7]);
     assert!(max_rel_diff(&got, &want) < 1e-5);
+    assert_eq!(read_tensor(&spaced, "logits").1, got);
 }
 
 fn repvgg_with_env(args: &[&str], isa_env: Option<&str>) -> Output {
@@ -483,7 +658,7 @@ fn repvgg_with_env(args: &[&str], isa_env: Option<&str>) -> Output {
         Some(value) => command.env("REPVGG_ISA", value),
         None => command.env_remove("REPVGG_ISA"),
     };
-    command.output().expect("run repvgg")
+    finish(&mut command)
 }
 
 /// `--isa` and `REPVGG_ISA` choose the kernel set, `bench` shows it, and a set the CPU
@@ -562,4 +737,160 @@ fn infer_runs_every_kernel_set() {
         let (_, got) = read_tensor(&output, "logits");
         assert!(max_rel_diff(&got, &want) < 2e-5, "{isa}: {}", max_rel_diff(&got, &want));
     }
+}
+
+/// The process umask, read without changing it.
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Outputs: new files get the usual mode, replaced ones keep theirs, links are followed,
+/// devices and FIFOs are written in place, read-only files are refused, and a failing
+/// standard output is an I/O error that names the stream.
+#[test]
+fn outputs_are_written_without_destroying_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let infer_to = |output: &Path| {
+        repvgg(&[
+            "infer",
+            "--weights",
+            &fixture("tiny-groups", "train.safetensors"),
+            "--input",
+            &fixture("tiny-groups", "input.safetensors"),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+    };
+    let new = p("new.safetensors");
+    assert!(infer_to(&new).status.success());
+    assert_eq!(mode(&new), 0o666 & !umask());
+    let logits = read_tensor(&new, "logits");
+
+    let kept = p("kept.safetensors");
+    std::fs::write(&kept, b"old").unwrap();
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(infer_to(&kept).status.success());
+    assert_eq!((mode(&kept), read_tensor(&kept, "logits")), (0o640, logits.clone()));
+
+    let link = p("link.safetensors");
+    std::os::unix::fs::symlink("kept.safetensors", &link).unwrap();
+    std::fs::write(&kept, b"old").unwrap();
+    assert!(infer_to(&link).status.success());
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(read_tensor(&kept, "logits"), logits);
+
+    // Run as root, the old behaviour replaced /dev/null with a regular file.
+    let out = infer_to(Path::new("/dev/null"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+
+    let fifo = p("fifo");
+    mkfifo(&fifo);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    // The reader may not have opened its end yet: retry until it has.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !infer_to(&fifo).status.success() {
+        assert!(std::time::Instant::now() < deadline, "the FIFO never received the logits");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let through = reader.join().unwrap();
+    std::fs::write(p("through.safetensors"), through).unwrap();
+    assert_eq!(read_tensor(&p("through.safetensors"), "logits"), logits);
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // A read-only file is refused as `cp` would refuse it; root may write anything, so
+    // as root the check runs the command as `nobody` (when setpriv is there).
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let readonly = shared.path().join("readonly.svg");
+    std::fs::write(&readonly, b"precious").unwrap();
+    std::fs::set_permissions(&readonly, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let bench = ["bench", "--size", "32", "--runs", "1", "--warmup", "0", "--plot", readonly.to_str().unwrap()];
+    let root = umask_owner_is_root();
+    let out = if !root {
+        Some(repvgg(&bench))
+    } else if Path::new("/usr/bin/setpriv").exists() {
+        Some(finish(
+            Command::new("/usr/bin/setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_repvgg")])
+                .args(bench),
+        ))
+    } else {
+        eprintln!("skipped the read-only check: running as root without setpriv");
+        None
+    };
+    if let Some(out) = out {
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("the file is not writable (mode 0444); refusing to replace it"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read(&readonly).unwrap(), b"precious");
+    }
+
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_repvgg")).args(["info"]).stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: standard output: No space left on device"), "{}", stderr(&out));
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")), "{names:?}");
+}
+
+fn umask_owner_is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    uid.split_whitespace().nth(2) == Some("0")
+}
+
+/// Finite weights whose activations overflow f32: an error with its own exit code, and
+/// no logits file.
+#[test]
+fn an_overflow_to_non_finite_logits_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = repvgg::ArchSpec::from_toml(
+        "name='deep'\nblocks_per_stage=[2,2,2,1]\nwidths=[16,16,32,32,64]\nnum_classes=10\n",
+        "test",
+    )
+    .unwrap();
+    let network = repvgg::Network::new(arch);
+    let mut map = repvgg::graph::synthetic::checkpoint(
+        &network,
+        repvgg::graph::Convention::Official,
+        repvgg::graph::BlockForm::Deploy,
+        3,
+    );
+    for layer in &network.layers {
+        let name = format!("{}.rbr_reparam.weight", layer.name());
+        let (shape, mut data) = map.remove(&name).unwrap();
+        data.iter_mut().for_each(|v| *v *= 1e6);
+        map.insert(&name, shape, data);
+    }
+    let weights = dir.path().join("w.safetensors");
+    let output = repvgg::files::Output::new(&weights, &[]).unwrap();
+    repvgg::runtime::loader::write_tensors(&output, map.iter().map(|(n, s, d)| (n.to_string(), s.to_vec(), d)))
+        .unwrap();
+    let logits = dir.path().join("logits.safetensors");
+    let out = repvgg(&[
+        "infer",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        &fixture("tiny-groups", "input.safetensors"),
+        "--output",
+        logits.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(stderr(&out).contains("overflowed f32 inside the network"), "{}", stderr(&out));
+    assert!(!logits.exists());
 }

@@ -18,7 +18,13 @@ fn model() -> &'static Model {
         .expect("valid arch");
         let synthetic = Model::synthetic(arch.clone(), 1).expect("model");
         // Small limits keep every accepted input cheap to run.
-        let limits = Limits { max_side: 64, max_batch: 4, max_input_elements: 1 << 16, max_arena_bytes: 64 << 20 };
+        let limits = Limits {
+            max_side: 64,
+            max_batch: 4,
+            max_input_elements: 1 << 16,
+            max_arena_bytes: 64 << 20,
+            max_weight_bytes: 64 << 20,
+        };
         Model::from_parts(Network::new(arch), synthetic.weights().clone(), limits, "fuzz".into()).expect("model")
     })
 }

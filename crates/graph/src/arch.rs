@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Largest architecture file read: real ones are a few hundred bytes.
+pub const MAX_ARCH_FILE_BYTES: u64 = 1 << 20;
+
 /// Upper bounds that keep a hostile architecture file from requesting absurd networks.
 const MAX_WIDTH: usize = 1 << 16;
 const MAX_BLOCKS_PER_STAGE: usize = 1024;
@@ -125,9 +128,11 @@ impl ArchSpec {
 
     /// Reads and validates an architecture file.
     pub fn from_file(path: &Path) -> Result<ArchSpec> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::ArchIo { path: path.to_path_buf(), source })?;
-        Self::from_toml(&text, &path.display().to_string())
+        let bytes = repvgg_files::read(path, "architecture file", MAX_ARCH_FILE_BYTES)?;
+        let origin = path.display().to_string();
+        let text = String::from_utf8(bytes)
+            .map_err(|e| Error::InvalidArch { origin: origin.clone(), reason: format!("not UTF-8 text ({e})") })?;
+        Self::from_toml(&text, &origin)
     }
 
     /// Parses and validates architecture TOML; `origin` names it in error messages.

@@ -1,7 +1,5 @@
 //! The graph crate's single error type.
 
-use std::path::PathBuf;
-
 /// Everything that can go wrong while describing a network or resolving its weights.
 ///
 /// Messages are one line and name the offending item (file, tensor, expected vs found),
@@ -12,9 +10,9 @@ pub enum Error {
     #[error("unknown architecture `{name}` (built-in: {known}; or give a path to a .toml architecture file)")]
     UnknownArch { name: String, known: String },
 
-    /// An architecture file could not be read.
-    #[error("cannot read architecture file {path}: {source}")]
-    ArchIo { path: PathBuf, source: std::io::Error },
+    /// An architecture file could not be read (missing, not a regular file, too large).
+    #[error(transparent)]
+    ArchFile(#[from] repvgg_files::Error),
 
     /// An architecture description is syntactically or semantically invalid.
     #[error("invalid architecture {origin}: {reason}")]
@@ -40,6 +38,17 @@ pub enum Error {
     /// A weight tensor holds NaN or infinity.
     #[error("tensor `{name}` contains a non-finite value ({value}) at flat index {index}")]
     NonFinite { name: String, index: usize, value: f32 },
+
+    /// A BatchNorm `running_var` holds a negative value.
+    #[error("tensor `{name}` holds a negative BatchNorm variance ({value}) at flat index {index}; variances are >= 0")]
+    NegativeVariance { name: String, index: usize, value: f32 },
+
+    /// Fusing a training-time block's finite branches overflowed f32.
+    #[error(
+        "fusing the branches of {layer} gives a {tensor} value of {value} at flat index {index}, beyond f32 \
+         (BatchNorm scale gamma / sqrt(var + eps) too large)"
+    )]
+    FusedNonFinite { layer: String, tensor: &'static str, index: usize, value: f32 },
 
     /// The tensor source failed to produce data (dtype, I/O); the message comes from the source.
     #[error("{0}")]

@@ -58,8 +58,10 @@ impl ConvLayer {
     }
 
     /// Multiply-accumulates of the convolution alone at output size `oh` x `ow`.
-    pub fn conv_macs(&self, oh: usize, ow: usize) -> u64 {
-        (self.out_channels * (self.in_channels / self.groups) * 9) as u64 * (oh * ow) as u64
+    /// `None` if the count does not fit in 64 bits.
+    pub fn conv_macs(&self, oh: usize, ow: usize) -> Option<u64> {
+        let per_pixel = (self.out_channels as u64).checked_mul((self.in_channels / self.groups) as u64 * 9)?;
+        per_pixel.checked_mul((oh as u64).checked_mul(ow as u64)?)
     }
 
     /// Multiply-accumulates of the SE block's two 1x1 convolutions.
@@ -176,15 +178,25 @@ impl Network {
         Ok(())
     }
 
-    /// Layer shapes for an input of `h` x `w`.
+    /// Deploy-form parameters of the whole network: convolutions, SE and classifier.
+    pub fn params(&self) -> u64 {
+        self.layers.iter().map(ConvLayer::params).sum::<u64>() + self.head_params()
+    }
+
+    /// Layer shapes for an input of `h` x `w`; an error if a count overflows 64 bits.
     pub fn shapes(&self, h: usize, w: usize) -> Result<Vec<LayerShape>> {
         self.check_input_size(h, w, usize::MAX)?;
         let (mut in_h, mut in_w) = (h, w);
-        Ok(self
-            .layers
+        self.layers
             .iter()
             .map(|l| {
                 let (out_h, out_w) = l.output_size(in_h, in_w);
+                let macs = l.conv_macs(out_h, out_w).and_then(|m| m.checked_add(l.se_macs())).ok_or_else(|| {
+                    Error::InvalidInputSize(format!(
+                        "{h}x{w}: the multiply-accumulates of {} do not fit in 64 bits",
+                        l.name()
+                    ))
+                })?;
                 let shape = LayerShape {
                     name: l.name(),
                     index: l.index,
@@ -198,22 +210,22 @@ impl Network {
                     out_w,
                     se: l.se_channels.is_some(),
                     params: l.params(),
-                    macs: l.conv_macs(out_h, out_w) + l.se_macs(),
+                    macs,
                 };
                 (in_h, in_w) = (out_h, out_w);
-                shape
+                Ok(shape)
             })
-            .collect())
+            .collect()
     }
 
     /// Total deploy parameters and MACs (convs, SE, classifier) for one `h` x `w` image.
     pub fn cost(&self, h: usize, w: usize) -> Result<Cost> {
         let shapes = self.shapes(h, w)?;
         let head_macs = (self.num_classes * self.feature_channels()) as u64;
-        Ok(Cost {
-            params: shapes.iter().map(|s| s.params).sum::<u64>() + self.head_params(),
-            macs: shapes.iter().map(|s| s.macs).sum::<u64>() + head_macs,
-        })
+        let macs = shapes.iter().try_fold(head_macs, |total, s| total.checked_add(s.macs)).ok_or_else(|| {
+            Error::InvalidInputSize(format!("{h}x{w}: the network's multiply-accumulates do not fit in 64 bits"))
+        })?;
+        Ok(Cost { params: self.params(), macs })
     }
 }
 

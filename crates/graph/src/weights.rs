@@ -472,11 +472,17 @@ impl<S: TensorSource + ?Sized> Reader<'_, S> {
     }
 
     fn batch_norm(&self, prefix: &str) -> Result<BatchNorm> {
+        let var_name = format!("{prefix}.running_var");
+        let var = self.load(&var_name)?;
+        // A variance is a mean of squares; a negative one would make sqrt(var + eps) NaN.
+        if let Some((index, &value)) = var.iter().enumerate().find(|(_, v)| **v < 0.0) {
+            return Err(Error::NegativeVariance { name: var_name, index, value });
+        }
         Ok(BatchNorm {
             gamma: self.load(&format!("{prefix}.weight"))?,
             beta: self.load(&format!("{prefix}.bias"))?,
             mean: self.load(&format!("{prefix}.running_mean"))?,
-            var: self.load(&format!("{prefix}.running_var"))?,
+            var,
         })
     }
 
@@ -526,7 +532,7 @@ impl<S: TensorSource + ?Sized> Reader<'_, S> {
             }
             BlockForm::Training => {
                 let block = self.training_block(layer)?;
-                Ok(LayerParams { conv: fuse_block(layer, &block), se: block.se })
+                Ok(LayerParams { conv: fuse_block(layer, &block)?, se: block.se })
             }
         }
     }
@@ -718,7 +724,10 @@ fn describe(arch: &ArchSpec) -> String {
 }
 
 /// Fuses a training-time block into one 3x3 kernel and bias (see the module docs).
-pub fn fuse_block(layer: &ConvLayer, block: &TrainingBlock) -> ConvParams {
+///
+/// Finite branches can still fuse to values beyond f32 (a huge `gamma` over a tiny
+/// variance): those are refused, naming the layer, rather than rounded to infinity.
+pub fn fuse_block(layer: &ConvLayer, block: &TrainingBlock) -> Result<ConvParams> {
     let out = layer.out_channels;
     let per_group = layer.in_channels / layer.groups;
     let mut weight = vec![0f32; out * per_group * 9];
@@ -743,10 +752,30 @@ pub fn fuse_block(layer: &ConvLayer, block: &TrainingBlock) -> ConvParams {
         }
         bias[k] = (b_dense + b_one + identity.map_or(0.0, |(_, b)| b)) as f32;
     }
-    ConvParams { weight, bias }
+    for (tensor, values) in [("kernel", &weight), ("bias", &bias)] {
+        if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::FusedNonFinite { layer: layer.name(), tensor, index, value });
+        }
+    }
+    Ok(ConvParams { weight, bias })
 }
 
 impl DeployWeights {
+    /// Bytes of f32 values held.
+    pub fn bytes(&self) -> usize {
+        let layers: usize =
+            self.layers
+                .iter()
+                .map(|l| {
+                    let se = l.se.as_ref().map_or(0, |se| {
+                        se.down_weight.len() + se.down_bias.len() + se.up_weight.len() + se.up_bias.len()
+                    });
+                    l.conv.weight.len() + l.conv.bias.len() + se
+                })
+                .sum();
+        4 * (layers + self.linear_weight.len() + self.linear_bias.len())
+    }
+
     /// The tensors of the official deploy form (`rbr_reparam`, `se`, `linear`), in network order.
     pub fn named_tensors<'a>(&'a self, network: &Network) -> Vec<(String, Vec<usize>, &'a [f32])> {
         let c = Convention::Official;

@@ -12,9 +12,14 @@ pub enum Error {
     #[error(transparent)]
     Graph(#[from] repvgg_graph::Error),
 
-    /// A file could not be opened, mapped, read or written.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A file could not be opened, mapped, read or written, is not a regular file, or is
+    /// over its size bound; or an output would overwrite an input.
+    #[error(transparent)]
+    File(#[from] repvgg_files::Error),
+
+    /// Reading standard input or writing standard output failed.
+    #[error("{stream}: {source}")]
+    Stream { stream: &'static str, source: std::io::Error },
 
     /// A file is not a well-formed safetensors file (truncated, corrupt, lying header).
     #[error("{path}: not a valid safetensors file: {reason}")]
@@ -40,32 +45,42 @@ pub enum Error {
     /// An invalid option value (thread count, algorithm name, ...).
     #[error("invalid option: {0}")]
     Option(String),
+
+    /// Finite weights and input produced a non-finite output: some value overflowed f32.
+    #[error("{0}")]
+    NonFiniteOutput(String),
 }
 
 /// Coarse classes of [`Error`], stable across releases, used for CLI exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// Missing or unreadable file.
+    /// Missing, unreadable or unwritable file, or standard input/output.
     Io,
     /// Malformed file contents.
     Format,
-    /// Weights that do not fit the architecture, or an unknown architecture.
+    /// Weights that do not fit the architecture, or fuse to non-finite values.
     Model,
+    /// An unknown architecture name or an invalid architecture file.
+    Arch,
     /// Bad input tensor or image.
     Input,
     /// Resource limit.
     Limit,
     /// Unsupported CPU.
     Cpu,
-    /// Invalid option.
+    /// Invalid option or combination of arguments.
     Usage,
+    /// A non-finite result from finite weights and input.
+    Numeric,
 }
 
 impl Error {
     /// The coarse class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } => ErrorKind::Io,
+            Error::File(f) => file_error_kind(f),
+            Error::Stream { .. } => ErrorKind::Io,
+            Error::NonFiniteOutput(_) => ErrorKind::Numeric,
             Error::Format { .. } => ErrorKind::Format,
             Error::Dtype { .. } => ErrorKind::Model,
             Error::Input(_) => ErrorKind::Input,
@@ -90,15 +105,28 @@ impl From<repvgg_simd::Error> for Error {
 pub fn graph_error_kind(error: &repvgg_graph::Error) -> ErrorKind {
     use repvgg_graph::Error as G;
     match error {
-        G::ArchIo { .. } => ErrorKind::Io,
+        G::ArchFile(f) => file_error_kind(f),
         G::InvalidInputSize(_) => ErrorKind::Input,
-        G::UnknownArch { .. }
-        | G::InvalidArch { .. }
-        | G::MissingTensor { .. }
+        G::UnknownArch { .. } | G::InvalidArch { .. } => ErrorKind::Arch,
+        G::MissingTensor { .. }
         | G::ShapeMismatch { .. }
         | G::BadWeights(_)
         | G::NonFinite { .. }
+        | G::NegativeVariance { .. }
+        | G::FusedNonFinite { .. }
         | G::Source(_) => ErrorKind::Model,
+    }
+}
+
+/// The [`ErrorKind`] of a files-crate error: a size bound is a limit, an output that is
+/// an input is a usage error, the rest are I/O.
+pub fn file_error_kind(error: &repvgg_files::Error) -> ErrorKind {
+    if error.is_limit() {
+        ErrorKind::Limit
+    } else if error.is_usage() {
+        ErrorKind::Usage
+    } else {
+        ErrorKind::Io
     }
 }
 

@@ -2,20 +2,24 @@
 //!
 //! The header is parsed and fully validated (offsets contiguous, sizes equal to
 //! dtype x shape with overflow checks, data ending exactly at the end of the file) before
-//! any tensor is touched, so a truncated or lying file is refused up front. F32 data that
-//! is 4-byte aligned in the map is borrowed without copying; F16 and BF16 are widened.
+//! any tensor is touched, so a truncated or lying file is refused up front; the header's
+//! size and tensor count are bounded and duplicate names refused before that, so a hostile
+//! header costs bounded time and memory. Files are opened through `repvgg_files` (regular
+//! files only, size-bounded). F32 data that is 4-byte aligned in the map is borrowed
+//! without copying; F16 and BF16 are widened.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use repvgg_files::Output;
 use repvgg_graph::TensorSource;
 use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, SafeTensorError, TensorView};
+use safetensors::tensor::{Dtype, SafeTensorError};
 
 use crate::error::{Error, Result};
+use crate::model::Limits;
 use crate::tensor::Tensor;
 
 /// Prefix of multi-GPU (DataParallel) checkpoints, ignored.
@@ -57,12 +61,25 @@ pub struct SafetensorsFile {
     tensors: BTreeMap<String, Entry>,
 }
 
+/// Largest safetensors header accepted, in bytes. Real checkpoints have a few hundred to
+/// a few thousand tensors and headers of tens of KiB; a hostile header is refused before
+/// its JSON is parsed.
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// Most tensors accepted in one file (RepVGG-B3 in training form has about 1,500).
+pub const MAX_TENSORS: usize = 1 << 16;
+
+/// Largest input-tensor file [`read_input`] reads under `limits`: the header bound and
+/// `limits.max_input_elements` four-byte values.
+pub fn max_input_file_bytes(limits: &Limits) -> u64 {
+    8 + MAX_HEADER_BYTES + 4 * limits.max_input_elements as u64
+}
+
 impl SafetensorsFile {
-    /// Maps and validates a file.
-    pub fn open(path: &Path) -> Result<SafetensorsFile> {
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+    /// Maps and validates a regular file of at most `max_bytes`; `what` names it in
+    /// messages (`"weights file"`).
+    pub fn open(path: &Path, what: &'static str, max_bytes: u64) -> Result<SafetensorsFile> {
+        let (file, len) = repvgg_files::open(path, what, max_bytes)?;
         if len < 8 {
             return Err(Error::Format {
                 path: path.to_path_buf(),
@@ -73,7 +90,11 @@ impl SafetensorsFile {
         // truncating or rewriting the file while it is mapped is outside what we can
         // defend against (as for every mmap-based loader); the file is only read during
         // `Model::load` and the map is dropped afterwards.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| repvgg_files::Error::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(path.to_path_buf(), Bytes::Mapped(map))
     }
 
@@ -89,6 +110,7 @@ impl SafetensorsFile {
     }
 
     fn parse(path: PathBuf, map: Bytes) -> Result<SafetensorsFile> {
+        check_header(&map).map_err(|reason| Error::Format { path: path.clone(), reason })?;
         let (header_len, metadata) = SafeTensors::read_metadata(&map)
             .map_err(|e| Error::Format { path: path.clone(), reason: describe_format_error(&e, &map) })?;
         let data_start = 8 + header_len;
@@ -169,6 +191,48 @@ impl TensorSource for SafetensorsFile {
     }
 }
 
+/// What the safetensors crate does not check: the header's size against
+/// [`MAX_HEADER_BYTES`], its tensor count against [`MAX_TENSORS`], and duplicate keys
+/// (its JSON map keeps the last of two equal keys without a word). A header that is not
+/// valid JSON passes here, for the crate to describe.
+fn check_header(file: &[u8]) -> std::result::Result<(), String> {
+    use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
+
+    struct Keys<'a>(&'a mut Option<String>);
+    impl<'de> Visitor<'de> for Keys<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if seen.contains(&key) {
+                    *self.0 = Some(format!("the header lists `{key}` twice"));
+                    return Err(A::Error::custom("refused"));
+                }
+                seen.insert(key);
+                // `__metadata__` is one more key than there are tensors.
+                if seen.len() > MAX_TENSORS + 1 {
+                    *self.0 = Some(format!("the header lists more than {MAX_TENSORS} tensors"));
+                    return Err(A::Error::custom("refused"));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let declared = u64::from_le_bytes(file[..8].try_into().expect("callers check 8 bytes"));
+    if declared > MAX_HEADER_BYTES {
+        return Err(format!("the declared header length {declared} exceeds the limit of {MAX_HEADER_BYTES} bytes"));
+    }
+    let Some(header) = file.get(8..8 + declared as usize) else { return Ok(()) };
+    let mut problem = None;
+    let _ = serde_json::Deserializer::from_slice(header).deserialize_map(Keys(&mut problem));
+    problem.map_or(Ok(()), Err)
+}
+
 /// Turns the safetensors crate's terse errors into a sentence about the file.
 fn describe_format_error(error: &SafeTensorError, file: &[u8]) -> String {
     let declared = file.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
@@ -195,9 +259,10 @@ fn describe_format_error(error: &SafeTensorError, file: &[u8]) -> String {
     }
 }
 
-/// Reads the network input: a file holding a tensor `input` of shape `[N, 3, H, W]`.
-pub fn read_input(path: &Path) -> Result<Tensor> {
-    input_from(SafetensorsFile::open(path)?)
+/// Reads the network input: a file holding a tensor `input` of shape `[N, 3, H, W]`, of
+/// at most [`max_input_file_bytes`] under `limits`.
+pub fn read_input(path: &Path, limits: &Limits) -> Result<Tensor> {
+    input_from(SafetensorsFile::open(path, "input file", max_input_file_bytes(limits))?)
 }
 
 /// [`read_input`] from bytes in memory; `name` stands for the path in messages.
@@ -223,26 +288,54 @@ fn input_from(file: SafetensorsFile) -> Result<Tensor> {
             path.display()
         )));
     }
+    let dtype = file.tensors["input"].dtype;
+    if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Err(Error::Input(format!(
+            "{}: tensor `input` has dtype {dtype:?}, expected F32 (or F16, BF16)",
+            path.display()
+        )));
+    }
     let data = file.tensor_f32("input")?.into_owned();
     Tensor::new(shape, data)
 }
 
-/// Writes named f32 tensors as a safetensors file.
+/// Writes named f32 tensors as a safetensors file through `output` (atomically: see
+/// [`repvgg_files::Output`]), streaming the data rather than copying it into one buffer.
 pub fn write_tensors<'a>(
-    path: &Path,
+    output: &Output,
     tensors: impl IntoIterator<Item = (String, Vec<usize>, &'a [f32])>,
 ) -> Result<()> {
-    let views = tensors
-        .into_iter()
-        .map(|(name, shape, data)| {
-            let bytes: &[u8] = bytemuck::cast_slice(data);
-            TensorView::new(Dtype::F32, shape, bytes).map(|v| (name, v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Format { path: path.to_path_buf(), reason: e.to_string() })?;
-    let metadata = std::collections::HashMap::from([("producer".to_string(), "repvgg-rs".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| match e {
-        SafeTensorError::IoError(source) => Error::Io { path: path.to_path_buf(), source },
-        other => Error::Format { path: path.to_path_buf(), reason: other.to_string() },
-    })
+    let tensors: Vec<_> = tensors.into_iter().collect();
+    let mut header = String::from(r#"{"__metadata__":{"producer":"repvgg-rs"}"#);
+    let mut offset = 0usize;
+    for (name, shape, data) in &tensors {
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(data.len()) {
+            return Err(Error::Option(format!("tensor `{name}` has {} values for shape {shape:?}", data.len())));
+        }
+        let end = offset + 4 * data.len();
+        let name = serde_json::to_string(name).expect("strings serialize");
+        let dims = shape.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        header += &format!(r#",{name}:{{"dtype":"F32","shape":[{dims}],"data_offsets":[{offset},{end}]}}"#);
+        offset = end;
+    }
+    header.push('}');
+    // The format pads the header with spaces so that the data starts 8-byte aligned.
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    output.write_with(|w| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(header.as_bytes())?;
+        for (_, _, data) in &tensors {
+            if cfg!(target_endian = "little") {
+                w.write_all(bytemuck::cast_slice(data))?;
+            } else {
+                for v in *data {
+                    w.write_all(&v.to_le_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
 }

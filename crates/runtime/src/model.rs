@@ -2,6 +2,7 @@
 //! weights each algorithm needs (transformed and packed once, on first use).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network};
@@ -28,11 +29,21 @@ pub struct Limits {
     /// Largest working memory (activations, transforms, scratch) a session may allocate
     /// for one request, in bytes.
     pub max_arena_bytes: usize,
+    /// Largest weights a model may hold, in bytes: the weights file (mapped), the f32
+    /// deploy weights (loaded or synthetic), and every packing of them the plans need
+    /// (a Winograd F(6,3) packing is about 7x the deploy kernel).
+    pub max_weight_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_side: 8192, max_batch: 1024, max_input_elements: 1 << 28, max_arena_bytes: 8 << 30 }
+        Limits {
+            max_side: 8192,
+            max_batch: 1024,
+            max_input_elements: 1 << 28,
+            max_arena_bytes: 8 << 30,
+            max_weight_bytes: 8 << 30,
+        }
     }
 }
 
@@ -97,6 +108,8 @@ struct Inner {
     limits: Limits,
     description: String,
     layers: Vec<LayerCache>,
+    /// Bytes of weights held: the deploy weights and every packing built so far.
+    held_bytes: AtomicUsize,
 }
 
 /// A loaded, re-parameterized RepVGG model.
@@ -112,7 +125,8 @@ pub struct Model {
 impl Model {
     /// Loads a safetensors checkpoint in any supported naming form and dtype.
     pub fn load(path: &Path, options: &ModelOptions) -> Result<Model> {
-        Model::from_safetensors(&SafetensorsFile::open(path)?, options)
+        let file = SafetensorsFile::open(path, "weights file", options.limits.max_weight_bytes as u64)?;
+        Model::from_safetensors(&file, options)
     }
 
     /// Like [`Model::load`], for a checkpoint already in memory; `name` stands for its path
@@ -161,6 +175,14 @@ impl Model {
                 return Err(Error::Option(format!("weights of {} do not match the layer shape", layer.name())));
             }
         }
+        let held = weights.bytes();
+        if held > limits.max_weight_bytes {
+            return Err(Error::Limit(format!(
+                "the weights take {} MiB, over the limit of {} MiB of weights",
+                held >> 20,
+                limits.max_weight_bytes >> 20
+            )));
+        }
         let layers = network
             .layers
             .iter()
@@ -171,12 +193,26 @@ impl Model {
                 LayerCache { bias, prepared: Default::default() }
             })
             .collect();
-        Ok(Model { inner: Arc::new(Inner { network, weights, limits, description, layers }) })
+        let held_bytes = AtomicUsize::new(held);
+        Ok(Model { inner: Arc::new(Inner { network, weights, limits, description, layers, held_bytes }) })
     }
 
-    /// A model with deterministic synthetic weights (the embedded default of `repvgg bench`).
+    /// A model with deterministic synthetic weights (the embedded default of `repvgg bench`),
+    /// refused before anything is generated if they would exceed the default
+    /// [`Limits::max_weight_bytes`].
     pub fn synthetic(arch: ArchSpec, seed: u64) -> Result<Model> {
         let network = Network::new(arch);
+        let limit = Limits::default().max_weight_bytes;
+        let bytes = network.params().saturating_mul(4);
+        if bytes > limit as u64 {
+            return Err(Error::Limit(format!(
+                "synthetic weights for {} take {} MiB ({} parameters), over the limit of {} MiB of weights",
+                network.arch.name,
+                bytes >> 20,
+                network.params(),
+                limit >> 20
+            )));
+        }
         let map =
             repvgg_graph::synthetic::checkpoint(&network, Convention::Official, repvgg_graph::BlockForm::Deploy, seed);
         let resolved = repvgg_graph::resolve(&map, Some(&network.arch))?;
@@ -201,22 +237,25 @@ impl Model {
         &self.inner.description
     }
 
-    /// Runs the f64 reference executor (the oracle; slow).
+    /// Runs the f64 reference executor (the oracle; slow). Logits beyond f32 are an
+    /// error, as in [`Session::run`](crate::Session::run).
     pub fn run_reference(&self, input: &Tensor) -> Result<reference::Outputs> {
         self.limits().check_input(self.network(), input.shape())?;
-        reference::forward(self.network(), self.weights(), input)
+        let outputs = reference::forward(self.network(), self.weights(), input)?;
+        crate::session::check_output("logits", outputs.logits.data(), outputs.logits.shape())?;
+        Ok(outputs)
     }
 
     /// Bytes of layer `index`'s weights as `algo` reads them on every run (transformed and
-    /// packed for Winograd, packed for direct, the deploy kernel for generic). At batch 1
-    /// a network's Winograd filters exceed the L3 cache, so this is the layer's DRAM
-    /// stream per run.
-    pub fn weight_bytes(&self, index: usize, algo: Algo) -> usize {
-        match &*self.prepared(index, algo) {
+    /// packed for Winograd, packed for direct, the deploy kernel for generic), preparing
+    /// them if no plan has. At batch 1 a network's Winograd filters exceed the L3 cache, so
+    /// this is the layer's DRAM stream per run.
+    pub fn weight_bytes(&self, index: usize, algo: Algo) -> Result<usize> {
+        Ok(match &*self.prepare(index, algo)? {
             Prepared::Winograd(filters) => filters.bytes(),
             Prepared::Direct(weights) => weights.bytes(),
             Prepared::Generic => std::mem::size_of_val(self.weights().layers[index].conv.weight.as_slice()),
-        }
+        })
     }
 
     /// Padded bias of layer `index`.
@@ -224,13 +263,38 @@ impl Model {
         &self.inner.layers[index].bias
     }
 
-    /// Layer `index`'s weights prepared for `algo`, built on first use and shared.
-    pub(crate) fn prepared(&self, index: usize, algo: Algo) -> Arc<Prepared> {
-        self.inner.layers[index].prepared[algo.index()]
+    /// Layer `index`'s weights prepared for `algo`: built on first use, after checking that
+    /// they fit [`Limits::max_weight_bytes`] with everything already held, and shared.
+    pub(crate) fn prepare(&self, index: usize, algo: Algo) -> Result<Arc<Prepared>> {
+        let slot = &self.inner.layers[index].prepared[algo.index()];
+        if let Some(prepared) = slot.get() {
+            return Ok(prepared.clone());
+        }
+        let layer = &self.network().layers[index];
+        let cg = layer.in_channels / layer.groups;
+        let floats = match algo.variant() {
+            Some(v) => PackedFilters::len(v, layer.out_channels, cg, layer.groups),
+            None if algo == Algo::Direct => {
+                DirectWeights::len(InputLayout::for_layer(index), layer.out_channels, cg, layer.groups)
+            }
+            None => 0,
+        };
+        let (held, limit) = (self.inner.held_bytes.load(Ordering::Relaxed), self.limits().max_weight_bytes);
+        if held.saturating_add(4 * floats) > limit {
+            return Err(Error::Limit(format!(
+                "packing {} for {} takes {} MiB, which with the {} MiB of weights held exceeds the limit of {} MiB",
+                layer.name(),
+                algo.name(),
+                (4 * floats) >> 20,
+                held >> 20,
+                limit >> 20
+            )));
+        }
+        let mut built = false;
+        let prepared = slot
             .get_or_init(|| {
-                let layer = &self.network().layers[index];
+                built = true;
                 let weight = &self.weights().layers[index].conv.weight;
-                let cg = layer.in_channels / layer.groups;
                 Arc::new(match algo.variant() {
                     Some(v) => Prepared::Winograd(
                         PackedFilters::new(v, weight, layer.out_channels, cg, layer.groups, MR)
@@ -243,6 +307,15 @@ impl Model {
                     None => Prepared::Generic,
                 })
             })
-            .clone()
+            .clone();
+        if built {
+            self.inner.held_bytes.fetch_add(4 * floats, Ordering::Relaxed);
+        }
+        Ok(prepared)
+    }
+
+    /// Layer `index`'s weights for `algo`, which the plan running it has prepared.
+    pub(crate) fn prepared(&self, index: usize, algo: Algo) -> Arc<Prepared> {
+        self.inner.layers[index].prepared[algo.index()].get().expect("plans prepare their weights").clone()
     }
 }

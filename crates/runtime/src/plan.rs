@@ -209,7 +209,7 @@ impl Plan {
                 oh: s.out_h,
                 ow: s.out_w,
                 se: s.se,
-                macs: layer.conv_macs(s.out_h, s.out_w),
+                macs: layer.conv_macs(s.out_h, s.out_w).expect("shapes() checked the count"),
             };
             let wanted = choose(&lp);
             lp.algo = resolve(wanted, layer);

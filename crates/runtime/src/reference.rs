@@ -87,9 +87,13 @@ pub fn conv2d(
     Activation { n, c: out_channels, h: oh, w: ow, data: out }
 }
 
-/// Element-wise ReLU in place.
+/// Element-wise ReLU in place, keeping NaN like the fast paths (`repvgg_simd::relu`).
 pub fn relu(a: &mut Activation) {
-    a.data.iter_mut().for_each(|v| *v = v.max(0.0));
+    a.data.iter_mut().for_each(|v| *v = relu_f64(*v));
+}
+
+fn relu_f64(v: f64) -> f64 {
+    if 0.0 > v { 0.0 } else { v }
 }
 
 /// Per-(image, channel) mean over the spatial map.
@@ -109,7 +113,7 @@ pub fn squeeze_excite(a: &mut Activation, se: &SeParams) {
         let hidden: Vec<f64> = (0..r)
             .map(|j| {
                 let s: f64 = (0..c).map(|i| se.down_weight[j * c + i] as f64 * x[i]).sum();
-                (s + se.down_bias[j] as f64).max(0.0)
+                relu_f64(s + se.down_bias[j] as f64)
             })
             .collect();
         for i in 0..c {

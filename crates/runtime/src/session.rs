@@ -300,18 +300,18 @@ impl Session {
         if self.options.autotune && self.options.algo == AlgoChoice::Auto {
             plan = self.autotune(plan)?;
         }
-        for lp in &plan.layers {
-            self.model.prepared(lp.index, lp.algo);
-        }
         self.plans.insert((n, h, w), plan);
         Ok(())
     }
 
-    /// Checks the memory limit and grows the arena for `plan`.
+    /// Checks the memory limits, grows the arena and prepares the weights for `plan`.
     fn reserve(&mut self, plan: &Plan) -> Result<()> {
         let limit = self.model.limits().max_arena_bytes;
         match Arena::required_bytes(plan, self.workers) {
             Some(bytes) if bytes <= limit => {
+                for lp in &plan.layers {
+                    self.model.prepare(lp.index, lp.algo)?;
+                }
                 self.arena.reserve(plan, self.workers);
                 Ok(())
             }
@@ -423,8 +423,33 @@ impl Session {
                 t[plan.layers.len()] = start.elapsed();
             }
         });
+        check_output("logits", logits, &[n, network.num_classes])?;
+        for (s, stage) in stages.into_iter().flatten().enumerate() {
+            check_output(&format!("stage {} output", s + 1), stage.data(), stage.shape())?;
+        }
         Ok(())
     }
+}
+
+/// Refuses a non-finite output. Weights and inputs are finite (both are checked), so one
+/// means that a value overflowed f32 inside the network; the ReLUs keep NaN
+/// (`repvgg_simd::relu`), so an overflow anywhere reaches the logits instead of being
+/// hidden by a later layer. Returning such logits would be silent garbage.
+pub(crate) fn check_output(what: &str, data: &[f32], shape: &[usize]) -> Result<()> {
+    let Some(index) = data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let mut at = Vec::with_capacity(shape.len());
+    let mut rest = index;
+    for d in shape.iter().rev() {
+        at.push(rest % d);
+        rest /= d;
+    }
+    at.reverse();
+    let at = at.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+    Err(Error::NonFiniteOutput(format!(
+        "{what}[{at}] is {}: finite weights and input overflowed f32 inside the network \
+         (weights or input too large in magnitude)",
+        data[index]
+    )))
 }
 
 /// Refuses NaN and infinity in an input, naming the first one.

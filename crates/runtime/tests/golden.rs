@@ -5,7 +5,7 @@ mod common;
 
 use repvgg_graph::ArchSpec;
 use repvgg_runtime::loader::{SafetensorsFile, read_input};
-use repvgg_runtime::{Model, ModelOptions, Tensor};
+use repvgg_runtime::{Limits, Model, ModelOptions, Tensor};
 
 pub struct Fixture {
     pub name: &'static str,
@@ -22,8 +22,8 @@ fn load(name: &'static str) -> Fixture {
     let model =
         Model::load(&dir.join("train.safetensors"), &ModelOptions { arch: Some(arch.clone()), ..Default::default() })
             .unwrap();
-    let input = read_input(&dir.join("input.safetensors")).unwrap();
-    let expected = SafetensorsFile::open(&dir.join("expected.safetensors")).unwrap();
+    let input = read_input(&dir.join("input.safetensors"), &Limits::default()).unwrap();
+    let expected = SafetensorsFile::open(&dir.join("expected.safetensors"), "expected outputs", 1 << 30).unwrap();
     let tensor = |n: &str| {
         use repvgg_graph::TensorSource;
         Tensor::new(expected.shape(n).unwrap().to_vec(), expected.tensor_f32(n).unwrap().into_owned()).unwrap()

@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use repvgg_graph::ArchSpec;
-use repvgg_runtime::loader::{SafetensorsFile, read_input};
-use repvgg_runtime::{Error, ErrorKind, Model, ModelOptions, SessionOptions, Tensor};
+use repvgg_runtime::loader::{MAX_HEADER_BYTES, MAX_TENSORS, SafetensorsFile, max_input_file_bytes, read_input};
+use repvgg_runtime::{Algo, AlgoChoice, Error, ErrorKind, Limits, Model, ModelOptions, SessionOptions, Tensor};
 
 /// A safetensors file from a raw JSON header and data bytes.
 fn raw_file(dir: &Path, name: &str, header: &str, data: &[u8]) -> std::path::PathBuf {
@@ -20,7 +20,9 @@ fn raw_file(dir: &Path, name: &str, header: &str, data: &[u8]) -> std::path::Pat
 }
 
 fn refused(path: &Path) -> Error {
-    SafetensorsFile::open(path).err().unwrap_or_else(|| panic!("{} was accepted", path.display()))
+    SafetensorsFile::open(path, "weights file", 1 << 30)
+        .err()
+        .unwrap_or_else(|| panic!("{} was accepted", path.display()))
 }
 
 #[test]
@@ -92,14 +94,167 @@ fn input_files_with_absurd_shapes_are_refused() {
         r#"{"input":{"dtype":"F32","shape":[1,3,100000,100000],"data_offsets":[0,16]}}"#,
         &[0; 16],
     );
-    assert_eq!(read_input(&big).unwrap_err().kind(), ErrorKind::Format);
+    assert_eq!(read_input(&big, &Limits::default()).unwrap_err().kind(), ErrorKind::Format);
     let i64s = raw_file(
         dir.path(),
         "i64.safetensors",
         r#"{"input":{"dtype":"I64","shape":[1,3,1,1],"data_offsets":[0,24]}}"#,
         &[0; 24],
     );
-    assert!(read_input(&i64s).unwrap_err().to_string().contains("dtype I64"));
+    // A wrong dtype in an input is bad input, not weights that do not fit.
+    let err = read_input(&i64s, &Limits::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Input, "{err}");
+    assert!(err.to_string().contains("tensor `input` has dtype I64, expected F32"), "{err}");
+    // An input file larger than the input bound is refused before it is mapped (a
+    // sparse file: nothing is written to disk).
+    let small = Limits { max_input_elements: 4, ..Limits::default() };
+    let sparse = dir.path().join("sparse.safetensors");
+    std::fs::File::create(&sparse).unwrap().set_len(max_input_file_bytes(&small) + 1).unwrap();
+    let err = read_input(&sparse, &small).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Limit, "{err}");
+    assert!(err.to_string().contains(&format!("over the limit of {} bytes", max_input_file_bytes(&small))), "{err}");
+}
+
+#[test]
+fn hostile_header_structure_is_refused_in_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The same name twice: JSON maps keep the last silently; we refuse.
+    let dup = raw_file(
+        d,
+        "dup.safetensors",
+        r#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+        &[0; 4],
+    );
+    let err = refused(&dup);
+    assert_eq!(err.kind(), ErrorKind::Format);
+    assert!(err.to_string().contains("the header lists `x` twice"), "{err}");
+    // A declared header over the bound is refused before its JSON is parsed.
+    let long = d.join("long.safetensors");
+    std::fs::write(&long, [&(MAX_HEADER_BYTES + 1).to_le_bytes()[..], b"{}"].concat()).unwrap();
+    assert!(refused(&long).to_string().contains(&format!("exceeds the limit of {MAX_HEADER_BYTES} bytes")));
+    // More tensors than any RepVGG has.
+    let many: Vec<String> = (0..=MAX_TENSORS + 1)
+        .map(|i| format!(r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}"#))
+        .collect();
+    let many = raw_file(d, "many.safetensors", &format!("{{{}}}", many.join(",")), &[]);
+    assert!(refused(&many).to_string().contains(&format!("more than {MAX_TENSORS} tensors")));
+}
+
+#[test]
+fn a_weights_file_over_the_weight_bound_is_refused_before_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = repvgg_graph::Network::new(common::tiny_arch(false));
+    let map = repvgg_graph::synthetic::checkpoint(
+        &network,
+        repvgg_graph::Convention::Official,
+        repvgg_graph::BlockForm::Deploy,
+        1,
+    );
+    let path = dir.path().join("w.safetensors");
+    common::write_map(&path, &map, common::Storage::F32, "");
+    let options = ModelOptions { limits: Limits { max_weight_bytes: 1000, ..Limits::default() }, ..Default::default() };
+    let err = Model::load(&path, &options).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Limit, "{err}");
+    assert!(err.to_string().starts_with(&format!("weights file {} is ", path.display())), "{err}");
+}
+
+#[test]
+fn weights_and_their_packings_stay_within_the_weight_bound() {
+    // Synthetic weights for a huge custom network are refused before they are generated
+    // (this one would be about 150 GB; `bench --arch` used to abort allocating it).
+    let huge = ArchSpec::from_toml(
+        "name = \"huge\"\nblocks_per_stage = [2, 4, 14, 1]\nwidths = [64, 8192, 16384, 32768, 65536]\n",
+        "huge.toml",
+    )
+    .unwrap();
+    let err = Model::synthetic(huge, 0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Limit, "{err}");
+    assert!(err.to_string().contains("over the limit of 8192 MiB of weights"), "{err}");
+    // Packing for F(6,3) takes about 7x the deploy kernel: a bound between the two lets
+    // the model load and refuses the plan that needs the packing.
+    let small = Model::synthetic(common::tiny_arch(false), 0).unwrap();
+    let deploy = small.weights().bytes();
+    let limits = Limits { max_weight_bytes: deploy * 2, ..Limits::default() };
+    let model =
+        Model::from_parts(small.network().clone(), small.weights().clone(), limits.clone(), "tiny".into()).unwrap();
+    let options = SessionOptions { threads: 1, algo: AlgoChoice::Force(Algo::F6), ..Default::default() };
+    let err = model.session(options).unwrap().run(&Tensor::zeros(vec![1, 3, 32, 32])).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Limit, "{err}");
+    assert!(err.to_string().contains("for f6 takes"), "{err}");
+    let fresh = Model::from_parts(small.network().clone(), small.weights().clone(), limits, "tiny".into()).unwrap();
+    let direct = SessionOptions { threads: 1, algo: AlgoChoice::Force(Algo::Direct), ..Default::default() };
+    assert!(fresh.session(direct).unwrap().run(&Tensor::zeros(vec![1, 3, 32, 32])).is_ok());
+}
+
+#[test]
+fn a_negative_variance_is_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = repvgg_graph::Network::new(common::tiny_arch(false));
+    let mut map = repvgg_graph::synthetic::checkpoint(
+        &network,
+        repvgg_graph::Convention::Official,
+        repvgg_graph::BlockForm::Training,
+        1,
+    );
+    let (shape, mut data) = map.remove("stage1.0.rbr_dense.bn.running_var").unwrap();
+    data[5] = -0.25;
+    map.insert("stage1.0.rbr_dense.bn.running_var", shape, data);
+    let path = dir.path().join("negative.safetensors");
+    common::write_map(&path, &map, common::Storage::F32, "");
+    let err = Model::load(&path, &ModelOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Model);
+    assert!(
+        err.to_string().contains(
+            "tensor `stage1.0.rbr_dense.bn.running_var` holds a negative BatchNorm variance (-0.25) at flat index 5"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn branches_that_fuse_beyond_f32_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = repvgg_graph::Network::new(common::tiny_arch(false));
+    let mut map = repvgg_graph::synthetic::checkpoint(
+        &network,
+        repvgg_graph::Convention::Official,
+        repvgg_graph::BlockForm::Training,
+        1,
+    );
+    // gamma 1e38 over sqrt(0 + 1e-5): a scale of 3e40, finite in f64, not in f32.
+    for (name, value) in [("stage1.0.rbr_dense.bn.weight", 1e38f32), ("stage1.0.rbr_dense.bn.running_var", 0.0)] {
+        let (shape, mut data) = map.remove(name).unwrap();
+        data.iter_mut().for_each(|v| *v = value);
+        map.insert(name, shape, data);
+    }
+    let path = dir.path().join("overflow.safetensors");
+    common::write_map(&path, &map, common::Storage::F32, "");
+    let err = Model::load(&path, &ModelOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Model);
+    assert!(err.to_string().starts_with("fusing the branches of stage1.0 gives a kernel value of inf"), "{err}");
+}
+
+/// Finite weights whose activations overflow f32 give an error under every algorithm,
+/// never logits of garbage (or logits that a ReLU quietly zeroed).
+#[test]
+fn an_overflow_inside_the_network_is_an_error_not_garbage() {
+    let small = Model::synthetic(common::tiny_arch(false), 0).unwrap();
+    let mut weights = small.weights().clone();
+    // Scale every kernel by 1e6: six layers of that overflow 3.4e38.
+    for layer in &mut weights.layers {
+        layer.conv.weight.iter_mut().for_each(|v| *v *= 1e6);
+    }
+    let model = Model::from_parts(small.network().clone(), weights, Limits::default(), "scaled".into()).unwrap();
+    let x = Tensor::new(vec![1, 3, 24, 24], (0..3 * 24 * 24).map(|i| (i % 7) as f32 - 3.0).collect()).unwrap();
+    for algo in [Algo::Direct, Algo::F2, Algo::F4, Algo::F6] {
+        let options = SessionOptions { threads: 1, algo: AlgoChoice::Force(algo), ..Default::default() };
+        let err = model.session(options).unwrap().run(&x).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Numeric, "{algo:?}: {err}");
+        assert!(err.to_string().contains("overflowed f32 inside the network"), "{algo:?}: {err}");
+    }
+    let err = model.run_reference(&x).map(|_| ()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Numeric, "the reference agrees: {err}");
 }
 
 #[test]

@@ -45,6 +45,15 @@ pub mod x86_64;
 
 pub use portable::Portable;
 
+/// `max(0, v)` that keeps NaN: `0 > v ? 0 : v`, the order x86's `max(0, v)` instruction
+/// evaluates, so the scalar and vector paths agree bit for bit. A NaN born of an overflow
+/// inside a network then reaches the logits, where it is detected, instead of becoming 0
+/// in the next ReLU; `-inf` becomes 0, which is also the ReLU of any value it stands for.
+#[inline(always)]
+pub fn relu(v: f32) -> f32 {
+    if 0.0 > v { 0.0 } else { v }
+}
+
 /// Errors of the simd crate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -280,6 +289,11 @@ pub trait Simd: Copy + Send + Sync + 'static + sealed::Sealed {
     fn mul_add(self, a: Self::F32, b: Self::F32, c: Self::F32) -> Self::F32;
     /// Lane-wise maximum; where either lane is NaN the result is `b`'s lane.
     fn max(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    /// `max(0, v)` lane-wise, keeping NaN (see [`relu`]).
+    #[inline(always)]
+    fn relu(self, v: Self::F32) -> Self::F32 {
+        self.max(self.zero(), v)
+    }
     /// Bitwise and.
     fn and(self, a: Self::F32, b: Self::F32) -> Self::F32;
     /// `a`'s lanes where `mask` is set, else `b`'s (`mask` lanes all ones or all zeros).
@@ -403,7 +417,7 @@ mod tests {
             let lanes = S::LANES;
             let fused = S::ISA != Isa::Portable;
             type Case<'a, V> = (&'a str, V, &'a dyn Fn(usize) -> f32);
-            let cases: [Case<S::F32>; 8] = [
+            let cases: [Case<S::F32>; 9] = [
                 ("add", va + vb, &|i| a[i] + b[i]),
                 ("sub", va - vb, &|i| a[i] - b[i]),
                 ("mul", va * vb, &|i| a[i] * b[i]),
@@ -411,6 +425,7 @@ mod tests {
                     if fused { a[i].mul_add(b[i], c[i]) } else { a[i] * b[i] + c[i] }
                 }),
                 ("max", s.max(va, s.zero()), &|i| a[i].max(0.0)),
+                ("relu", s.relu(va), &|i| relu(a[i])),
                 ("and", s.and(va, s.mask(false)), &|_| 0.0),
                 ("select", s.select(s.mask(true), va, vb), &|i| a[i]),
                 ("splat", s.splat(3.25), &|_| 3.25),

@@ -90,7 +90,7 @@ impl PackedFilters {
         let panels_per_group = k_pad.div_ceil(panel);
         let positions = variant.alpha() * variant.alpha();
         let group_len = positions * c_pad * k_pad;
-        let mut data = vec![0f32; groups * group_len];
+        let mut data = vec![0f32; Self::len(variant, out_channels, in_per_group, groups)];
 
         let mats = variant.matrices();
         let a = mats.alpha;
@@ -167,6 +167,14 @@ impl PackedFilters {
         let width = self.panel.min(round_up(self.out_per_group, CHANNEL_BLOCK) - k0);
         let start = group * self.group_len + k0 * positions * self.c_pad;
         FilterPanel { k0, width, data: &self.data[start..start + positions * self.c_pad * width], c_pad: self.c_pad }
+    }
+
+    /// Floats that [`PackedFilters::new`] allocates for this layer shape, known before
+    /// building it (for memory limits): `groups x alpha^2 x C/groups x K/groups`, each
+    /// channel count rounded up to whole 16-channel blocks.
+    pub fn len(variant: Variant, out_channels: usize, in_per_group: usize, groups: usize) -> usize {
+        let positions = variant.alpha() * variant.alpha();
+        groups * positions * round_up(in_per_group, CHANNEL_BLOCK) * round_up(out_channels / groups, CHANNEL_BLOCK)
     }
 
     /// Bytes held.

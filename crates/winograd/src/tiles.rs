@@ -308,7 +308,7 @@ unsafe fn output_tile_impl<S: Simd, const M: usize, const A: usize, T: OneD<M, A
         for (i, row) in t.iter().enumerate().take(rows) {
             for (j, v) in T::output(s, *row).iter().enumerate().take(cols) {
                 let v = *v + bias;
-                let v = if relu { s.max(v, s.zero()) } else { v };
+                let v = if relu { s.relu(v) } else { v };
                 // SAFETY: (i, j) is inside the rows x cols block the caller vouches for, and
                 // lane + LANES <= 16.
                 unsafe { s.store(dst.add(i * row_stride + j * CHANNEL_BLOCK + lane), v) };
@@ -515,7 +515,7 @@ pub mod scalar {
                 let trow: Vec<f32> = (0..a).map(|x| tcols[x][i]).collect();
                 for (j, v) in apply(&at, &trow).into_iter().enumerate().take(cols) {
                     let v = v + bias[lane];
-                    dst[i * row_stride + j * CHANNEL_BLOCK + lane] = if relu { v.max(0.0) } else { v };
+                    dst[i * row_stride + j * CHANNEL_BLOCK + lane] = if relu { repvgg_simd::relu(v) } else { v };
                 }
             }
         }

@@ -63,7 +63,7 @@ impl DirectWeights {
         let kd = reduction_depth(layout, in_per_group);
         let k_pad = channel_blocks(out_per_group) * CHANNEL_BLOCK;
         let panels_per_group = k_pad.div_ceil(MR);
-        let mut data = vec![0f32; groups * kd * k_pad];
+        let mut data = vec![0f32; Self::len(layout, out_channels, in_per_group, groups)];
         for g in 0..groups {
             for b in 0..panels_per_group {
                 let k0 = b * MR;
@@ -86,6 +86,12 @@ impl DirectWeights {
             }
         }
         DirectWeights { layout, groups, out_per_group, kd, panels_per_group, k_pad, data }
+    }
+
+    /// Floats that [`DirectWeights::new`] allocates for this layer shape, known before
+    /// building it (for memory limits).
+    pub fn len(layout: InputLayout, out_channels: usize, in_per_group: usize, groups: usize) -> usize {
+        groups * reduction_depth(layout, in_per_group) * channel_blocks(out_channels / groups) * CHANNEL_BLOCK
     }
 
     /// True if the packed direct path can run this layer.
@@ -300,7 +306,7 @@ impl<S: repvgg_simd::Simd> Epilogue<S> for BiasReluStore<'_> {
     fn take(&mut self, s: S, channel: usize, col: usize, acc: S::F32) {
         let mut y = acc + s.read(&self.bias[channel..]);
         if self.relu {
-            y = s.max(y, s.zero());
+            y = s.relu(y);
         }
         let at = self.pixels.base[col] + (channel / CHANNEL_BLOCK) * self.pixels.block_stride + channel % CHANNEL_BLOCK;
         // SAFETY: `panel_product` checked that the panel's last pixel and channel block are

@@ -63,7 +63,7 @@ impl GenericConv<'_> {
                             }
                         }
                     }
-                    if self.relu { acc.max(0.0) } else { acc }
+                    if self.relu { repvgg_simd::relu(acc) } else { acc }
                 } else {
                     0.0
                 };

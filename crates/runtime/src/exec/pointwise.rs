@@ -49,7 +49,7 @@ pub fn squeeze_excite_relu(
     dispatch!(isa, |s| for b in 0..n {
         let x = &mut pooled[b * cb * CHANNEL_BLOCK..b * cb * CHANNEL_BLOCK + c];
         for (j, h) in hidden.iter_mut().enumerate() {
-            *h = dot_in_order(s, &se.down_weight[j * c..(j + 1) * c], x, se.down_bias[j]).max(0.0);
+            *h = repvgg_simd::relu(dot_in_order(s, &se.down_weight[j * c..(j + 1) * c], x, se.down_bias[j]));
         }
         for (i, gate) in x.iter_mut().enumerate() {
             let z = dot_in_order(s, &se.up_weight[i * r..(i + 1) * r], hidden, se.up_bias[i]);

@@ -26,7 +26,7 @@ pub fn gate_relu_block<S: Simd>(s: S, plane: &mut [f32], gate: &[f32]) {
     for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
         let g = s.read(&gate[lane..]);
         for px in plane.chunks_exact_mut(CHANNEL_BLOCK) {
-            let v = s.max(s.read(&px[lane..]) * g, s.zero());
+            let v = s.relu(s.read(&px[lane..]) * g);
             s.write(&mut px[lane..], v);
         }
     }
