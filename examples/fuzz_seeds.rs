@@ -32,16 +32,21 @@ fn encode(map: &TensorMap, dtype: Dtype, prefix: &str) -> Vec<u8> {
     safetensors::serialize(views, None).expect("serialize")
 }
 
+/// Writes one seed file the way every output of the project is written.
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    Ok(repvgg::files::Output::new(path, &[])?.write(bytes)?)
+}
+
 /// Writes `bytes` plus a truncated and a bit-flipped copy.
 fn write_variants(dir: &Path, name: &str, bytes: &[u8], rng: &mut SplitMix64) -> anyhow::Result<()> {
-    std::fs::write(dir.join(name), bytes)?;
-    std::fs::write(dir.join(format!("{name}.truncated")), &bytes[..bytes.len() * 2 / 3])?;
+    write(&dir.join(name), bytes)?;
+    write(&dir.join(format!("{name}.truncated")), &bytes[..bytes.len() * 2 / 3])?;
     let mut flipped = bytes.to_vec();
     for _ in 0..4 {
         let i = (rng.next_u64() % flipped.len() as u64) as usize;
         flipped[i] ^= 1 << (rng.next_u64() % 8);
     }
-    std::fs::write(dir.join(format!("{name}.flipped")), flipped)?;
+    write(&dir.join(format!("{name}.flipped")), &flipped)?;
     Ok(())
 }
 
@@ -78,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         if dtype == Dtype::F32 {
             write_variants(&weights, &name, &bytes, &mut rng)?;
         } else {
-            std::fs::write(weights.join(name), bytes)?;
+            write(&weights.join(name), &bytes)?;
         }
     }
 

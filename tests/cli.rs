@@ -94,19 +94,24 @@ fn info_prints_a_table_and_json() {
     assert!(v["macs"].as_u64().unwrap() > 0);
 }
 
-#[test]
-fn infer_matches_onnx_runtime_and_convert_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
-    let logits = dir.path().join("logits.safetensors");
-    let out = repvgg(&[
+/// `infer` of the tiny-groups fixture (training form) into `output`.
+fn infer_tiny(output: &Path) -> Output {
+    repvgg(&[
         "infer",
         "--weights",
         &fixture("tiny-groups", "train.safetensors"),
         "--input",
         &fixture("tiny-groups", "input.safetensors"),
         "--output",
-        logits.to_str().unwrap(),
-    ]);
+        output.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn infer_matches_onnx_runtime_and_convert_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let logits = dir.path().join("logits.safetensors");
+    let out = infer_tiny(&logits);
     assert!(out.status.success(), "{}", stderr(&out));
     let (shape, got) = read_tensor(&logits, "logits");
     let (want_shape, want) = read_tensor(Path::new(&fixture("tiny-groups", "expected.safetensors")), "logits");
@@ -412,7 +417,7 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
             phrase: "invalid architecture".into(),
         },
         Refusal {
-            what: "synthetic weights over the weight limit (bench used to abort allocating 154 GB)",
+            what: "synthetic weights over the weight limit (bench used to abort with SIGABRT)",
             args: vec!["bench".into(), "--arch".into(), s(&p("huge.toml")), "--runs".into(), "1".into()],
             code: 7,
             phrase: "over the limit of 8192 MiB of weights".into(),
@@ -542,6 +547,32 @@ fn bench_prints_json_and_a_plot() {
     assert!(table.contains("multiplies at the FMA peak") && table.contains(" stream "), "{table}");
 }
 
+/// Deploy-form synthetic weights of the architecture `toml` in `dir/w.safetensors`, each
+/// tensor passed through `edit` first.
+fn synthetic_weights(dir: &Path, toml: &str, edit: impl Fn(&str, &mut [f32])) -> PathBuf {
+    let arch = repvgg::ArchSpec::from_toml(toml, "test").unwrap();
+    let network = repvgg::Network::new(arch);
+    let map = repvgg::graph::synthetic::checkpoint(
+        &network,
+        repvgg::graph::Convention::Official,
+        repvgg::graph::BlockForm::Deploy,
+        3,
+    );
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = map
+        .iter()
+        .map(|(name, shape, data)| {
+            let mut data = data.to_vec();
+            edit(name, &mut data);
+            (name.to_string(), shape.to_vec(), data)
+        })
+        .collect();
+    let weights = dir.join("w.safetensors");
+    let output = repvgg::files::Output::new(&weights, &[]).unwrap();
+    repvgg::runtime::loader::write_tensors(&output, tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), &d[..])))
+        .unwrap();
+    weights
+}
+
 fn png(path: &Path, seed: u8) {
     let img = image::RgbImage::from_fn(97, 131, |x, y| {
         image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed.wrapping_mul(3)])
@@ -553,22 +584,11 @@ fn png(path: &Path, seed: u8) {
 fn classify_prints_the_top5_per_image() {
     let dir = tempfile::tempdir().unwrap();
     // A small network with an ImageNet-sized head, synthetic weights.
-    let arch = repvgg::ArchSpec::from_toml(
+    let weights = synthetic_weights(
+        dir.path(),
         "name='tiny1k'\nblocks_per_stage=[1,1,1,1]\nwidths=[16,16,32,32,64]\nnum_classes=1000\n",
-        "test",
-    )
-    .unwrap();
-    let network = repvgg::Network::new(arch);
-    let map = repvgg::graph::synthetic::checkpoint(
-        &network,
-        repvgg::graph::Convention::Official,
-        repvgg::graph::BlockForm::Deploy,
-        3,
+        |_, _| {},
     );
-    let weights = dir.path().join("w.safetensors");
-    let output = repvgg::files::Output::new(&weights, &[]).unwrap();
-    repvgg::runtime::loader::write_tensors(&output, map.iter().map(|(n, s, d)| (n.to_string(), s.to_vec(), d)))
-        .unwrap();
     let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
     png(&a, 5);
     png(&b, 77);
@@ -757,17 +777,7 @@ fn mode(path: &Path) -> u32 {
 fn outputs_are_written_without_destroying_anything() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
-    let infer_to = |output: &Path| {
-        repvgg(&[
-            "infer",
-            "--weights",
-            &fixture("tiny-groups", "train.safetensors"),
-            "--input",
-            &fixture("tiny-groups", "input.safetensors"),
-            "--output",
-            output.to_str().unwrap(),
-        ])
-    };
+    let infer_to = infer_tiny;
     let new = p("new.safetensors");
     assert!(infer_to(&new).status.success());
     assert_eq!(mode(&new), 0o666 & !umask());
@@ -816,7 +826,7 @@ fn outputs_are_written_without_destroying_anything() {
     std::fs::write(&readonly, b"precious").unwrap();
     std::fs::set_permissions(&readonly, std::fs::Permissions::from_mode(0o444)).unwrap();
     let bench = ["bench", "--size", "32", "--runs", "1", "--warmup", "0", "--plot", readonly.to_str().unwrap()];
-    let root = umask_owner_is_root();
+    let root = running_as_root();
     let out = if !root {
         Some(repvgg(&bench))
     } else if Path::new("/usr/bin/setpriv").exists() {
@@ -847,7 +857,7 @@ fn outputs_are_written_without_destroying_anything() {
     assert!(names.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")), "{names:?}");
 }
 
-fn umask_owner_is_root() -> bool {
+fn running_as_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     uid.split_whitespace().nth(2) == Some("0")
@@ -858,28 +868,15 @@ fn umask_owner_is_root() -> bool {
 #[test]
 fn an_overflow_to_non_finite_logits_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let arch = repvgg::ArchSpec::from_toml(
+    let weights = synthetic_weights(
+        dir.path(),
         "name='deep'\nblocks_per_stage=[2,2,2,1]\nwidths=[16,16,32,32,64]\nnum_classes=10\n",
-        "test",
-    )
-    .unwrap();
-    let network = repvgg::Network::new(arch);
-    let mut map = repvgg::graph::synthetic::checkpoint(
-        &network,
-        repvgg::graph::Convention::Official,
-        repvgg::graph::BlockForm::Deploy,
-        3,
+        |name, data| {
+            if name.ends_with(".rbr_reparam.weight") {
+                data.iter_mut().for_each(|v| *v *= 1e6);
+            }
+        },
     );
-    for layer in &network.layers {
-        let name = format!("{}.rbr_reparam.weight", layer.name());
-        let (shape, mut data) = map.remove(&name).unwrap();
-        data.iter_mut().for_each(|v| *v *= 1e6);
-        map.insert(&name, shape, data);
-    }
-    let weights = dir.path().join("w.safetensors");
-    let output = repvgg::files::Output::new(&weights, &[]).unwrap();
-    repvgg::runtime::loader::write_tensors(&output, map.iter().map(|(n, s, d)| (n.to_string(), s.to_vec(), d)))
-        .unwrap();
     let logits = dir.path().join("logits.safetensors");
     let out = repvgg(&[
         "infer",

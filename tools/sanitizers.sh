@@ -2,7 +2,7 @@
 # The unsafe-heavy suites under sanitizers, on the nightly toolchain (no rust-src, so the
 # standard library itself is not instrumented):
 #
-# - AddressSanitizer with LeakSanitizer: the simd, winograd and runtime crates' tests,
+# - AddressSanitizer with LeakSanitizer: the files, simd, winograd and runtime crates' tests,
 #   once per kernel set this CPU runs (REPVGG_ISA; the kernel-level tests cover every
 #   set in each run, the network-level ones follow the variable). Doctests are left out:
 #   rustdoc does not link them with the sanitizer runtime;
@@ -22,7 +22,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for isa in $(tools/isas.sh); do
   if ! REPVGG_ISA=$isa RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan ASAN_OPTIONS=detect_leaks=1 \
-    cargo +nightly test --release --target "$target" --lib --tests -p repvgg-simd -p repvgg-winograd -p repvgg-runtime \
+    cargo +nightly test --release --target "$target" --lib --tests -p repvgg-files -p repvgg-simd -p repvgg-winograd -p repvgg-runtime \
     >"$log" 2>&1; then
     tail -60 "$log"
     echo "AddressSanitizer: the suites failed with REPVGG_ISA=$isa"

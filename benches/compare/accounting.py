@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+import atomic  # noqa: E402
 import report  # noqa: E402
 from scaling import bench  # noqa: E402
 
@@ -207,8 +208,8 @@ def main(argv: list[str]) -> None:
                 best[key] = out
     rows = [summarize(key, peers[key], best[key]) for key in peers]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "accounting.md").write_text(markdown(meta, rows))
-    (args.out / "accounting.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    atomic.write_text(args.out / "accounting.md", markdown(meta, rows))
+    atomic.write_text(args.out / "accounting.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out / 'accounting.md'}, {args.out / 'accounting.json'}", file=sys.stderr)
 
 

@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+import atomic  # noqa: E402
 import report  # noqa: E402
 from engines import ALL_ENGINES  # noqa: E402  (no peer is imported by this)
 
@@ -280,7 +281,7 @@ def worker_main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     cfg = Config(**spec["config"])
     result = run_config(cfg, Path(spec["repvgg"]), Path(spec["scratch"]))
-    Path(out_path).write_text(json.dumps(result))
+    atomic.write_text(out_path, json.dumps(result))
 
 
 # --------------------------------------------------------------------------- driver

@@ -10,6 +10,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import atomic
+
 REPO = Path(__file__).resolve().parents[2]
 
 ENGINE_LABELS = {
@@ -314,7 +316,8 @@ def plot(path: Path, results: list[dict]) -> None:
     ax.legend(fontsize=8, ncol=min(len(engines) + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.14),
               frameon=False)
     fig.tight_layout()
-    fig.savefig(path, format=Path(path).suffix.lstrip(".") or "svg")
+    fmt = Path(path).suffix.lstrip(".") or "svg"
+    atomic.write_with(path, lambda temp: fig.savefig(temp, format=fmt))
     plt.close(fig)
 
 
@@ -322,7 +325,7 @@ def write_all(out_dir: Path, meta: dict, results: list[dict], stem: str = "lates
     """Write `<stem>.md`, `<stem>.svg` and `<stem>.json` into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, svg, js = (out_dir / f"{stem}.{ext}" for ext in ("md", "svg", "json"))
-    md.write_text(markdown(meta, results))
+    atomic.write_text(md, markdown(meta, results))
     plot(svg, results)
-    js.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    atomic.write_text(js, json.dumps({"meta": meta, "results": results}, indent=1))
     return [md, svg, js]

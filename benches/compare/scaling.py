@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+import atomic  # noqa: E402
 import report  # noqa: E402
 from compare import system_busy_seconds  # noqa: E402
 
@@ -247,8 +248,8 @@ def main(argv: list[str]) -> None:
         cells = keep_faster(cells, measure(args))
     meta["load_after"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scaling.md").write_text(markdown(meta, cells, args))
-    (args.out / "scaling.json").write_text(json.dumps({"meta": meta, "cells": cells}, indent=1))
+    atomic.write_text(args.out / "scaling.md", markdown(meta, cells, args))
+    atomic.write_text(args.out / "scaling.json", json.dumps({"meta": meta, "cells": cells}, indent=1))
     print(f"wrote {args.out / 'scaling.md'}, {args.out / 'scaling.json'}", file=sys.stderr)
 
 

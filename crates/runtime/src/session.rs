@@ -109,13 +109,23 @@ impl Arena {
     }
 
     /// Bytes the arena would hold for `plan`.
-    fn required_bytes(plan: &Plan, workers: usize) -> Option<usize> {
+    /// Bytes a request of `plan` needs: the arena, plus the caller's logits (`N x classes`,
+    /// allocated by [`Session::run`]) and, with `features`, the four stage outputs.
+    fn required_bytes(plan: &Plan, workers: usize, classes: usize, stage_ends: Option<[usize; 4]>) -> Option<usize> {
+        let stages = stage_ends.map_or(Some(0), |ends| {
+            ends.iter().try_fold(0usize, |a, &e| {
+                let l = &plan.layers[e];
+                a.checked_add(plan.n.checked_mul(l.out_channels)?.checked_mul(l.oh * l.ow)?)
+            })
+        })?;
         let floats = plan
             .activation_len
             .checked_mul(2)?
             .checked_add(plan.transformed_len)?
             .checked_add(plan.scratch_len.checked_mul(workers)?)?
-            .checked_add(plan.pooled_len)?;
+            .checked_add(plan.pooled_len)?
+            .checked_add(plan.n.checked_mul(classes)?)?
+            .checked_add(stages)?;
         floats.checked_mul(4)
     }
 
@@ -224,7 +234,9 @@ impl Session {
 
     /// Runs a batch `[N, 3, H, W]` and returns the logits `[N, classes]`.
     pub fn run(&mut self, input: &Tensor) -> Result<Tensor> {
-        let [n, ..] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        let [n, _, h, w] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        // The plan's memory check covers the logits, so plan before allocating them.
+        self.ensure_plan(n, h, w)?;
         let mut logits = Tensor::zeros(vec![n, self.model.network().num_classes]);
         self.forward(input, logits.data_mut(), None, None)?;
         Ok(logits)
@@ -246,7 +258,9 @@ impl Session {
 
     /// Runs a batch and returns the logits and the four stage outputs (for backbone use).
     pub fn features(&mut self, input: &Tensor) -> Result<Features> {
-        let [n, ..] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        let [n, _, h, w] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        self.ensure_plan(n, h, w)?;
+        self.check_memory(&self.plans[&(n, h, w)], true)?;
         let mut logits = Tensor::zeros(vec![n, self.model.network().num_classes]);
         let mut stages = Vec::with_capacity(4);
         self.forward(input, logits.data_mut(), Some(&mut stages), None)?;
@@ -306,15 +320,22 @@ impl Session {
 
     /// Checks the memory limits, grows the arena and prepares the weights for `plan`.
     fn reserve(&mut self, plan: &Plan) -> Result<()> {
+        self.check_memory(plan, false)?;
+        for lp in &plan.layers {
+            self.model.prepare(lp.index, lp.algo)?;
+        }
+        self.arena.reserve(plan, self.workers);
+        Ok(())
+    }
+
+    /// Checks a request of `plan` (with the stage outputs if `features`) against
+    /// [`Limits::max_arena_bytes`](crate::Limits::max_arena_bytes).
+    fn check_memory(&self, plan: &Plan, features: bool) -> Result<()> {
         let limit = self.model.limits().max_arena_bytes;
-        match Arena::required_bytes(plan, self.workers) {
-            Some(bytes) if bytes <= limit => {
-                for lp in &plan.layers {
-                    self.model.prepare(lp.index, lp.algo)?;
-                }
-                self.arena.reserve(plan, self.workers);
-                Ok(())
-            }
+        let network = self.model.network();
+        let stage_ends = features.then(|| network.stage_ends());
+        match Arena::required_bytes(plan, self.workers, network.num_classes, stage_ends) {
+            Some(bytes) if bytes <= limit => Ok(()),
             needed => Err(Error::Limit(format!(
                 "input [{}, 3, {}, {}] needs {} of working memory, over the limit of {} MiB",
                 plan.n,

@@ -19,6 +19,24 @@ fn raw_file(dir: &Path, name: &str, header: &str, data: &[u8]) -> std::path::Pat
     path
 }
 
+/// A tensor's name and a change to make to its values.
+type Edit<'a> = (&'a str, &'a dyn Fn(&mut [f32]));
+
+/// Writes the tiny network's synthetic checkpoint in `form` to `dir/name`, after `edit`
+/// has changed some of its tensors.
+fn tiny_checkpoint(dir: &Path, name: &str, form: repvgg_graph::BlockForm, edits: &[Edit]) -> std::path::PathBuf {
+    let network = repvgg_graph::Network::new(common::tiny_arch(false));
+    let mut map = repvgg_graph::synthetic::checkpoint(&network, repvgg_graph::Convention::Official, form, 1);
+    for (tensor, edit) in edits {
+        let (shape, mut data) = map.remove(tensor).unwrap();
+        edit(&mut data);
+        map.insert(*tensor, shape, data);
+    }
+    let path = dir.join(name);
+    common::write_map(&path, &map, common::Storage::F32, "");
+    path
+}
+
 fn refused(path: &Path) -> Error {
     SafetensorsFile::open(path, "weights file", 1 << 30)
         .err()
@@ -144,15 +162,7 @@ fn hostile_header_structure_is_refused_in_bounded_time() {
 #[test]
 fn a_weights_file_over_the_weight_bound_is_refused_before_mapping() {
     let dir = tempfile::tempdir().unwrap();
-    let network = repvgg_graph::Network::new(common::tiny_arch(false));
-    let map = repvgg_graph::synthetic::checkpoint(
-        &network,
-        repvgg_graph::Convention::Official,
-        repvgg_graph::BlockForm::Deploy,
-        1,
-    );
-    let path = dir.path().join("w.safetensors");
-    common::write_map(&path, &map, common::Storage::F32, "");
+    let path = tiny_checkpoint(dir.path(), "w.safetensors", repvgg_graph::BlockForm::Deploy, &[]);
     let options = ModelOptions { limits: Limits { max_weight_bytes: 1000, ..Limits::default() }, ..Default::default() };
     let err = Model::load(&path, &options).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Limit, "{err}");
@@ -162,7 +172,7 @@ fn a_weights_file_over_the_weight_bound_is_refused_before_mapping() {
 #[test]
 fn weights_and_their_packings_stay_within_the_weight_bound() {
     // Synthetic weights for a huge custom network are refused before they are generated
-    // (this one would be about 150 GB; `bench --arch` used to abort allocating it).
+    // (this one would be about 636 GB; `bench --arch` used to abort allocating it).
     let huge = ArchSpec::from_toml(
         "name = \"huge\"\nblocks_per_stage = [2, 4, 14, 1]\nwidths = [64, 8192, 16384, 32768, 65536]\n",
         "huge.toml",
@@ -190,18 +200,12 @@ fn weights_and_their_packings_stay_within_the_weight_bound() {
 #[test]
 fn a_negative_variance_is_refused_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let network = repvgg_graph::Network::new(common::tiny_arch(false));
-    let mut map = repvgg_graph::synthetic::checkpoint(
-        &network,
-        repvgg_graph::Convention::Official,
+    let path = tiny_checkpoint(
+        dir.path(),
+        "negative.safetensors",
         repvgg_graph::BlockForm::Training,
-        1,
+        &[("stage1.0.rbr_dense.bn.running_var", &|v| v[5] = -0.25)],
     );
-    let (shape, mut data) = map.remove("stage1.0.rbr_dense.bn.running_var").unwrap();
-    data[5] = -0.25;
-    map.insert("stage1.0.rbr_dense.bn.running_var", shape, data);
-    let path = dir.path().join("negative.safetensors");
-    common::write_map(&path, &map, common::Storage::F32, "");
     let err = Model::load(&path, &ModelOptions::default()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Model);
     assert!(
@@ -215,21 +219,13 @@ fn a_negative_variance_is_refused_naming_the_tensor() {
 #[test]
 fn branches_that_fuse_beyond_f32_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let network = repvgg_graph::Network::new(common::tiny_arch(false));
-    let mut map = repvgg_graph::synthetic::checkpoint(
-        &network,
-        repvgg_graph::Convention::Official,
-        repvgg_graph::BlockForm::Training,
-        1,
-    );
     // gamma 1e38 over sqrt(0 + 1e-5): a scale of 3e40, finite in f64, not in f32.
-    for (name, value) in [("stage1.0.rbr_dense.bn.weight", 1e38f32), ("stage1.0.rbr_dense.bn.running_var", 0.0)] {
-        let (shape, mut data) = map.remove(name).unwrap();
-        data.iter_mut().for_each(|v| *v = value);
-        map.insert(name, shape, data);
-    }
-    let path = dir.path().join("overflow.safetensors");
-    common::write_map(&path, &map, common::Storage::F32, "");
+    let path = tiny_checkpoint(
+        dir.path(),
+        "overflow.safetensors",
+        repvgg_graph::BlockForm::Training,
+        &[("stage1.0.rbr_dense.bn.weight", &|v| v.fill(1e38)), ("stage1.0.rbr_dense.bn.running_var", &|v| v.fill(0.0))],
+    );
     let err = Model::load(&path, &ModelOptions::default()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Model);
     assert!(err.to_string().starts_with("fusing the branches of stage1.0 gives a kernel value of inf"), "{err}");
@@ -294,22 +290,59 @@ fn non_finite_inputs_are_refused_and_named() {
 #[test]
 fn non_finite_weights_are_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let network = repvgg_graph::Network::new(common::tiny_arch(false));
-    let mut map = repvgg_graph::synthetic::checkpoint(
-        &network,
-        repvgg_graph::Convention::Official,
+    let path = tiny_checkpoint(
+        dir.path(),
+        "inf.safetensors",
         repvgg_graph::BlockForm::Training,
-        1,
+        &[("stage2.1.rbr_identity.running_var", &|v| v[3] = f32::INFINITY)],
     );
-    let (shape, mut data) = map.remove("stage2.1.rbr_identity.running_var").unwrap();
-    data[3] = f32::INFINITY;
-    map.insert("stage2.1.rbr_identity.running_var", shape, data);
-    let path = dir.path().join("inf.safetensors");
-    common::write_map(&path, &map, common::Storage::F32, "");
     let err = Model::load(&path, &ModelOptions::default()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Model);
     assert!(
         err.to_string()
             .contains("`stage2.1.rbr_identity.running_var` contains a non-finite value (inf) at flat index 3")
     );
+}
+
+/// The logits (`N x classes`) and stage outputs count as working memory: a wide head is
+/// refused before its output is allocated.
+#[test]
+fn outputs_count_against_the_working_memory_limit() {
+    let arch = ArchSpec::from_toml(
+        "name = \"widehead\"\nblocks_per_stage = [1, 1, 1, 1]\nwidths = [16, 16, 16, 16, 16]\nnum_classes = 100000\n",
+        "widehead.toml",
+    )
+    .unwrap();
+    let small = Model::synthetic(arch, 0).unwrap();
+    let limits = Limits { max_arena_bytes: 1 << 20, ..Limits::default() };
+    let model =
+        Model::from_parts(small.network().clone(), small.weights().clone(), limits, "wide head".into()).unwrap();
+    let mut session = model.session(SessionOptions { threads: 1, ..Default::default() }).unwrap();
+    // One image's logits (400 kB) fit; eight (3.2 MB) do not.
+    assert!(session.run(&Tensor::zeros(vec![1, 3, 8, 8])).is_ok());
+    let err = session.run(&Tensor::zeros(vec![8, 3, 8, 8])).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Limit, "{err}");
+    assert!(err.to_string().contains("working memory, over the limit of 1 MiB"), "{err}");
+    // The stage outputs that `features` returns count too: some size runs but cannot
+    // return its features.
+    let narrow = Model::from_parts(
+        small.network().clone(),
+        small.weights().clone(),
+        Limits { max_arena_bytes: 1 << 20, ..Limits::default() },
+        "n".into(),
+    )
+    .unwrap();
+    let mut session = narrow.session(SessionOptions { threads: 1, ..Default::default() }).unwrap();
+    let mut boundary = None;
+    for side in (16..=160).step_by(4) {
+        let x = Tensor::zeros(vec![1, 3, side, side]);
+        let (runs, features) = (session.run(&x).is_ok(), session.features(&x));
+        assert!(runs || features.is_err(), "{side}: features fit where the run did not");
+        if let (true, Err(e)) = (runs, features) {
+            assert_eq!(e.kind(), ErrorKind::Limit, "{e}");
+            boundary = Some(side);
+            break;
+        }
+    }
+    assert!(boundary.is_some(), "no size where only the stage outputs exceed the limit");
 }
