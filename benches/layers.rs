@@ -42,6 +42,7 @@ fn layers(c: &mut Criterion) {
 
         let shape = DirectShape {
             n: 1,
+            kernel: 3,
             in_channels: cin,
             h: side,
             w: side,

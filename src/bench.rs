@@ -82,7 +82,7 @@ pub struct Report {
     pub layers: Vec<LayerRow>,
 }
 
-fn median(times: &[Duration]) -> f64 {
+pub fn median(times: &[Duration]) -> f64 {
     let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     ms.sort_by(f64::total_cmp);
     let mid = ms.len() / 2;

@@ -9,9 +9,13 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use repvgg::files::Output;
 use repvgg::graph::{ArchSpec, Network};
-use repvgg::runtime::{AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, SessionOptions, cpu, loader};
+use repvgg::runtime::plan::default_algo;
+use repvgg::runtime::{
+    Algo, AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, Plan, SessionOptions, cpu, loader,
+};
 
 mod bench;
+mod density;
 mod exit;
 
 #[derive(Parser)]
@@ -59,13 +63,22 @@ struct RunArgs {
 
 impl RunArgs {
     fn options(&self, autotune: bool) -> Result<SessionOptions> {
-        if self.threads == Some(0) {
-            return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
-        }
+        let threads = thread_count(self.threads)?;
         let algo: AlgoChoice = self.algo.parse()?;
-        let isa: IsaChoice = self.isa.parse().map_err(|e| repvgg::Error::Option(format!("--isa: {e}")))?;
-        Ok(SessionOptions { threads: self.threads.unwrap_or(0), algo, autotune, isa, ..Default::default() })
+        Ok(SessionOptions { threads, algo, autotune, isa: isa_choice(&self.isa)?, ..Default::default() })
     }
+}
+
+/// `--threads`: at least 1; 0 (the default) means all cores.
+fn thread_count(threads: Option<usize>) -> Result<usize> {
+    if threads == Some(0) {
+        return Err(repvgg::Error::Option("--threads must be at least 1".into()).into());
+    }
+    Ok(threads.unwrap_or(0))
+}
+
+fn isa_choice(name: &str) -> Result<IsaChoice> {
+    Ok(name.parse().map_err(|e| repvgg::Error::Option(format!("--isa: {e}")))?)
 }
 
 #[derive(Subcommand)]
@@ -149,6 +162,35 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Effective TFLOPS of convolution kinds at equal channels and size (Ding et al., Table 1).
+    Density {
+        /// Input and output channels of every layer.
+        #[arg(long, default_value_t = density::Config::DEFAULT.channels)]
+        channels: usize,
+        /// Map side (stride 1, so also the output side).
+        #[arg(long, default_value_t = density::Config::DEFAULT.size)]
+        size: usize,
+        #[arg(long, default_value_t = density::Config::DEFAULT.batch)]
+        batch: usize,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed runs per layer (after warm-up).
+        #[arg(long, default_value_t = density::Config::DEFAULT.runs)]
+        runs: usize,
+        /// Kernel set: auto, avx512, avx2, portable.
+        #[arg(long, default_value = "auto")]
+        isa: String,
+        /// The paper's setting: 2048 channels at 56x56, batch 1, 3 runs (about a minute on 2 cores).
+        #[arg(long, conflicts_with_all = ["channels", "size", "batch", "runs"])]
+        paper: bool,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also draw the effective TFLOPS per kind into this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Convert training-time weights to the deploy form (official names, F32).
     Convert {
         /// Input weights in any supported form.
@@ -196,8 +238,28 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
     network.check_input_size(h, w, Limits::default().max_side).map_err(repvgg::Error::from)?;
     let shapes = network.shapes(h, w).map_err(repvgg::Error::from)?;
     let cost = network.cost(h, w).map_err(repvgg::Error::from)?;
+    // Multiplies under the plan a session would run at batch 1, and with F(2,3) on every
+    // layer it applies to (the count behind the paper's Winograd MULs).
+    let chosen = Plan::new(&network, 1, h, w, |lp| default_algo(lp, 1));
+    let f2 = Plan::new(&network, 1, h, w, |_| Algo::F2);
+    let se_macs: Vec<u64> = network.layers.iter().map(|l| l.se_macs()).collect();
+    let muls = |plan: &Plan| -> Vec<u64> { plan.layers.iter().map(|lp| lp.multiplies() + se_macs[lp.index]).collect() };
+    let (muls_chosen, muls_f2) = (muls(&chosen), muls(&f2));
+    let head_macs = (network.feature_channels() * network.num_classes) as u64;
+    let total = |m: &[u64]| m.iter().sum::<u64>() + head_macs;
     let mut out = String::new();
     if json {
+        let layers: Vec<serde_json::Value> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut v = serde_json::to_value(s).expect("shapes serialize");
+                v["algo"] = chosen.layers[i].algo.name().into();
+                v["muls"] = muls_chosen[i].into();
+                v["muls_f2"] = muls_f2[i].into();
+                v
+            })
+            .collect();
         let value = serde_json::json!({
             "arch": network.arch.name,
             "height": h,
@@ -205,7 +267,9 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
             "params": cost.params,
             "macs": cost.macs,
             "flops": 2 * cost.macs,
-            "layers": shapes,
+            "muls": total(&muls_chosen),
+            "muls_f2": total(&muls_f2),
+            "layers": layers,
             "head": {
                 "in_features": network.feature_channels(),
                 "classes": network.num_classes,
@@ -216,16 +280,43 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return print(&out);
     }
-    let row = |out: &mut String, cells: [&dyn std::fmt::Display; 9]| {
+    let row = |out: &mut String, cells: [&dyn std::fmt::Display; 12]| {
         writeln!(
             out,
-            "{:<10} {:>6} {:>6} {:>6} {:>6} {:>11} {:>11} {:>12} {:>14}",
-            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7], cells[8]
+            "{:<10} {:>6} {:>6} {:>6} {:>6} {:>11} {:>11} {:>12} {:>14} {:>6} {:>14} {:>14}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9],
+            cells[10],
+            cells[11]
         )
     };
     writeln!(out, "RepVGG-{} at {h}x{w}", network.arch.name)?;
-    row(&mut out, [&"layer", &"in", &"out", &"groups", &"stride", &"input", &"output", &"params", &"MACs"])?;
-    for s in &shapes {
+    row(
+        &mut out,
+        [
+            &"layer",
+            &"in",
+            &"out",
+            &"groups",
+            &"stride",
+            &"input",
+            &"output",
+            &"params",
+            &"MACs",
+            &"algo",
+            &"muls",
+            &"muls F(2,3)",
+        ],
+    )?;
+    for (i, s) in shapes.iter().enumerate() {
         row(
             &mut out,
             [
@@ -238,20 +329,38 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
                 &format!("{}x{}", s.out_h, s.out_w),
                 &s.params,
                 &s.macs,
+                &chosen.layers[i].algo.name(),
+                &muls_chosen[i],
+                &muls_f2[i],
             ],
         )?;
     }
     let (features, classes) = (network.feature_channels(), network.num_classes);
     row(
         &mut out,
-        [&"linear", &features, &classes, &"", &"", &"gap", &"", &network.head_params(), &(features * classes)],
+        [
+            &"linear",
+            &features,
+            &classes,
+            &"",
+            &"",
+            &"gap",
+            &"",
+            &network.head_params(),
+            &head_macs,
+            &"",
+            &head_macs,
+            &head_macs,
+        ],
     )?;
     writeln!(
         out,
-        "total: {:.2} M parameters, {:.3} G multiply-accumulates ({:.3} GFLOPs)",
+        "total: {:.2} M parameters, {:.3} G multiply-accumulates ({:.3} GFLOPs); multiplies {:.3} G as run at batch 1, {:.3} G with F(2,3) wherever it applies",
         cost.params as f64 / 1e6,
         cost.macs as f64 / 1e9,
-        2.0 * cost.macs as f64 / 1e9
+        2.0 * cost.macs as f64 / 1e9,
+        total(&muls_chosen) as f64 / 1e9,
+        total(&muls_f2) as f64 / 1e9
     )?;
     print(&out)
 }
@@ -367,6 +476,52 @@ fn time_server(model_args: &WeightsArgs, input: &Path, options: SessionOptions) 
     Ok(())
 }
 
+fn density(config: density::Config, threads: Option<usize>, isa: &str, json: bool, plot: Option<&Path>) -> Result<()> {
+    let limits = Limits::default();
+    let density::Config { channels, size, batch, runs, .. } = config;
+    if runs == 0 || channels == 0 || size == 0 || batch == 0 {
+        return Err(repvgg::Error::Option("--channels, --size, --batch and --runs must be at least 1".into()).into());
+    }
+    if size > limits.max_side || batch > limits.max_batch {
+        return Err(repvgg::Error::Limit(format!(
+            "--size {size} or --batch {batch} exceeds the limit of {} pixels per side or a batch of {}",
+            limits.max_side, limits.max_batch
+        ))
+        .into());
+    }
+    // The largest buffers: the 7x7 layer's packed weights (49 C^2) and F(6,3)'s (64 C^2),
+    // and the maps; refused before any is allocated.
+    let bytes = [64 * channels as u128 * channels as u128, 4 * (batch * size * size) as u128 * channels as u128]
+        .iter()
+        .sum::<u128>()
+        * 4;
+    let limit = limits.max_weight_bytes.min(limits.max_arena_bytes) as u128;
+    if bytes > limit {
+        return Err(repvgg::Error::Limit(format!(
+            "--channels {channels} at {size}x{size}, batch {batch} needs about {} MiB, over the limit of {} MiB",
+            bytes >> 20,
+            limit >> 20
+        ))
+        .into());
+    }
+    let plot = plot.map(|p| Output::new(p, &[])).transpose()?;
+    let isa = repvgg::simd::Dispatch::choose(isa_choice(isa)?).map_err(repvgg::Error::from)?;
+    let threads = match thread_count(threads)? {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        t => t,
+    };
+    let report = density::run(&config, isa, threads)?;
+    if json {
+        print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        print(&density::table(&report))?;
+    }
+    if let Some(plot) = &plot {
+        plot.write(density::svg(&report).as_bytes())?;
+    }
+    Ok(())
+}
+
 fn convert(train: &Path, deploy: &Path, arch: Option<&str>) -> Result<()> {
     let output = Output::new(deploy, &inputs(&[Some(train), arch.map(Path::new)]))?;
     let model = Model::load(train, &model_options(arch)?)?;
@@ -388,6 +543,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classify { model, run, images } => classify(&model, &run, &images),
         Command::Time { model, input, run } => time_server(&model, &input, run.options(false)?),
         Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()),
+        Command::Density { channels, size, batch, threads, runs, isa, paper, json, plot } => {
+            let config = if paper {
+                density::Config::PAPER
+            } else {
+                density::Config { channels, size, batch, runs, ..density::Config::DEFAULT }
+            };
+            density(config, threads, &isa, json, plot.as_deref())
+        }
     }
 }
 

@@ -92,6 +92,67 @@ fn info_prints_a_table_and_json() {
     assert_eq!(v["layers"][27]["out_h"].as_u64(), Some(5));
     assert_eq!(v["layers"][27]["out_w"].as_u64(), Some(6));
     assert!(v["macs"].as_u64().unwrap() > 0);
+
+    // Multiplies with F(2,3) wherever it applies, against the closed form: 16 per
+    // (input, output) channel pair and 2 x 2 output tile on stride-1 layers, the direct
+    // MACs elsewhere; the totals add the classifier.
+    let layers = v["layers"].as_array().unwrap();
+    let mut total = v["head"]["macs"].as_u64().unwrap();
+    for l in layers {
+        let field = |k: &str| l[k].as_u64().unwrap();
+        let want = if field("stride") == 1 {
+            field("in_channels") / field("groups")
+                * field("out_channels")
+                * field("in_h").div_ceil(2)
+                * field("in_w").div_ceil(2)
+                * 16
+        } else {
+            field("macs")
+        };
+        assert_eq!(field("muls_f2"), want, "{}", l["name"]);
+        let algo = l["algo"].as_str().unwrap();
+        assert!(["direct", "f2", "f4", "f6"].contains(&algo), "{algo}");
+        if algo == "direct" {
+            assert_eq!(field("muls"), field("macs"), "{}", l["name"]);
+        }
+        total += field("muls_f2");
+    }
+    assert_eq!(v["muls_f2"].as_u64(), Some(total));
+    assert!(v["muls"].as_u64().unwrap() < v["muls_f2"].as_u64().unwrap(), "the plan uses F(4,3) and F(6,3) too");
+}
+
+/// `density`: one row per kernel kind, with the documented JSON fields.
+#[test]
+fn density_prints_a_row_per_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("density.svg");
+    let out = repvgg(&[
+        "density",
+        "--channels",
+        "16",
+        "--size",
+        "12",
+        "--runs",
+        "1",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 8);
+    for row in rows {
+        for field in ["kernel", "algo", "flops", "muls", "median_ms", "tflops", "peak_share"] {
+            assert!(!row[field].is_null(), "{row} lacks {field}");
+        }
+    }
+    assert_eq!(rows[0]["flops"].as_u64(), Some(2 * 16 * 16 * 144));
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    let out = repvgg(&["density", "--paper", "--channels", "8"]);
+    assert_eq!(out.status.code(), Some(2), "--paper fixes the setting");
+    let out = repvgg(&["density", "--channels", "65536", "--size", "8192"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
 }
 
 /// `infer` of the tiny-groups fixture (training form) into `output`.

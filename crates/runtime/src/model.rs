@@ -275,7 +275,7 @@ impl Model {
         let floats = match algo.variant() {
             Some(v) => PackedFilters::len(v, layer.out_channels, cg, layer.groups),
             None if algo == Algo::Direct => {
-                DirectWeights::len(InputLayout::for_layer(index), layer.out_channels, cg, layer.groups)
+                DirectWeights::len(InputLayout::for_layer(index), 3, layer.out_channels, cg, layer.groups)
             }
             None => 0,
         };

@@ -132,6 +132,7 @@ impl LayerPlan {
     pub fn direct_shape(&self, n: usize) -> DirectShape {
         DirectShape {
             n,
+            kernel: 3,
             in_channels: self.in_channels,
             h: self.h,
             w: self.w,
@@ -156,14 +157,8 @@ impl LayerPlan {
 
     /// Multiplies the algorithm performs for one image (tile overhang included).
     pub fn multiplies(&self) -> u64 {
-        let per_group = (self.in_channels / self.groups * self.out_channels) as u64;
-        match self.algo.variant() {
-            Some(v) => {
-                let tiles = (self.h.div_ceil(v.m()) * self.w.div_ceil(v.m())) as u64;
-                per_group * tiles * (v.alpha() * v.alpha()) as u64
-            }
-            None => self.macs,
-        }
+        let pairs = (self.in_channels / self.groups * self.out_channels) as u64;
+        self.algo.variant().map_or(self.macs, |v| v.multiplies(pairs, self.h, self.w))
     }
 
     /// Floats of the output activation (channel-blocked) for a batch of `n`.

@@ -203,8 +203,7 @@ impl Session {
     /// The FP32 multiply-add peak of this session's workers with its kernel set, measured
     /// now (all workers at once).
     pub fn measure_peak_gflops(&self, millis: u64) -> f64 {
-        let isa = self.isa;
-        self.sum_over_workers(|| dispatch!(isa, |s| probe::fma_gflops(s, millis)))
+        probe::peak_gflops(self.isa, self.workers, millis)
     }
 
     /// The DRAM read bandwidth of this session's workers in GB/s, measured now (all
@@ -212,18 +211,9 @@ impl Session {
     /// that the timed passes only read).
     pub fn measure_read_gbps(&self, mib: usize, millis: u64) -> f64 {
         let isa = self.isa;
-        self.sum_over_workers(|| {
+        probe::on_threads(self.workers, || {
             let buffer: Vec<f32> = (0..(mib.max(1) << 20) / 4).map(|i| (i % 7) as f32).collect();
             dispatch!(isa, |s| probe::read_gbps(s, &buffer, millis))
-        })
-    }
-
-    /// Runs `probe` on as many fresh threads as the session has workers, all at once,
-    /// and sums what they measure.
-    fn sum_over_workers(&self, probe: impl Fn() -> f64 + Sync) -> f64 {
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = (0..self.workers).map(|_| scope.spawn(&probe)).collect();
-            threads.into_iter().map(|t| t.join().expect("probe thread")).sum()
         })
     }
 

@@ -132,4 +132,12 @@ impl Variant {
     pub fn multiplies_per_output(self) -> f64 {
         (self.alpha() * self.alpha()) as f64 / (self.m() * self.m()) as f64
     }
+
+    /// Multiplies of a stride-1 3x3 layer on an `h x w` map, tile overhang included:
+    /// `alpha^2` per (input channel, output channel) pair and `m x m` output tile
+    /// (Lavin & Gray 2016). `pairs` is `C / groups x K`.
+    pub fn multiplies(self, pairs: u64, h: usize, w: usize) -> u64 {
+        let tiles = (h.div_ceil(self.m()) * w.div_ceil(self.m())) as u64;
+        pairs * tiles * (self.alpha() * self.alpha()) as u64
+    }
 }

@@ -1,9 +1,10 @@
 //! Packing of the direct path's column panels (implicit im2col), `[kd / 16][NR][16]`.
 //!
 //! Output pixels are taken `NR` at a time (consecutive in `(n, y, x)` order, so a panel
-//! may span rows and images). With a channel-blocked input the reduction index is
-//! `kd = ((cb * 3 + ky) * 3 + kx) * 16 + lane`, so every copy moves the 16 channels of
-//! one input pixel. The network input (planar RGB) is first copied by the executor into a
+//! may span rows and images). With a channel-blocked input and a `k x k` kernel (any odd
+//! `k`, padding `k / 2`; RepVGG's layers are 3x3, `repvgg density` also runs 1, 5, 7) the
+//! reduction index is `kd = ((cb * k + ky) * k + kx) * 16 + lane`, so every copy moves the
+//! 16 channels of one input pixel. The network input (planar RGB) is first copied by the executor into a
 //! zero-bordered NHWC buffer and uses `kd = (ky * 3 + kx) * C + c`, padded to 16: each
 //! window row is then `3 C` contiguous floats. Pixels outside the map (the padding) are
 //! written as zeros; so are the columns of missing pixels in the last panel.
@@ -17,12 +18,14 @@ use super::gemm::NR;
 /// padded to whole 16-float slices.
 pub const PLANAR_MAX_KD: usize = 64;
 
-/// The pixel geometry of a 3x3 convolution with padding 1.
+/// The pixel geometry of a `kernel x kernel` convolution with padding `kernel / 2`.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
     pub n: usize,
     /// Input channels.
     pub c: usize,
+    /// Kernel side, odd (3 for every RepVGG layer; the planar packings take only 3).
+    pub kernel: usize,
     pub h: usize,
     pub w: usize,
     pub stride: usize,
@@ -41,11 +44,13 @@ impl Geometry {
         NR.min(self.pixels() - panel * NR)
     }
 
-    /// Image and window origin (top-left input pixel, -1 at the padding) of output pixel `p`.
+    /// Image and window origin (top-left input pixel, negative in the padding) of output
+    /// pixel `p`.
     fn window(&self, p: usize) -> (usize, isize, isize) {
         let plane = self.oh * self.ow;
         let (n, rest) = (p / plane, p % plane);
-        (n, (rest / self.ow * self.stride) as isize - 1, (rest % self.ow * self.stride) as isize - 1)
+        let pad = (self.kernel / 2) as isize;
+        (n, (rest / self.ow * self.stride) as isize - pad, (rest % self.ow * self.stride) as isize - pad)
     }
 }
 
@@ -74,28 +79,29 @@ pub fn pack_blocked<S: Simd>(s: S, g: &Geometry, input: &[f32], panel: usize, ou
     let pixels = g.panel_pixels(panel);
     let in_plane = g.h * g.w;
     let cb_count = g.c.div_ceil(CHANNEL_BLOCK);
-    assert!(out.len() >= cb_count * 9 * NR * CHANNEL_BLOCK, "panel buffer too small");
+    let (k, taps) = (g.kernel, g.kernel * g.kernel);
+    assert!(out.len() >= cb_count * taps * NR * CHANNEL_BLOCK, "panel buffer too small");
     assert!(input.len() >= g.n * cb_count * in_plane * CHANNEL_BLOCK, "input too small");
     let inside = |y: isize, x: isize| y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w;
     for j in 0..NR {
         let column = |row: usize| (row * NR + j) * CHANNEL_BLOCK;
         if j >= pixels {
-            for row in 0..cb_count * 9 {
+            for row in 0..cb_count * taps {
                 zero_block(s, &mut out[column(row)..]);
             }
             continue;
         }
         let (n, y0, x0) = g.window(panel * NR + j);
-        let interior = y0 >= 0 && x0 >= 0 && y0 as usize + 3 <= g.h && x0 as usize + 3 <= g.w;
+        let interior = y0 >= 0 && x0 >= 0 && y0 as usize + k <= g.h && x0 as usize + k <= g.w;
         for cb in 0..cb_count {
             let image = (n * cb_count + cb) * in_plane;
-            for tap in 0..9 {
-                let (y, x) = (y0 + (tap / 3) as isize, x0 + (tap % 3) as isize);
-                let dst = column(cb * 9 + tap);
+            for tap in 0..taps {
+                let (y, x) = (y0 + (tap / k) as isize, x0 + (tap % k) as isize);
+                let dst = column(cb * taps + tap);
                 if interior || inside(y, x) {
                     let src = (image + y as usize * g.w + x as usize) * CHANNEL_BLOCK;
                     // SAFETY: (y, x) is inside the map, so src + 16 <= input.len(), and
-                    // dst + 16 <= out.len() for row < cb_count * 9 and j < NR (asserted above).
+                    // dst + 16 <= out.len() for row < cb_count * taps and j < NR (asserted above).
                     copy_block(s, unsafe { input.as_ptr().add(src) }, unsafe { out.as_mut_ptr().add(dst) });
                 } else {
                     zero_block(s, &mut out[dst..]);
@@ -142,7 +148,7 @@ static RGB_MASKS: [[u32; CHANNEL_BLOCK]; 3] = {
 /// every pixel pay for small stores read back as whole vectors (store-forwarding stalls).
 #[inline(always)]
 pub fn pack_rgb<S: Simd>(s: S, g: &Geometry, hwc: &[f32], panel: usize, out: &mut [f32]) {
-    assert_eq!(g.c, 3);
+    assert_eq!((g.c, g.kernel), (3, 3));
     let row_len = (g.w + 2) * 3;
     let pixels = g.panel_pixels(panel);
     assert!(hwc.len() >= hwc_buffer_len(g) && out.len() >= 2 * NR * CHANNEL_BLOCK, "buffers too small");
@@ -189,6 +195,7 @@ pub fn pack_rgb<S: Simd>(s: S, g: &Geometry, hwc: &[f32], panel: usize, out: &mu
 /// assembled in a stack column and stored as whole 16-float slices.
 #[inline(always)]
 pub fn pack_planar<S: Simd>(s: S, g: &Geometry, hwc: &[f32], panel: usize, out: &mut [f32]) {
+    assert_eq!(g.kernel, 3);
     let c = g.c;
     let (kd, row_len) = ((9 * c).div_ceil(CHANNEL_BLOCK) * CHANNEL_BLOCK, (g.w + 2) * c);
     assert!(kd <= PLANAR_MAX_KD && out.len() >= kd * NR, "panel buffer too small");

@@ -4,7 +4,21 @@
 
 use std::time::Instant;
 
-use repvgg_simd::Simd;
+use repvgg_simd::{Dispatch, Simd, dispatch};
+
+/// The FMA peak of `threads` threads at once with `isa`'s kernels, in GFLOP/s: each
+/// runs [`fma_gflops`] for about `millis` ms and the rates are summed.
+pub fn peak_gflops(isa: Dispatch, threads: usize, millis: u64) -> f64 {
+    on_threads(threads, || dispatch!(isa, |s| fma_gflops(s, millis)))
+}
+
+/// Runs `probe` on `threads` fresh threads at once and sums what they measure.
+pub fn on_threads(threads: usize, probe: impl Fn() -> f64 + Sync) -> f64 {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1)).map(|_| scope.spawn(&probe)).collect();
+        handles.into_iter().map(|t| t.join().expect("probe thread")).sum()
+    })
+}
 
 /// FP32 multiply-add throughput in GFLOP/s (2 flops per lane per multiply-add): 12
 /// independent chains of vector multiply-adds, enough to cover the latency of two FMA

@@ -1,0 +1,367 @@
+//! `repvgg density`: the computational density of convolution kinds on this CPU.
+//!
+//! Ding et al. (2021), Table 1, set the theoretical FLOPs of a layer against its measured
+//! speed on a GPU: at the same channels and resolution a 3x3 convolution reached about 4x
+//! the effective TFLOPS of a 1x1 (cuDNN's Winograd and the 1x1's low arithmetic
+//! intensity), which is why a plain stack of 3x3s runs fast. This measures the same table
+//! with our kernels: one layer of each kind, stride 1, the same `C -> C` channels and
+//! `S x S` map, timed as the median of whole layer runs.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::Result;
+use repvgg::runtime::buffers::Scratch;
+use repvgg::runtime::exec::depthwise::{self, DepthwiseShape, DepthwiseWeights};
+use repvgg::runtime::exec::direct::{self, DirectShape, DirectWeights, InputLayout};
+use repvgg::runtime::exec::winograd::{self as wino, WinogradShape};
+use repvgg::runtime::kernels::gemm::MR;
+use repvgg::runtime::kernels::{CHANNEL_BLOCK, channel_blocks, probe};
+use repvgg::runtime::team::Team;
+use repvgg::simd::Dispatch;
+use repvgg::winograd::{PackedFilters, Variant};
+
+use crate::bench::median;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub channels: usize,
+    pub size: usize,
+    pub batch: usize,
+    pub runs: usize,
+    pub warmup: usize,
+}
+
+impl Config {
+    /// The defaults: a few seconds on two cores.
+    pub const DEFAULT: Config = Config { channels: 128, size: 56, batch: 1, runs: 10, warmup: 2 };
+    /// Ding et al.'s Table 1 setting (2048 -> 2048 channels at 56 x 56; the paper's batch
+    /// of 128 is scaled to one image, which is what two cores can time in a minute).
+    pub const PAPER: Config = Config { channels: 2048, size: 56, batch: 1, runs: 3, warmup: 1 };
+}
+
+/// One convolution kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A dense `k x k` convolution by the implicit-im2col GEMM.
+    Direct(usize),
+    /// A dense 3x3 convolution by Winograd F(m, 3).
+    Winograd(Variant),
+    /// A 3x3 depthwise convolution.
+    Depthwise,
+}
+
+/// The rows, in the order of the table.
+pub const KINDS: [Kind; 8] = [
+    Kind::Direct(1),
+    Kind::Direct(3),
+    Kind::Winograd(Variant::F2),
+    Kind::Winograd(Variant::F4),
+    Kind::Winograd(Variant::F6),
+    Kind::Direct(5),
+    Kind::Direct(7),
+    Kind::Depthwise,
+];
+
+impl Kind {
+    /// `1x1`, `3x3`, ..., `3x3 dw`.
+    pub fn kernel(self) -> String {
+        match self {
+            Kind::Direct(k) => format!("{k}x{k}"),
+            Kind::Winograd(_) => "3x3".into(),
+            Kind::Depthwise => "3x3 dw".into(),
+        }
+    }
+
+    pub fn algo(self) -> &'static str {
+        match self {
+            Kind::Direct(_) => "direct",
+            Kind::Winograd(Variant::F2) => "f2",
+            Kind::Winograd(Variant::F4 | Variant::F4Textbook) => "f4",
+            Kind::Winograd(Variant::F6) => "f6",
+            Kind::Depthwise => "depthwise",
+        }
+    }
+
+    /// Theoretical FLOPs of a stride-1 `c -> c` layer on `n` maps of `s x s`: 2 x the
+    /// multiply-accumulates of the direct convolution (the paper's count).
+    pub fn flops(self, c: usize, s: usize, n: usize) -> u64 {
+        let pixels = (n * s * s) as u64;
+        let (c, taps) = (c as u64, self.taps());
+        match self {
+            Kind::Depthwise => 2 * c * taps * pixels,
+            _ => 2 * c * c * taps * pixels,
+        }
+    }
+
+    /// Multiplies the algorithm performs: the direct count, or Winograd's `alpha^2` per
+    /// channel pair and output tile (tile overhang included).
+    pub fn multiplies(self, c: usize, s: usize, n: usize) -> u64 {
+        match self {
+            Kind::Winograd(v) => n as u64 * v.multiplies((c * c) as u64, s, s),
+            _ => self.flops(c, s, n) / 2,
+        }
+    }
+
+    fn taps(self) -> u64 {
+        match self {
+            Kind::Direct(k) => (k * k) as u64,
+            Kind::Winograd(_) | Kind::Depthwise => 9,
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, serde::Serialize)]
+pub struct Row {
+    pub kernel: String,
+    pub algo: String,
+    /// Theoretical FLOPs for the batch (2 x direct MACs).
+    pub flops: u64,
+    /// Multiplies the algorithm performs for the batch.
+    pub muls: u64,
+    pub median_ms: f64,
+    /// Effective TFLOPS: theoretical FLOPs / time.
+    pub tflops: f64,
+    /// Achieved multiply rate, 2 x muls / time, in GFLOP/s.
+    pub mul_gflops: f64,
+    /// `mul_gflops` over the FMA peak measured in the same run.
+    pub peak_share: f64,
+}
+
+/// The whole table.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub channels: usize,
+    pub size: usize,
+    pub batch: usize,
+    pub threads: usize,
+    pub isa: String,
+    pub runs: usize,
+    /// FMA peak of the threads with the kernel set, measured after timing, GFLOP/s.
+    pub peak_gflops: f64,
+    pub rows: Vec<Row>,
+}
+
+/// Deterministic values in [-1, 1): weights and inputs need only be finite and varied.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    repvgg::graph::synthetic::input(len, seed)
+}
+
+/// Times one layer of each kind.
+pub fn run(config: &Config, isa: Dispatch, threads: usize) -> Result<Report> {
+    let Config { channels: c, size: s, batch: n, runs, warmup } = *config;
+    let team = Team::new(threads, repvgg::runtime::DEFAULT_SPIN)?;
+    let blocks = channel_blocks(c);
+    let bias = vec![0.01f32; blocks * CHANNEL_BLOCK];
+    let input = values(n * blocks * s * s * CHANNEL_BLOCK, 1);
+    let mut output = vec![0f32; n * blocks * s * s * CHANNEL_BLOCK];
+    let mut rows = Vec::new();
+    for kind in KINDS {
+        let time = |f: &mut dyn FnMut()| {
+            for _ in 0..warmup {
+                f();
+            }
+            let times: Vec<_> = (0..runs)
+                .map(|_| {
+                    let start = Instant::now();
+                    f();
+                    start.elapsed()
+                })
+                .collect();
+            median(&times)
+        };
+        let ms = match kind {
+            Kind::Direct(k) => {
+                let weights = DirectWeights::kxk(k, &values(c * c * k * k, 2), c, c, 1);
+                let shape = DirectShape {
+                    n,
+                    kernel: k,
+                    in_channels: c,
+                    h: s,
+                    w: s,
+                    out_channels: c,
+                    groups: 1,
+                    stride: 1,
+                    oh: s,
+                    ow: s,
+                };
+                let mut shared = vec![0f32; direct::shared_len(InputLayout::Blocked, &shape)];
+                let scratch = Scratch::new(threads, direct::scratch_len(InputLayout::Blocked, &shape));
+                time(&mut || {
+                    team.install(|| {
+                        direct::run(isa, &weights, &bias, true, &shape, &input, &mut output, &mut shared, &scratch)
+                    })
+                })
+            }
+            Kind::Winograd(v) => {
+                let filters = PackedFilters::new(v, &values(c * c * 9, 3), c, c, 1, MR)?;
+                let shape = WinogradShape { n, in_channels: c, out_channels: c, groups: 1, h: s, w: s };
+                let mut shared = vec![0f32; wino::shared_len(v, &shape)];
+                let scratch = Scratch::new(threads, wino::scratch_len(v, &shape));
+                time(&mut || {
+                    team.install(|| {
+                        wino::run(isa, &filters, &bias, true, &shape, &input, &mut output, &mut shared, &scratch)
+                    })
+                })
+            }
+            Kind::Depthwise => {
+                let weights = DepthwiseWeights::new(&values(c * 9, 4), c);
+                let shape = DepthwiseShape { n, channels: c, h: s, w: s, stride: 1, oh: s, ow: s };
+                time(&mut || team.install(|| depthwise::run(isa, &weights, &bias, true, &shape, &input, &mut output)))
+            }
+        };
+        let (flops, muls) = (kind.flops(c, s, n), kind.multiplies(c, s, n));
+        rows.push(Row {
+            kernel: kind.kernel(),
+            algo: kind.algo().into(),
+            flops,
+            muls,
+            median_ms: ms,
+            tflops: flops as f64 / ms / 1e9,
+            mul_gflops: 2.0 * muls as f64 / ms / 1e6,
+            peak_share: 0.0,
+        });
+    }
+    let peak_gflops = probe::peak_gflops(isa, threads, 300);
+    for row in &mut rows {
+        row.peak_share = row.mul_gflops / peak_gflops;
+    }
+    Ok(Report { channels: c, size: s, batch: n, threads, isa: isa.isa().to_string(), runs, peak_gflops, rows })
+}
+
+/// The table as text.
+pub fn table(report: &Report) -> String {
+    let mut out = String::new();
+    let r = report;
+    let _ = writeln!(
+        out,
+        "{} -> {} channels at {}x{}, batch {}, stride 1, {} threads, {} kernels, median of {} runs",
+        r.channels, r.channels, r.size, r.size, r.batch, r.threads, r.isa, r.runs
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:>9} {:>10} {:>10} {:>10} {:>8} {:>9} {:>6}",
+        "kernel", "algo", "GFLOPs", "Gmul", "ms", "TFLOPS", "mul GF/s", "peak"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            out,
+            "{:<8} {:>9} {:>10.3} {:>10.3} {:>10.3} {:>8.3} {:>9.1} {:>5.0}%",
+            row.kernel,
+            row.algo,
+            row.flops as f64 / 1e9,
+            row.muls as f64 / 1e9,
+            row.median_ms,
+            row.tflops,
+            row.mul_gflops,
+            100.0 * row.peak_share
+        );
+    }
+    let _ = writeln!(out, "measured FMA peak {:.1} GFLOP/s on {} threads", r.peak_gflops, r.threads);
+    out
+}
+
+/// Effective TFLOPS per kind as horizontal bars, the FMA peak as a line.
+pub fn svg(report: &Report) -> String {
+    let (left, top, bar, gap, width) = (110.0, 40.0, 22.0, 8.0, 520.0);
+    let peak = report.peak_gflops / 1e3;
+    let most = report.rows.iter().map(|r| r.tflops).fold(peak, f64::max) * 1.1;
+    let x = |t: f64| left + t / most * width;
+    let height = top + report.rows.len() as f64 * (bar + gap) + 40.0;
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='12'>\n\
+         <text x='{left}' y='20'>effective TFLOPS (theoretical FLOPs / time), {} -> {} channels at {}x{}, {} threads, {}</text>\n",
+        left + width + 80.0,
+        report.channels,
+        report.channels,
+        report.size,
+        report.size,
+        report.threads,
+        report.isa
+    );
+    for (i, row) in report.rows.iter().enumerate() {
+        let y = top + i as f64 * (bar + gap);
+        let color = if row.algo.starts_with('f') { "#2ca02c" } else { "#1f77b4" };
+        let _ = writeln!(
+            svg,
+            "<text x='{}' y='{}' text-anchor='end'>{} {}</text><rect x='{left}' y='{y}' width='{:.1}' height='{bar}' fill='{color}'/>\
+             <text x='{:.1}' y='{}'>{:.3}</text>",
+            left - 6.0,
+            y + 15.0,
+            row.kernel,
+            row.algo,
+            x(row.tflops) - left,
+            x(row.tflops) + 4.0,
+            y + 15.0,
+            row.tflops
+        );
+    }
+    let bottom = top + report.rows.len() as f64 * (bar + gap);
+    let _ = writeln!(
+        svg,
+        "<line x1='{0:.1}' y1='{top}' x2='{0:.1}' y2='{bottom}' stroke='#d62728' stroke-dasharray='4'/>\
+         <text x='{0:.1}' y='{1}' fill='#d62728' text-anchor='middle'>FMA peak {2:.3}</text>",
+        x(peak),
+        bottom + 16.0,
+        peak
+    );
+    svg + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counts against their closed forms, by hand for C = 64, S = 10, N = 2.
+    #[test]
+    fn flops_and_multiplies_follow_the_closed_forms() {
+        let (c, s, n) = (64u64, 10u64, 2u64);
+        let pixels = n * s * s;
+        for (kind, flops, muls) in [
+            (Kind::Direct(1), 2 * c * c * pixels, c * c * pixels),
+            (Kind::Direct(3), 2 * c * c * 9 * pixels, c * c * 9 * pixels),
+            (Kind::Direct(5), 2 * c * c * 25 * pixels, c * c * 25 * pixels),
+            (Kind::Direct(7), 2 * c * c * 49 * pixels, c * c * 49 * pixels),
+            // 10 x 10 in 2 x 2 tiles: 25 tiles of 16 multiplies per pair.
+            (Kind::Winograd(Variant::F2), 2 * c * c * 9 * pixels, n * c * c * 25 * 16),
+            // In 4 x 4 tiles: 3 x 3 = 9 tiles (overhang included) of 36.
+            (Kind::Winograd(Variant::F4), 2 * c * c * 9 * pixels, n * c * c * 9 * 36),
+            // In 6 x 6 tiles: 2 x 2 tiles of 64.
+            (Kind::Winograd(Variant::F6), 2 * c * c * 9 * pixels, n * c * c * 4 * 64),
+            (Kind::Depthwise, 2 * c * 9 * pixels, c * 9 * pixels),
+        ] {
+            assert_eq!(kind.flops(c as usize, s as usize, n as usize), flops, "{kind:?}");
+            assert_eq!(kind.multiplies(c as usize, s as usize, n as usize), muls, "{kind:?}");
+        }
+    }
+
+    /// A small run: every kind appears once, with consistent derived fields.
+    #[test]
+    fn a_small_run_fills_every_row() {
+        let config = Config { channels: 16, size: 8, batch: 1, runs: 1, warmup: 0 };
+        let report = run(&config, Dispatch::auto().unwrap(), 1).unwrap();
+        let kinds: Vec<(&str, &str)> = report.rows.iter().map(|r| (r.kernel.as_str(), r.algo.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("1x1", "direct"),
+                ("3x3", "direct"),
+                ("3x3", "f2"),
+                ("3x3", "f4"),
+                ("3x3", "f6"),
+                ("5x5", "direct"),
+                ("7x7", "direct"),
+                ("3x3 dw", "depthwise")
+            ]
+        );
+        for row in &report.rows {
+            assert!(row.median_ms > 0.0);
+            assert!((row.tflops - row.flops as f64 / row.median_ms / 1e9).abs() < 1e-12);
+            assert!((row.peak_share * report.peak_gflops - row.mul_gflops).abs() < 1e-6 * row.mul_gflops);
+        }
+        assert!(svg(&report).matches("<rect").count() == 8);
+        assert!(table(&report).lines().count() == 11);
+    }
+}
