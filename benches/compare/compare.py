@@ -212,16 +212,30 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
     import netgen
     from engines import make_engine
 
+    import numpy as np
+    import resnet
+
     result: dict = {"config": asdict(cfg), "label": cfg.label, "status": "ok", "engines": {},
                     "load_before": os.getloadavg()}
-    arch = netgen.query_arch(repvgg, cfg.arch, cfg.size)
-    result["macs_per_image"] = arch.macs
-    result["flops_per_image"] = arch.flops
-    log(f"[{cfg.label}] {len(arch.layers)} conv layers, {arch.flops / 1e9:.3f} GFLOP/image; exporting")
-    paths = netgen.export_all(scratch, arch, cfg.batch, cfg.seed)
-    x = netgen.make_input(arch, cfg.batch, cfg.seed)
+    if resnet.is_resnet(cfg.arch):
+        # Peers only (we run RepVGG alone); ONNX Runtime is the numerics reference.
+        scratch.mkdir(parents=True, exist_ok=True)
+        paths = {"onnx": scratch / f"{cfg.arch}_{cfg.size}_b{cfg.batch}_s{cfg.seed}.onnx"}
+        macs = resnet.write_resnet_onnx(paths["onnx"], cfg.arch, cfg.batch, cfg.size, cfg.seed)
+        rng = np.random.default_rng(cfg.seed + 1_000_003)
+        x = rng.uniform(-1.0, 1.0, size=(cfg.batch, 3, cfg.size, cfg.size)).astype(np.float32)
+        flops, reference, names = 2 * macs, "onnxruntime", [n for n in cfg.engines if n != "ours"]
+        log(f"[{cfg.label}] {flops / 1e9:.3f} GFLOP/image")
+    else:
+        arch = netgen.query_arch(repvgg, cfg.arch, cfg.size)
+        macs, flops, reference = arch.macs, arch.flops, "ours"
+        log(f"[{cfg.label}] {len(arch.layers)} conv layers, {arch.flops / 1e9:.3f} GFLOP/image; exporting")
+        paths = netgen.export_all(scratch, arch, cfg.batch, cfg.seed)
+        x = netgen.make_input(arch, cfg.batch, cfg.seed)
+        names = ["ours"] + [n for n in cfg.engines if n != "ours"]
+    result["macs_per_image"] = macs
+    result["flops_per_image"] = flops
 
-    names = ["ours"] + [n for n in cfg.engines if n != "ours"]
     engines = {}
     try:
         for name in names:
@@ -233,7 +247,7 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
                     raise
                 log(f"  {name}: setup failed: {exc}")
                 result["engines"][name] = {"error": f"setup failed: {exc}"}
-        numerics = check_numerics(engines)
+        numerics = check_numerics(engines, reference)
         samples, hot, info = time_interleaved(engines, cfg)
     except Exception as exc:
         result["status"] = "aborted"
@@ -249,9 +263,9 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
 
     result["timing"] = info
     for name, engine in engines.items():
-        stats = summarize(samples[name], cfg.batch, arch.flops)
+        stats = summarize(samples[name], cfg.batch, flops)
         if hot[name]:
-            stats["hot"] = summarize(hot[name], cfg.batch, arch.flops)
+            stats["hot"] = summarize(hot[name], cfg.batch, flops)
             stats["hot"]["samples_ms"] = [s * 1e3 for s in hot[name]]
         result["engines"][name] = {
             "version": engine.version,
@@ -264,7 +278,7 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
             **({"isa": engine.isa} if hasattr(engine, "isa") else {}),
             **({"options": engine.options} if hasattr(engine, "options") else {}),
         }
-    ours = result["engines"]["ours"]
+    ours = result["engines"][reference]
     for entry in result["engines"].values():
         if "median_ms" in entry:
             entry["ratio"] = entry["median_ms"] / ours["median_ms"]

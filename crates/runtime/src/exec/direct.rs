@@ -1,6 +1,6 @@
 //! Direct convolution as an implicit-im2col GEMM, for stride-2 layers, the stem and small
 //! maps where Winograd's tile overhang costs more than it saves. RepVGG's layers are 3x3;
-//! the channel-blocked path takes any odd kernel side (padding `k / 2`), which
+//! the channel-blocked path takes kernel sides 1, 3, 5 and 7 (padding `k / 2`), which
 //! `repvgg density` uses for its 1x1, 5x5 and 7x7 rows.
 //!
 //! Each column panel (NR output pixels) is packed once (`kernels::im2col`) and reused by
@@ -65,10 +65,10 @@ impl DirectWeights {
         Self::pack(layout, 3, weights, out_channels, in_per_group, groups)
     }
 
-    /// Packs `[K][C/groups][k][k]` weights of any odd kernel side `k`, for a
+    /// Packs `[K][C/groups][k][k]` weights of a kernel side `k` in [`SIDES`], for a
     /// channel-blocked input (whole channel blocks per group when `groups > 1`).
     pub fn kxk(kernel: usize, weights: &[f32], out_channels: usize, in_per_group: usize, groups: usize) -> Self {
-        assert!(kernel % 2 == 1, "kernel side {kernel} is not odd");
+        assert!(SIDES.contains(&kernel), "kernel side {kernel} is not one of {SIDES:?}");
         assert!(Self::supports(InputLayout::Blocked, out_channels, in_per_group, groups), "unsupported grouping");
         Self::pack(InputLayout::Blocked, kernel, weights, out_channels, in_per_group, groups)
     }
@@ -140,6 +140,9 @@ impl DirectWeights {
         self.data.len() * 4
     }
 }
+
+/// Kernel sides the channel-blocked path runs (each an instance of the packing).
+pub const SIDES: [usize; 4] = [1, 3, 5, 7];
 
 /// Geometry of one direct convolution.
 #[derive(Debug, Clone, Copy)]

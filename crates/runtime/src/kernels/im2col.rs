@@ -1,8 +1,8 @@
 //! Packing of the direct path's column panels (implicit im2col), `[kd / 16][NR][16]`.
 //!
 //! Output pixels are taken `NR` at a time (consecutive in `(n, y, x)` order, so a panel
-//! may span rows and images). With a channel-blocked input and a `k x k` kernel (any odd
-//! `k`, padding `k / 2`; RepVGG's layers are 3x3, `repvgg density` also runs 1, 5, 7) the
+//! may span rows and images). With a channel-blocked input and a `k x k` kernel (`k` in
+//! 1, 3, 5, 7, padding `k / 2`; RepVGG's layers are 3x3, `repvgg density` runs all) the
 //! reduction index is `kd = ((cb * k + ky) * k + kx) * 16 + lane`, so every copy moves the
 //! 16 channels of one input pixel. The network input (planar RGB) is first copied by the executor into a
 //! zero-bordered NHWC buffer and uses `kd = (ky * 3 + kx) * C + c`, padded to 16: each
@@ -76,10 +76,23 @@ fn zero_block<S: Simd>(s: S, dst: &mut [f32]) {
 /// copied without per-tap bounds checks. Border windows and missing pixels are zeroed.
 #[inline(always)]
 pub fn pack_blocked<S: Simd>(s: S, g: &Geometry, input: &[f32], panel: usize, out: &mut [f32]) {
+    // The kernel side as a constant, so that the window walk divides by it at compile
+    // time: RepVGG's 3x3 runs exactly the code it ran before other sides existed.
+    match g.kernel {
+        1 => pack_blocked_k::<S, 1>(s, g, input, panel, out),
+        3 => pack_blocked_k::<S, 3>(s, g, input, panel, out),
+        5 => pack_blocked_k::<S, 5>(s, g, input, panel, out),
+        7 => pack_blocked_k::<S, 7>(s, g, input, panel, out),
+        k => unimplemented!("kernel side {k}: the blocked packing is instantiated for 1, 3, 5 and 7"),
+    }
+}
+
+#[inline(always)]
+fn pack_blocked_k<S: Simd, const K: usize>(s: S, g: &Geometry, input: &[f32], panel: usize, out: &mut [f32]) {
     let pixels = g.panel_pixels(panel);
     let in_plane = g.h * g.w;
     let cb_count = g.c.div_ceil(CHANNEL_BLOCK);
-    let (k, taps) = (g.kernel, g.kernel * g.kernel);
+    let (k, taps) = (K, K * K);
     assert!(out.len() >= cb_count * taps * NR * CHANNEL_BLOCK, "panel buffer too small");
     assert!(input.len() >= g.n * cb_count * in_plane * CHANNEL_BLOCK, "input too small");
     let inside = |y: isize, x: isize| y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w;
