@@ -6,9 +6,10 @@
 //! across lanes. Its arithmetic intensity is the reason it runs far from the FMA peak:
 //! nine multiply-adds per loaded input value at best, against `9 K` for a dense 3x3.
 
-use repvgg_simd::{Dispatch, Simd, dispatch};
+use repvgg_simd::{Dispatch, dispatch};
 
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+pub use crate::kernels::depthwise::DepthwiseShape;
+use crate::kernels::{CHANNEL_BLOCK, channel_blocks, depthwise};
 use crate::team::for_each_chunk_mut;
 
 /// Weights `[C][1][3][3]` repacked as `[C / 16][9][16]` (tap-major per channel block).
@@ -29,18 +30,6 @@ impl DepthwiseWeights {
         }
         DepthwiseWeights { channels, data }
     }
-}
-
-/// Geometry of one depthwise convolution.
-#[derive(Debug, Clone, Copy)]
-pub struct DepthwiseShape {
-    pub n: usize,
-    pub channels: usize,
-    pub h: usize,
-    pub w: usize,
-    pub stride: usize,
-    pub oh: usize,
-    pub ow: usize,
 }
 
 /// `output = relu?(depthwise(input) + bias)`, channel-blocked in and out, in parallel over
@@ -66,50 +55,8 @@ pub fn run(
         let src = &input[item * s.h * s.w * CHANNEL_BLOCK..][..s.h * s.w * CHANNEL_BLOCK];
         let w = &weights.data[cb * 9 * CHANNEL_BLOCK..][..9 * CHANNEL_BLOCK];
         let b = &bias[cb * CHANNEL_BLOCK..][..CHANNEL_BLOCK];
-        dispatch!(isa, |simd| channel_plane(simd, &s, w, b, relu, src, plane))
+        dispatch!(isa, |simd| depthwise::plane(simd, &s, w, b, relu, src, plane))
     });
-}
-
-/// One channel block of one image.
-#[inline(always)]
-fn channel_plane<S: Simd>(
-    s: S,
-    shape: &DepthwiseShape,
-    w: &[f32],
-    bias: &[f32],
-    relu: bool,
-    src: &[f32],
-    dst: &mut [f32],
-) {
-    let (h, wd) = (shape.h as isize, shape.w as isize);
-    for oy in 0..shape.oh {
-        let y0 = (oy * shape.stride) as isize - 1;
-        for ox in 0..shape.ow {
-            let x0 = (ox * shape.stride) as isize - 1;
-            for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
-                let mut acc = s.read(&bias[lane..]);
-                for ky in 0..3 {
-                    let y = y0 + ky;
-                    if y < 0 || y >= h {
-                        continue;
-                    }
-                    for kx in 0..3 {
-                        let x = x0 + kx;
-                        if x < 0 || x >= wd {
-                            continue;
-                        }
-                        let tap = (ky * 3 + kx) as usize;
-                        let pixel = (y * wd + x) as usize * CHANNEL_BLOCK;
-                        acc = s.mul_add(s.read(&w[tap * CHANNEL_BLOCK + lane..]), s.read(&src[pixel + lane..]), acc);
-                    }
-                }
-                if relu {
-                    acc = s.relu(acc);
-                }
-                s.write(&mut dst[(oy * shape.ow + ox) * CHANNEL_BLOCK + lane..], acc);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

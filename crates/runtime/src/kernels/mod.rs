@@ -5,6 +5,7 @@
 //! - [`gemm`]: the register-blocked GEMM microkernel, with each instruction set's own
 //!   register blocking;
 //! - [`im2col`]: packing of the direct path's column panels;
+//! - [`depthwise`]: the depthwise 3x3 plane (for `repvgg density`);
 //! - [`pointwise`]: pooling, squeeze-and-excitation and the classifier's dot products;
 //! - [`probe`]: the FMA-peak and DRAM-bandwidth probes that `repvgg bench` sets times
 //!   against.
@@ -14,6 +15,7 @@
 //! `NCHWc16` activation layout: image `n`, channel block `cb`, pixel `(y, x)` and channel
 //! `l` of the block live at `((n * CB + cb) * H * W + y * W + x) * 16 + l`.
 
+pub mod depthwise;
 pub mod gemm;
 pub mod im2col;
 pub mod pointwise;
