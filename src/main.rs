@@ -181,7 +181,7 @@ enum Command {
         /// Kernel set: auto, avx512, avx2, portable.
         #[arg(long, default_value = "auto")]
         isa: String,
-        /// The paper's setting: 2048 channels at 56x56, batch 1, 3 runs (about a minute on 2 cores).
+        /// The paper's setting: 2048 channels at 56x56, batch 1, 3 runs (minutes on 2 cores).
         #[arg(long, conflicts_with_all = ["channels", "size", "batch", "runs"])]
         paper: bool,
         /// Print one JSON object instead of a table.

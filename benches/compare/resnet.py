@@ -33,7 +33,8 @@ import atomic  # noqa: E402
 import report  # noqa: E402
 
 # Ding et al. 2021, Table 4: ImageNet top-1 (%) of the models trained for 120 epochs with
-# the simple augmentation, as the paper reports them.
+# the simple augmentation (transcribed from the paper; B2's checked against Papers with
+# Code's copy of the table).
 PAPER_TOP1 = {
     "ResNet-18": 71.16,
     "ResNet-34": 74.17,
