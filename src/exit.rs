@@ -5,21 +5,16 @@ use std::process::ExitCode;
 use repvgg::runtime::ErrorKind;
 use repvgg::runtime::error::{file_error_kind, graph_error_kind};
 
-/// Exit status of an error kind. 1 is reserved for unexpected failures, 2 for usage errors
-/// (clap uses 2 for bad arguments too). The README's table lists these; a test keeps the
-/// two in step.
+/// Exit status of an error kind ([`ErrorKind::code`]). 1 is reserved for unexpected
+/// failures, 2 for usage errors (clap uses 2 for bad arguments too). The README's table
+/// lists these; a test keeps the two in step.
 pub fn number(kind: ErrorKind) -> u8 {
-    match kind {
-        ErrorKind::Usage => 2,
-        ErrorKind::Io => 3,
-        ErrorKind::Format => 4,
-        ErrorKind::Model => 5,
-        ErrorKind::Input => 6,
-        ErrorKind::Limit => 7,
-        ErrorKind::Cpu => 8,
-        ErrorKind::Arch => 9,
-        ErrorKind::Numeric => 10,
-    }
+    kind.code()
+}
+
+/// [`number`] as an [`ExitCode`].
+pub fn code(kind: ErrorKind) -> ExitCode {
+    ExitCode::from(number(kind))
 }
 
 /// clap's message for a bad command line, on one line: its first paragraph, which says
@@ -32,11 +27,6 @@ pub fn usage_line(rendered: &str) -> String {
         .map(str::trim)
         .collect();
     if paragraph.is_empty() { "error: invalid arguments".to_string() } else { paragraph.join(" ") }
-}
-
-/// [`number`] as an [`ExitCode`].
-pub fn code(kind: ErrorKind) -> ExitCode {
-    ExitCode::from(number(kind))
 }
 
 /// The error and its causes on one line, each cause once: library errors already quote

@@ -2,7 +2,8 @@
 # The unsafe-heavy suites under sanitizers, on the nightly toolchain (no rust-src, so the
 # standard library itself is not instrumented):
 #
-# - AddressSanitizer with LeakSanitizer: the files, simd, winograd and runtime crates' tests,
+# - AddressSanitizer with LeakSanitizer: the files, simd, winograd and runtime crates' tests
+#   and the C ABI's unit tests,
 #   once per kernel set this CPU runs (REPVGG_ISA; the kernel-level tests cover every
 #   set in each run, the network-level ones follow the variable). Doctests are left out:
 #   rustdoc does not link them with the sanitizer runtime;
@@ -30,6 +31,14 @@ for isa in $(tools/isas.sh); do
   fi
   echo "REPVGG_ISA=$isa: $(grep -c '^test result: ok' "$log") test binaries passed, no reports"
 done
+# The C ABI's own tests (its C example links the uninstrumented way, so it stays out).
+if ! RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR=target/asan ASAN_OPTIONS=detect_leaks=1 \
+  cargo +nightly test --release --target "$target" --lib -p repvgg-capi >"$log" 2>&1; then
+  tail -60 "$log"
+  echo "AddressSanitizer: the C ABI's tests failed"
+  exit 1
+fi
+echo "C ABI: $(grep -c '^test result: ok' "$log") test binary passed, no reports"
 
 echo "== ThreadSanitizer"
 export TSAN_OPTIONS="suppressions=$PWD/tools/tsan.supp halt_on_error=1"

@@ -74,6 +74,24 @@ pub enum ErrorKind {
     Numeric,
 }
 
+impl ErrorKind {
+    /// The kind's stable number: the `repvgg` CLI's exit code and the C ABI's status (the
+    /// README's table). 0 is success, 1 an unexpected failure (no kind).
+    pub fn code(self) -> u8 {
+        match self {
+            ErrorKind::Usage => 2,
+            ErrorKind::Io => 3,
+            ErrorKind::Format => 4,
+            ErrorKind::Model => 5,
+            ErrorKind::Input => 6,
+            ErrorKind::Limit => 7,
+            ErrorKind::Cpu => 8,
+            ErrorKind::Arch => 9,
+            ErrorKind::Numeric => 10,
+        }
+    }
+}
+
 impl Error {
     /// The coarse class of this error.
     pub fn kind(&self) -> ErrorKind {

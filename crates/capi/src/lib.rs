@@ -1,0 +1,319 @@
+//! The C ABI of repvgg-rs (header: `include/repvgg.h`, which a test keeps in step with
+//! the functions here).
+//!
+//! Every function that can fail returns an `int` status: 0 on success, otherwise the
+//! error kind's number from the README's exit-code table ([`ErrorKind::code`]); 1 is an
+//! unexpected failure (a panic, caught here: none crosses the boundary). The failing
+//! call's one-line message is kept per thread for [`repvgg_last_error`]. NULL pointers,
+//! short buffers and bad sizes are usage errors (2), never crashes.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+
+use repvgg_runtime::{ErrorKind, Model, ModelOptions, Session, SessionOptions, Tensor};
+
+/// A loaded model (`RepvggModel` in C).
+pub struct RepvggModel {
+    model: Model,
+}
+
+/// A session: a thread team, plans and buffers (`RepvggSession` in C). It holds its own
+/// reference to the model, so the model may be freed first.
+pub struct RepvggSession {
+    session: Session,
+    /// The input and logits of the last call, reused while the shape stays the same.
+    input: Tensor,
+    logits: Tensor,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// Status of a failure that is the caller's (NULL, short buffer, bad size).
+const USAGE: c_int = 2;
+/// Status of an unexpected failure.
+const UNEXPECTED: c_int = 1;
+
+struct Failure {
+    status: c_int,
+    message: String,
+}
+
+impl From<repvgg_runtime::Error> for Failure {
+    fn from(e: repvgg_runtime::Error) -> Failure {
+        Failure { status: c_int::from(e.kind().code()), message: e.to_string() }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { status: USAGE, message: message.into() }
+}
+
+/// Runs `body`, turning its failure or panic into a status and this thread's message.
+fn guard(body: impl FnOnce() -> Result<(), Failure>) -> c_int {
+    let failure = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => return 0,
+        Ok(Err(failure)) => failure,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Failure { status: UNEXPECTED, message: format!("internal error (please report): {what}") }
+        }
+    };
+    let message = CString::new(failure.message.replace('\0', " ")).expect("NUL bytes were replaced");
+    LAST_ERROR.with(|last| *last.borrow_mut() = message);
+    failure.status
+}
+
+/// A C string argument as UTF-8.
+///
+/// # Safety
+/// `ptr` is NULL or points to a NUL-terminated string.
+unsafe fn text<'a>(ptr: *const c_char, name: &str) -> Result<&'a str, Failure> {
+    if ptr.is_null() {
+        return Err(usage(format!("{name} is NULL")));
+    }
+    // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
+    unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| usage(format!("{name} is not UTF-8")))
+}
+
+/// Loads a safetensors checkpoint (any naming form, dtype, deploy or training form);
+/// `arch` names a built-in variant or an architecture file, or is NULL to infer it.
+///
+/// # Safety
+/// `weights_path` and `arch` are NULL or NUL-terminated strings; `out` is NULL or valid
+/// for one pointer write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_model_load(
+    weights_path: *const c_char,
+    arch: *const c_char,
+    out: *mut *mut RepvggModel,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(usage("out is NULL"));
+        }
+        // SAFETY: the caller's contract for both strings.
+        let path = unsafe { text(weights_path, "weights_path") }?;
+        let arch = if arch.is_null() {
+            None
+        } else {
+            // SAFETY: as above.
+            let name = unsafe { text(arch, "arch") }?;
+            Some(repvgg_graph::ArchSpec::resolve(name).map_err(repvgg_runtime::Error::from)?)
+        };
+        let model = Model::load(Path::new(path), &ModelOptions { arch, ..ModelOptions::default() })?;
+        // SAFETY: `out` is non-NULL and valid for a write (the caller's contract).
+        unsafe { *out = Box::into_raw(Box::new(RepvggModel { model })) };
+        Ok(())
+    })
+}
+
+/// The model's number of classes (the length of one image's logits), or -1 if `model` is
+/// NULL.
+///
+/// # Safety
+/// `model` is NULL or a pointer from [`repvgg_model_load`] not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_model_num_classes(model: *const RepvggModel) -> c_int {
+    let mut classes = -1;
+    let status = guard(|| {
+        // SAFETY: NULL or a live model (the caller's contract).
+        let model = unsafe { model.as_ref() }.ok_or_else(|| usage("model is NULL"))?;
+        classes = c_int::try_from(model.model.network().num_classes).map_err(|_| usage("too many classes"))?;
+        Ok(())
+    });
+    if status == 0 { classes } else { -1 }
+}
+
+/// Frees a model; NULL is ignored.
+///
+/// # Safety
+/// `model` is NULL or a pointer from [`repvgg_model_load`] not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_model_free(model: *mut RepvggModel) {
+    if !model.is_null() {
+        // SAFETY: a live pointer from Box::into_raw, freed once (the caller's contract).
+        drop(unsafe { Box::from_raw(model) });
+    }
+}
+
+/// Starts a session on `model` with `threads` workers (0: one per core).
+///
+/// # Safety
+/// `model` is NULL or a live model; `out` is NULL or valid for one pointer write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_session_new(
+    model: *const RepvggModel,
+    threads: c_int,
+    out: *mut *mut RepvggSession,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(usage("out is NULL"));
+        }
+        // SAFETY: NULL or a live model (the caller's contract).
+        let model = unsafe { model.as_ref() }.ok_or_else(|| usage("model is NULL"))?;
+        let threads = usize::try_from(threads).map_err(|_| usage(format!("threads is {threads}, not >= 0")))?;
+        let session = model.model.session(SessionOptions { threads, ..SessionOptions::default() })?;
+        let wrapper = RepvggSession { session, input: Tensor::zeros(vec![0]), logits: Tensor::zeros(vec![0]) };
+        // SAFETY: `out` is non-NULL and valid for a write.
+        unsafe { *out = Box::into_raw(Box::new(wrapper)) };
+        Ok(())
+    })
+}
+
+/// Runs `n` images of `3 x h x w` floats (NCHW, contiguous) and writes `n x classes`
+/// logits. The shape is checked against the model's limits before `input` is read.
+///
+/// # Safety
+/// `s` is NULL or a live session; `input` is NULL or points to `n * 3 * h * w` readable
+/// floats; `logits` is NULL or points to `logits_len` writable floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_session_run(
+    s: *mut RepvggSession,
+    input: *const f32,
+    n: usize,
+    h: usize,
+    w: usize,
+    logits: *mut f32,
+    logits_len: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: NULL or a live session, used by one thread at a time (the caller's contract).
+        let s = unsafe { s.as_mut() }.ok_or_else(|| usage("session is NULL"))?;
+        if input.is_null() || logits.is_null() {
+            return Err(usage(if input.is_null() { "input is NULL" } else { "logits is NULL" }));
+        }
+        let model = s.session.model().clone();
+        let shape = model.limits().check_input(model.network(), &[n, 3, h, w])?;
+        let classes = model.network().num_classes;
+        if logits_len < n * classes {
+            return Err(usage(format!("logits_len is {logits_len}, the batch needs {n} x {classes}")));
+        }
+        let len = shape.iter().product::<usize>();
+        // SAFETY: the caller promises `len` readable floats at `input` (the shape was
+        // checked against the limits first, so `len` is bounded).
+        let values = unsafe { std::slice::from_raw_parts(input, len) };
+        if s.input.shape() != shape {
+            s.input = Tensor::zeros(shape.to_vec());
+            s.logits = Tensor::zeros(vec![n, classes]);
+        }
+        s.input.data_mut().copy_from_slice(values);
+        s.session.run_into(&s.input, &mut s.logits)?;
+        // SAFETY: the caller promises `logits_len >= n * classes` writable floats (checked).
+        unsafe { std::ptr::copy_nonoverlapping(s.logits.data().as_ptr(), logits, n * classes) };
+        Ok(())
+    })
+}
+
+/// Frees a session; NULL is ignored.
+///
+/// # Safety
+/// `s` is NULL or a pointer from [`repvgg_session_new`] not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_session_free(s: *mut RepvggSession) {
+    if !s.is_null() {
+        // SAFETY: a live pointer from Box::into_raw, freed once.
+        drop(unsafe { Box::from_raw(s) });
+    }
+}
+
+/// The message of this thread's last failed call ("" before any), valid until the next
+/// failed call on this thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn repvgg_last_error() -> *const c_char {
+    LAST_ERROR.with(|last| last.borrow().as_ptr())
+}
+
+/// The library version, a static string.
+#[unsafe(no_mangle)]
+pub extern "C" fn repvgg_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The status numbers of the kinds, as the header names them.
+pub const STATUSES: [(ErrorKind, &str); 9] = [
+    (ErrorKind::Usage, "REPVGG_USAGE"),
+    (ErrorKind::Io, "REPVGG_IO"),
+    (ErrorKind::Format, "REPVGG_FORMAT"),
+    (ErrorKind::Model, "REPVGG_MODEL"),
+    (ErrorKind::Input, "REPVGG_INPUT"),
+    (ErrorKind::Limit, "REPVGG_LIMIT"),
+    (ErrorKind::Cpu, "REPVGG_CPU"),
+    (ErrorKind::Arch, "REPVGG_ARCH"),
+    (ErrorKind::Numeric, "REPVGG_NUMERIC"),
+];
+
+#[cfg(test)]
+mod tests {
+    use std::ptr::{null, null_mut};
+
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: repvgg_last_error returns a NUL-terminated string owned by this thread.
+        unsafe { CStr::from_ptr(repvgg_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    fn fixture() -> CString {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures/tiny-groups/train.safetensors");
+        CString::new(path.to_str().unwrap()).unwrap()
+    }
+
+    /// NULL pointers, negative thread counts, short buffers and oversized shapes are
+    /// statuses with messages; the oversized shape is refused before the (one-float)
+    /// input is read, which AddressSanitizer would otherwise report.
+    #[test]
+    fn bad_arguments_are_statuses_not_crashes() {
+        let path = fixture();
+        // SAFETY (all calls below): pointers are NULL, live, or point to enough memory.
+        unsafe {
+            assert_eq!(repvgg_model_load(path.as_ptr(), null(), null_mut()), USAGE);
+            assert_eq!(last_error(), "out is NULL");
+            let mut model = null_mut();
+            assert_eq!(repvgg_model_load(null(), null(), &mut model), USAGE);
+            assert_eq!(last_error(), "weights_path is NULL");
+            let q7 = CString::new("Q7").unwrap();
+            assert_eq!(repvgg_model_load(path.as_ptr(), q7.as_ptr(), &mut model), 9);
+            assert!(last_error().starts_with("unknown architecture `Q7`"));
+            assert_eq!(repvgg_model_load(path.as_ptr(), null(), &mut model), 0);
+            assert_eq!(repvgg_model_num_classes(model), 10);
+
+            let mut session = null_mut();
+            assert_eq!(repvgg_session_new(model, -1, &mut session), USAGE);
+            assert_eq!(last_error(), "threads is -1, not >= 0");
+            assert_eq!(repvgg_session_new(null(), 1, &mut session), USAGE);
+            assert_eq!(repvgg_session_new(model, 1, &mut session), 0);
+            repvgg_model_free(model);
+
+            let one = [0f32; 1];
+            let mut logits = [0f32; 10];
+            let status = repvgg_session_run(session, one.as_ptr(), 1, 100_000, 8, logits.as_mut_ptr(), 10);
+            assert_eq!(status, 7, "{}", last_error());
+            assert!(last_error().contains("exceeds the limit of 8192 pixels per side"));
+            assert_eq!(repvgg_session_run(null_mut(), one.as_ptr(), 1, 8, 8, logits.as_mut_ptr(), 10), USAGE);
+            let x = vec![f32::NAN; 3 * 8 * 8];
+            assert_eq!(repvgg_session_run(session, x.as_ptr(), 1, 8, 8, logits.as_mut_ptr(), 10), 6);
+            assert!(last_error().contains("input[0, 0, 0, 0] is NaN"), "{}", last_error());
+            let x = vec![0.5f32; 3 * 8 * 8];
+            assert_eq!(repvgg_session_run(session, x.as_ptr(), 1, 8, 8, logits.as_mut_ptr(), 10), 0);
+            assert!(logits.iter().all(|v| v.is_finite()));
+            repvgg_session_free(session);
+            repvgg_session_free(null_mut());
+            repvgg_model_free(null_mut());
+        }
+    }
+
+    #[test]
+    fn statuses_are_the_kinds_codes() {
+        let codes: Vec<u8> = STATUSES.iter().map(|(kind, _)| kind.code()).collect();
+        assert_eq!(codes, (2..=10).collect::<Vec<u8>>());
+    }
+}

@@ -1,0 +1,87 @@
+//! The C ABI from C: `examples/c/run.c` compiled with `cc` against the static library
+//! that this test's build produced, run on a fixture, its logits compared with a Rust
+//! session's bit for bit; and the header checked against the exported functions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use repvgg_runtime::{Model, ModelOptions, SessionOptions, Tensor};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The directory of this test binary (`target/<profile>/deps`), where cargo also puts
+/// the crate's static library.
+fn deps_dir() -> PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn the_c_example_compiles_runs_and_matches_rust() {
+    let lib = deps_dir().join("librepvgg_capi.a");
+    assert!(lib.exists(), "{} missing: cargo builds the staticlib with the tests", lib.display());
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("run");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .arg(repo().join("examples/c/run.c"))
+        .arg("-I")
+        .arg(repo().join("crates/capi/include"))
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror"])
+        .arg(&lib)
+        .args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc", "-o"])
+        .arg(&exe)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+    assert!(status.success(), "{cc} failed");
+
+    let weights = repo().join("models/fixtures/tiny-groups/train.safetensors");
+    let (h, w) = (19, 23);
+    let out = Command::new(&exe).arg(&weights).args([&h.to_string(), &w.to_string(), "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let got: Vec<f32> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+
+    let model = Model::load(&weights, &ModelOptions::default()).unwrap();
+    let len = 2 * 3 * h * w;
+    let x: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as i32 - 50) as f32 / 64.0).collect();
+    let mut session = model.session(SessionOptions { threads: 1, ..Default::default() }).unwrap();
+    let want = session.run(&Tensor::new(vec![2, 3, h, w], x).unwrap()).unwrap();
+    assert_eq!(got, want.data(), "the C ABI gives the Rust session's logits");
+
+    let classes = model.network().num_classes;
+    for line in [
+        format!("short buffer: 2 logits_len is 1, the batch needs 2 x {classes}"),
+        "null input: 2 input is NULL".to_string(),
+        "missing file: 3 weights file /nonexistent/w.safetensors: No such file".to_string(),
+        "classes of NULL: -1".to_string(),
+        format!("version {}", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert!(stderr.contains(&line), "stderr lacks `{line}`:\n{stderr}");
+    }
+}
+
+/// Every function the crate exports is declared in the header and every declaration is
+/// exported, and the header's status numbers are the error kinds' codes.
+#[test]
+fn the_header_is_current() {
+    let header = std::fs::read_to_string(repo().join("crates/capi/include/repvgg.h")).unwrap();
+    let source = std::fs::read_to_string(repo().join("crates/capi/src/lib.rs")).unwrap();
+    let exported: Vec<&str> =
+        source.split("extern \"C\" fn ").skip(1).map(|rest| rest.split('(').next().unwrap()).collect();
+    let declared: Vec<&str> = header
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('*') && !l.trim_start().starts_with("/*"))
+        .filter_map(|l| l.split_once("repvgg_").and_then(|(_, rest)| rest.split_once('(')).map(|(name, _)| name))
+        .collect();
+    let mut exported_sorted: Vec<String> = exported.iter().map(|s| s.to_string()).collect();
+    let mut declared_sorted: Vec<String> = declared.iter().map(|s| format!("repvgg_{s}")).collect();
+    exported_sorted.sort();
+    declared_sorted.sort();
+    assert_eq!(exported_sorted, declared_sorted, "header and exports differ");
+    for (kind, name) in repvgg_capi::STATUSES {
+        let line = format!("{name} = {}", kind.code());
+        assert!(header.contains(&line), "header lacks `{line}`");
+    }
+}
