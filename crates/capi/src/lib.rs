@@ -12,7 +12,7 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use repvgg_runtime::{ErrorKind, Model, ModelOptions, Session, SessionOptions, Tensor};
+use repvgg_runtime::{ErrorKind, Model, ModelOptions, Session, SessionOptions};
 
 /// A loaded model (`RepvggModel` in C).
 pub struct RepvggModel {
@@ -23,9 +23,6 @@ pub struct RepvggModel {
 /// reference to the model, so the model may be freed first.
 pub struct RepvggSession {
     session: Session,
-    /// The input and logits of the last call, reused while the shape stays the same.
-    input: Tensor,
-    logits: Tensor,
 }
 
 thread_local! {
@@ -162,7 +159,7 @@ pub unsafe extern "C" fn repvgg_session_new(
         let model = unsafe { model.as_ref() }.ok_or_else(|| usage("model is NULL"))?;
         let threads = usize::try_from(threads).map_err(|_| usage(format!("threads is {threads}, not >= 0")))?;
         let session = model.model.session(SessionOptions { threads, ..SessionOptions::default() })?;
-        let wrapper = RepvggSession { session, input: Tensor::zeros(vec![0]), logits: Tensor::zeros(vec![0]) };
+        let wrapper = RepvggSession { session };
         // SAFETY: `out` is non-NULL and valid for a write.
         unsafe { *out = Box::into_raw(Box::new(wrapper)) };
         Ok(())
@@ -170,7 +167,8 @@ pub unsafe extern "C" fn repvgg_session_new(
 }
 
 /// Runs `n` images of `3 x h x w` floats (NCHW, contiguous) and writes `n x classes`
-/// logits. The shape is checked against the model's limits before `input` is read.
+/// logits, reading the input in place. The shape is checked against the model's limits
+/// before `input` is read.
 ///
 /// # Safety
 /// `s` is NULL or a live session; `input` is NULL or points to `n * 3 * h * w` readable
@@ -199,16 +197,11 @@ pub unsafe extern "C" fn repvgg_session_run(
         }
         let len = shape.iter().product::<usize>();
         // SAFETY: the caller promises `len` readable floats at `input` (the shape was
-        // checked against the limits first, so `len` is bounded).
-        let values = unsafe { std::slice::from_raw_parts(input, len) };
-        if s.input.shape() != shape {
-            s.input = Tensor::zeros(shape.to_vec());
-            s.logits = Tensor::zeros(vec![n, classes]);
-        }
-        s.input.data_mut().copy_from_slice(values);
-        s.session.run_into(&s.input, &mut s.logits)?;
-        // SAFETY: the caller promises `logits_len >= n * classes` writable floats (checked).
-        unsafe { std::ptr::copy_nonoverlapping(s.logits.data().as_ptr(), logits, n * classes) };
+        // checked against the limits first, so `len` is bounded), and `logits_len >=
+        // n * classes` writable floats at `logits` (checked), not overlapping the input.
+        let (values, out) =
+            unsafe { (std::slice::from_raw_parts(input, len), std::slice::from_raw_parts_mut(logits, n * classes)) };
+        s.session.run_slice(values, &shape, out)?;
         Ok(())
     })
 }

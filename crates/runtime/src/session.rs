@@ -228,7 +228,7 @@ impl Session {
         // The plan's memory check covers the logits, so plan before allocating them.
         self.ensure_plan(n, h, w)?;
         let mut logits = Tensor::zeros(vec![n, self.model.network().num_classes]);
-        self.forward(input, logits.data_mut(), None, None)?;
+        self.run_slice(input.data(), input.shape(), logits.data_mut())?;
         Ok(logits)
     }
 
@@ -243,18 +243,46 @@ impl Session {
                 logits.shape()
             )));
         }
-        self.forward(input, logits.data_mut(), None, None)
+        self.run_slice(input.data(), input.shape(), logits.data_mut())
+    }
+
+    /// [`Session::run_into`] on borrowed memory: `input` holds `shape` = `[N, 3, H, W]`
+    /// (NCHW, contiguous), `logits` receives `N x classes` values. For callers whose data
+    /// lives elsewhere (a numpy array, a C buffer): nothing is copied.
+    pub fn run_slice(&mut self, input: &[f32], shape: &[usize], logits: &mut [f32]) -> Result<()> {
+        let shape = self.check_slices(input, shape, logits)?;
+        self.forward(input, shape, logits, None, None)
     }
 
     /// Runs a batch and returns the logits and the four stage outputs (for backbone use).
     pub fn features(&mut self, input: &Tensor) -> Result<Features> {
-        let [n, _, h, w] = self.model.limits().check_input(self.model.network(), input.shape())?;
+        self.features_slice(input.data(), input.shape())
+    }
+
+    /// [`Session::features`] on borrowed memory (see [`Session::run_slice`]).
+    pub fn features_slice(&mut self, input: &[f32], shape: &[usize]) -> Result<Features> {
+        let [n, _, h, w] = self.model.limits().check_input(self.model.network(), shape)?;
         self.ensure_plan(n, h, w)?;
         self.check_memory(&self.plans[&(n, h, w)], true)?;
         let mut logits = Tensor::zeros(vec![n, self.model.network().num_classes]);
+        let shape = self.check_slices(input, shape, logits.data())?;
         let mut stages = Vec::with_capacity(4);
-        self.forward(input, logits.data_mut(), Some(&mut stages), None)?;
+        self.forward(input, shape, logits.data_mut(), Some(&mut stages), None)?;
         Ok(Features { logits, stages: stages.try_into().expect("four stages") })
+    }
+
+    /// Checks `shape` against the limits and the slices' lengths against it.
+    fn check_slices(&self, input: &[f32], shape: &[usize], logits: &[f32]) -> Result<[usize; 4]> {
+        let shape = self.model.limits().check_input(self.model.network(), shape)?;
+        let classes = self.model.network().num_classes;
+        let (values, outputs) = (shape.iter().product::<usize>(), shape[0] * classes);
+        if input.len() != values {
+            return Err(Error::Input(format!("{} input values for shape {shape:?} ({values} needed)", input.len())));
+        }
+        if logits.len() != outputs {
+            return Err(Error::Option(format!("{} logits for a batch of {} x {classes}", logits.len(), shape[0])));
+        }
+        Ok(shape)
     }
 
     /// Runs `repeats` times and records per-layer times. Warm up first (e.g. with
@@ -274,7 +302,7 @@ impl Session {
         let mut times = vec![Duration::ZERO; layers + 1];
         for _ in 0..repeats {
             let start = Instant::now();
-            self.forward(input, &mut logits, None, Some(&mut times))?;
+            self.forward(input.data(), [n, 3, h, w], &mut logits, None, Some(&mut times))?;
             profile.total.push(start.elapsed());
             for (l, t) in times[..layers].iter().enumerate() {
                 profile.layers[l].push(*t);
@@ -387,15 +415,17 @@ impl Session {
         self.team.install(|| conv_layer(isa, &model, lp, n, input, output, transformed, scratch, pooled));
     }
 
+    /// One forward pass over `input` of the checked `shape`.
     fn forward(
         &mut self,
-        input: &Tensor,
+        input: &[f32],
+        shape: [usize; 4],
         logits: &mut [f32],
         mut stages: Option<&mut Vec<Tensor>>,
         mut times: Option<&mut Vec<Duration>>,
     ) -> Result<()> {
-        let [n, _, h, w] = self.model.limits().check_input(self.model.network(), input.shape())?;
-        check_finite(input)?;
+        let [n, _, h, w] = shape;
+        check_finite(input, shape)?;
         self.ensure_plan(n, h, w)?;
         let plan = &self.plans[&(n, h, w)];
         let model = &self.model;
@@ -409,7 +439,7 @@ impl Session {
                 let start = times.as_ref().map(|_| Instant::now());
                 let (a, b) = act.split_at_mut(1);
                 let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
-                let src: &[f32] = if lp.index == 0 { input.data() } else { src };
+                let src: &[f32] = if lp.index == 0 { input } else { src };
                 conv_layer(isa, model, lp, n, src, dst, transformed, scratch, pooled);
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
@@ -463,21 +493,18 @@ pub(crate) fn check_output(what: &str, data: &[f32], shape: &[usize]) -> Result<
     )))
 }
 
-/// Refuses NaN and infinity in an input, naming the first one.
-///
-/// They are refused rather than propagated because no answer would be consistent: x86's
-/// `max` turns NaN into 0 in a ReLU, while a Winograd transform spreads one NaN over a
-/// whole tile, so different algorithms (and the reference) would disagree.
-fn check_finite(input: &Tensor) -> Result<()> {
-    let Some(index) = input.data().iter().position(|v| !v.is_finite()) else { return Ok(()) };
-    let [_, c, h, w] = input.dims4().expect("shape was checked");
+/// Refuses NaN and infinity in an input, naming the first one: the caller learns which
+/// value was bad, rather than that the logits came out non-finite (where such a value
+/// would end up: the ReLUs keep NaN, and a Winograd transform spreads one over a tile).
+fn check_finite(input: &[f32], [_, c, h, w]: [usize; 4]) -> Result<()> {
+    let Some(index) = input.iter().position(|v| !v.is_finite()) else { return Ok(()) };
     let (n, rest) = (index / (c * h * w), index % (c * h * w));
     Err(Error::Input(format!(
         "input[{n}, {}, {}, {}] is {} (inputs must be finite)",
         rest / (h * w),
         rest % (h * w) / w,
         rest % w,
-        input.data()[index]
+        input[index]
     )))
 }
 
