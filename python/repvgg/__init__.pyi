@@ -1,0 +1,18 @@
+import os
+from typing import Any
+
+from ._native import (
+    CpuError as CpuError,
+    InputError as InputError,
+    LimitError as LimitError,
+    Model as Model,
+    ModelError as ModelError,
+    NonFiniteError as NonFiniteError,
+    Session as Session,
+    __version__ as __version__,
+    convert as convert,
+    info as info,
+    write_safetensors as write_safetensors,
+)
+
+def export(state_dict_or_module: Any, path: str | os.PathLike[str]) -> None: ...

@@ -1,0 +1,50 @@
+"""Type stubs of the native module (see the package docstring)."""
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class ModelError(ValueError): ...
+class InputError(ValueError): ...
+class LimitError(ValueError): ...
+class CpuError(RuntimeError): ...
+class NonFiniteError(FloatingPointError): ...
+
+class Model:
+    @staticmethod
+    def load(path: str | os.PathLike[str], arch: str | None = None) -> Model:
+        """Loads a safetensors checkpoint; `arch` is a built-in name or a .toml path, or None to infer it."""
+    @staticmethod
+    def synthetic(arch: str = "A0", seed: int = 0) -> Model:
+        """Deterministic synthetic weights (what `repvgg bench` runs by default)."""
+    def session(self, threads: int = 0, isa: str = "auto") -> Session:
+        """A session with `threads` workers (0: one per core) and a kernel set (auto, avx512, avx2, portable)."""
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+
+class Session:
+    def run(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Logits [N, classes] of a batch [N, 3, H, W]."""
+    def features(self, x: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]:
+        """The logits and the four stage outputs [N, C, H, W]."""
+    @property
+    def threads(self) -> int: ...
+    @property
+    def isa(self) -> str: ...
+
+def convert(train: str | os.PathLike[str], deploy: str | os.PathLike[str], arch: str | None = None) -> None:
+    """Writes the deploy form (official names, F32) of training-form weights."""
+
+def info(arch: str = "A0", size: int = 224) -> list[dict[str, Any]]:
+    """The `repvgg info` table: one dict per layer and one for the classifier."""
+
+def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, npt.ArrayLike]) -> None:
+    """Writes named float32 arrays as a safetensors file, atomically."""

@@ -1,0 +1,287 @@
+//! `repvgg._native`: the Python bindings of repvgg-rs (the pure-Python `repvgg` package
+//! wraps and documents them; `repvgg/_native.pyi` types them).
+//!
+//! Inputs are read in place when they are C-contiguous float32 arrays and converted once
+//! otherwise; the GIL is released while a session runs, so Python threads with one
+//! session each run in parallel. Errors become Python exceptions carrying the CLI's
+//! one-line messages, by kind (see `exception`).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use numpy::{PyArray1, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods, ToPyArray};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyFileNotFoundError, PyFloatingPointError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use repvgg::files::Output;
+use repvgg::runtime::loader;
+use repvgg::{ArchSpec, ErrorKind, IsaChoice, ModelOptions, Network, SessionOptions};
+
+create_exception!(_native, ModelError, PyValueError, "Weights or an architecture that cannot be used.");
+create_exception!(_native, InputError, PyValueError, "An input the model cannot take.");
+create_exception!(_native, LimitError, PyValueError, "A request beyond a resource limit (refused before allocating).");
+create_exception!(_native, CpuError, PyRuntimeError, "The CPU lacks an instruction set that was asked for.");
+create_exception!(
+    _native,
+    NonFiniteError,
+    PyFloatingPointError,
+    "Finite weights and input overflowed float32 inside the network."
+);
+
+/// The Python exception of a runtime error: FileNotFoundError for a missing file, OSError
+/// for other I/O, ValueError subclasses for bad weights, inputs and limits.
+fn exception(error: repvgg::Error) -> PyErr {
+    let message = error.to_string();
+    if let repvgg::Error::File(repvgg::files::Error::Io { source, .. }) = &error
+        && source.kind() == std::io::ErrorKind::NotFound
+    {
+        return PyFileNotFoundError::new_err(message);
+    }
+    match error.kind() {
+        ErrorKind::Io => PyOSError::new_err(message),
+        ErrorKind::Format | ErrorKind::Model | ErrorKind::Arch => ModelError::new_err(message),
+        ErrorKind::Input => InputError::new_err(message),
+        ErrorKind::Limit => LimitError::new_err(message),
+        ErrorKind::Cpu => CpuError::new_err(message),
+        ErrorKind::Numeric => NonFiniteError::new_err(message),
+        ErrorKind::Usage => PyValueError::new_err(message),
+    }
+}
+
+fn graph(error: repvgg::graph::Error) -> PyErr {
+    exception(repvgg::Error::from(error))
+}
+
+fn options(arch: Option<&str>) -> PyResult<ModelOptions> {
+    let arch = arch.map(ArchSpec::resolve).transpose().map_err(graph)?;
+    Ok(ModelOptions { arch, ..ModelOptions::default() })
+}
+
+/// A loaded, re-parameterized RepVGG model; cheap to share between threads.
+#[pyclass(frozen, module = "repvgg._native")]
+struct Model {
+    inner: repvgg::Model,
+}
+
+#[pymethods]
+impl Model {
+    /// Loads a safetensors checkpoint in any naming form (official, timm), dtype
+    /// (F32, F16, BF16) and form (deploy, or training, fused at load).
+    #[staticmethod]
+    #[pyo3(signature = (path, arch=None))]
+    fn load(py: Python<'_>, path: PathBuf, arch: Option<&str>) -> PyResult<Model> {
+        let options = options(arch)?;
+        let inner = py.detach(|| repvgg::Model::load(&path, &options)).map_err(exception)?;
+        Ok(Model { inner })
+    }
+
+    /// A model with deterministic synthetic weights (what `repvgg bench` runs by default).
+    #[staticmethod]
+    #[pyo3(signature = (arch="A0", seed=0))]
+    fn synthetic(arch: &str, seed: u64) -> PyResult<Model> {
+        let spec = ArchSpec::resolve(arch).map_err(graph)?;
+        Ok(Model { inner: repvgg::Model::synthetic(spec, seed).map_err(exception)? })
+    }
+
+    /// A session with `threads` workers (0: one per core) and a kernel set (`"auto"`,
+    /// `"avx512"`, `"avx2"`, `"portable"`).
+    #[pyo3(signature = (threads=0, isa="auto"))]
+    fn session(&self, threads: usize, isa: &str) -> PyResult<Session> {
+        let isa: IsaChoice = isa.parse().map_err(|e| PyValueError::new_err(format!("isa: {e}")))?;
+        let options = SessionOptions { threads, isa, ..SessionOptions::default() };
+        let inner = self.inner.session(options).map_err(exception)?;
+        Ok(Session { inner: Mutex::new(inner) })
+    }
+
+    #[getter]
+    fn num_classes(&self) -> usize {
+        self.inner.network().num_classes
+    }
+
+    #[getter]
+    fn arch(&self) -> String {
+        self.inner.network().arch.name.clone()
+    }
+
+    /// One line saying what was loaded.
+    #[getter]
+    fn description(&self) -> String {
+        self.inner.description().to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<repvgg.Model {}>", self.inner.description())
+    }
+}
+
+/// A session: a thread team, plans and buffers. One Python thread at a time uses it
+/// (others wait); make one per thread to run in parallel.
+#[pyclass(frozen, module = "repvgg._native")]
+struct Session {
+    inner: Mutex<repvgg::Session>,
+}
+
+/// `x` as a C-contiguous float32 array: the caller's own array when it already is one
+/// (read in place), else one converted copy (`numpy.ascontiguousarray`).
+fn as_input<'py>(x: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray4<'py, f32>> {
+    if let Ok(array) = x.cast::<PyArray4<f32>>()
+        && array.is_c_contiguous()
+    {
+        return Ok(array.readonly());
+    }
+    let numpy = x.py().import("numpy")?;
+    let converted = numpy.getattr("ascontiguousarray")?.call1((x, numpy.getattr("float32")?))?;
+    let ndim: usize = converted.getattr("ndim")?.extract()?;
+    if ndim != 4 {
+        let shape = converted.getattr("shape")?;
+        return Err(InputError::new_err(format!("input has shape {shape}, expected [N, 3, H, W]")));
+    }
+    Ok(converted.cast_into::<PyArray4<f32>>()?.readonly())
+}
+
+#[pymethods]
+impl Session {
+    /// Logits `[N, classes]` (float32) of a batch `[N, 3, H, W]`.
+    fn run<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let input = as_input(x)?;
+        let shape = input.shape().to_vec();
+        let values = input.as_slice()?;
+        // The lock is taken without the GIL: a thread holding it needs the GIL back to
+        // return, so waiting for it with the GIL held could deadlock.
+        let (logits, n, classes) = py
+            .detach(|| {
+                let mut session = self.lock()?;
+                let network = session.model().network();
+                let classes = network.num_classes;
+                let [n, ..] = session.model().limits().check_input(network, &shape)?;
+                let mut logits = vec![0f32; n * classes];
+                session.run_slice(values, &shape, &mut logits)?;
+                Ok((logits, n, classes))
+            })
+            .map_err(exception)?;
+        PyArray1::from_vec(py, logits).reshape([n, classes])
+    }
+
+    /// The logits and the four stage outputs `[N, C_s, H_s, W_s]` (for backbone use).
+    fn features<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
+        let input = as_input(x)?;
+        let shape = input.shape().to_vec();
+        let values = input.as_slice()?;
+        let features = py.detach(|| self.lock()?.features_slice(values, &shape)).map_err(exception)?;
+        let to_numpy = |t: &repvgg::Tensor| -> PyResult<Bound<'py, PyAny>> {
+            Ok(t.data().to_pyarray(py).reshape(t.shape().to_vec())?.into_any())
+        };
+        let stages = features.stages.iter().map(to_numpy).collect::<PyResult<Vec<_>>>()?;
+        Ok((to_numpy(&features.logits)?, PyList::new(py, stages)?))
+    }
+
+    /// Worker threads.
+    #[getter]
+    fn threads(&self, py: Python<'_>) -> PyResult<usize> {
+        py.detach(|| Ok(self.lock()?.threads())).map_err(exception)
+    }
+
+    /// The kernel set that runs (`"avx2"`, ...).
+    #[getter]
+    fn isa(&self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| Ok(self.lock()?.isa().to_string())).map_err(exception)
+    }
+}
+
+impl Session {
+    /// The session, for one caller at a time (call without the GIL).
+    fn lock(&self) -> repvgg::Result<std::sync::MutexGuard<'_, repvgg::Session>> {
+        // A panic inside a run is caught by pyo3 and leaves the session in an unknown
+        // state: refuse to use it again rather than guess.
+        self.inner.lock().map_err(|_| repvgg::Error::Option("the session failed earlier; make a new one".into()))
+    }
+}
+
+/// Converts training-form weights to the deploy form (official names, F32), as
+/// `repvgg convert` does: atomically, never over the input.
+#[pyfunction]
+#[pyo3(signature = (train, deploy, arch=None))]
+fn convert(py: Python<'_>, train: PathBuf, deploy: PathBuf, arch: Option<&str>) -> PyResult<()> {
+    let options = options(arch)?;
+    py.detach(|| -> repvgg::Result<()> {
+        let mut inputs = vec![train.as_path()];
+        inputs.extend(arch.map(std::path::Path::new));
+        let output = Output::new(&deploy, &inputs)?;
+        let model = repvgg::Model::load(&train, &options)?;
+        loader::write_tensors(&output, model.weights().named_tensors(model.network()))
+    })
+    .map_err(exception)
+}
+
+/// Writes named float32 arrays as a safetensors file, atomically (what `repvgg.export`
+/// uses; names and shapes are kept as given).
+#[pyfunction]
+fn write_safetensors(path: PathBuf, tensors: &Bound<'_, PyDict>) -> PyResult<()> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, value) in tensors.iter() {
+        let name: String = name.extract()?;
+        let numpy = value.py().import("numpy")?;
+        let array = numpy.getattr("ascontiguousarray")?.call1((value, numpy.getattr("float32")?))?;
+        let shape: Vec<usize> = array.getattr("shape")?.extract()?;
+        let flat: Vec<f32> = array.call_method1("reshape", (-1,))?.extract()?;
+        owned.push((name, shape, flat));
+    }
+    let output = Output::new(&path, &[]).map_err(|e| exception(e.into()))?;
+    loader::write_tensors(&output, owned.iter().map(|(n, s, d)| (n.clone(), s.clone(), d.as_slice())))
+        .map_err(exception)
+}
+
+/// The `repvgg info` table: one dict per layer (and the classifier), with shapes,
+/// parameters, MACs and multiplies.
+#[pyfunction]
+#[pyo3(signature = (arch="A0", size=224))]
+fn info<'py>(py: Python<'py>, arch: &str, size: usize) -> PyResult<Bound<'py, PyList>> {
+    let network = Network::from_name(arch).map_err(graph)?;
+    network.check_input_size(size, size, repvgg::Limits::default().max_side).map_err(graph)?;
+    let shapes = network.shapes(size, size).map_err(graph)?;
+    let rows = PyList::empty(py);
+    for s in &shapes {
+        let row = PyDict::new(py);
+        row.set_item("name", &s.name)?;
+        row.set_item("in_channels", s.in_channels)?;
+        row.set_item("out_channels", s.out_channels)?;
+        row.set_item("groups", s.groups)?;
+        row.set_item("stride", s.stride)?;
+        row.set_item("input", (s.in_h, s.in_w))?;
+        row.set_item("output", (s.out_h, s.out_w))?;
+        row.set_item("se", s.se)?;
+        row.set_item("params", s.params)?;
+        row.set_item("macs", s.macs)?;
+        rows.append(row)?;
+    }
+    let head = PyDict::new(py);
+    head.set_item("name", "linear")?;
+    head.set_item("in_channels", network.feature_channels())?;
+    head.set_item("out_channels", network.num_classes)?;
+    head.set_item("params", network.head_params())?;
+    head.set_item("macs", (network.feature_channels() * network.num_classes) as u64)?;
+    rows.append(head)?;
+    Ok(rows)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Model>()?;
+    m.add_class::<Session>()?;
+    m.add_function(wrap_pyfunction!(convert, m)?)?;
+    m.add_function(wrap_pyfunction!(info, m)?)?;
+    m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
+    m.add("ModelError", py.get_type::<ModelError>())?;
+    m.add("InputError", py.get_type::<InputError>())?;
+    m.add("LimitError", py.get_type::<LimitError>())?;
+    m.add("CpuError", py.get_type::<CpuError>())?;
+    m.add("NonFiniteError", py.get_type::<NonFiniteError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+"""The Python package against the Rust runtime's fixtures (ONNX Runtime's logits) and its
+error classes. Run with pytest after installing the package (README, "Python")."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import repvgg
+
+FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """A minimal safetensors reader (F32, I64), so the tests need nothing beyond numpy."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = {"F32": "<f4", "I64": "<i8"}[info["dtype"]]
+        start, end = info["data_offsets"]
+        out[name] = np.frombuffer(data[8 + n + start : 8 + n + end], dtype=dtype).reshape(info["shape"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    weights = FIXTURES / "tiny-groups" / "train.safetensors"
+    x = read_safetensors(FIXTURES / "tiny-groups" / "input.safetensors")["input"]
+    expected = read_safetensors(FIXTURES / "tiny-groups" / "expected.safetensors")
+    return weights, np.ascontiguousarray(x), expected
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_logits_match_onnx_runtime(tiny):
+    weights, x, expected = tiny
+    model = repvgg.Model.load(weights)
+    assert model.num_classes == expected["logits"].shape[1]
+    logits = model.session(threads=2).run(x)
+    assert logits.dtype == np.float32 and logits.shape == expected["logits"].shape
+    # The Rust suite's bound for the fast paths against ONNX Runtime's fixtures.
+    assert rel(logits, expected["logits"]) < 4e-5
+
+
+def test_other_dtypes_layouts_and_lists_give_the_same_logits(tiny):
+    weights, x, _ = tiny
+    sess = repvgg.Model.load(weights).session(threads=1)
+    want = sess.run(x)
+    np.testing.assert_array_equal(sess.run(x.astype(np.float64)), want)
+    fortran = np.asfortranarray(x)
+    assert not fortran.flags.c_contiguous
+    np.testing.assert_array_equal(sess.run(fortran), want)
+    np.testing.assert_array_equal(sess.run(x.tolist()), want)
+
+
+def test_features_are_the_four_stages(tiny):
+    weights, x, expected = tiny
+    sess = repvgg.Model.load(weights).session(threads=1)
+    logits, stages = sess.features(x)
+    np.testing.assert_array_equal(logits, sess.run(x))
+    assert len(stages) == 4
+    for s, stage in enumerate(stages, start=1):
+        want = expected[f"stage{s}"] if f"stage{s}" in expected else None
+        assert stage.ndim == 4 and stage.shape[0] == x.shape[0]
+        if want is not None:
+            assert rel(stage, want) < 4e-5
+
+
+def test_convert_and_info(tiny, tmp_path):
+    weights, x, _ = tiny
+    deploy = tmp_path / "deploy.safetensors"
+    repvgg.convert(weights, deploy)
+    a = repvgg.Model.load(weights).session(threads=1).run(x)
+    b = repvgg.Model.load(deploy).session(threads=1).run(x)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="same file as the input"):
+        repvgg.convert(deploy, deploy)
+    rows = repvgg.info("A0", size=224)
+    assert rows[0]["name"] == "stage0" and rows[-1]["name"] == "linear"
+    assert sum(r["params"] for r in rows) == 8_309_384
+
+
+def test_export_writes_what_load_reads(tiny, tmp_path):
+    weights, x, _ = tiny
+    state = {f"module.{k}": v.copy() for k, v in read_safetensors(weights).items()}
+    state["module.stage0.rbr_dense.bn.num_batches_tracked"] = np.array(7)
+    path = tmp_path / "exported.safetensors"
+    repvgg.export(state, path)
+    names = read_safetensors(path).keys()
+    assert not any(n.startswith("module.") or n.endswith("num_batches_tracked") for n in names)
+    a = repvgg.Model.load(weights).session(threads=1).run(x)
+    np.testing.assert_array_equal(repvgg.Model.load(path).session(threads=1).run(x), a)
+
+
+def test_errors_are_exceptions_with_the_cli_messages(tiny, tmp_path):
+    weights, x, _ = tiny
+    with pytest.raises(FileNotFoundError, match="weights file /nonexistent.safetensors"):
+        repvgg.Model.load("/nonexistent.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x10" + b"\x00" * 7 + b"not json at all!")
+    with pytest.raises(repvgg.ModelError, match="not a valid safetensors file"):
+        repvgg.Model.load(garbage)
+    with pytest.raises(repvgg.ModelError, match="unknown architecture"):
+        repvgg.Model.load(weights, arch="Q7")
+    sess = repvgg.Model.load(weights).session(threads=1)
+    with pytest.raises(repvgg.InputError, match=r"expected \[N, 3, H, W\]"):
+        sess.run(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(repvgg.InputError, match="expected 3 channels"):
+        sess.run(np.zeros((1, 4, 8, 8), np.float32))
+    bad = x.copy()
+    bad[0, 1, 2, 3] = np.nan
+    with pytest.raises(repvgg.InputError, match=r"input\[0, 1, 2, 3\] is NaN"):
+        sess.run(bad)
+    with pytest.raises(repvgg.LimitError, match="exceeds the limit of 1024"):
+        sess.run(np.broadcast_to(np.float32(0), (1025, 3, 1, 1)))
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        repvgg.Model.load(weights).session(isa="sse9")
+    assert issubclass(repvgg.LimitError, ValueError) and not issubclass(repvgg.LimitError, repvgg.InputError)
+    # The session still serves after every refusal.
+    assert sess.run(x).shape[0] == x.shape[0]
+
+
+def test_the_gil_is_released_while_a_session_runs():
+    """Another Python thread makes progress during a run: its timestamps fall inside the
+    run, away from its edges (where a time-sliced GIL hand-over could also place them)."""
+    sess = repvgg.Model.synthetic("A0").session(threads=1)
+    x = np.zeros((2, 3, 224, 224), np.float32)
+    sess.run(x)  # plan and pack first
+    stamps: list[float] = []
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+
+    t = threading.Thread(target=tick)
+    t.start()
+    windows = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sess.run(x)
+        windows.append((start, time.perf_counter()))
+    stop.set()
+    t.join()
+    margin = 0.006  # beyond CPython's 5 ms switch interval
+    inside = [s for s in stamps for a, b in windows if a + margin < s < b - margin]
+    assert any(b - a > 3 * margin for a, b in windows), "runs too short to tell"
+    assert inside, "no other thread ran while the session ran: the GIL was held"
