@@ -1,0 +1,144 @@
+"""Trains a small RepVGG in PyTorch on real data and exports the fixture that checks our
+runtime on weights gradient descent produced (models/fixtures/trained-digits/).
+
+The data is scikit-learn's handwritten digits (1797 8x8 images, 10 classes; it ships
+inside the scikit-learn wheel: no download), upsampled to 24x24 and repeated over three
+channels. The network is a custom RepVGG with the training-time blocks of Ding et al.
+(2021): a 3x3 conv + BN branch, a 1x1 conv + BN branch and, where shapes allow, an
+identity BN branch, summed, then ReLU; official parameter names, so the state dict is
+what the official repository saves. It trains for a few minutes on a CPU (on a GPU when
+there is one), is evaluated in eval mode (BatchNorm running statistics), and the
+training-form state dict is written as safetensors with the held-out images (stored as
+F16, and evaluated by PyTorch after that rounding, so both sides see the same inputs),
+PyTorch's logits, the labels and the accuracy.
+
+    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch scikit-learn safetensors numpy
+    /tmp/torchenv/bin/python tools/train_tiny.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from sklearn.datasets import load_digits
+
+OUT = Path(__file__).resolve().parents[1] / "models" / "fixtures" / "trained-digits"
+ARCH = {"name": "digits", "blocks_per_stage": [1, 2, 2, 1], "widths": [16, 16, 32, 48, 64], "num_classes": 10}
+SIDE = 24
+SEED = 0
+
+
+def conv_bn(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:
+    seq = nn.Sequential()
+    seq.add_module("conv", nn.Conv2d(cin, cout, k, stride, k // 2, bias=False))
+    seq.add_module("bn", nn.BatchNorm2d(cout))
+    return seq
+
+
+class Block(nn.Module):
+    """RepVGG's training-time block (official names: rbr_dense, rbr_1x1, rbr_identity)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.rbr_dense = conv_bn(cin, cout, 3, stride)
+        self.rbr_1x1 = conv_bn(cin, cout, 1, stride)
+        self.rbr_identity = nn.BatchNorm2d(cin) if cin == cout and stride == 1 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.rbr_dense(x) + self.rbr_1x1(x)
+        if self.rbr_identity is not None:
+            y = y + self.rbr_identity(x)
+        return F.relu(y)
+
+
+class RepVGG(nn.Module):
+    def __init__(self, arch: dict) -> None:
+        super().__init__()
+        w = arch["widths"]
+        self.stage0 = Block(3, w[0], 2)
+        cin = w[0]
+        for s, blocks in enumerate(arch["blocks_per_stage"], start=1):
+            layers = []
+            for j in range(blocks):
+                layers.append(Block(cin, w[s], 2 if j == 0 else 1))
+                cin = w[s]
+            setattr(self, f"stage{s}", nn.Sequential(*layers))
+        self.linear = nn.Linear(cin, arch["num_classes"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage0(x)
+        for s in range(1, 5):
+            x = getattr(self, f"stage{s}")(x)
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
+    images = ((images - 0.5) / 0.5).repeat(1, 3, 1, 1)
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SEED))
+    test, train = order[:297], order[297:]
+    # The held-out images as they will be stored (F16), so PyTorch evaluates what we read.
+    test_images = images[test].half().float()
+    return images[train], labels[train], test_images, labels[test]
+
+
+def main() -> None:
+    torch.manual_seed(SEED)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train_x, train_y, test_x, test_y = data()
+    model = RepVGG(ARCH).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    epochs = 30
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * ((len(train_y) + 63) // 64))
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(train_y))
+        total = 0.0
+        for i in range(0, len(perm), 64):
+            idx = perm[i : i + 64]
+            x, y = train_x[idx].to(device), train_y[idx].to(device)
+            # Light augmentation: shifts by up to two pixels.
+            dx, dy = np.random.randint(-2, 3, size=2)
+            x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+        print(f"epoch {epoch + 1}: loss {total / len(train_y):.4f}")
+    model.eval().cpu()
+    with torch.no_grad():
+        logits = model(test_x)
+    accuracy = float((logits.argmax(1) == test_y).float().mean())
+    correct = int((logits.argmax(1) == test_y).sum())
+    print(f"held-out accuracy {accuracy:.4f} ({correct}/{len(test_y)})")
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(OUT / "train.safetensors"))
+    save_file({"input": test_x.half().contiguous()}, str(OUT / "input.safetensors"))
+    save_file({"logits": logits.contiguous(), "labels": test_y.float().contiguous()}, str(OUT / "expected.safetensors"))
+    toml = "\n".join(
+        [f"name = \"{ARCH['name']}\"", f"blocks_per_stage = {ARCH['blocks_per_stage']}", f"widths = {ARCH['widths']}",
+         f"num_classes = {ARCH['num_classes']}", ""]
+    )
+    (OUT / "arch.toml").write_text(toml)
+    (OUT / "accuracy.json").write_text(json.dumps({
+        "accuracy": accuracy, "correct": correct, "total": len(test_y), "epochs": epochs,
+        "torch": torch.__version__, "device": device, "side": SIDE,
+    }, indent=1) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
