@@ -37,7 +37,9 @@ from ._native import (
     Session,
     __version__,
     convert,
+    imagenet_labels,
     info,
+    preprocess,
     write_safetensors,
 )
 
@@ -52,7 +54,9 @@ __all__ = [
     "__version__",
     "convert",
     "export",
+    "imagenet_labels",
     "info",
+    "preprocess",
 ]
 
 # Keys a PyTorch BatchNorm keeps that are not weights.

@@ -11,7 +11,9 @@ from ._native import (
     Session as Session,
     __version__ as __version__,
     convert as convert,
+    imagenet_labels as imagenet_labels,
     info as info,
+    preprocess as preprocess,
     write_safetensors as write_safetensors,
 )
 

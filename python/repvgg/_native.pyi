@@ -46,5 +46,11 @@ def convert(train: str | os.PathLike[str], deploy: str | os.PathLike[str], arch:
 def info(arch: str = "A0", size: int = 224) -> list[dict[str, Any]]:
     """The `repvgg info` table: one dict per layer and one for the classifier."""
 
+def preprocess(data: bytes, name: str = "image") -> npt.NDArray[np.float32]:
+    """Decodes a JPEG/PNG and preprocesses it as `repvgg classify` does: float32 [3, 224, 224]."""
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names, in class-index order."""
+
 def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, npt.ArrayLike]) -> None:
     """Writes named float32 arrays as a safetensors file, atomically."""

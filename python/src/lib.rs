@@ -236,6 +236,22 @@ fn write_safetensors(path: PathBuf, tensors: &Bound<'_, PyDict>) -> PyResult<()>
         .map_err(exception)
 }
 
+/// Decodes a JPEG or PNG and preprocesses it as `repvgg classify` does (short side to
+/// 256, bilinear; center crop 224; ImageNet mean and std): float32 `[3, 224, 224]`.
+#[pyfunction]
+#[pyo3(signature = (data, name="image"))]
+fn preprocess<'py>(py: Python<'py>, data: &[u8], name: &str) -> PyResult<Bound<'py, PyAny>> {
+    let values = py.detach(|| repvgg::imagenet::preprocess(data, name)).map_err(exception)?;
+    let side = repvgg::imagenet::CROP as usize;
+    Ok(PyArray1::from_vec(py, values).reshape([3, side, side])?.into_any())
+}
+
+/// The 1000 ImageNet-1k class names, in class-index order.
+#[pyfunction]
+fn imagenet_labels() -> Vec<&'static str> {
+    repvgg::imagenet::labels()
+}
+
 /// The `repvgg info` table: one dict per layer (and the classifier), with shapes,
 /// parameters, MACs and multiplies.
 #[pyfunction]
@@ -277,6 +293,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(imagenet_labels, m)?)?;
     m.add("ModelError", py.get_type::<ModelError>())?;
     m.add("InputError", py.get_type::<InputError>())?;
     m.add("LimitError", py.get_type::<LimitError>())?;

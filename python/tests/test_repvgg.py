@@ -132,6 +132,29 @@ def test_errors_are_exceptions_with_the_cli_messages(tiny, tmp_path):
     assert sess.run(x).shape[0] == x.shape[0]
 
 
+def test_images_are_preprocessed_as_classify_does(tmp_path):
+    import zlib
+
+    # A 300 x 200 PNG of one colour, written by hand (no imaging library needed).
+    w, h, rgb = 300, 200, bytes([255, 128, 0])
+    raw = b"".join(b"\x00" + rgb * w for _ in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    x = repvgg.preprocess(png)
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    want = (np.array([255, 128, 0]) / 255.0 - mean) / std
+    np.testing.assert_allclose(x[:, 100, 100], want, rtol=1e-5)
+    with pytest.raises(repvgg.InputError, match="cannot decode image junk"):
+        repvgg.preprocess(b"not an image", "junk")
+    labels = repvgg.imagenet_labels()
+    assert len(labels) == 1000 and labels[0] == "tench"
+
+
 def test_the_gil_is_released_while_a_session_runs():
     """Another Python thread makes progress during a run: its timestamps fall inside the
     run, away from its edges (where a time-sliced GIL hand-over could also place them)."""
