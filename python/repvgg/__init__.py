@@ -8,7 +8,7 @@ load); a session runs batches of ``[N, 3, H, W]`` float32 images::
     model = repvgg.Model.load("w.safetensors")       # arch inferred; arch="A0" or a .toml path
     sess = model.session(threads=2)
     logits = sess.run(np.zeros((1, 3, 224, 224), np.float32))   # [1, classes]
-    logits, stages = sess.features(x)                            # and the four stage outputs
+    stages = sess.features(x)                                    # the four stage outputs
 
 C-contiguous float32 arrays are read in place; anything else array-like (other dtypes,
 layouts, a CPU torch tensor through ``__array__``) is converted once. The GIL is released

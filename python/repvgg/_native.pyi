@@ -33,8 +33,8 @@ class Model:
 class Session:
     def run(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Logits [N, classes] of a batch [N, 3, H, W]."""
-    def features(self, x: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]]]:
-        """The logits and the four stage outputs [N, C, H, W]."""
+    def features(self, x: npt.ArrayLike) -> list[npt.NDArray[np.float32]]:
+        """The four stage outputs [N, C, H, W] (`run` gives the logits)."""
     @property
     def threads(self) -> int: ...
     @property

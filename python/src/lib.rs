@@ -163,12 +163,8 @@ impl Session {
         PyArray1::from_vec(py, logits).reshape([n, classes])
     }
 
-    /// The logits and the four stage outputs `[N, C_s, H_s, W_s]` (for backbone use).
-    fn features<'py>(
-        &self,
-        py: Python<'py>,
-        x: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
+    /// The four stage outputs `[N, C_s, H_s, W_s]` (for backbone use; `run` gives the logits).
+    fn features<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let input = as_input(x)?;
         let shape = input.shape().to_vec();
         let values = input.as_slice()?;
@@ -177,7 +173,7 @@ impl Session {
             Ok(t.data().to_pyarray(py).reshape(t.shape().to_vec())?.into_any())
         };
         let stages = features.stages.iter().map(to_numpy).collect::<PyResult<Vec<_>>>()?;
-        Ok((to_numpy(&features.logits)?, PyList::new(py, stages)?))
+        PyList::new(py, stages)
     }
 
     /// Worker threads.

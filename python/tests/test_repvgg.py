@@ -68,8 +68,7 @@ def test_other_dtypes_layouts_and_lists_give_the_same_logits(tiny):
 def test_features_are_the_four_stages(tiny):
     weights, x, expected = tiny
     sess = repvgg.Model.load(weights).session(threads=1)
-    logits, stages = sess.features(x)
-    np.testing.assert_array_equal(logits, sess.run(x))
+    stages = sess.features(x)
     assert len(stages) == 4
     for s, stage in enumerate(stages, start=1):
         want = expected[f"stage{s}"] if f"stage{s}" in expected else None
