@@ -5,16 +5,11 @@ use std::process::ExitCode;
 use repvgg::runtime::ErrorKind;
 use repvgg::runtime::error::{file_error_kind, graph_error_kind};
 
-/// Exit status of an error kind ([`ErrorKind::code`]). 1 is reserved for unexpected
+/// Exit status of an error kind: [`ErrorKind::code`]. 1 is reserved for unexpected
 /// failures, 2 for usage errors (clap uses 2 for bad arguments too). The README's table
 /// lists these; a test keeps the two in step.
-pub fn number(kind: ErrorKind) -> u8 {
-    kind.code()
-}
-
-/// [`number`] as an [`ExitCode`].
 pub fn code(kind: ErrorKind) -> ExitCode {
-    ExitCode::from(number(kind))
+    ExitCode::from(kind.code())
 }
 
 /// clap's message for a bad command line, on one line: its first paragraph, which says
@@ -87,7 +82,7 @@ mod tests {
             (ErrorKind::Numeric, "non-finite result"),
         ];
         for (kind, label) in rows {
-            let row = format!("| {} | {label} |", number(kind));
+            let row = format!("| {} | {label} |", kind.code());
             assert!(table.contains(&row), "README lacks `{row}`");
         }
     }

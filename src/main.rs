@@ -506,10 +506,7 @@ fn density(config: density::Config, threads: Option<usize>, isa: &str, json: boo
     }
     let plot = plot.map(|p| Output::new(p, &[])).transpose()?;
     let isa = repvgg::simd::Dispatch::choose(isa_choice(isa)?).map_err(repvgg::Error::from)?;
-    let threads = match thread_count(threads)? {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        t => t,
-    };
+    let threads = repvgg::runtime::session::worker_count(thread_count(threads)?)?;
     let report = density::run(&config, isa, threads)?;
     if json {
         print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;

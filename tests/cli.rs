@@ -153,6 +153,10 @@ fn density_prints_a_row_per_kind() {
     assert_eq!(out.status.code(), Some(2), "--paper fixes the setting");
     let out = repvgg(&["density", "--channels", "65536", "--size", "8192"]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    // The session's thread bound applies here too, before any thread starts.
+    let out = repvgg(&["density", "--channels", "16", "--size", "8", "--threads", "100000"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("100000 threads requested; at most 1024"), "{}", stderr(&out));
 }
 
 /// `infer` of the tiny-groups fixture (training form) into `output`.

@@ -168,19 +168,25 @@ pub struct Session {
     arena: Arena,
 }
 
+/// Most worker threads a session (or anything else running a [`Team`]) may start.
+pub const MAX_THREADS: usize = 1024;
+
+/// The workers `threads` asks for: 0 means one per core; more than [`MAX_THREADS`] is
+/// refused.
+pub fn worker_count(threads: usize) -> Result<usize> {
+    let workers = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    if workers > MAX_THREADS {
+        return Err(Error::Option(format!("{workers} threads requested; at most {MAX_THREADS}")));
+    }
+    Ok(workers)
+}
+
 impl Session {
     /// Creates a session; see [`Model::session`].
     pub fn new(model: Model, options: SessionOptions) -> Result<Session> {
         crate::cpu::check_build_features()?;
         let isa = Dispatch::choose(options.isa)?;
-        let workers = if options.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            options.threads
-        };
-        if workers > 1024 {
-            return Err(Error::Option(format!("{workers} threads requested; at most 1024")));
-        }
+        let workers = worker_count(options.threads)?;
         let team = Team::new(workers, options.spin)
             .map_err(|e| Error::Option(format!("cannot start {workers} worker threads: {e}")))?;
         Ok(Session { model, options, isa, team, workers, plans: HashMap::new(), arena: Arena::new(workers) })
