@@ -7,6 +7,7 @@
 //! - [`runtime`]: safetensors loading, the reference executor and the fast executor;
 //! - [`winograd`]: the Winograd F(m,3) transforms (Lavin & Gray 2016);
 //! - [`simd`]: the per-instruction-set vector types and the run-time kernel choice;
+//! - [`imagenet`]: image decoding, ImageNet preprocessing and class labels;
 //! - [`files`]: bounded reads of regular files and atomic, identity-checked writes.
 //!
 //! ```no_run
@@ -19,10 +20,9 @@
 //! # Ok::<(), repvgg::Error>(())
 //! ```
 
-pub mod imagenet;
-
 pub use repvgg_files as files;
 pub use repvgg_graph as graph;
+pub use repvgg_imagenet as imagenet;
 pub use repvgg_runtime as runtime;
 pub use repvgg_simd as simd;
 pub use repvgg_winograd as winograd;

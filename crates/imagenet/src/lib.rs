@@ -6,10 +6,11 @@ use std::path::Path;
 
 use image::imageops::FilterType;
 
-use crate::{Error, Result, Tensor};
+use rayon::prelude::*;
+use repvgg_runtime::{Error, Result, Tensor};
 
 /// The 1000 ImageNet-1k class names, in class-index order.
-pub const LABELS_TEXT: &str = include_str!("../models/imagenet_classes.txt");
+pub const LABELS_TEXT: &str = include_str!("../../../models/imagenet_classes.txt");
 
 /// Per-channel mean and standard deviation of ImageNet (RGB).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -104,14 +105,19 @@ pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
 }
 
 /// Reads and preprocesses several image files into one `[N, 3, 224, 224]` batch.
-pub fn load_batch(paths: &[impl AsRef<Path>]) -> Result<Tensor> {
-    let mut data = Vec::with_capacity(paths.len() * 3 * (CROP * CROP) as usize);
-    for path in paths {
-        let path = path.as_ref();
-        let bytes = repvgg_files::read(path, "image", MAX_IMAGE_FILE_BYTES)?;
-        data.extend(preprocess(&bytes, &path.display().to_string())?);
-    }
-    Tensor::new(vec![paths.len(), 3, CROP as usize, CROP as usize], data)
+///
+/// Files are read and decoded in parallel on the current rayon pool (the global one unless
+/// the caller installed another); the first failing file, in the order given, is reported.
+pub fn load_batch(paths: &[impl AsRef<Path> + Sync]) -> Result<Tensor> {
+    let images: Vec<Vec<f32>> = paths
+        .par_iter()
+        .map(|path| {
+            let path = path.as_ref();
+            let bytes = repvgg_files::read(path, "image", MAX_IMAGE_FILE_BYTES)?;
+            preprocess(&bytes, &path.display().to_string())
+        })
+        .collect::<Result<_>>()?;
+    Tensor::new(vec![paths.len(), 3, CROP as usize, CROP as usize], images.concat())
 }
 
 #[cfg(test)]
@@ -162,7 +168,7 @@ mod tests {
         // 32:1 is the limit; 33:1 would resize to 8448 x 256.
         assert!(preprocess(&png(32 * 8, 8, |_, _| [9; 3]), "wide.png").is_ok());
         let err = preprocess(&png(33 * 8, 8, |_, _| [9; 3]), "wider.png").unwrap_err();
-        assert_eq!(err.kind(), crate::ErrorKind::Limit, "{err}");
+        assert_eq!(err.kind(), repvgg_runtime::ErrorKind::Limit, "{err}");
         assert!(err.to_string().contains("wider.png is 264x8"), "{err}");
         let err = preprocess(&png(1, 3880, |_, _| [9; 3]), "tall.png").unwrap_err();
         assert!(err.to_string().contains("256x993280"), "{err}");
@@ -171,7 +177,7 @@ mod tests {
     #[test]
     fn an_oversized_image_is_refused_with_its_dimensions() {
         let err = preprocess(&png(MAX_IMAGE_SIDE + 1, 1, |_, _| [1; 3]), "huge.png").unwrap_err();
-        assert_eq!(err.kind(), crate::ErrorKind::Limit, "{err}");
+        assert_eq!(err.kind(), repvgg_runtime::ErrorKind::Limit, "{err}");
         assert!(err.to_string().contains("huge.png is 8193x1, over the limit of 8192 pixels per side"), "{err}");
     }
 
