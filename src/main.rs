@@ -17,6 +17,7 @@ use repvgg::runtime::{
 mod bench;
 mod density;
 mod exit;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "repvgg", version, about = "Fast FP32 CPU inference for RepVGG networks")]
@@ -150,6 +151,9 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Serve the model over the Open Inference Protocol (KServe v2): HTTP and gRPC, with
+    /// dynamic batching, until SIGTERM or SIGINT (then drain and exit 0).
+    Serve(serve::ServeArgs),
     /// Timing server for side-by-side comparisons (benches/compare): loads a model and an
     /// input, prints `ready DESCRIPTION (ISA kernels)`, then answers stdin lines: `run` times one inference and prints its
     /// milliseconds; `write PATH` writes the logits to PATH; `quit` (or EOF) exits.
@@ -538,6 +542,7 @@ fn run(cli: Cli) -> Result<()> {
             bench(arch.as_deref(), weights.as_deref(), config, options, json, plot.as_deref())
         }
         Command::Classify { model, run, images } => classify(&model, &run, &images),
+        Command::Serve(args) => serve::serve(&args),
         Command::Time { model, input, run } => time_server(&model, &input, run.options(false)?),
         Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()),
         Command::Density { channels, size, batch, threads, runs, isa, paper, json, plot } => {

@@ -1,0 +1,133 @@
+//! What a server runs: addresses, scheduling knobs and limits.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use repvgg_runtime::{AlgoChoice, IsaChoice};
+
+use crate::error::{Error, Result};
+use crate::log::Level;
+
+/// A server's configuration. [`Config::default`] gives the defaults of `repvgg serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The name clients address the model by.
+    pub model_name: String,
+    /// Address both protocols listen on.
+    pub host: IpAddr,
+    /// HTTP port; 0 picks a free one ([`crate::Server::http_addr`] tells which).
+    pub http_port: u16,
+    /// gRPC port; 0 picks a free one; `None` serves no gRPC.
+    pub grpc_port: Option<u16>,
+    /// Inference streams: each a thread that owns one `Session` and runs one batch at a time.
+    pub streams: usize,
+    /// Worker threads of each stream's session.
+    pub threads_per_stream: usize,
+    /// Most images a request may carry, and a batch merged from queued requests may hold.
+    pub max_batch: usize,
+    /// How long a stream holding fewer than `max_batch` images waits for more requests of
+    /// the same size before it runs what it has. Zero runs at once.
+    pub max_queue_delay: Duration,
+    /// Most images waiting in the queue; a request that would exceed it is refused with 503.
+    pub max_queue_images: usize,
+    /// Longest a request may wait for a stream; then it is answered 503. A request may ask
+    /// for less with the `timeout` parameter (microseconds).
+    pub timeout: Duration,
+    /// Largest request body (HTTP) or message (gRPC), in bytes.
+    pub max_body_bytes: usize,
+    /// Threads decoding images (a rayon pool of their own).
+    pub decode_threads: usize,
+    /// Threads of the async runtime that handles connections and parsing.
+    pub io_threads: usize,
+    /// Input sizes (height, width) each stream plans and runs once before the server
+    /// reports ready, so that the first requests do not pay for planning and packing.
+    pub warmup: Vec<(usize, usize)>,
+    /// Per-layer algorithm and kernel set of the sessions.
+    pub algo: AlgoChoice,
+    pub isa: IsaChoice,
+    /// Which log lines are written (JSON lines on standard error).
+    pub log_level: Level,
+}
+
+/// Largest `streams x threads_per_stream` accepted.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Bounds of the batch and queue knobs (a request's batch also obeys `Limits::max_batch`).
+pub const MAX_QUEUE_IMAGES: usize = 1 << 16;
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (streams, threads_per_stream) = default_streams(cores);
+        Config {
+            model_name: "repvgg".into(),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            http_port: 8000,
+            grpc_port: Some(8001),
+            streams,
+            threads_per_stream,
+            max_batch: 8,
+            max_queue_delay: Duration::ZERO,
+            max_queue_images: 4 * streams * 8,
+            timeout: Duration::from_secs(30),
+            max_body_bytes: 64 << 20,
+            decode_threads: cores,
+            io_threads: cores.min(4),
+            warmup: vec![(224, 224)],
+            algo: AlgoChoice::Auto,
+            isa: IsaChoice::Auto,
+            log_level: Level::Info,
+        }
+    }
+}
+
+/// Streams x threads for `cores` cores. One stream using every core gives the lowest
+/// latency; several streams overlap one request's serial parts (the head, the thin early
+/// layers, the hand-offs between layers) with another's work. The README's serving section
+/// has the measurements behind the split.
+pub fn default_streams(cores: usize) -> (usize, usize) {
+    (1, cores.max(1))
+}
+
+impl Config {
+    /// Checks every knob, so that a bad value is refused at start-up with its name.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.model_name.is_empty() || self.model_name.contains('/') || self.model_name.len() > 128 {
+            return bad(format!("model name {:?} must be 1 to 128 characters without '/'", self.model_name));
+        }
+        if self.streams == 0 || self.threads_per_stream == 0 {
+            return bad("streams and threads per stream must be at least 1".into());
+        }
+        match self.streams.checked_mul(self.threads_per_stream) {
+            Some(w) if w <= MAX_WORKERS => {}
+            _ => return bad(format!("streams x threads per stream must be at most {MAX_WORKERS}")),
+        }
+        if self.max_batch == 0 || self.max_batch > repvgg_runtime::Limits::default().max_batch {
+            return bad(format!("max batch must be between 1 and {}", repvgg_runtime::Limits::default().max_batch));
+        }
+        if self.max_queue_images < self.max_batch || self.max_queue_images > MAX_QUEUE_IMAGES {
+            return bad(format!(
+                "max queue must be between max batch ({}) and {MAX_QUEUE_IMAGES} images",
+                self.max_batch
+            ));
+        }
+        if self.max_queue_delay > Duration::from_secs(10) {
+            return bad("max queue delay must be at most 10 s".into());
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(3600) {
+            return bad("timeout must be between 1 ms and 1 hour".into());
+        }
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 4 << 30 {
+            return bad("max body size must be between 1 KiB and 4 GiB".into());
+        }
+        if self.decode_threads == 0 || self.decode_threads > MAX_WORKERS || self.io_threads == 0 || self.io_threads > 64
+        {
+            return bad(format!("decode threads must be 1 to {MAX_WORKERS}, I/O threads 1 to 64"));
+        }
+        if self.grpc_port.is_some_and(|g| g != 0 && g == self.http_port) {
+            return bad(format!("HTTP and gRPC cannot share port {}", self.http_port));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! The gRPC side of the Open Inference Protocol: `inference.GRPCInferenceService`, with
+//! tensors in `raw_input_contents` / `raw_output_contents` (or typed `contents`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::service::{self, Data, Input, OutputData, OutputRequest, Service};
+
+/// Code generated from `crates/serve/proto` by `tools/regen-grpc` (no `protoc` needed to build).
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+#[rustfmt::skip]
+pub mod inference;
+
+use inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use inference::infer_parameter::ParameterChoice;
+use inference::*;
+
+/// The gRPC service over one model service.
+pub fn server(service: Arc<Service>) -> GrpcInferenceServiceServer<Grpc> {
+    let limit = service.config.max_body_bytes;
+    GrpcInferenceServiceServer::new(Grpc(service))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
+}
+
+pub struct Grpc(Arc<Service>);
+
+fn int_param(params: &HashMap<String, InferParameter>, key: &str) -> Result<Option<i64>, Error> {
+    match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+        None => Ok(None),
+        Some(ParameterChoice::Int64Param(v)) => Ok(Some(*v)),
+        Some(ParameterChoice::Uint64Param(v)) => Ok(Some(i64::try_from(*v).unwrap_or(i64::MAX))),
+        Some(other) => Err(Error::BadRequest(format!("parameter {key:?} must be an integer, not {other:?}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Grpc {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: self.0.is_ready() }))
+    }
+
+    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        self.0.find(&r.name, Some(&r.version))?;
+        Ok(Response::new(ModelReadyResponse { ready: self.0.is_ready() }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "repvgg-rs".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: crate::http::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        let s = &self.0;
+        s.find(&r.name, Some(&r.version))?;
+        let tensors = |list: Vec<service::TensorInfo>| {
+            list.into_iter()
+                .map(|t| model_metadata_response::TensorMetadata {
+                    name: t.name.into(),
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: s.name.clone(),
+            versions: vec![service::VERSION.into()],
+            platform: s.platform().into(),
+            inputs: tensors(s.inputs()),
+            outputs: tensors(s.outputs()),
+        }))
+    }
+
+    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = r.into_inner();
+        let s = &self.0;
+        s.find(&r.name, Some(&r.version))?;
+        let c = &s.config;
+        let param = |v: usize| ModelParameter { string_value: v.to_string() };
+        let config = ModelConfig {
+            name: s.name.clone(),
+            platform: s.platform().into(),
+            backend: s.platform().into(),
+            max_batch_size: c.max_batch as i32,
+            input: vec![
+                ModelInput {
+                    name: service::INPUT.into(),
+                    data_type: DataType::TypeFp32 as i32,
+                    format: model_input::Format::Nchw as i32,
+                    dims: vec![3, -1, -1],
+                    ..Default::default()
+                },
+                ModelInput {
+                    name: service::IMAGE.into(),
+                    data_type: DataType::TypeString as i32,
+                    dims: vec![1],
+                    optional: true,
+                    ..Default::default()
+                },
+            ],
+            output: vec![ModelOutput {
+                name: service::OUTPUT.into(),
+                data_type: DataType::TypeFp32 as i32,
+                dims: vec![s.classes as i64],
+                ..Default::default()
+            }],
+            instance_group: vec![ModelInstanceGroup {
+                name: "streams".into(),
+                kind: model_instance_group::Kind::Cpu as i32,
+                count: c.streams as i32,
+                ..Default::default()
+            }],
+            parameters: [
+                ("threads_per_stream".to_string(), param(c.threads_per_stream)),
+                ("max_queue_images".to_string(), param(c.max_queue_images)),
+            ]
+            .into(),
+            scheduling_choice: Some(model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
+                preferred_batch_size: vec![c.max_batch as i32],
+                max_queue_delay_microseconds: c.max_queue_delay.as_micros() as u64,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        Ok(Response::new(ModelConfigResponse { config: Some(config) }))
+    }
+
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let start = std::time::Instant::now();
+        let r = r.into_inner();
+        let s = &self.0;
+        s.find(&r.model_name, Some(&r.model_version))?;
+        let request = parse_infer(&r).inspect_err(|e| s.refused("grpc", start, e))?;
+        let served = s.infer("grpc", &r.id, request).await?;
+        let mut response = ModelInferResponse {
+            model_name: s.name.clone(),
+            model_version: service::VERSION.into(),
+            id: r.id.clone(),
+            ..Default::default()
+        };
+        for output in served {
+            response.raw_output_contents.push(match &output.data {
+                OutputData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                OutputData::Strings(v) => service::join_bytes(v.iter().map(|s| s.as_bytes())),
+            });
+            response.outputs.push(model_infer_response::InferOutputTensor {
+                name: output.name,
+                datatype: output.datatype.into(),
+                shape: output.shape,
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(response))
+    }
+}
+
+/// A gRPC request in the transport-neutral form.
+fn parse_infer(r: &ModelInferRequest) -> Result<service::Request<'_>, Error> {
+    let bad = Error::BadRequest;
+    if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(bad(format!(
+            "{} raw_input_contents for {} inputs; give one per input or none",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (i, input) in r.inputs.iter().enumerate() {
+        let data = match (r.raw_input_contents.get(i), &input.contents) {
+            (Some(raw), None) => Data::Raw(raw),
+            (None, Some(c)) if !c.fp32_contents.is_empty() => Data::F32(c.fp32_contents.clone()),
+            (None, Some(c)) if !c.bytes_contents.is_empty() => {
+                Data::Elements(c.bytes_contents.iter().map(Vec::as_slice).collect())
+            }
+            (Some(_), Some(_)) => return Err(bad(format!("input {:?} has both raw and typed contents", input.name))),
+            _ => {
+                return Err(bad(format!(
+                    "input {:?} has no data (raw_input_contents, fp32_contents or bytes_contents)",
+                    input.name
+                )));
+            }
+        };
+        inputs.push(Input {
+            name: input.name.clone(),
+            datatype: input.datatype.clone(),
+            shape: input.shape.clone(),
+            data,
+        });
+    }
+    let mut outputs = Vec::with_capacity(r.outputs.len());
+    for o in &r.outputs {
+        outputs
+            .push(OutputRequest { name: o.name.clone(), classification: int_param(&o.parameters, "classification")? });
+    }
+    let timeout_us = int_param(&r.parameters, "timeout")?;
+    Ok(service::Request { inputs, outputs, timeout_us })
+}

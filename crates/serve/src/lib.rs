@@ -1,0 +1,192 @@
+//! `repvgg serve`: an Open Inference Protocol (KServe v2) server for one RepVGG model, over
+//! HTTP (with Triton's binary tensor data, classification and model configuration
+//! extensions) and gRPC (`inference.GRPCInferenceService`).
+//!
+//! Requests are parsed on a small tokio runtime, images decoded on a rayon pool, and the
+//! tensors queued for `streams` inference streams (threads that each own a `Session`),
+//! which merge queued requests of one input size into batches of up to `max_batch`
+//! images. A full queue refuses at once (503), a request past its deadline is dropped
+//! before it is computed, and so is one whose client has gone.
+//!
+//! ```no_run
+//! use repvgg_serve::{Config, Server};
+//! let model = repvgg_runtime::Model::synthetic(repvgg_graph::ArchSpec::builtin("A0")?, 0)?;
+//! let server = Server::start(model, Config { http_port: 0, grpc_port: Some(0), ..Config::default() })?;
+//! println!("HTTP on {}", server.http_addr());
+//! server.wait_for_signal()?;
+//! server.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod config;
+mod error;
+mod grpc;
+mod http;
+mod json;
+mod log;
+mod metrics;
+mod scheduler;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use repvgg_runtime::Model;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, MAX_QUEUE_IMAGES, MAX_WORKERS, default_streams};
+pub use error::{Error, Result};
+pub use grpc::inference as proto;
+pub use log::Level;
+pub use service::{IMAGE, INPUT, OUTPUT, VERSION, join_bytes, split_bytes};
+
+/// A running server. Dropping it without [`Server::shutdown`] stops it abruptly.
+pub struct Server {
+    runtime: tokio::runtime::Runtime,
+    service: Arc<Service>,
+    http_addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+use service::Service;
+
+impl Server {
+    /// Validates `config`, starts the inference streams (running the warm-up sizes), binds
+    /// both ports and starts serving. Returns once the server is ready.
+    pub fn start(model: Model, config: Config) -> Result<Server> {
+        config.validate()?;
+        log::set_level(config.log_level);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.io_threads)
+            .thread_name("repvgg-io")
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Start { what: "the async runtime", source })?;
+        let bind = |protocol: &'static str, port: u16| {
+            let addr = SocketAddr::new(config.host, port);
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| Error::Bind { protocol, addr, source })?;
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Bind { protocol, addr, source })
+        };
+        // Bind before the (slower) warm-up, so that a taken port is reported at once.
+        let http_listener = bind("HTTP", config.http_port)?;
+        let grpc_listener = config.grpc_port.map(|port| bind("gRPC", port)).transpose()?;
+        let local = |l: &tokio::net::TcpListener, protocol| {
+            l.local_addr().map_err(|source| Error::Start { what: protocol, source })
+        };
+        let http_addr = local(&http_listener, "the HTTP listener")?;
+        let grpc_addr = grpc_listener.as_ref().map(|l| local(l, "the gRPC listener")).transpose()?;
+        let service = Arc::new(Service::start(model, config)?);
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut tasks = Vec::new();
+        let app = http::router(service.clone());
+        let http_stop = until_stopped(stopped.clone());
+        tasks.push(runtime.spawn(async move {
+            use axum::serve::ListenerExt as _;
+            // Responses are small and latency matters: no Nagle delay.
+            let listener = http_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(http_stop).await
+        }));
+        if let Some(listener) = grpc_listener {
+            let grpc = grpc::server(service.clone());
+            let grpc_stop = until_stopped(stopped.clone());
+            tasks.push(runtime.spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tonic::transport::Server::builder()
+                    .add_service(grpc)
+                    .serve_with_incoming_shutdown(incoming, grpc_stop)
+                    .await
+                    .map_err(std::io::Error::other)
+            }));
+        }
+        log::event(Level::Info, "listening", |f| {
+            f.insert("model".into(), service.name.as_str().into());
+            f.insert("http".into(), http_addr.to_string().into());
+            if let Some(g) = grpc_addr {
+                f.insert("grpc".into(), g.to_string().into());
+            }
+            let c = &service.config;
+            f.insert("streams".into(), c.streams.into());
+            f.insert("threads_per_stream".into(), c.threads_per_stream.into());
+            f.insert("max_batch".into(), c.max_batch.into());
+            f.insert("max_queue_delay_us".into(), (c.max_queue_delay.as_micros() as u64).into());
+            f.insert("max_queue_images".into(), c.max_queue_images.into());
+        });
+        Ok(Server { runtime, service, http_addr, grpc_addr, stop, tasks })
+    }
+
+    /// Where HTTP is served (the bound port when 0 was asked for).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where gRPC is served, if it is.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
+    }
+
+    /// The Prometheus text of the server's metrics (what `/metrics` answers).
+    pub fn metrics(&self) -> String {
+        self.service.metrics.render()
+    }
+
+    /// Blocks until SIGTERM or SIGINT arrives; returns the signal's name.
+    pub fn wait_for_signal(&self) -> Result<&'static str> {
+        use tokio::signal::unix::{SignalKind, signal};
+        self.runtime.block_on(async {
+            let start = |kind| signal(kind).map_err(|source| Error::Start { what: "a signal handler", source });
+            let (mut term, mut int) = (start(SignalKind::terminate())?, start(SignalKind::interrupt())?);
+            Ok(tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            })
+        })
+    }
+
+    /// Graceful shutdown: readiness turns false, the listeners close, requests in flight
+    /// are finished and answered (those arriving meanwhile get 503), then the streams stop.
+    /// Whatever is still running after `config.timeout` is abandoned.
+    pub fn shutdown(mut self) -> Result<()> {
+        log::event(Level::Info, "draining", |f| {
+            f.insert("model".into(), self.service.name.as_str().into());
+        });
+        self.service.stop_accepting();
+        let _ = self.stop.send(true);
+        let grace = self.service.config.timeout + Duration::from_secs(1);
+        let tasks = std::mem::take(&mut self.tasks);
+        let finished = self.runtime.block_on(async {
+            tokio::time::timeout(grace, async {
+                let mut result = Ok(());
+                for task in tasks {
+                    match task.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => result = Err(Error::Internal(format!("a listener failed: {e}"))),
+                        Err(e) => result = Err(Error::Internal(format!("a listener panicked: {e}"))),
+                    }
+                }
+                result
+            })
+            .await
+        });
+        self.service.drain();
+        log::event(Level::Info, "stopped", |_| {});
+        match finished {
+            Ok(result) => result,
+            Err(_) => Err(Error::Internal(format!(
+                "connections were still open {} s after the shutdown began; they were closed",
+                grace.as_secs()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Prometheus metrics: counters, gauges and histograms kept in atomics and rendered in
+//! the text exposition format at `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Latency bucket bounds in seconds (1 ms to 30 s, roughly x2.5 apart).
+const SECONDS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0];
+/// Batch-size bucket bounds.
+const SIZES: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// A cumulative histogram with fixed bounds.
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    /// Sum of observations, in millionths of the unit (microseconds, or images x 1e6).
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
+        self.sum_micros.fetch_add((value * 1e6).round() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Why a request failed, as the `reason` label has it.
+pub const FAILURE_REASONS: [&str; 5] = ["invalid", "rejected", "timeout", "cancelled", "internal"];
+
+/// The metrics of one model.
+pub struct Metrics {
+    model: String,
+    success: AtomicU64,
+    failures: [AtomicU64; FAILURE_REASONS.len()],
+    /// Images inferred, and batches run (their ratio is the mean batch size).
+    inferences: AtomicU64,
+    executions: AtomicU64,
+    queued_requests: AtomicU64,
+    queued_images: AtomicU64,
+    in_flight: AtomicU64,
+    request_seconds: Histogram,
+    queue_seconds: Histogram,
+    compute_seconds: Histogram,
+    batch_images: Histogram,
+}
+
+impl Metrics {
+    pub fn new(model: &str) -> Metrics {
+        Metrics {
+            model: model.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"),
+            success: AtomicU64::new(0),
+            failures: Default::default(),
+            inferences: AtomicU64::new(0),
+            executions: AtomicU64::new(0),
+            queued_requests: AtomicU64::new(0),
+            queued_images: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            request_seconds: Histogram::new(&SECONDS),
+            queue_seconds: Histogram::new(&SECONDS),
+            compute_seconds: Histogram::new(&SECONDS),
+            batch_images: Histogram::new(&SIZES),
+        }
+    }
+
+    pub fn request_done(&self, elapsed: Duration, failure: Option<&str>) {
+        match failure {
+            None => self.success.fetch_add(1, Relaxed),
+            Some(reason) => {
+                let i = FAILURE_REASONS.iter().position(|r| *r == reason).unwrap_or(FAILURE_REASONS.len() - 1);
+                self.failures[i].fetch_add(1, Relaxed)
+            }
+        };
+        self.request_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A request waited `queue` before its batch of `images` ran.
+    pub fn queued_for(&self, queue: Duration) {
+        self.queue_seconds.observe(queue.as_secs_f64());
+    }
+
+    pub fn batch_ran(&self, images: usize, compute: Duration) {
+        self.inferences.fetch_add(images as u64, Relaxed);
+        self.executions.fetch_add(1, Relaxed);
+        self.batch_images.observe(images as f64);
+        self.compute_seconds.observe(compute.as_secs_f64());
+    }
+
+    /// Queue depth changes (requests, images), positive or negative.
+    pub fn queue_changed(&self, requests: i64, images: i64) {
+        add_signed(&self.queued_requests, requests);
+        add_signed(&self.queued_images, images);
+    }
+
+    pub fn in_flight(&self, delta: i64) {
+        add_signed(&self.in_flight, delta);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let labels = format!("model=\"{}\"", self.model);
+        let mut out = String::with_capacity(8192);
+        let mut counter = |name: &str, help: &str, kind: &str, lines: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (l, v) in lines {
+                let _ = writeln!(out, "{name}{{{l}}} {v}");
+            }
+        };
+        counter(
+            "repvgg_request_success_total",
+            "Inference requests answered with a result.",
+            "counter",
+            &[(labels.clone(), self.success.load(Relaxed))],
+        );
+        let failures: Vec<_> = FAILURE_REASONS
+            .iter()
+            .zip(&self.failures)
+            .map(|(r, n)| (format!("{labels},reason=\"{r}\""), n.load(Relaxed)))
+            .collect();
+        counter("repvgg_request_failure_total", "Inference requests answered with an error.", "counter", &failures);
+        counter(
+            "repvgg_inference_count_total",
+            "Images inferred (a batch of n counts n).",
+            "counter",
+            &[(labels.clone(), self.inferences.load(Relaxed))],
+        );
+        counter(
+            "repvgg_execution_count_total",
+            "Batches run by the inference streams (inferences / executions is the mean batch).",
+            "counter",
+            &[(labels.clone(), self.executions.load(Relaxed))],
+        );
+        counter(
+            "repvgg_queue_requests",
+            "Requests waiting for an inference stream.",
+            "gauge",
+            &[(labels.clone(), self.queued_requests.load(Relaxed))],
+        );
+        counter(
+            "repvgg_queue_images",
+            "Images waiting for an inference stream.",
+            "gauge",
+            &[(labels.clone(), self.queued_images.load(Relaxed))],
+        );
+        counter(
+            "repvgg_requests_in_flight",
+            "Inference requests received and not yet answered.",
+            "gauge",
+            &[(labels.clone(), self.in_flight.load(Relaxed))],
+        );
+        self.request_seconds.render(
+            &mut out,
+            "repvgg_request_duration_seconds",
+            "Inference request time from receipt to answer.",
+            &labels,
+        );
+        self.queue_seconds.render(
+            &mut out,
+            "repvgg_queue_duration_seconds",
+            "Time a request waited in the queue.",
+            &labels,
+        );
+        self.compute_seconds.render(&mut out, "repvgg_compute_duration_seconds", "Time a batch ran.", &labels);
+        self.batch_images.render(&mut out, "repvgg_batch_size", "Images per batch run.", &labels);
+        out
+    }
+}
+
+fn add_signed(a: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        a.fetch_add(delta as u64, Relaxed);
+    } else {
+        a.fetch_sub(delta.unsigned_abs(), Relaxed);
+    }
+}

@@ -1,0 +1,278 @@
+//! The bounded queue and the inference streams that drain it, merging queued requests of
+//! one input size into batches.
+//!
+//! Each stream is an OS thread owning one `Session`; async request handlers never run a
+//! model. A stream takes the oldest request, adds queued requests of the same height and
+//! width while the batch stays within `max_batch` images, waits up to `max_queue_delay`
+//! (counted from the oldest request's arrival) for more, and runs the batch. Requests
+//! whose client has gone, or whose deadline has passed, are dropped before they are
+//! computed.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use repvgg_runtime::{Model, SessionOptions};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::log::{self, Level};
+use crate::metrics::Metrics;
+
+/// One request's images, `[n, 3, h, w]` in `input`.
+pub struct Job {
+    pub input: Vec<f32>,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Result<Done>>,
+    arrived: Instant,
+}
+
+impl Job {
+    pub fn new(
+        input: Vec<f32>,
+        n: usize,
+        h: usize,
+        w: usize,
+        deadline: Instant,
+    ) -> (Job, oneshot::Receiver<Result<Done>>) {
+        let (reply, rx) = oneshot::channel();
+        (Job { input, n, h, w, deadline, reply, arrived: Instant::now() }, rx)
+    }
+}
+
+/// A computed request.
+#[derive(Debug)]
+pub struct Done {
+    /// `[n, classes]`.
+    pub logits: Vec<f32>,
+    pub queue: Duration,
+    pub compute: Duration,
+    /// Images in the batch the request ran in (its own and any merged with it).
+    pub batch: usize,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    images: usize,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    arrived: Condvar,
+    max_batch: usize,
+    max_queue_images: usize,
+    max_queue_delay: Duration,
+    classes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A stream that panicked mid-batch leaves the queue consistent (jobs are moved out
+        // whole), so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The queue and its streams.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    streams: Vec<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts `config.streams` streams, each with its own session, and runs the warm-up
+    /// sizes on each before returning.
+    pub fn start(model: &Model, config: &Config, metrics: Arc<Metrics>) -> Result<Scheduler> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { jobs: VecDeque::new(), images: 0, closed: false }),
+            arrived: Condvar::new(),
+            max_batch: config.max_batch,
+            max_queue_images: config.max_queue_images,
+            max_queue_delay: config.max_queue_delay,
+            classes: model.network().num_classes,
+            metrics,
+        });
+        let options = SessionOptions {
+            threads: config.threads_per_stream,
+            algo: config.algo,
+            isa: config.isa,
+            ..Default::default()
+        };
+        let mut scheduler = Scheduler { shared: shared.clone(), streams: Vec::new() };
+        for index in 0..config.streams {
+            let mut session = model.session(options.clone())?;
+            for &(h, w) in &config.warmup {
+                let input = vec![0f32; 3 * h * w];
+                let mut logits = vec![0f32; shared.classes];
+                session.run_slice(&input, &[1, 3, h, w], &mut logits)?;
+            }
+            let shared = shared.clone();
+            let stream = std::thread::Builder::new()
+                .name(format!("repvgg-stream-{index}"))
+                .spawn(move || run_stream(&shared, &mut session))
+                .map_err(|source| Error::Start { what: "an inference stream", source });
+            match stream {
+                Ok(handle) => scheduler.streams.push(handle),
+                Err(e) => {
+                    scheduler.close_and_join();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(scheduler)
+    }
+
+    /// Queues a job, or refuses it at once if the queue is full or closed.
+    pub fn submit(&self, job: Job) -> Result<()> {
+        let mut q = self.shared.lock();
+        if q.closed {
+            return Err(Error::Unavailable("the server is shutting down".into()));
+        }
+        if q.images + job.n > self.shared.max_queue_images {
+            return Err(Error::Unavailable(format!(
+                "the queue is full ({} images waiting, at most {}); retry later",
+                q.images, self.shared.max_queue_images
+            )));
+        }
+        q.images += job.n;
+        self.shared.metrics.queue_changed(1, job.n as i64);
+        q.jobs.push_back(job);
+        drop(q);
+        self.shared.arrived.notify_one();
+        Ok(())
+    }
+
+    /// Refuses new jobs; the streams finish the queued ones and stop.
+    pub fn close_and_join(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.arrived.notify_all();
+        for stream in self.streams.drain(..) {
+            let _ = stream.join();
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.close_and_join();
+    }
+}
+
+fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session) {
+    let mut input = Vec::new();
+    let mut logits = Vec::new();
+    while let Some(batch) = next_batch(shared) {
+        let started = Instant::now();
+        let images: usize = batch.iter().map(|j| j.n).sum();
+        let (h, w) = (batch[0].h, batch[0].w);
+        let single = batch.len() == 1;
+        if !single {
+            input.clear();
+            for job in &batch {
+                input.extend_from_slice(&job.input);
+            }
+        }
+        logits.resize(images * shared.classes, 0.0);
+        let data = if single { &batch[0].input } else { &input };
+        let result = session.run_slice(data, &[images, 3, h, w], &mut logits);
+        let compute = started.elapsed();
+        shared.metrics.batch_ran(images, compute);
+        log::event(Level::Debug, "batch", |f| {
+            f.insert("requests".into(), batch.len().into());
+            f.insert("images".into(), images.into());
+            f.insert("size".into(), format!("{h}x{w}").into());
+            f.insert("compute_us".into(), (compute.as_micros() as u64).into());
+        });
+        let mut row = 0;
+        for job in batch {
+            let rows = job.n * shared.classes;
+            let reply = match &result {
+                Ok(()) => Ok(Done {
+                    logits: logits[row..row + rows].to_vec(),
+                    queue: started.saturating_duration_since(job.arrived),
+                    compute,
+                    batch: images,
+                }),
+                Err(e) => Err(Error::from_runtime(e)),
+            };
+            row += rows;
+            // The client may have gone meanwhile; nothing to do then.
+            let _ = job.reply.send(reply);
+        }
+    }
+}
+
+/// The next batch to run, or `None` once the queue is closed and empty.
+fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
+    let mut q = shared.lock();
+    let first = loop {
+        match pop_live(shared, &mut q, |_| true) {
+            Some(job) => break job,
+            None if q.closed => return None,
+            None => q = shared.arrived.wait(q).unwrap_or_else(|p| p.into_inner()),
+        }
+    };
+    let (h, w) = (first.h, first.w);
+    let waited_until = first.arrived + shared.max_queue_delay;
+    let mut images = first.n;
+    let mut batch = vec![first];
+    loop {
+        while images < shared.max_batch {
+            let room = shared.max_batch - images;
+            match pop_live(shared, &mut q, |j| j.h == h && j.w == w && j.n <= room) {
+                Some(job) => {
+                    images += job.n;
+                    batch.push(job);
+                }
+                None => break,
+            }
+        }
+        let now = Instant::now();
+        if images >= shared.max_batch || q.closed || now >= waited_until {
+            break;
+        }
+        q = shared.arrived.wait_timeout(q, waited_until - now).unwrap_or_else(|p| p.into_inner()).0;
+    }
+    Some(batch)
+}
+
+/// Takes the oldest job matching `fits` out of the queue, answering (and dropping) the
+/// cancelled and expired jobs met on the way.
+fn pop_live(shared: &Shared, q: &mut Queue, fits: impl Fn(&Job) -> bool) -> Option<Job> {
+    let now = Instant::now();
+    let mut i = 0;
+    while i < q.jobs.len() {
+        let job = &q.jobs[i];
+        let cancelled = job.reply.is_closed();
+        let expired = now >= job.deadline;
+        if !(cancelled || expired || fits(job)) {
+            i += 1;
+            continue;
+        }
+        let job = q.jobs.remove(i).expect("index in range");
+        q.images -= job.n;
+        shared.metrics.queue_changed(-1, -(job.n as i64));
+        shared.metrics.queued_for(now.saturating_duration_since(job.arrived));
+        if cancelled {
+            // Nobody waits for the answer; the handler that went counted the failure.
+            continue;
+        }
+        if expired {
+            let waited = now.saturating_duration_since(job.arrived);
+            let _ = job.reply.send(Err(Error::Timeout(format!(
+                "the request waited {} ms in the queue, past its deadline; the server is overloaded",
+                waited.as_millis()
+            ))));
+            continue;
+        }
+        return Some(job);
+    }
+    None
+}

@@ -1,0 +1,188 @@
+//! A server on ephemeral ports, a minimal HTTP/1.1 client and request builders.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use repvgg_runtime::{Model, Session, SessionOptions, Tensor};
+use repvgg_serve::{Config, Level, Server};
+
+pub const MODEL: &str = "a0";
+
+pub fn model() -> Model {
+    Model::synthetic(repvgg_graph::ArchSpec::builtin("A0").unwrap(), 7).unwrap()
+}
+
+/// Test defaults: ephemeral ports, no logs, two single-thread streams, small warm-up.
+pub fn config() -> Config {
+    Config {
+        model_name: MODEL.into(),
+        http_port: 0,
+        grpc_port: Some(0),
+        streams: 2,
+        threads_per_stream: 1,
+        warmup: vec![(32, 32)],
+        log_level: Level::Off,
+        ..Config::default()
+    }
+}
+
+pub fn start(config: Config) -> Server {
+    Server::start(model(), config).unwrap()
+}
+
+/// What the server must answer: the same session options, the same input.
+pub fn reference(input: &[f32], shape: [usize; 4]) -> Vec<f32> {
+    let mut session: Session = model().session(SessionOptions { threads: 1, ..Default::default() }).unwrap();
+    session.run(&Tensor::new(shape.to_vec(), input.to_vec()).unwrap()).unwrap().data().to_vec()
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+pub fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `error` of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error in {}", self.text())).to_string()
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    // A server that answers before reading everything (413) may close early.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_reply(&raw)
+}
+
+pub fn parse_reply(raw: &[u8]) -> Reply {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
+    let head = std::str::from_utf8(&raw[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v == "chunked") {
+        body = dechunk(&body);
+    }
+    Reply { status, headers, body }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let len = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap().trim(), 16).unwrap();
+        if len == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[line + 2..line + 2 + len]);
+        raw = &raw[line + 2 + len + 2..];
+    }
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Reply {
+    http(addr, "GET", path, &[], b"")
+}
+
+pub fn infer_path() -> String {
+    format!("/v2/models/{MODEL}/infer")
+}
+
+/// A JSON request for the `input` tensor.
+pub fn json_request(id: &str, input: &[f32], shape: [usize; 4]) -> Vec<u8> {
+    serde_json::json!({
+        "id": id,
+        "inputs": [{ "name": "input", "shape": shape, "datatype": "FP32", "data": input }],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A binary-extension request: the JSON header, then the tensor's bytes.
+pub fn binary_request(id: &str, input: &[f32], shape: [usize; 4]) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    let head = serde_json::json!({
+        "id": id,
+        "inputs": [{ "name": "input", "shape": shape, "datatype": "FP32",
+                     "parameters": { "binary_data_size": 4 * input.len() } }],
+        "outputs": [{ "name": "logits", "parameters": { "binary_data": true } }],
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    input.iter().for_each(|v| body.extend_from_slice(&v.to_le_bytes()));
+    (vec![("Inference-Header-Content-Length", head.len().to_string())], body)
+}
+
+/// The logits of a JSON or binary answer.
+pub fn logits(reply: &Reply) -> Vec<f32> {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    match reply.header("inference-header-content-length") {
+        Some(len) => {
+            let len: usize = len.parse().unwrap();
+            let head: serde_json::Value = serde_json::from_slice(&reply.body[..len]).unwrap();
+            let size = head["outputs"][0]["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+            let tail = &reply.body[len..];
+            assert_eq!(tail.len(), size);
+            tail.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        }
+        None => {
+            reply.json()["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
+        }
+    }
+}
+
+pub fn metric(server: &Server, line_prefix: &str) -> f64 {
+    server
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with(line_prefix))
+        .unwrap_or_else(|| panic!("no metric {line_prefix}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,143 @@
+//! `repvgg serve`: flags to a server configuration, then serve until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use repvgg::graph::ArchSpec;
+use repvgg::runtime::{AlgoChoice, Model};
+use repvgg_serve::{Config, Level, Server};
+
+/// `repvgg serve` flags; defaults are [`Config::default`]'s.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Weights (.safetensors) to serve.
+    #[arg(long, required_unless_present = "synthetic")]
+    weights: Option<PathBuf>,
+    /// Serve deterministic synthetic weights of --arch (for trying the server and load tests).
+    #[arg(long, conflicts_with = "weights")]
+    synthetic: bool,
+    /// Architecture (built-in name or .toml path): checked against --weights, or the one
+    /// --synthetic builds (default A0).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Name clients address the model by (default: the weights file's stem, lower case).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// HTTP port (0: any free port).
+    #[arg(long, default_value_t = 8000)]
+    http_port: u16,
+    /// gRPC port (0: any free port).
+    #[arg(long, default_value_t = 8001)]
+    grpc_port: u16,
+    /// Serve no gRPC.
+    #[arg(long)]
+    no_grpc: bool,
+    /// Inference streams, each running one batch at a time (default: see the README).
+    #[arg(long)]
+    streams: Option<usize>,
+    /// Worker threads per stream (default: cores / streams).
+    #[arg(long)]
+    threads_per_stream: Option<usize>,
+    /// Most images per request and per merged batch.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// How long a stream waits for more requests of the same size to fill a batch.
+    #[arg(long, default_value_t = 0)]
+    max_queue_delay_us: u64,
+    /// Most images waiting; beyond it requests are refused with 503 (default: 4 x streams x max batch).
+    #[arg(long)]
+    max_queue: Option<usize>,
+    /// Longest a request may wait for a stream before it is answered 503.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// Largest request body or gRPC message, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body_bytes: usize,
+    /// Threads decoding images (default: one per core).
+    #[arg(long)]
+    decode_threads: Option<usize>,
+    /// Input sizes to plan and run once per stream before reporting ready, e.g. 224,224x160.
+    #[arg(long, value_delimiter = ',', default_value = "224", value_parser = crate::parse_size)]
+    warmup: Vec<(usize, usize)>,
+    /// Log level of the JSON lines on standard error: off, error, warn, info (one line per request), debug (per batch).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Convolution algorithm: auto, direct, f2, f4, f6.
+    #[arg(long, default_value = "auto")]
+    algo: String,
+    /// Kernel set: auto, avx512, avx2, portable.
+    #[arg(long, default_value = "auto")]
+    isa: String,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<Config> {
+        let defaults = Config::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (streams, threads) = match (self.streams, self.threads_per_stream) {
+            (None, None) => (defaults.streams, defaults.threads_per_stream),
+            (Some(s), None) => (s, (cores / s.max(1)).max(1)),
+            (None, Some(t)) => ((cores / t.max(1)).max(1), t),
+            (Some(s), Some(t)) => (s, t),
+        };
+        let max_batch = self.max_batch.unwrap_or(defaults.max_batch);
+        Ok(Config {
+            model_name: self.model_name.clone().unwrap_or_else(|| self.default_name()),
+            host: self.host,
+            http_port: self.http_port,
+            grpc_port: (!self.no_grpc).then_some(self.grpc_port),
+            streams,
+            threads_per_stream: threads,
+            max_batch,
+            max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
+            max_queue_images: self.max_queue.unwrap_or(4 * streams.saturating_mul(max_batch)),
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_body_bytes: self.max_body_bytes,
+            decode_threads: self.decode_threads.unwrap_or(defaults.decode_threads),
+            io_threads: defaults.io_threads,
+            warmup: self.warmup.clone(),
+            algo: self.algo.parse::<AlgoChoice>()?,
+            isa: crate::isa_choice(&self.isa)?,
+            log_level: self.log_level.parse::<Level>()?,
+        })
+    }
+
+    /// `repvgg-a0` for `RepVGG-A0-deploy.safetensors`; `repvgg-a0` for synthetic A0.
+    fn default_name(&self) -> String {
+        let stem = match &self.weights {
+            Some(w) => w.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            None => format!("repvgg-{}", self.arch.as_deref().unwrap_or("A0")),
+        };
+        let name: String = stem
+            .trim_end_matches("-deploy")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c.to_ascii_lowercase() } else { '-' }
+            })
+            .collect();
+        if name.is_empty() { "repvgg".into() } else { name }
+    }
+
+    fn model(&self) -> Result<Model> {
+        Ok(match &self.weights {
+            Some(weights) => Model::load(weights, &crate::model_options(self.arch.as_deref())?)?,
+            None => Model::synthetic(ArchSpec::resolve(self.arch.as_deref().unwrap_or("A0"))?, 0)?,
+        })
+    }
+}
+
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    let config = args.config()?;
+    config.validate()?;
+    let model = args.model()?;
+    let server = Server::start(model, config)?;
+    let signal = server.wait_for_signal()?;
+    eprintln!("{{\"level\":\"info\",\"msg\":\"signal\",\"signal\":\"{signal}\"}}");
+    server.shutdown()?;
+    Ok(())
+}
