@@ -60,13 +60,28 @@ struct RunArgs {
     /// Kernel set: auto (REPVGG_ISA if set, else the best this CPU runs), avx512, avx2, portable.
     #[arg(long, default_value = "auto")]
     isa: String,
+    /// Run the parallel loops on a rayon pool of --threads threads instead of the
+    /// session's own team (what an embedder that lends its rayon pool gets).
+    #[arg(long)]
+    rayon: bool,
 }
 
 impl RunArgs {
     fn options(&self, autotune: bool) -> Result<SessionOptions> {
         let threads = thread_count(self.threads)?;
         let algo: AlgoChoice = self.algo.parse()?;
-        Ok(SessionOptions { threads, algo, autotune, isa: isa_choice(&self.isa)?, ..Default::default() })
+        let pool = if self.rayon {
+            let workers = repvgg::runtime::session::worker_count(threads)?;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(workers)
+                .thread_name(|i| format!("repvgg-rayon-{i}"))
+                .build()
+                .map_err(|e| repvgg::Error::Option(format!("cannot start a rayon pool of {workers} threads: {e}")))?;
+            Some(std::sync::Arc::new(pool))
+        } else {
+            None
+        };
+        Ok(SessionOptions { threads, algo, autotune, isa: isa_choice(&self.isa)?, pool, ..Default::default() })
     }
 }
 

@@ -34,6 +34,11 @@ pub struct SessionOptions {
     /// Kernel set: `Auto` is `REPVGG_ISA` if set, else the best this CPU runs; forcing one
     /// the CPU lacks is refused ([`Error::Cpu`]).
     pub isa: IsaChoice,
+    /// Run the parallel loops on this rayon pool (all its threads; `threads` and `spin`
+    /// are then ignored) instead of the session's own team. For embedders that already
+    /// run rayon and want one set of threads; the README's "rayon" section measures when
+    /// the own team is faster.
+    pub pool: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 
 /// Default [`SessionOptions::spin`].
@@ -47,6 +52,7 @@ impl Default for SessionOptions {
             autotune: false,
             spin: DEFAULT_SPIN,
             isa: IsaChoice::Auto,
+            pool: None,
         }
     }
 }
@@ -186,9 +192,15 @@ impl Session {
     pub fn new(model: Model, options: SessionOptions) -> Result<Session> {
         crate::cpu::check_build_features()?;
         let isa = Dispatch::choose(options.isa)?;
-        let workers = worker_count(options.threads)?;
-        let team = Team::new(workers, options.spin)
-            .map_err(|e| Error::Option(format!("cannot start {workers} worker threads: {e}")))?;
+        let (team, workers) = match &options.pool {
+            Some(pool) => (Team::on_pool(pool.clone()), pool.current_num_threads()),
+            None => {
+                let workers = worker_count(options.threads)?;
+                let team = Team::new(workers, options.spin)
+                    .map_err(|e| Error::Option(format!("cannot start {workers} worker threads: {e}")))?;
+                (team, workers)
+            }
+        };
         Ok(Session { model, options, isa, team, workers, plans: HashMap::new(), arena: Arena::new(workers) })
     }
 

@@ -205,15 +205,19 @@ thread_local! {
     /// The team whose caller this thread is, while inside [`Team::install`] and not
     /// inside a loop body.
     static CURRENT: Cell<Option<*const Shared>> = const { Cell::new(None) };
+    /// The same for a team that lends a caller's rayon pool.
+    static POOL: Cell<Option<*const rayon::ThreadPool>> = const { Cell::new(None) };
     /// This thread's index in its team (0 for the caller and outside any team).
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
-/// A calling thread plus helper threads that run [`for_each`] loops together.
+/// A calling thread plus helper threads that run [`for_each`] loops together; or a
+/// caller's rayon pool doing the same (see [`Team::on_pool`]).
 pub struct Team {
     shared: Arc<Shared>,
     helpers: Vec<JoinHandle<()>>,
     in_use: AtomicBool,
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Team {
@@ -240,7 +244,8 @@ impl Team {
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
-        let mut team = Team { shared, helpers: Vec::with_capacity(threads - 1), in_use: AtomicBool::new(false) };
+        let mut team =
+            Team { shared, helpers: Vec::with_capacity(threads - 1), in_use: AtomicBool::new(false), pool: None };
         for index in 1..threads {
             let shared = Arc::clone(&team.shared);
             // On failure, `team` drops here and stops the helpers already started.
@@ -257,13 +262,34 @@ impl Team {
         Ok(team)
     }
 
-    /// Threads in the team, the caller included.
+    /// A team whose loops run on `pool` (for embedders that already run rayon): the
+    /// calling thread waits while the pool's workers take the items, and idle workers
+    /// sleep as rayon's do, so nothing spins between passes (nor is the first loop after
+    /// an idle spell as fast).
+    pub fn on_pool(pool: Arc<rayon::ThreadPool>) -> Team {
+        let shared = Arc::new(Shared {
+            threads: 1,
+            state: Line(AtomicU64::new(CLOSED)),
+            next: Line(AtomicUsize::new(0)),
+            job: UnsafeCell::new(Job::NONE),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            spin: Duration::ZERO,
+            sleepers: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        Team { shared, helpers: Vec::new(), in_use: AtomicBool::new(false), pool: Some(pool) }
+    }
+
+    /// Threads in the team, the caller included (a pool's workers, for a pool team).
     pub fn threads(&self) -> usize {
-        self.shared.threads
+        self.pool.as_ref().map_or(self.shared.threads, |p| p.current_num_threads())
     }
 
     /// How long helpers spin before they park (zero when the team oversubscribes the
-    /// machine's cores).
+    /// machine's cores, and for a pool team).
     pub fn spin(&self) -> Duration {
         self.shared.spin
     }
@@ -277,15 +303,20 @@ impl Team {
         if self.in_use.swap(true, Ordering::Acquire) {
             return without_team(f);
         }
-        struct Restore<'a>(&'a AtomicBool, Option<*const Shared>, usize);
+        struct Restore<'a>(&'a AtomicBool, Option<*const Shared>, Option<*const rayon::ThreadPool>, usize);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
                 CURRENT.set(self.1);
-                INDEX.set(self.2);
+                POOL.set(self.2);
+                INDEX.set(self.3);
                 self.0.store(false, Ordering::Release);
             }
         }
-        let _restore = Restore(&self.in_use, CURRENT.replace(Some(Arc::as_ptr(&self.shared))), INDEX.replace(0));
+        let (team, pool) = match &self.pool {
+            Some(pool) => (None, Some(Arc::as_ptr(pool))),
+            None => (Some(Arc::as_ptr(&self.shared)), None),
+        };
+        let _restore = Restore(&self.in_use, CURRENT.replace(team), POOL.replace(pool), INDEX.replace(0));
         f()
     }
 }
@@ -301,13 +332,14 @@ impl Drop for Team {
 }
 
 fn without_team<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<*const Shared>);
+    struct Restore(Option<*const Shared>, Option<*const rayon::ThreadPool>);
     impl Drop for Restore {
         fn drop(&mut self) {
             CURRENT.set(self.0);
+            POOL.set(self.1);
         }
     }
-    let _restore = Restore(CURRENT.take());
+    let _restore = Restore(CURRENT.take(), POOL.take());
     f()
 }
 
@@ -321,6 +353,10 @@ pub fn thread_index() -> usize {
 /// [`Team::install`]), else serially. Returns when all items are done. Loops nested in a
 /// body run serially on the thread that runs the body.
 pub fn for_each<F: Fn(usize) + Sync>(items: usize, body: F) {
+    // SAFETY: POOL is set only inside `Team::install`, which holds the pool alive.
+    if let Some(pool) = POOL.get().map(|pool| unsafe { &*pool }) {
+        return for_each_on_pool(pool, items, body);
+    }
     // SAFETY: CURRENT is set only inside `Team::install`, which holds the team alive.
     let team = CURRENT.get().map(|shared| unsafe { &*shared });
     let Some(shared) = team.filter(|shared| items > 1 && shared.threads > 1) else {
@@ -363,6 +399,25 @@ pub fn for_each<F: Fn(usize) + Sync>(items: usize, body: F) {
     if shared.panicked.swap(false, Ordering::Relaxed) {
         panic!("a worker thread panicked in a parallel loop");
     }
+}
+
+/// [`for_each`] on a rayon pool. The pool's workers flush denormals as the team's helpers
+/// do (so results equal the team's bit for bit) and index the per-thread scratch by
+/// their pool index; loops nested in a body run serially, as on the team.
+fn for_each_on_pool<F: Fn(usize) + Sync>(pool: &rayon::ThreadPool, items: usize, body: F) {
+    use rayon::prelude::*;
+    without_team(|| {
+        if items <= 1 || pool.current_num_threads() == 1 {
+            return (0..items).for_each(&body);
+        }
+        let grain = (items / (16 * pool.current_num_threads())).max(1);
+        pool.install(|| {
+            (0..items).into_par_iter().with_min_len(grain).for_each_init(cpu::FlushDenormals::new, |_, i| {
+                INDEX.set(rayon::current_thread_index().unwrap_or(0));
+                body(i)
+            })
+        });
+    })
 }
 
 /// Runs `body(i, chunk)` over the `chunk`-float chunks of `buf` (the last may be

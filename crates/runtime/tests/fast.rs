@@ -181,6 +181,37 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
+fn a_session_on_a_callers_rayon_pool_gives_the_teams_results() {
+    let model = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 7).unwrap();
+    let x = input(2, 67, 53, 9);
+    let own = model.session(SessionOptions { threads: 1, ..Default::default() }).unwrap().features(&x).unwrap();
+    for threads in [1, 2, 3] {
+        let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap());
+        let options = SessionOptions { pool: Some(pool.clone()), ..Default::default() };
+        let mut session = model.session(options).unwrap();
+        assert_eq!(session.threads(), threads);
+        let on_pool = session.features(&x).unwrap();
+        assert_eq!(own.logits, on_pool.logits, "{threads}-thread pool");
+        assert_eq!(own.stages, on_pool.stages, "{threads}-thread pool stage outputs");
+        // Called from one of the pool's own workers, as a rayon embedder would.
+        let logits = pool.install(|| session.run(&x).unwrap());
+        assert_eq!(own.logits, logits, "{threads}-thread pool, from inside it");
+        // Several sessions sharing one pool, run from its workers at once.
+        let runs: Vec<Tensor> = pool.install(|| {
+            use rayon::prelude::*;
+            (0..4)
+                .into_par_iter()
+                .map(|_| {
+                    let options = SessionOptions { pool: Some(pool.clone()), ..Default::default() };
+                    model.session(options).unwrap().run(&x).unwrap()
+                })
+                .collect()
+        });
+        assert!(runs.iter().all(|l| *l == own.logits), "{threads}-thread pool shared by four sessions");
+    }
+}
+
+#[test]
 fn one_model_serves_many_threads_at_once() {
     let model = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 11).unwrap();
     let inputs: Vec<Tensor> = (0..4).map(|i| input(1 + i % 2, 48 + 8 * i, 40 + 4 * i, 20 + i as u64)).collect();

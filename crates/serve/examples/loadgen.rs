@@ -1,0 +1,414 @@
+//! A load generator for any Open Inference Protocol server (`repvgg serve`, Triton, ...):
+//! closed-loop clients at each concurrency, or an open-loop arrival rate, over HTTP with
+//! the binary tensor extension or gRPC; reports images/s and p50/p90/p99 latency of the
+//! answered requests, and how many were refused (503 / UNAVAILABLE).
+//!
+//! ```text
+//! cargo run --release -p repvgg-serve --example loadgen -- \
+//!     --http 127.0.0.1:8000 --grpc 127.0.0.1:8001 --model repvgg-a0 \
+//!     --protocols http,grpc --concurrency 1,2,4,8,16 --seconds 10
+//! # open loop, e.g. 4x a measured capacity of 25 requests/s:
+//! cargo run --release -p repvgg-serve --example loadgen -- --http 127.0.0.1:8000 --model repvgg-a0 --rate 100
+//! ```
+//!
+//! It runs on the machine it measures, so it is lean: each HTTP client is one thread with
+//! one keep-alive connection and a request body built once; gRPC clients are tasks on a
+//! two-thread runtime, one channel each.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use repvgg_serve::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use repvgg_serve::proto::{ModelInferRequest, model_infer_request::InferInputTensor};
+
+struct Options {
+    http: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
+    model: String,
+    protocols: Vec<String>,
+    concurrency: Vec<usize>,
+    rate: Option<f64>,
+    seconds: f64,
+    warmup: f64,
+    batch: usize,
+    size: usize,
+    json: Option<String>,
+}
+
+fn parse_args() -> Result<Options> {
+    let mut o = Options {
+        http: None,
+        grpc: None,
+        model: "repvgg-a0".into(),
+        protocols: vec![],
+        concurrency: vec![1, 2, 4, 8, 16],
+        rate: None,
+        seconds: 10.0,
+        warmup: 2.0,
+        batch: 1,
+        size: 224,
+        json: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--http" => o.http = Some(value()?.parse()?),
+            "--grpc" => o.grpc = Some(value()?.parse()?),
+            "--model" => o.model = value()?,
+            "--protocols" => o.protocols = value()?.split(',').map(str::to_string).collect(),
+            "--concurrency" => o.concurrency = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--rate" => o.rate = Some(value()?.parse()?),
+            "--seconds" => o.seconds = value()?.parse()?,
+            "--warmup" => o.warmup = value()?.parse()?,
+            "--batch" => o.batch = value()?.parse()?,
+            "--size" => o.size = value()?.parse()?,
+            "--json" => o.json = Some(value()?),
+            other => bail!("unknown flag {other} (see the header of crates/serve/examples/loadgen.rs)"),
+        }
+    }
+    if o.protocols.is_empty() {
+        o.protocols =
+            [o.http.map(|_| "http"), o.grpc.map(|_| "grpc")].into_iter().flatten().map(String::from).collect();
+    }
+    if o.protocols.is_empty() {
+        bail!("give --http ADDR and/or --grpc ADDR");
+    }
+    Ok(o)
+}
+
+/// The answered requests' latencies and the refusals of one run.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    refused: u64,
+    failed: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    protocol: String,
+    concurrency: Option<usize>,
+    rate: Option<f64>,
+    images_per_s: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    answered: usize,
+    refused: u64,
+    failed: u64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+enum Outcome {
+    Answered,
+    Refused,
+    Failed(String),
+}
+
+/// One client's connection, able to send the prepared request again and again.
+trait Client: Send {
+    fn infer(&mut self) -> Outcome;
+}
+
+struct HttpClient {
+    addr: SocketAddr,
+    conn: Option<(TcpStream, BufReader<TcpStream>)>,
+    request: Arc<Vec<u8>>,
+}
+
+impl HttpClient {
+    fn exchange(&mut self) -> std::io::Result<u16> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(self.addr)?;
+            s.set_nodelay(true)?;
+            self.conn = Some((s.try_clone()?, BufReader::new(s)));
+        }
+        let (w, r) = self.conn.as_mut().expect("connected");
+        w.write_all(&self.request)?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let status: u16 =
+            line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line {line:?}"))
+            })?;
+        let mut length = 0usize;
+        let mut close = false;
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap_or((l, ""));
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            } else if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                close = true;
+            }
+        }
+        let mut body = vec![0; length];
+        r.read_exact(&mut body)?;
+        if close {
+            self.conn = None;
+        }
+        Ok(status)
+    }
+}
+
+impl Client for HttpClient {
+    fn infer(&mut self) -> Outcome {
+        match self.exchange() {
+            Ok(200) => Outcome::Answered,
+            Ok(503) => Outcome::Refused,
+            Ok(s) => Outcome::Failed(format!("HTTP {s}")),
+            Err(e) => {
+                self.conn = None;
+                Outcome::Failed(e.to_string())
+            }
+        }
+    }
+}
+
+/// A binary-extension infer request (HTTP/1.1, keep-alive) for `[batch, 3, size, size]`.
+fn http_request(o: &Options) -> Vec<u8> {
+    let elements = o.batch * 3 * o.size * o.size;
+    let head = serde_json::json!({
+        "inputs": [{ "name": "input", "shape": [o.batch, 3, o.size, o.size], "datatype": "FP32",
+                     "parameters": { "binary_data_size": 4 * elements } }],
+        "outputs": [{ "name": "logits", "parameters": { "binary_data": true } }],
+    })
+    .to_string();
+    let body_len = head.len() + 4 * elements;
+    let mut r = format!(
+        "POST /v2/models/{}/infer HTTP/1.1\r\nHost: loadgen\r\nContent-Type: application/octet-stream\r\n\
+         Inference-Header-Content-Length: {}\r\nContent-Length: {body_len}\r\n\r\n{head}",
+        o.model,
+        head.len()
+    )
+    .into_bytes();
+    for i in 0..elements {
+        r.extend_from_slice(&(((i % 251) as f32) / 251.0 - 0.5).to_le_bytes());
+    }
+    r
+}
+
+fn grpc_request(o: &Options) -> ModelInferRequest {
+    let elements = o.batch * 3 * o.size * o.size;
+    ModelInferRequest {
+        model_name: o.model.clone(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![o.batch as i64, 3, o.size as i64, o.size as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            (0..elements).flat_map(|i| (((i % 251) as f32) / 251.0 - 0.5).to_le_bytes()).collect(),
+        ],
+        ..Default::default()
+    }
+}
+
+/// Closed loop: `clients` each send, wait and send again until `end`.
+fn closed_loop_http(o: &Options, clients: usize, request: &Arc<Vec<u8>>) -> Result<(Tally, Duration)> {
+    let addr = o.http.context("--http is needed for http")?;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let start = Instant::now();
+    let (measure_from, end) =
+        (start + Duration::from_secs_f64(o.warmup), start + Duration::from_secs_f64(o.warmup + o.seconds));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (tally, request) = (tally.clone(), request.clone());
+            std::thread::spawn(move || {
+                let mut client = HttpClient { addr, conn: None, request };
+                let mut mine = Tally::default();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let outcome = client.infer();
+                    if sent >= measure_from {
+                        record(&mut mine, outcome, sent.elapsed());
+                    }
+                }
+                merge(&tally, mine);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    Ok((Arc::into_inner(tally).expect("joined").into_inner().expect("lock"), Duration::from_secs_f64(o.seconds)))
+}
+
+fn record(t: &mut Tally, outcome: Outcome, latency: Duration) {
+    match outcome {
+        Outcome::Answered => t.latencies.push(latency),
+        Outcome::Refused => t.refused += 1,
+        Outcome::Failed(e) => {
+            if t.failed == 0 {
+                eprintln!("loadgen: a request failed: {e}");
+            }
+            t.failed += 1
+        }
+    }
+}
+
+fn merge(into: &Mutex<Tally>, mine: Tally) {
+    let mut t = into.lock().expect("lock");
+    t.latencies.extend(mine.latencies);
+    t.refused += mine.refused;
+    t.failed += mine.failed;
+}
+
+/// Open loop over HTTP: request k is sent at `k / rate` seconds by whichever of 128
+/// workers is free (a refused request does not slow the arrivals).
+fn open_loop_http(o: &Options, rate: f64, request: &Arc<Vec<u8>>) -> Result<(Tally, Duration)> {
+    let addr = o.http.context("--http is needed for http")?;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let warm = (o.warmup * rate) as u64;
+    let total = ((o.warmup + o.seconds) * rate) as u64;
+    let threads: Vec<_> = (0..128)
+        .map(|_| {
+            let (tally, request, next) = (tally.clone(), request.clone(), next.clone());
+            std::thread::spawn(move || {
+                let mut client = HttpClient { addr, conn: None, request };
+                let mut mine = Tally::default();
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= total {
+                        break;
+                    }
+                    let due = start + Duration::from_secs_f64(k as f64 / rate);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    // Latency counts from when the request was due, so a late send is not hidden.
+                    let outcome = client.infer();
+                    if k >= warm {
+                        record(&mut mine, outcome, due.elapsed());
+                    }
+                }
+                merge(&tally, mine);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("worker thread");
+    }
+    Ok((Arc::into_inner(tally).expect("joined").into_inner().expect("lock"), Duration::from_secs_f64(o.seconds)))
+}
+
+fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) -> Result<(Tally, Duration)> {
+    let addr = o.grpc.context("--grpc is needed for grpc")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let start = Instant::now();
+    let (measure_from, end) =
+        (start + Duration::from_secs_f64(o.warmup), start + Duration::from_secs_f64(o.warmup + o.seconds));
+    let tally = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let request = request.clone();
+            let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+                .await?
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Tally::default();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let outcome = match client.model_infer(request.clone()).await {
+                        Ok(_) => Outcome::Answered,
+                        Err(s) if s.code() == tonic::Code::Unavailable => Outcome::Refused,
+                        Err(s) => Outcome::Failed(format!("{:?}: {}", s.code(), s.message())),
+                    };
+                    if sent >= measure_from {
+                        record(&mut mine, outcome, sent.elapsed());
+                    }
+                }
+                mine
+            }));
+        }
+        let all = Mutex::new(Tally::default());
+        for t in tasks {
+            merge(&all, t.await?);
+        }
+        anyhow::Ok(all.into_inner().expect("lock"))
+    })?;
+    Ok((tally, Duration::from_secs_f64(o.seconds)))
+}
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    let http = Arc::new(http_request(&o));
+    let grpc = grpc_request(&o);
+    let mut rows = Vec::new();
+    println!(
+        "| protocol | {} | images/s | p50 ms | p90 ms | p99 ms | answered | refused |",
+        if o.rate.is_some() { "offered req/s" } else { "concurrency" }
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let runs: Vec<(String, Option<usize>)> = match o.rate {
+        Some(_) => o.protocols.iter().map(|p| (p.clone(), None)).collect(),
+        None => o.protocols.iter().flat_map(|p| o.concurrency.iter().map(move |c| (p.clone(), Some(*c)))).collect(),
+    };
+    for (protocol, clients) in runs {
+        let (mut tally, span) = match (protocol.as_str(), clients, o.rate) {
+            ("http", Some(c), _) => closed_loop_http(&o, c, &http)?,
+            ("http", None, Some(rate)) => open_loop_http(&o, rate, &http)?,
+            ("grpc", Some(c), _) => closed_loop_grpc(&o, c, &grpc)?,
+            ("grpc", None, Some(_)) => bail!("--rate is implemented for http only"),
+            (other, ..) => bail!("unknown protocol {other} (http, grpc)"),
+        };
+        tally.latencies.sort();
+        let row = Row {
+            protocol: protocol.clone(),
+            concurrency: clients,
+            rate: o.rate,
+            images_per_s: (tally.latencies.len() * o.batch) as f64 / span.as_secs_f64(),
+            p50_ms: percentile(&tally.latencies, 0.50),
+            p90_ms: percentile(&tally.latencies, 0.90),
+            p99_ms: percentile(&tally.latencies, 0.99),
+            answered: tally.latencies.len(),
+            refused: tally.refused,
+            failed: tally.failed,
+        };
+        println!(
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            row.protocol,
+            clients.map_or_else(|| format!("{}", o.rate.unwrap_or(0.0)), |c| c.to_string()),
+            row.images_per_s,
+            row.p50_ms,
+            row.p90_ms,
+            row.p99_ms,
+            row.answered,
+            row.refused
+        );
+        if row.failed > 0 {
+            eprintln!("loadgen: {} requests failed outright", row.failed);
+        }
+        rows.push(row);
+    }
+    if let Some(path) = &o.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)? + "\n")?;
+    }
+    Ok(())
+}
