@@ -130,7 +130,16 @@ async fn metrics(State(s): Shared) -> Response {
 async fn infer(State(s): Shared, Path(p): Path<ModelPath>, headers: HeaderMap, body: Body) -> Result<Response> {
     s.find(&p.name, p.version.as_deref())?;
     let start = std::time::Instant::now();
-    let body = match read_body(&s, &headers, body).await {
+    let body = match s.admits() {
+        Ok(()) => read_body(&s, &headers, body).await,
+        Err(e) => {
+            // Read the body without keeping it, so the client (which is still sending)
+            // gets the 503 instead of a reset connection.
+            discard(body, s.config.max_body_bytes).await;
+            Err(e)
+        }
+    };
+    let body = match body {
         Ok(body) => body,
         Err(e) => {
             s.refused("http", start, &e);
@@ -146,6 +155,18 @@ async fn infer(State(s): Shared, Path(p): Path<ModelPath>, headers: HeaderMap, b
     };
     let outputs = s.infer("http", &id, request).await?;
     Ok(encode_infer(&s, &id, outputs, &binary_out))
+}
+
+/// Reads and drops up to `limit` bytes of a body.
+async fn discard(mut body: Body, limit: usize) {
+    use http_body_util::BodyExt as _;
+    let mut seen = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len());
+        if seen > limit {
+            return;
+        }
+    }
 }
 
 /// The whole body, refused early if its declared length is over the limit.

@@ -129,6 +129,19 @@ impl Scheduler {
         Ok(scheduler)
     }
 
+    /// Refuses at once when not even one image would fit (so that an overloaded server
+    /// does not read and parse a body only to refuse it).
+    pub fn admits_any(&self) -> Result<()> {
+        let q = self.shared.lock();
+        if q.closed {
+            return Err(Error::Unavailable("the server is shutting down".into()));
+        }
+        if q.images >= self.shared.max_queue_images {
+            return Err(full(q.images, self.shared.max_queue_images));
+        }
+        Ok(())
+    }
+
     /// Queues a job, or refuses it at once if the queue is full or closed.
     pub fn submit(&self, job: Job) -> Result<()> {
         let mut q = self.shared.lock();
@@ -136,10 +149,7 @@ impl Scheduler {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
         if q.images + job.n > self.shared.max_queue_images {
-            return Err(Error::Unavailable(format!(
-                "the queue is full ({} images waiting, at most {}); retry later",
-                q.images, self.shared.max_queue_images
-            )));
+            return Err(full(q.images, self.shared.max_queue_images));
         }
         q.images += job.n;
         self.shared.metrics.queue_changed(1, job.n as i64);
@@ -163,6 +173,10 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         self.close_and_join();
     }
+}
+
+fn full(waiting: usize, most: usize) -> Error {
+    Error::Unavailable(format!("the queue is full ({waiting} images waiting, at most {most}); retry later"))
 }
 
 fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session) {

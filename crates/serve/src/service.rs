@@ -172,6 +172,15 @@ impl Service {
         result.map(|s| s.outputs)
     }
 
+    /// Refuses a request before its body is read if the server is shutting down or its
+    /// queue is full.
+    pub fn admits(&self) -> Result<()> {
+        if !self.is_ready() {
+            return Err(Error::Unavailable("the server is shutting down".into()));
+        }
+        self.scheduler.lock().unwrap_or_else(|p| p.into_inner()).admits_any()
+    }
+
     /// Records a request refused before it reached [`Service::infer`] (it could not be parsed).
     pub fn refused(&self, protocol: &'static str, start: Instant, error: &Error) {
         self.record(protocol, "", start, Err(error));
