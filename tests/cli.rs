@@ -956,3 +956,47 @@ fn an_overflow_to_non_finite_logits_is_refused() {
     assert!(stderr(&out).contains("overflowed f32 inside the network"), "{}", stderr(&out));
     assert!(!logits.exists());
 }
+
+/// `repvgg serve` as a process: it reports where it listens, answers, drains on SIGTERM
+/// and exits 0; bad flags and a taken port are refused with their exit codes.
+#[test]
+fn serve_listens_answers_and_exits_0_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let weights = fixture("trained-digits", "train.safetensors");
+    let arch = fixture("trained-digits", "arch.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
+        .args(["serve", "--weights", &weights, "--arch", &arch, "--http-port", "0", "--grpc-port", "0"])
+        .args(["--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!((listening["msg"].as_str(), listening["model"].as_str()), (Some("listening"), Some("train")), "{line}");
+    let addr = listening["http"].as_str().unwrap().to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(s, "GET /v2/models/train/ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let mut rest = String::new();
+    log.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(rest.contains("\"signal\":\"SIGTERM\"") && rest.contains("\"msg\":\"stopped\""), "{rest}");
+    // Refusals: a bad knob names itself (exit 2); a taken port is an I/O error (exit 3).
+    let out = repvgg(&["serve", "--synthetic", "--streams", "0", "--http-port", "0", "--grpc-port", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("streams and threads per stream must be at least 1"), "{}", stderr(&out));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = repvgg(&["serve", "--synthetic", "--http-port", &port, "--grpc-port", "0"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")), "{}", stderr(&out));
+    let out = repvgg(&["serve"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
