@@ -452,6 +452,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_team_runs_every_item_once_with_distinct_indices() {
+        for threads in [1, 2, 3] {
+            let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap());
+            let team = Team::on_pool(pool.clone());
+            assert_eq!(team.threads(), threads);
+            let busy = AtomicUsize::new(0);
+            for items in [0, 1, 2, 7, 1000] {
+                let counts: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
+                let body = || {
+                    for_each(items, |i| {
+                        let index = thread_index();
+                        assert!(index < threads);
+                        assert_eq!(busy.fetch_or(1 << index, Ordering::AcqRel) & (1 << index), 0);
+                        // Nested loops run serially on the thread that runs the body.
+                        for_each(3, |_| assert_eq!(thread_index(), index));
+                        counts[i].fetch_add(1, Ordering::Relaxed);
+                        busy.fetch_and(!(1 << index), Ordering::AcqRel);
+                    })
+                };
+                team.install(body);
+                pool.install(|| team.install(body));
+                assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 2), "{threads} threads, {items} items");
+            }
+        }
+    }
+
+    #[test]
     fn helpers_take_part_and_indices_are_distinct() {
         let team = Team::new(3, Duration::from_millis(50)).unwrap();
         let seen: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();

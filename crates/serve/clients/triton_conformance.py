@@ -128,9 +128,11 @@ def offline_logits(repvgg, x, tmp):
     """The logits `repvgg infer` computes for `x`: the reference."""
     src, dst = Path(tmp) / "in.safetensors", Path(tmp) / "out.safetensors"
     save_file({"input": x}, str(src))
-    subprocess.run([str(repvgg), "infer", "--weights", str(FIXTURE / "train.safetensors"),
-                    "--arch", str(FIXTURE / "arch.toml"), "--input", str(src), "--output", str(dst)],
-                   check=True, stdout=subprocess.DEVNULL)
+    run = subprocess.run([str(repvgg), "infer", "--weights", str(FIXTURE / "train.safetensors"),
+                          "--arch", str(FIXTURE / "arch.toml"), "--input", str(src), "--output", str(dst)],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise Failure(f"FAIL repvgg infer: exit {run.returncode}: {run.stderr.strip()}")
     return load_file(str(dst))["logits"]
 
 
@@ -244,8 +246,9 @@ def run_checks(repvgg, http, grpc, tmp):
     expect_error("http get_model_metadata unknown 404", lambda: http.get_model_metadata("no-such-model"), "404", None)
     expect_error("grpc get_model_metadata unknown NOT_FOUND",
                  lambda: grpc.get_model_metadata("no-such-model"), None, "NOT_FOUND")
-    ok("is_model_ready unknown is False", not http.is_model_ready("no-such-model")
-       and not grpc.is_model_ready("no-such-model"))
+    ok("http is_model_ready unknown is False", not http.is_model_ready("no-such-model"))
+    # As Triton does: an unknown model is not ready, not an error.
+    ok("grpc is_model_ready unknown is False", not grpc.is_model_ready("no-such-model"))
 
     flat = x.reshape(BATCH, 3, -1)  # rank 3: not [N, 3, H, W]
 
@@ -265,6 +268,7 @@ def main():
     args = parser.parse_args()
     if not args.repvgg.is_file():
         sys.exit(f"FAIL: no binary at {args.repvgg}; build it with `cargo build --release`")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("FAIL: terminated"))  # still stop the server
     proc = None
     try:
         proc, http_addr, grpc_addr = start_server(args.repvgg)

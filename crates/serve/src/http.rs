@@ -103,7 +103,7 @@ pub fn config_json(s: &Service) -> Value {
         "max_batch_size": c.max_batch,
         "input": [
             { "name": service::INPUT, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, -1, -1] },
-            { "name": service::IMAGE, "data_type": "TYPE_STRING", "dims": [1], "optional": true },
+            { "name": service::IMAGE, "data_type": "TYPE_STRING", "dims": [1], "reshape": { "shape": [] }, "optional": true },
         ],
         "output": [{ "name": service::OUTPUT, "data_type": "TYPE_FP32", "dims": [s.classes] }],
         "dynamic_batching": {

@@ -135,6 +135,8 @@ fn grpc_serves_health_metadata_config_and_refusals() {
         let config = proto::ModelConfigRequest { name: MODEL.into(), version: String::new() };
         let config = c.model_config(config).await.unwrap().into_inner().config.unwrap();
         assert_eq!((config.max_batch_size, config.output[0].dims.as_slice()), (8, &[1000][..]));
+        let unknown = proto::ModelReadyRequest { name: "nope".into(), version: String::new() };
+        assert!(!c.model_ready(unknown).await.unwrap().into_inner().ready, "an unknown model is not ready");
         let unknown = proto::ModelMetadataRequest { name: "nope".into(), version: String::new() };
         assert_eq!(c.model_metadata(unknown).await.unwrap_err().code(), tonic::Code::NotFound);
         let bad = proto::ModelInferRequest {

@@ -49,8 +49,9 @@ impl GrpcInferenceService for Grpc {
 
     async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = r.into_inner();
-        self.0.find(&r.name, Some(&r.version))?;
-        Ok(Response::new(ModelReadyResponse { ready: self.0.is_ready() }))
+        // As Triton answers: an unknown model or version is not ready (not an error).
+        let known = self.0.find(&r.name, Some(&r.version)).is_ok();
+        Ok(Response::new(ModelReadyResponse { ready: known && self.0.is_ready() }))
     }
 
     async fn server_metadata(
@@ -112,6 +113,8 @@ impl GrpcInferenceService for Grpc {
                     name: service::IMAGE.into(),
                     data_type: DataType::TypeString as i32,
                     dims: vec![1],
+                    // Triton's way of saying the full shape is [-1], as the metadata has it.
+                    reshape: Some(ModelTensorReshape { shape: vec![] }),
                     optional: true,
                     ..Default::default()
                 },
