@@ -324,8 +324,12 @@ fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) ->
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let request = request.clone();
-            let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
-                .await?
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .initial_stream_window_size(Some(repvgg_serve::GRPC_WINDOW))
+                .initial_connection_window_size(Some(4 * repvgg_serve::GRPC_WINDOW))
+                .connect()
+                .await?;
+            let mut client = GrpcInferenceServiceClient::new(channel)
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
             tasks.push(tokio::spawn(async move {

@@ -42,6 +42,9 @@ pub use grpc::inference as proto;
 pub use log::Level;
 pub use service::{IMAGE, INPUT, OUTPUT, VERSION, join_bytes, split_bytes};
 
+/// The gRPC flow-control window of a stream, in bytes (room for a batch of 8 at 224).
+pub const GRPC_WINDOW: u32 = 8 << 20;
+
 /// A running server. Dropping it without [`Server::shutdown`] stops it abruptly.
 pub struct Server {
     runtime: tokio::runtime::Runtime,
@@ -103,7 +106,11 @@ impl Server {
             let grpc_stop = until_stopped(stopped.clone());
             tasks.push(runtime.spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                // HTTP/2's default 64 KiB flow-control windows would take a dozen round
+                // trips to move one 224x224 tensor (588 KiB).
                 tonic::transport::Server::builder()
+                    .initial_stream_window_size(Some(GRPC_WINDOW))
+                    .initial_connection_window_size(Some(4 * GRPC_WINDOW))
                     .add_service(grpc)
                     .serve_with_incoming_shutdown(incoming, grpc_stop)
                     .await
