@@ -11,6 +11,13 @@
 //! cargo run --release -p repvgg-serve --example loadgen -- --http 127.0.0.1:8000 --model repvgg-a0 --rate 100
 //! ```
 //!
+//! `--versus-session BLOCKS` instead alternates blocks of back-to-back requests
+//! (concurrency 1) with blocks of back-to-back runs of an in-process `Session` of the same
+//! model (`serve --synthetic`'s: A0, seed 0; at `--threads`, default all cores), as
+//! `repvgg bench` runs them, BLOCKS times; it reports both medians and the median of the
+//! per-block differences: on a shared host whose speed drifts, that is the fair comparison
+//! of the server's batch-1 latency with `repvgg bench`'s.
+//!
 //! It runs on the machine it measures, so it is lean: each HTTP client is one thread with
 //! one keep-alive connection and a request body built once; gRPC clients are tasks on a
 //! two-thread runtime, one channel each.
@@ -36,6 +43,8 @@ struct Options {
     batch: usize,
     size: usize,
     json: Option<String>,
+    versus_session: Option<usize>,
+    threads: usize,
 }
 
 fn parse_args() -> Result<Options> {
@@ -51,6 +60,8 @@ fn parse_args() -> Result<Options> {
         batch: 1,
         size: 224,
         json: None,
+        versus_session: None,
+        threads: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -67,6 +78,8 @@ fn parse_args() -> Result<Options> {
             "--batch" => o.batch = value()?.parse()?,
             "--size" => o.size = value()?.parse()?,
             "--json" => o.json = Some(value()?),
+            "--versus-session" => o.versus_session = Some(value()?.parse()?),
+            "--threads" => o.threads = value()?.parse()?,
             other => bail!("unknown flag {other} (see the header of crates/serve/examples/loadgen.rs)"),
         }
     }
@@ -360,10 +373,95 @@ fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) ->
     Ok((tally, Duration::from_secs_f64(o.seconds)))
 }
 
+/// Alternates server requests with in-process runs; prints the medians and the median
+/// pairwise difference per protocol.
+fn versus_session(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelInferRequest) -> Result<()> {
+    let model = repvgg_runtime::Model::synthetic(repvgg_graph::ArchSpec::builtin("A0")?, 0)?;
+    let options = repvgg_runtime::SessionOptions { threads: o.threads, ..Default::default() };
+    let mut session = model.session(options)?;
+    let input = vec![0.25f32; o.batch * 3 * o.size * o.size];
+    let shape = [o.batch, 3, o.size, o.size];
+    let mut logits = vec![0f32; o.batch * model.network().num_classes];
+    // Between blocks: longer than a session's helpers spin after a run (`DEFAULT_SPIN`),
+    // so neither side starts while the other's helpers still hold a core.
+    let settle = repvgg_runtime::DEFAULT_SPIN + Duration::from_millis(2);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    println!("| protocol | runs each | in-process median ms | server p50 ms | median of block differences ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for protocol in &o.protocols {
+        let mut grpc_client = match protocol.as_str() {
+            "grpc" => {
+                let addr = o.grpc.context("--grpc is needed for grpc")?;
+                let channel = rt.block_on(
+                    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                        .initial_stream_window_size(Some(repvgg_serve::GRPC_WINDOW))
+                        .initial_connection_window_size(Some(4 * repvgg_serve::GRPC_WINDOW))
+                        .connect(),
+                )?;
+                Some(GrpcInferenceServiceClient::new(channel).max_decoding_message_size(usize::MAX))
+            }
+            "http" => None,
+            other => bail!("unknown protocol {other} (http, grpc)"),
+        };
+        let mut http_client =
+            HttpClient { addr: o.http.context("--http is needed")?, conn: None, request: http.clone() };
+        // Each block: 2 untimed then 10 timed, so both sides are warm as in `bench`.
+        const WARM: usize = 2;
+        const TIMED: usize = 10;
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (mut local, mut remote, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..blocks {
+            let mut block_local = Vec::new();
+            for i in 0..WARM + TIMED {
+                let start = Instant::now();
+                session.run_slice(&input, &shape, &mut logits)?;
+                if i >= WARM {
+                    block_local.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            std::thread::sleep(settle);
+            let mut block_remote = Vec::new();
+            for i in 0..WARM + TIMED {
+                let start = Instant::now();
+                match &mut grpc_client {
+                    Some(c) => {
+                        rt.block_on(c.model_infer(grpc.clone())).map_err(|s| anyhow::anyhow!("{s}"))?;
+                    }
+                    None => match http_client.infer() {
+                        Outcome::Answered => {}
+                        Outcome::Refused => bail!("the server refused a request at concurrency 1"),
+                        Outcome::Failed(e) => bail!("a request failed: {e}"),
+                    },
+                }
+                if i >= WARM {
+                    block_remote.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            std::thread::sleep(settle);
+            local.extend(&block_local);
+            remote.extend(&block_remote);
+            diff.push(median(&mut block_remote) - median(&mut block_local));
+        }
+        println!(
+            "| {protocol} | {blocks} x {TIMED} | {:.2} | {:.2} | {:+.2} |",
+            median(&mut local),
+            median(&mut remote),
+            median(&mut diff)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let o = parse_args()?;
     let http = Arc::new(http_request(&o));
     let grpc = grpc_request(&o);
+    if let Some(pairs) = o.versus_session {
+        return versus_session(&o, pairs.max(1), &http, &grpc);
+    }
     let mut rows = Vec::new();
     println!(
         "| protocol | {} | images/s | p50 ms | p90 ms | p99 ms | answered | refused |",
