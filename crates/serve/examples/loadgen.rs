@@ -379,7 +379,8 @@ fn versus_session(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelI
     let model = repvgg_runtime::Model::synthetic(repvgg_graph::ArchSpec::builtin("A0")?, 0)?;
     let options = repvgg_runtime::SessionOptions { threads: o.threads, ..Default::default() };
     let mut session = model.session(options)?;
-    let input = vec![0.25f32; o.batch * 3 * o.size * o.size];
+    // The values the requests carry.
+    let input: Vec<f32> = (0..o.batch * 3 * o.size * o.size).map(|i| ((i % 251) as f32) / 251.0 - 0.5).collect();
     let shape = [o.batch, 3, o.size, o.size];
     let mut logits = vec![0f32; o.batch * model.network().num_classes];
     // Between blocks: longer than a session's helpers spin after a run (`DEFAULT_SPIN`),

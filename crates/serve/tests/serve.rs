@@ -103,7 +103,7 @@ fn grpc_logits(server: &Server, input: &[f32], shape: [usize; 4]) -> Vec<f32> {
                 shape: shape.iter().map(|&d| d as i64).collect(),
                 ..Default::default()
             }],
-            raw_input_contents: vec![input.iter().flat_map(|v| v.to_le_bytes()).collect()],
+            raw_input_contents: vec![input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()],
             ..Default::default()
         };
         let reply = client.model_infer(request).await.unwrap().into_inner();
@@ -147,7 +147,7 @@ fn grpc_serves_health_metadata_config_and_refusals() {
                 shape: vec![1, 3, 32, 32],
                 ..Default::default()
             }],
-            raw_input_contents: vec![vec![0; 100]],
+            raw_input_contents: vec![vec![0u8; 100].into()],
             ..Default::default()
         };
         let e = c.model_infer(bad).await.unwrap_err();

@@ -55,6 +55,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(true)
         // Client `connect()` helper (needs tonic's default `transport` feature).
         .build_transport(true)
+        // Tensor payloads as `bytes::Bytes`: decoded as slices of the received buffer
+        // instead of copied into a `Vec<u8>` each.
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
         .out_dir(&scratch)
         .compile_fds(fds)
         .and_then(|()| fs::read_to_string(scratch.join(format!("{PACKAGE}.rs"))));

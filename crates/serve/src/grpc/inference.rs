@@ -663,8 +663,8 @@ pub struct ModelInferRequest {
     /// The data contained in an input tensor, in the same order as "inputs",
     /// as little-endian raw bytes (BYTES elements: 4-byte length prefix then
     /// the bytes). If used, it must be used for every input tensor.
-    #[prost(bytes = "vec", repeated, tag = "7")]
-    pub raw_input_contents: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bytes = "bytes", repeated, tag = "7")]
+    pub raw_input_contents: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 /// Nested message and enum types in `ModelInferRequest`.
 pub mod model_infer_request {
@@ -728,8 +728,8 @@ pub struct ModelInferResponse {
     pub outputs: ::prost::alloc::vec::Vec<model_infer_response::InferOutputTensor>,
     /// The data contained in an output tensor, in the same order as "outputs",
     /// as little-endian raw bytes.
-    #[prost(bytes = "vec", repeated, tag = "6")]
-    pub raw_output_contents: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bytes = "bytes", repeated, tag = "6")]
+    pub raw_output_contents: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
 }
 /// Nested message and enum types in `ModelInferResponse`.
 pub mod model_infer_response {

@@ -160,10 +160,11 @@ impl GrpcInferenceService for Grpc {
             ..Default::default()
         };
         for output in served {
-            response.raw_output_contents.push(match &output.data {
+            let raw: Vec<u8> = match &output.data {
                 OutputData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 OutputData::Strings(v) => service::join_bytes(v.iter().map(|s| s.as_bytes())),
-            });
+            };
+            response.raw_output_contents.push(raw.into());
             response.outputs.push(model_infer_response::InferOutputTensor {
                 name: output.name,
                 datatype: output.datatype.into(),
@@ -188,7 +189,7 @@ fn parse_infer(r: &ModelInferRequest) -> Result<service::Request<'_>, Error> {
     let mut inputs = Vec::with_capacity(r.inputs.len());
     for (i, input) in r.inputs.iter().enumerate() {
         let data = match (r.raw_input_contents.get(i), &input.contents) {
-            (Some(raw), None) => Data::Raw(raw),
+            (Some(raw), None) => Data::Raw(&raw[..]),
             (None, Some(c)) if !c.fp32_contents.is_empty() => Data::F32(c.fp32_contents.clone()),
             (None, Some(c)) if !c.bytes_contents.is_empty() => {
                 Data::Elements(c.bytes_contents.iter().map(Vec::as_slice).collect())
