@@ -237,34 +237,43 @@ fn grpc_request(o: &Options) -> ModelInferRequest {
 /// Closed loop: `clients` each send, wait and send again until `end`.
 fn closed_loop_http(o: &Options, clients: usize, request: &Arc<Vec<u8>>) -> Result<(Tally, Duration)> {
     let addr = o.http.context("--http is needed for http")?;
-    let tally = Arc::new(Mutex::new(Tally::default()));
     let start = Instant::now();
     let (measure_from, end) =
         (start + Duration::from_secs_f64(o.warmup), start + Duration::from_secs_f64(o.warmup + o.seconds));
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (tally, request) = (tally.clone(), request.clone());
-            std::thread::spawn(move || {
-                let mut client = HttpClient { addr, conn: None, request };
+    let tally = on_http_workers(clients, addr, request, |client, mine| {
+        loop {
+            let sent = Instant::now();
+            if sent >= end {
+                break;
+            }
+            let outcome = client.infer();
+            if sent >= measure_from {
+                record(mine, outcome, sent.elapsed());
+            }
+        }
+    });
+    Ok((tally, Duration::from_secs_f64(o.seconds)))
+}
+
+/// Runs `work` on `n` threads, each with a connection of its own; merges their tallies.
+fn on_http_workers(
+    n: usize,
+    addr: SocketAddr,
+    request: &Arc<Vec<u8>>,
+    work: impl Fn(&mut HttpClient, &mut Tally) + Sync,
+) -> Tally {
+    let tally = Mutex::new(Tally::default());
+    std::thread::scope(|scope| {
+        for _ in 0..n {
+            scope.spawn(|| {
+                let mut client = HttpClient { addr, conn: None, request: request.clone() };
                 let mut mine = Tally::default();
-                loop {
-                    let sent = Instant::now();
-                    if sent >= end {
-                        break;
-                    }
-                    let outcome = client.infer();
-                    if sent >= measure_from {
-                        record(&mut mine, outcome, sent.elapsed());
-                    }
-                }
+                work(&mut client, &mut mine);
                 merge(&tally, mine);
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("client thread");
-    }
-    Ok((Arc::into_inner(tally).expect("joined").into_inner().expect("lock"), Duration::from_secs_f64(o.seconds)))
+            });
+        }
+    });
+    tally.into_inner().expect("lock")
 }
 
 fn record(t: &mut Tally, outcome: Outcome, latency: Duration) {
@@ -291,40 +300,28 @@ fn merge(into: &Mutex<Tally>, mine: Tally) {
 /// workers is free (a refused request does not slow the arrivals).
 fn open_loop_http(o: &Options, rate: f64, request: &Arc<Vec<u8>>) -> Result<(Tally, Duration)> {
     let addr = o.http.context("--http is needed for http")?;
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = std::sync::atomic::AtomicU64::new(0);
     let start = Instant::now();
     let warm = (o.warmup * rate) as u64;
     let total = ((o.warmup + o.seconds) * rate) as u64;
-    let threads: Vec<_> = (0..128)
-        .map(|_| {
-            let (tally, request, next) = (tally.clone(), request.clone(), next.clone());
-            std::thread::spawn(move || {
-                let mut client = HttpClient { addr, conn: None, request };
-                let mut mine = Tally::default();
-                loop {
-                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if k >= total {
-                        break;
-                    }
-                    let due = start + Duration::from_secs_f64(k as f64 / rate);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    // Latency counts from when the request was due, so a late send is not hidden.
-                    let outcome = client.infer();
-                    if k >= warm {
-                        record(&mut mine, outcome, due.elapsed());
-                    }
-                }
-                merge(&tally, mine);
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("worker thread");
-    }
-    Ok((Arc::into_inner(tally).expect("joined").into_inner().expect("lock"), Duration::from_secs_f64(o.seconds)))
+    let tally = on_http_workers(128, addr, request, |client, mine| {
+        loop {
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if k >= total {
+                break;
+            }
+            let due = start + Duration::from_secs_f64(k as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            // Latency counts from when the request was due, so a late send is not hidden.
+            let outcome = client.infer();
+            if k >= warm {
+                record(mine, outcome, due.elapsed());
+            }
+        }
+    });
+    Ok((tally, Duration::from_secs_f64(o.seconds)))
 }
 
 fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) -> Result<(Tally, Duration)> {
