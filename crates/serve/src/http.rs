@@ -45,8 +45,15 @@ pub fn router(service: Arc<Service>) -> Router {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": self.to_string() }).to_string())
-            .into_response()
+        let mut response =
+            (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": self.to_string() }).to_string())
+                .into_response();
+        // An overloaded server asks clients to back off: an immediate retry costs it the
+        // reading of another body.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

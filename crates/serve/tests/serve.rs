@@ -349,6 +349,7 @@ fn a_full_queue_refuses_at_once_and_deadlines_drop_waiting_requests() {
         http(addr, "POST", &infer_path(), &[], &json_request("third", &values(6, 3 * 32 * 32), [1, 3, 32, 32]));
     assert_eq!(refused.status, 503);
     assert!(refused.error().contains("the queue is full (1 images waiting, at most 1)"), "{}", refused.error());
+    assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after the queue drained");
     assert_eq!(logits(&running.join().unwrap()).len(), 1000);
     assert_eq!(logits(&queued.join().unwrap()).len(), 1000);
