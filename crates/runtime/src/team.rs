@@ -112,6 +112,22 @@ unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
 impl Shared {
+    fn new(threads: usize, spin: Duration) -> Shared {
+        Shared {
+            threads,
+            state: Line(AtomicU64::new(CLOSED)),
+            next: Line(AtomicUsize::new(0)),
+            job: UnsafeCell::new(Job::NONE),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            spin,
+            sleepers: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
     /// Claims and runs items of `job` until none are left.
     fn drain(&self, job: Job) {
         loop {
@@ -231,19 +247,7 @@ impl Team {
         let threads = threads.max(1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let spin = if threads > cores { Duration::ZERO } else { spin };
-        let shared = Arc::new(Shared {
-            threads,
-            state: Line(AtomicU64::new(CLOSED)),
-            next: Line(AtomicUsize::new(0)),
-            job: UnsafeCell::new(Job::NONE),
-            panicked: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-            spin,
-            sleepers: AtomicUsize::new(0),
-            started: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            wake: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new(threads, spin));
         let mut team =
             Team { shared, helpers: Vec::with_capacity(threads - 1), in_use: AtomicBool::new(false), pool: None };
         for index in 1..threads {
@@ -267,19 +271,8 @@ impl Team {
     /// sleep as rayon's do, so nothing spins between passes (nor is the first loop after
     /// an idle spell as fast).
     pub fn on_pool(pool: Arc<rayon::ThreadPool>) -> Team {
-        let shared = Arc::new(Shared {
-            threads: 1,
-            state: Line(AtomicU64::new(CLOSED)),
-            next: Line(AtomicUsize::new(0)),
-            job: UnsafeCell::new(Job::NONE),
-            panicked: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-            spin: Duration::ZERO,
-            sleepers: AtomicUsize::new(0),
-            started: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            wake: Condvar::new(),
-        });
+        // The team's own state stays unused: `install` routes the loops to the pool.
+        let shared = Arc::new(Shared::new(1, Duration::ZERO));
         Team { shared, helpers: Vec::new(), in_use: AtomicBool::new(false), pool: Some(pool) }
     }
 
