@@ -133,11 +133,11 @@ impl ServeArgs {
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
     let config = args.config()?;
+    // Before the weights are loaded, so that a bad flag is refused at once.
     config.validate()?;
     let model = args.model()?;
     let server = Server::start(model, config)?;
-    let signal = server.wait_for_signal()?;
-    eprintln!("{{\"level\":\"info\",\"msg\":\"signal\",\"signal\":\"{signal}\"}}");
+    server.wait_for_signal()?;
     server.shutdown()?;
     Ok(())
 }

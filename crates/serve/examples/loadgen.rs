@@ -324,6 +324,18 @@ fn open_loop_http(o: &Options, rate: f64, request: &Arc<Vec<u8>>) -> Result<(Tal
     Ok((tally, Duration::from_secs_f64(o.seconds)))
 }
 
+/// A gRPC client on a channel of its own, with the server's flow-control windows.
+async fn grpc_client(addr: SocketAddr) -> Result<GrpcInferenceServiceClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(Some(repvgg_serve::GRPC_WINDOW))
+        .initial_connection_window_size(Some(4 * repvgg_serve::GRPC_WINDOW))
+        .connect()
+        .await?;
+    Ok(GrpcInferenceServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
 fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) -> Result<(Tally, Duration)> {
     let addr = o.grpc.context("--grpc is needed for grpc")?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -334,14 +346,7 @@ fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) ->
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let request = request.clone();
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                .initial_stream_window_size(Some(repvgg_serve::GRPC_WINDOW))
-                .initial_connection_window_size(Some(4 * repvgg_serve::GRPC_WINDOW))
-                .connect()
-                .await?;
-            let mut client = GrpcInferenceServiceClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX);
+            let mut client = grpc_client(addr).await?;
             tasks.push(tokio::spawn(async move {
                 let mut mine = Tally::default();
                 loop {
@@ -390,13 +395,7 @@ fn versus_session(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelI
         let mut grpc_client = match protocol.as_str() {
             "grpc" => {
                 let addr = o.grpc.context("--grpc is needed for grpc")?;
-                let channel = rt.block_on(
-                    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                        .initial_stream_window_size(Some(repvgg_serve::GRPC_WINDOW))
-                        .initial_connection_window_size(Some(4 * repvgg_serve::GRPC_WINDOW))
-                        .connect(),
-                )?;
-                Some(GrpcInferenceServiceClient::new(channel).max_decoding_message_size(usize::MAX))
+                Some(rt.block_on(grpc_client(addr))?)
             }
             "http" => None,
             other => bail!("unknown protocol {other} (http, grpc)"),

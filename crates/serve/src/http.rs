@@ -58,7 +58,11 @@ impl IntoResponse for Error {
 }
 
 fn json_response(value: Value) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    json_text(value.to_string())
+}
+
+fn json_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 /// The `{name}` and optional `{version}` of a model path.
@@ -73,7 +77,7 @@ async fn server_ready(State(s): Shared) -> Response {
 }
 
 fn not_ready() -> Response {
-    Error::Unavailable("the server is shutting down".into()).into_response()
+    crate::scheduler::shutting_down().into_response()
 }
 
 async fn server_metadata() -> Response {
@@ -146,20 +150,9 @@ async fn infer(State(s): Shared, Path(p): Path<ModelPath>, headers: HeaderMap, b
             Err(e)
         }
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => {
-            s.refused("http", start, &e);
-            return Err(e);
-        }
-    };
-    let (request, binary_out, id) = match parse_infer(&body, header_number(&headers, HEADER_LENGTH)) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            s.refused("http", start, &e);
-            return Err(e);
-        }
-    };
+    let body = body.inspect_err(|e| s.refused("http", start, e))?;
+    let (request, binary_out, id) =
+        parse_infer(&body, header_number(&headers, HEADER_LENGTH)).inspect_err(|e| s.refused("http", start, e))?;
     let outputs = s.infer("http", &id, request).await?;
     Ok(encode_infer(&s, &id, outputs, &binary_out))
 }
@@ -190,16 +183,12 @@ async fn read_body(s: &Service, headers: &HeaderMap, body: Body) -> Result<Bytes
         )));
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util_limit::LengthLimitError>()) {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<axum::extract::rejection::LengthLimitError>()) {
             too_large()
         } else {
             Error::BadRequest(format!("cannot read the request body: {e}"))
         }
     })
-}
-
-mod http_body_util_limit {
-    pub use axum::extract::rejection::LengthLimitError;
 }
 
 fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
@@ -309,7 +298,7 @@ fn encode_infer(s: &Service, id: &str, outputs: Vec<Output>, binary_out: &[bool]
     }
     let head = head.to_string();
     if tail.is_empty() {
-        return json_response_text(head);
+        return json_text(head);
     }
     let mut body = Vec::with_capacity(head.len() + tail.len());
     body.extend_from_slice(head.as_bytes());
@@ -319,8 +308,4 @@ fn encode_infer(s: &Service, id: &str, outputs: Vec<Output>, binary_out: &[bool]
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(HEADER_LENGTH, HeaderValue::from(head.len()));
     response
-}
-
-fn json_response_text(text: String) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }

@@ -148,16 +148,20 @@ impl Server {
         self.service.metrics.render()
     }
 
-    /// Blocks until SIGTERM or SIGINT arrives; returns the signal's name.
+    /// Blocks until SIGTERM or SIGINT arrives, logs it and returns the signal's name.
     pub fn wait_for_signal(&self) -> Result<&'static str> {
         use tokio::signal::unix::{SignalKind, signal};
         self.runtime.block_on(async {
             let start = |kind| signal(kind).map_err(|source| Error::Start { what: "a signal handler", source });
             let (mut term, mut int) = (start(SignalKind::terminate())?, start(SignalKind::interrupt())?);
-            Ok(tokio::select! {
+            let signal = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
-            })
+            };
+            log::event(Level::Info, "signal", |f| {
+                f.insert("signal".into(), signal.into());
+            });
+            Ok(signal)
         })
     }
 

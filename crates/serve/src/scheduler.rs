@@ -83,7 +83,7 @@ impl Shared {
 /// The queue and its streams.
 pub struct Scheduler {
     shared: Arc<Shared>,
-    streams: Vec<JoinHandle<()>>,
+    streams: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Scheduler {
@@ -105,7 +105,7 @@ impl Scheduler {
             isa: config.isa,
             ..Default::default()
         };
-        let mut scheduler = Scheduler { shared: shared.clone(), streams: Vec::new() };
+        let scheduler = Scheduler { shared: shared.clone(), streams: Mutex::new(Vec::new()) };
         for index in 0..config.streams {
             let mut session = model.session(options.clone())?;
             for &(h, w) in &config.warmup {
@@ -119,7 +119,7 @@ impl Scheduler {
                 .spawn(move || run_stream(&shared, &mut session))
                 .map_err(|source| Error::Start { what: "an inference stream", source });
             match stream {
-                Ok(handle) => scheduler.streams.push(handle),
+                Ok(handle) => scheduler.streams.lock().unwrap_or_else(|p| p.into_inner()).push(handle),
                 Err(e) => {
                     scheduler.close_and_join();
                     return Err(e);
@@ -132,12 +132,19 @@ impl Scheduler {
     /// Refuses at once when not even one image would fit (so that an overloaded server
     /// does not read and parse a body only to refuse it).
     pub fn admits_any(&self) -> Result<()> {
-        let q = self.shared.lock();
+        self.admits(&self.shared.lock(), 1)
+    }
+
+    /// Whether `images` more fit in the queue.
+    fn admits(&self, q: &Queue, images: usize) -> Result<()> {
         if q.closed {
-            return Err(Error::Unavailable("the server is shutting down".into()));
+            return Err(shutting_down());
         }
-        if q.images >= self.shared.max_queue_images {
-            return Err(full(q.images, self.shared.max_queue_images));
+        if q.images + images > self.shared.max_queue_images {
+            return Err(Error::Unavailable(format!(
+                "the queue is full ({} images waiting, at most {}); retry later",
+                q.images, self.shared.max_queue_images
+            )));
         }
         Ok(())
     }
@@ -145,12 +152,7 @@ impl Scheduler {
     /// Queues a job, or refuses it at once if the queue is full or closed.
     pub fn submit(&self, job: Job) -> Result<()> {
         let mut q = self.shared.lock();
-        if q.closed {
-            return Err(Error::Unavailable("the server is shutting down".into()));
-        }
-        if q.images + job.n > self.shared.max_queue_images {
-            return Err(full(q.images, self.shared.max_queue_images));
-        }
+        self.admits(&q, job.n)?;
         q.images += job.n;
         self.shared.metrics.queue_changed(1, job.n as i64);
         q.jobs.push_back(job);
@@ -160,10 +162,11 @@ impl Scheduler {
     }
 
     /// Refuses new jobs; the streams finish the queued ones and stop.
-    pub fn close_and_join(&mut self) {
+    pub fn close_and_join(&self) {
         self.shared.lock().closed = true;
         self.shared.arrived.notify_all();
-        for stream in self.streams.drain(..) {
+        let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|p| p.into_inner()));
+        for stream in streams {
             let _ = stream.join();
         }
     }
@@ -175,8 +178,9 @@ impl Drop for Scheduler {
     }
 }
 
-fn full(waiting: usize, most: usize) -> Error {
-    Error::Unavailable(format!("the queue is full ({waiting} images waiting, at most {most}); retry later"))
+/// The refusal of a request that arrives while the server drains.
+pub fn shutting_down() -> Error {
+    Error::Unavailable("the server is shutting down".into())
 }
 
 fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session) {

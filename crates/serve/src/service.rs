@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::{self, Level};
 use crate::metrics::Metrics;
-use crate::scheduler::{Job, Scheduler};
+use crate::scheduler::{Job, Scheduler, shutting_down};
 
 /// The version every model is served as.
 pub const VERSION: &str = "1";
@@ -89,7 +89,7 @@ pub struct Service {
     pub config: Config,
     model: Model,
     labels: Option<Vec<&'static str>>,
-    scheduler: std::sync::Mutex<Scheduler>,
+    scheduler: Scheduler,
     decoders: rayon::ThreadPool,
     pub metrics: Arc<Metrics>,
     ready: AtomicBool,
@@ -112,7 +112,7 @@ impl Service {
             labels: (labels.len() == classes).then_some(labels),
             config,
             model,
-            scheduler: std::sync::Mutex::new(scheduler),
+            scheduler,
             decoders,
             metrics,
             ready: AtomicBool::new(true),
@@ -130,7 +130,7 @@ impl Service {
 
     /// Lets the streams finish the queue and joins them.
     pub fn drain(&self) {
-        self.scheduler.lock().unwrap_or_else(|p| p.into_inner()).close_and_join();
+        self.scheduler.close_and_join();
     }
 
     /// Resolves a model name and optional version to this model.
@@ -167,7 +167,7 @@ impl Service {
         let mut guard = Pending { metrics: &self.metrics, start, done: false };
         let result = self.serve(request).await;
         guard.done = true;
-        self.metrics.in_flight(-1);
+        drop(guard);
         self.record(protocol, id, start, result.as_ref());
         result.map(|s| s.outputs)
     }
@@ -176,9 +176,9 @@ impl Service {
     /// queue is full.
     pub fn admits(&self) -> Result<()> {
         if !self.is_ready() {
-            return Err(Error::Unavailable("the server is shutting down".into()));
+            return Err(shutting_down());
         }
-        self.scheduler.lock().unwrap_or_else(|p| p.into_inner()).admits_any()
+        self.scheduler.admits_any()
     }
 
     /// Records a request refused before it reached [`Service::infer`] (it could not be parsed).
@@ -218,7 +218,7 @@ impl Service {
 
     async fn serve(&self, request: Request<'_>) -> Result<Served> {
         if !self.is_ready() {
-            return Err(Error::Unavailable("the server is shutting down".into()));
+            return Err(shutting_down());
         }
         let [input] = <[Input; 1]>::try_from(request.inputs).map_err(|inputs| {
             Error::BadRequest(format!(
@@ -238,7 +238,7 @@ impl Service {
             }
         };
         let (job, done) = Job::new(values, n, h, w, deadline);
-        self.scheduler.lock().unwrap_or_else(|p| p.into_inner()).submit(job)?;
+        self.scheduler.submit(job)?;
         let done = done.await.map_err(|_| Error::Internal("the inference stream stopped".into()))??;
         Ok(Served {
             outputs: self.outputs_of(&done.logits, n, &outputs),
@@ -411,7 +411,8 @@ impl Service {
     }
 }
 
-/// Counts a request whose future was dropped before it finished.
+/// Takes a request out of the in-flight count, and counts it as cancelled if its future
+/// was dropped before it finished.
 struct Pending<'a> {
     metrics: &'a Metrics,
     start: Instant,
@@ -420,8 +421,8 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
+        self.metrics.in_flight(-1);
         if !self.done {
-            self.metrics.in_flight(-1);
             self.metrics.request_done(self.start.elapsed(), Some("cancelled"));
             log::event(Level::Info, "cancelled", |f| {
                 f.insert("after_us".into(), (self.start.elapsed().as_micros() as u64).into());
