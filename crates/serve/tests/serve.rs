@@ -31,11 +31,25 @@ fn every_endpoint_answers() {
         );
         assert_eq!(m["outputs"][0], serde_json::json!({ "name": "logits", "datatype": "FP32", "shape": [-1, 1000] }));
         assert_eq!(get(addr, &format!("{prefix}/ready")).status, 200);
-        let c = get(addr, &format!("{prefix}/config")).json();
-        assert_eq!(c["max_batch_size"], 8);
-        assert_eq!(c["input"][0]["dims"], serde_json::json!([3, -1, -1]));
-        assert_eq!(c["output"][0]["dims"], serde_json::json!([1000]));
-        assert_eq!(c["instance_group"][0]["count"], 2);
+        // Triton's JSON form of the gRPC answer's protobuf, field by field.
+        let queue = config().max_queue_images.to_string();
+        assert_eq!(
+            get(addr, &format!("{prefix}/config")).json(),
+            serde_json::json!({
+                "name": MODEL, "platform": "repvgg-rs", "backend": "repvgg-rs", "max_batch_size": 8,
+                "input": [
+                    { "name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, -1, -1] },
+                    { "name": "image", "data_type": "TYPE_STRING", "dims": [1], "reshape": { "shape": [] }, "optional": true },
+                ],
+                "output": [{ "name": "logits", "data_type": "TYPE_FP32", "dims": [1000] }],
+                "dynamic_batching": { "preferred_batch_size": [8], "max_queue_delay_microseconds": 0 },
+                "instance_group": [{ "name": "streams", "kind": "KIND_CPU", "count": 2 }],
+                "parameters": {
+                    "threads_per_stream": { "string_value": "1" },
+                    "max_queue_images": { "string_value": queue },
+                },
+            })
+        );
     }
     let unknown = get(addr, "/v2/models/resnet50");
     assert_eq!((unknown.status, unknown.error().contains("unknown model \"resnet50\"")), (404, true));
