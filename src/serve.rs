@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Threads decoding images (default: one per core).
     #[arg(long)]
     decode_threads: Option<usize>,
+    /// Threads of the async runtime that reads requests and writes answers (default: cores, at most 4).
+    #[arg(long)]
+    io_threads: Option<usize>,
     /// Input sizes to plan and run once per stream before reporting ready, e.g. 224,224x160.
     #[arg(long, value_delimiter = ',', default_value = "224", value_parser = crate::parse_size)]
     warmup: Vec<(usize, usize)>,
@@ -99,7 +102,7 @@ impl ServeArgs {
             timeout: Duration::from_millis(self.timeout_ms),
             max_body_bytes: self.max_body_bytes,
             decode_threads: self.decode_threads.unwrap_or(defaults.decode_threads),
-            io_threads: defaults.io_threads,
+            io_threads: self.io_threads.unwrap_or(defaults.io_threads),
             warmup: self.warmup.clone(),
             algo: self.algo.parse::<AlgoChoice>()?,
             isa: crate::isa_choice(&self.isa)?,

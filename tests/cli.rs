@@ -992,6 +992,9 @@ fn serve_listens_answers_and_exits_0_on_sigterm() {
     let out = repvgg(&["serve", "--synthetic", "--streams", "0", "--http-port", "0", "--grpc-port", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("streams and threads per stream must be at least 1"), "{}", stderr(&out));
+    let out = repvgg(&["serve", "--synthetic", "--io-threads", "65", "--http-port", "0", "--grpc-port", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("I/O threads 1 to 64"), "{}", stderr(&out));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let out = repvgg(&["serve", "--synthetic", "--http-port", &port, "--grpc-port", "0"]);
