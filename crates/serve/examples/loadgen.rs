@@ -11,12 +11,15 @@
 //! cargo run --release -p repvgg-serve --example loadgen -- --http 127.0.0.1:8000 --model repvgg-a0 --rate 100
 //! ```
 //!
-//! `--versus-session BLOCKS` instead alternates blocks of back-to-back requests
-//! (concurrency 1) with blocks of back-to-back runs of an in-process `Session` of the same
-//! model (`serve --synthetic`'s: A0, seed 0; at `--threads`, default all cores), as
-//! `repvgg bench` runs them, BLOCKS times; it reports both medians and the median of the
-//! per-block differences: on a shared host whose speed drifts, that is the fair comparison
-//! of the server's batch-1 latency with `repvgg bench`'s.
+//! `--versus-bench BLOCKS` instead alternates, BLOCKS times, a `repvgg bench` process (10
+//! timed runs of `serve --synthetic`'s model, A0 seed 0, at `--batch`, `--size` and
+//! `--threads`; the binary next to `target/release/examples`, or `--repvgg PATH`) with a
+//! block of 10 back-to-back requests at concurrency 1; it reports both medians and the
+//! median of the per-block differences: on a shared host whose speed drifts, that is the
+//! fair comparison of the server's batch-1 latency with `repvgg bench`'s. A session of
+//! the load generator's own would not be: sessions of one model, created one after the
+//! other in one process, ran up to 1 ms apart here (where their memory landed), so one
+//! session is one draw of that spread, while each bench block is a fresh one.
 //!
 //! It runs on the machine it measures, so it is lean: each HTTP client is one thread with
 //! one keep-alive connection and a request body built once; gRPC clients are tasks on a
@@ -43,7 +46,8 @@ struct Options {
     batch: usize,
     size: usize,
     json: Option<String>,
-    versus_session: Option<usize>,
+    versus_bench: Option<usize>,
+    repvgg: Option<std::path::PathBuf>,
     threads: usize,
 }
 
@@ -60,7 +64,8 @@ fn parse_args() -> Result<Options> {
         batch: 1,
         size: 224,
         json: None,
-        versus_session: None,
+        versus_bench: None,
+        repvgg: None,
         threads: 0,
     };
     let mut args = std::env::args().skip(1);
@@ -78,7 +83,8 @@ fn parse_args() -> Result<Options> {
             "--batch" => o.batch = value()?.parse()?,
             "--size" => o.size = value()?.parse()?,
             "--json" => o.json = Some(value()?),
-            "--versus-session" => o.versus_session = Some(value()?.parse()?),
+            "--versus-bench" => o.versus_bench = Some(value()?.parse()?),
+            "--repvgg" => o.repvgg = Some(value()?.into()),
             "--threads" => o.threads = value()?.parse()?,
             other => bail!("unknown flag {other} (see the header of crates/serve/examples/loadgen.rs)"),
         }
@@ -375,22 +381,67 @@ fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) ->
     Ok((tally, Duration::from_secs_f64(o.seconds)))
 }
 
-/// Alternates server requests with in-process runs; prints the medians and the median
-/// pairwise difference per protocol.
-fn versus_session(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelInferRequest) -> Result<()> {
-    let model = repvgg_runtime::Model::synthetic(repvgg_graph::ArchSpec::builtin("A0")?, 0)?;
-    let options = repvgg_runtime::SessionOptions { threads: o.threads, ..Default::default() };
-    let mut session = model.session(options)?;
-    // The values the requests carry.
-    let input: Vec<f32> = (0..o.batch * 3 * o.size * o.size).map(|i| ((i % 251) as f32) / 251.0 - 0.5).collect();
-    let shape = [o.batch, 3, o.size, o.size];
-    let mut logits = vec![0f32; o.batch * model.network().num_classes];
-    // Between blocks: longer than a session's helpers spin after a run (`DEFAULT_SPIN`),
-    // so neither side starts while the other's helpers still hold a core.
-    let settle = repvgg_runtime::DEFAULT_SPIN + Duration::from_millis(2);
+/// The server's `/metrics` sums: (seconds from receipt to answer, seconds computing,
+/// requests).
+fn server_sums(addr: SocketAddr) -> Result<(f64, f64, f64)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loadgen\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let sum = |name: &str| -> Result<f64> {
+        let line = text.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in /metrics"))?;
+        Ok(line.rsplit(' ').next().unwrap_or("").parse()?)
+    };
+    Ok((
+        sum("repvgg_request_duration_seconds_sum")?,
+        sum("repvgg_compute_duration_seconds_sum")?,
+        sum("repvgg_request_duration_seconds_count")?,
+    ))
+}
+
+/// Alternates blocks of `repvgg bench` (a process of its own, as a user runs it) with
+/// blocks of server requests; prints both medians, the median of the per-block
+/// differences, and where that difference goes, from the server's own means (its
+/// `/metrics`): handling (receipt to answer, less compute), transfer and client (the
+/// client's latency less the server's receipt to answer), and the pass itself (the rest).
+fn versus_bench(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelInferRequest) -> Result<()> {
+    let repvgg = match &o.repvgg {
+        Some(path) => path.clone(),
+        // target/release/examples/loadgen -> target/release/repvgg
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|examples| examples.parent())
+            .context("cannot locate target/release; pass --repvgg")?
+            .join("repvgg"),
+    };
+    let (batch, size) = (o.batch.to_string(), o.size.to_string());
+    let mut bench_args = vec!["bench", "--runs", "10", "--warmup", "2", "--json", "--batch", &batch, "--size", &size];
+    let threads = o.threads.to_string();
+    if o.threads > 0 {
+        bench_args.extend(["--threads", &threads]);
+    }
+    let bench = || -> Result<f64> {
+        let out = std::process::Command::new(&repvgg)
+            .args(&bench_args)
+            .output()
+            .with_context(|| format!("running {}", repvgg.display()))?;
+        if !out.status.success() {
+            bail!("{} bench failed: {}", repvgg.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        json["median_ms"].as_f64().context("no median_ms in the bench output")
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    println!("| protocol | runs each | in-process median ms | server p50 ms | median of block differences ms |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| protocol | blocks | bench median ms | server p50 ms | median of block differences ms \
+         | of which: handling | transfer and client | pass |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     for protocol in &o.protocols {
         let mut grpc_client = match protocol.as_str() {
             "grpc" => {
@@ -400,28 +451,21 @@ fn versus_session(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelI
             "http" => None,
             other => bail!("unknown protocol {other} (http, grpc)"),
         };
-        let mut http_client =
-            HttpClient { addr: o.http.context("--http is needed")?, conn: None, request: http.clone() };
-        // Each block: 2 untimed then 10 timed, so both sides are warm as in `bench`.
+        let http_addr = o.http.context("--http is needed (for /metrics too)")?;
+        let mut http_client = HttpClient { addr: http_addr, conn: None, request: http.clone() };
+        // Each block: 2 untimed then 10 timed, as the bench block runs.
         const WARM: usize = 2;
         const TIMED: usize = 10;
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         let (mut local, mut remote, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut handling, mut transfer, mut pass) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..blocks {
-            let mut block_local = Vec::new();
+            let bench_ms = bench()?;
+            let mut block = Vec::new();
+            let mut before = (0.0, 0.0, 0.0);
             for i in 0..WARM + TIMED {
-                let start = Instant::now();
-                session.run_slice(&input, &shape, &mut logits)?;
-                if i >= WARM {
-                    block_local.push(start.elapsed().as_secs_f64() * 1e3);
+                if i == WARM {
+                    before = server_sums(http_addr)?;
                 }
-            }
-            std::thread::sleep(settle);
-            let mut block_remote = Vec::new();
-            for i in 0..WARM + TIMED {
                 let start = Instant::now();
                 match &mut grpc_client {
                     Some(c) => {
@@ -434,19 +478,29 @@ fn versus_session(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelI
                     },
                 }
                 if i >= WARM {
-                    block_remote.push(start.elapsed().as_secs_f64() * 1e3);
+                    block.push(start.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            std::thread::sleep(settle);
-            local.extend(&block_local);
-            remote.extend(&block_remote);
-            diff.push(median(&mut block_remote) - median(&mut block_local));
+            let after = server_sums(http_addr)?;
+            let n = after.2 - before.2;
+            let (server_ms, compute_ms) = ((after.0 - before.0) / n * 1e3, (after.1 - before.1) / n * 1e3);
+            let client_ms = mean(&block);
+            let d = median(&mut block) - bench_ms;
+            handling.push(server_ms - compute_ms);
+            transfer.push(client_ms - server_ms);
+            pass.push(d - (server_ms - compute_ms) - (client_ms - server_ms));
+            local.push(bench_ms);
+            remote.extend(&block);
+            diff.push(d);
         }
         println!(
-            "| {protocol} | {blocks} x {TIMED} | {:.2} | {:.2} | {:+.2} |",
+            "| {protocol} | {blocks} | {:.2} | {:.2} | {:+.2} | {:+.2} | {:+.2} | {:+.2} |",
             median(&mut local),
             median(&mut remote),
-            median(&mut diff)
+            median(&mut diff),
+            median(&mut handling),
+            median(&mut transfer),
+            median(&mut pass),
         );
     }
     Ok(())
@@ -456,8 +510,8 @@ fn main() -> Result<()> {
     let o = parse_args()?;
     let http = Arc::new(http_request(&o));
     let grpc = grpc_request(&o);
-    if let Some(pairs) = o.versus_session {
-        return versus_session(&o, pairs.max(1), &http, &grpc);
+    if let Some(blocks) = o.versus_bench {
+        return versus_bench(&o, blocks.max(1), &http, &grpc);
     }
     let mut rows = Vec::new();
     println!(
