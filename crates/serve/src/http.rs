@@ -175,8 +175,8 @@ async fn metrics(State(s): Shared) -> Response {
 async fn infer(State(s): Shared, Path(p): Path<ModelPath>, headers: HeaderMap, body: Body) -> Result<Response> {
     s.find(&p.name, p.version.as_deref())?;
     let start = std::time::Instant::now();
-    let body = match s.admits() {
-        Ok(()) => read_body(&s, &headers, body).await,
+    let received = match s.admits() {
+        Ok(()) => read_infer(&s, &headers, body).await,
         Err(e) => {
             // Read the body without keeping it, so the client (which is still sending)
             // gets the 503 instead of a reset connection.
@@ -184,11 +184,10 @@ async fn infer(State(s): Shared, Path(p): Path<ModelPath>, headers: HeaderMap, b
             Err(e)
         }
     };
-    let body = body.inspect_err(|e| s.refused("http", start, e))?;
-    let (request, binary_out, id) =
-        parse_infer(&body, header_number(&headers, HEADER_LENGTH)).inspect_err(|e| s.refused("http", start, e))?;
-    let outputs = s.infer("http", &id, request).await?;
-    Ok(encode_infer(&s, &id, outputs, &binary_out))
+    let mut received = received.inspect_err(|e| s.refused("http", start, e))?;
+    let id = std::mem::take(&mut received.id);
+    let outputs = s.infer("http", &id, received.request()).await?;
+    Ok(encode_infer(&s, &id, outputs, &received.binary_out))
 }
 
 /// Reads and drops up to `limit` bytes of a body.
@@ -203,28 +202,6 @@ async fn discard(mut body: Body, limit: usize) {
     }
 }
 
-/// The whole body, refused early if its declared length is over the limit.
-async fn read_body(s: &Service, headers: &HeaderMap, body: Body) -> Result<Bytes> {
-    let limit = s.config.max_body_bytes;
-    let too_large = || Error::TooLarge(format!("the request body is over the limit of {limit} bytes"));
-    if header_number(headers, header::CONTENT_LENGTH.as_str())?.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
-    }
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|v| v.as_bytes() != b"identity") {
-        return Err(Error::BadRequest(format!(
-            "Content-Encoding {} is not supported; send the body uncompressed",
-            String::from_utf8_lossy(enc.as_bytes())
-        )));
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<axum::extract::rejection::LengthLimitError>()) {
-            too_large()
-        } else {
-            Error::BadRequest(format!("cannot read the request body: {e}"))
-        }
-    })
-}
-
 fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
     headers
         .get(name)
@@ -237,43 +214,171 @@ fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
         .transpose()
 }
 
-/// A request parsed from its JSON header and binary part; which outputs go back as binary;
-/// the request id.
-fn parse_infer(body: &Bytes, header_len: Result<Option<u64>>) -> Result<(service::Request<'_>, Vec<bool>, String)> {
-    let split = match header_len? {
-        None => body.len(),
-        Some(n) if n as usize <= body.len() => n as usize,
-        Some(n) => {
-            return Err(Error::BadRequest(format!(
-                "{HEADER_LENGTH} is {n} but the body has only {} bytes",
-                body.len()
-            )));
+/// A body read frame by frame as it arrives, refused once it passes `limit` bytes.
+struct BodyReader {
+    body: Body,
+    limit: usize,
+    seen: usize,
+    /// What is left of the last frame.
+    pending: Bytes,
+}
+
+impl BodyReader {
+    /// The next bytes of the body, or `None` at its end.
+    async fn next(&mut self) -> Result<Option<Bytes>> {
+        use http_body_util::BodyExt as _;
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
         }
-    };
-    let (head, mut binary) = body.split_at(split);
-    let request: json::InferRequest = serde_json::from_slice(head)
+        while let Some(frame) = self.body.frame().await {
+            let frame = frame.map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                self.seen += data.len();
+                if self.seen > self.limit {
+                    return Err(too_large(self.limit));
+                }
+                if !data.is_empty() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hands the next `n` bytes to `sink` piece by piece; returns how many there were
+    /// before the body ended (`n` unless it ended early).
+    async fn read_into(&mut self, n: usize, mut sink: impl FnMut(&[u8])) -> Result<usize> {
+        let mut got = 0;
+        while got < n {
+            let Some(mut piece) = self.next().await? else { break };
+            if piece.len() > n - got {
+                self.pending = piece.split_off(n - got);
+            }
+            got += piece.len();
+            sink(&piece);
+        }
+        Ok(got)
+    }
+
+    /// Reads the rest of the body; returns its length.
+    async fn rest(&mut self) -> Result<usize> {
+        let mut n = 0;
+        while let Some(piece) = self.next().await? {
+            n += piece.len();
+        }
+        Ok(n)
+    }
+}
+
+fn too_large(limit: usize) -> Error {
+    Error::TooLarge(format!("the request body is over the limit of {limit} bytes"))
+}
+
+/// An input's data as read from the body.
+enum Part {
+    /// JSON `data` numbers.
+    Numbers(Vec<f32>),
+    /// A binary FP32 tensor, converted to floats while it arrived.
+    Floats(Vec<f32>),
+    /// Any other binary tensor, as sent.
+    Bytes(Vec<u8>),
+}
+
+/// An inference request read from its body: the JSON header and each input's data.
+struct Received {
+    inputs: Vec<(json::InferInput, Part)>,
+    outputs: Vec<OutputRequest>,
+    /// Per output, whether it goes back as binary.
+    binary_out: Vec<bool>,
+    id: String,
+    timeout_us: Option<i64>,
+}
+
+impl Received {
+    fn request(&mut self) -> service::Request<'_> {
+        let inputs = self
+            .inputs
+            .iter_mut()
+            .map(|(input, part)| Input {
+                name: std::mem::take(&mut input.name),
+                datatype: std::mem::take(&mut input.datatype),
+                shape: std::mem::take(&mut input.shape),
+                data: match part {
+                    Part::Numbers(v) => Data::F32(std::mem::take(v)),
+                    Part::Floats(v) => Data::Floats(std::mem::take(v)),
+                    Part::Bytes(b) => Data::Raw(b),
+                },
+            })
+            .collect();
+        service::Request { inputs, outputs: std::mem::take(&mut self.outputs), timeout_us: self.timeout_us }
+    }
+}
+
+/// Reads an inference request: its JSON header, then, with the binary tensor data
+/// extension, each input's bytes in the order the header declares them. FP32 tensors
+/// become floats piece by piece as they arrive, so the one copy they need overlaps the
+/// transfer of the rest (measured in the README's log).
+async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Received> {
+    let limit = s.config.max_body_bytes;
+    let declared = header_number(headers, header::CONTENT_LENGTH.as_str())?;
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large(limit));
+    }
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|v| v.as_bytes() != b"identity") {
+        return Err(Error::BadRequest(format!(
+            "Content-Encoding {} is not supported; send the body uncompressed",
+            String::from_utf8_lossy(enc.as_bytes())
+        )));
+    }
+    let header_len = header_number(headers, HEADER_LENGTH)?;
+    let mut body = BodyReader { body, limit, seen: 0, pending: Bytes::new() };
+    let mut head = Vec::new();
+    match header_len {
+        None => {
+            while let Some(piece) = body.next().await? {
+                head.extend_from_slice(&piece);
+            }
+        }
+        Some(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            let got = body.read_into(n, |piece| head.extend_from_slice(piece)).await?;
+            if got < n {
+                return Err(Error::BadRequest(format!("{HEADER_LENGTH} is {n} but the body has only {got} bytes")));
+            }
+        }
+    }
+    let request: json::InferRequest = serde_json::from_slice(&head)
         .map_err(|e| Error::BadRequest(format!("malformed inference request JSON: {e}")))?;
     let bad = Error::BadRequest;
+    // What the body can still hold: no reservation beyond it, whatever a header declares.
+    let room = declared.map_or(0, |len| len as usize).saturating_sub(head.len());
     let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in request.inputs {
+    for mut input in request.inputs {
         let size = json::int_param(&input.parameters, "binary_data_size").map_err(bad)?;
-        let data = match (size, input.data) {
+        let part = match (size, input.data.take()) {
             (Some(_), Some(_)) => {
                 return Err(bad(format!("input {:?} has both data and binary_data_size", input.name)));
             }
             (Some(size), None) => {
-                let size = usize::try_from(size).ok().filter(|s| *s <= binary.len()).ok_or_else(|| {
-                    bad(format!(
-                        "input {:?} declares binary_data_size {size} but {} bytes of binary data remain",
-                        input.name,
-                        binary.len()
-                    ))
-                })?;
-                let (data, rest) = binary.split_at(size);
-                binary = rest;
-                Data::Raw(data)
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                let (part, got) = if input.datatype == "FP32" && size % 4 == 0 {
+                    let mut floats = Floats::with_capacity(size.min(room) / 4);
+                    let got = body.read_into(size, |piece| floats.extend(piece)).await?;
+                    (Part::Floats(floats.values), got)
+                } else {
+                    let mut bytes = Vec::with_capacity(size.min(room));
+                    let got = body.read_into(size, |piece| bytes.extend_from_slice(piece)).await?;
+                    (Part::Bytes(bytes), got)
+                };
+                if got < size {
+                    return Err(bad(format!(
+                        "input {:?} declares binary_data_size {size} but {got} bytes of binary data remain",
+                        input.name
+                    )));
+                }
+                part
             }
-            (None, Some(TensorData::Numbers(v))) => Data::F32(v),
+            (None, Some(TensorData::Numbers(v))) => Part::Numbers(v),
             (None, Some(TensorData::Strings(count))) => {
                 return Err(bad(format!(
                     "input {:?} has {count} JSON strings; send images with the binary tensor data extension",
@@ -282,10 +387,11 @@ fn parse_infer(body: &Bytes, header_len: Result<Option<u64>>) -> Result<(service
             }
             (None, None) => return Err(bad(format!("input {:?} has neither data nor binary_data_size", input.name))),
         };
-        inputs.push(Input { name: input.name, datatype: input.datatype, shape: input.shape, data });
+        inputs.push((input, part));
     }
-    if !binary.is_empty() {
-        return Err(bad(format!("{} bytes of binary data follow the inputs' declared sizes", binary.len())));
+    let extra = body.rest().await?;
+    if extra > 0 {
+        return Err(bad(format!("{extra} bytes of binary data follow the inputs' declared sizes")));
     }
     let all_binary = json::bool_param(&request.parameters, "binary_data_output").map_err(bad)?.unwrap_or(false);
     let mut outputs = Vec::with_capacity(request.outputs.len());
@@ -299,7 +405,39 @@ fn parse_infer(body: &Bytes, header_len: Result<Option<u64>>) -> Result<(service
         binary_out.push(all_binary);
     }
     let timeout_us = json::int_param(&request.parameters, "timeout").map_err(bad)?;
-    Ok((service::Request { inputs, outputs, timeout_us }, binary_out, request.id.unwrap_or_default()))
+    Ok(Received { inputs, outputs, binary_out, id: request.id.unwrap_or_default(), timeout_us })
+}
+
+/// Little-endian FP32 values assembled from pieces of any length (a value may straddle two).
+struct Floats {
+    values: Vec<f32>,
+    carry: [u8; 4],
+    carried: usize,
+}
+
+impl Floats {
+    fn with_capacity(n: usize) -> Floats {
+        Floats { values: Vec::with_capacity(n), carry: [0; 4], carried: 0 }
+    }
+
+    fn extend(&mut self, mut piece: &[u8]) {
+        if self.carried > 0 {
+            let take = (4 - self.carried).min(piece.len());
+            self.carry[self.carried..self.carried + take].copy_from_slice(&piece[..take]);
+            self.carried += take;
+            piece = &piece[take..];
+            if self.carried < 4 {
+                return;
+            }
+            self.values.push(f32::from_le_bytes(self.carry));
+            self.carried = 0;
+        }
+        let whole = piece.len() / 4 * 4;
+        service::extend_f32_le(&mut self.values, &piece[..whole]);
+        let tail = &piece[whole..];
+        self.carry[..tail.len()].copy_from_slice(tail);
+        self.carried = tail.len();
+    }
 }
 
 fn encode_infer(s: &Service, id: &str, outputs: Vec<Output>, binary_out: &[bool]) -> Response {
@@ -342,4 +480,27 @@ fn encode_infer(s: &Service, id: &str, outputs: Vec<Output>, binary_out: &[bool]
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(HEADER_LENGTH, HeaderValue::from(head.len()));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Floats;
+
+    /// A body's frames can split a value anywhere: every first cut, then pieces of
+    /// several lengths, give back the values exactly.
+    #[test]
+    fn floats_assemble_from_pieces_split_anywhere() {
+        let values: Vec<f32> = (0..37).map(|i| i as f32 * -1.25 + 0.1).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for cut in 0..=bytes.len() {
+            for step in [1, 2, 3, 5, 7, 64] {
+                let mut floats = Floats::with_capacity(0);
+                floats.extend(&bytes[..cut]);
+                for piece in bytes[cut..].chunks(step) {
+                    floats.extend(piece);
+                }
+                assert_eq!((floats.values.as_slice(), floats.carried), (values.as_slice(), 0), "cut {cut} step {step}");
+            }
+        }
+    }
 }

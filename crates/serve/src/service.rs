@@ -36,6 +36,8 @@ pub enum Data<'a> {
     F32(Vec<f32>),
     /// Little-endian bytes (the binary extension, gRPC `raw_input_contents`).
     Raw(&'a [u8]),
+    /// Little-endian FP32 bytes already converted (the binary extension read as it arrived).
+    Floats(Vec<f32>),
     /// BYTES elements (JSON strings, gRPC `bytes_contents`).
     Elements(Vec<&'a [u8]>),
 }
@@ -299,6 +301,11 @@ impl Service {
         self.check_batch(n)?;
         self.model.limits().check_input(self.model.network(), &shape).map_err(|e| Error::BadRequest(e.to_string()))?;
         let elements = n * c * h * w;
+        let bytes = match &input.data {
+            Data::Raw(b) => b.len(),
+            Data::Floats(v) => 4 * v.len(),
+            Data::F32(_) | Data::Elements(_) => 0,
+        };
         let values = match input.data {
             Data::F32(v) if v.len() == elements => v,
             Data::F32(v) => {
@@ -309,12 +316,14 @@ impl Service {
                 )));
             }
             Data::Raw(bytes) if bytes.len() == 4 * elements => {
-                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                let mut values = Vec::with_capacity(elements);
+                extend_f32_le(&mut values, bytes);
+                values
             }
-            Data::Raw(bytes) => {
+            Data::Floats(v) if v.len() == elements => v,
+            Data::Raw(_) | Data::Floats(_) => {
                 return Err(Error::BadRequest(format!(
-                    "input {INPUT:?} has {} bytes; FP32 shape {:?} needs {}",
-                    bytes.len(),
+                    "input {INPUT:?} has {bytes} bytes; FP32 shape {:?} needs {}",
                     input.shape,
                     4 * elements
                 )));
@@ -338,7 +347,9 @@ impl Service {
         let elements: Vec<Vec<u8>> = match input.data {
             Data::Elements(e) => e.into_iter().map(<[u8]>::to_vec).collect(),
             Data::Raw(raw) => split_bytes(raw)?.into_iter().map(<[u8]>::to_vec).collect(),
-            Data::F32(_) => return Err(Error::BadRequest(format!("input {IMAGE:?} holds numbers; it is BYTES"))),
+            Data::F32(_) | Data::Floats(_) => {
+                return Err(Error::BadRequest(format!("input {IMAGE:?} holds numbers; it is BYTES")));
+            }
         };
         if elements.len() != n {
             return Err(Error::BadRequest(format!(
@@ -470,4 +481,21 @@ pub fn join_bytes<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
         out.extend_from_slice(e);
     }
     out
+}
+
+/// Appends little-endian FP32 bytes (a multiple of 4) as floats: one plain copy on
+/// little-endian hosts, 30 us a 224x224 request sooner than converting float by float
+/// (README, log).
+pub fn extend_f32_le(values: &mut Vec<f32>, bytes: &[u8]) {
+    let start = values.len();
+    values.resize(start + bytes.len() / 4, 0.0);
+    let new = &mut values[start..];
+    let whole = 4 * new.len();
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice_mut::<f32, u8>(new).copy_from_slice(&bytes[..whole]);
+    } else {
+        for (v, b) in new.iter_mut().zip(bytes.chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
 }
