@@ -90,6 +90,9 @@ fn json_binary_and_grpc_answers_are_bit_identical_to_session_run() {
         let reply = http(addr, "POST", &infer_path(), &headers, &body);
         assert_eq!(reply.header("content-type"), Some("application/octet-stream"));
         assert_eq!(logits(&reply), expect, "binary {shape:?}");
+        // The same body in 7-byte chunks: the header and the floats straddle the frames.
+        let reply = http_chunked(addr, &infer_path(), &headers, &body, 7);
+        assert_eq!(logits(&reply), expect, "binary in 7-byte chunks {shape:?}");
         assert_eq!(grpc_logits(&server, &input, shape), expect, "gRPC {shape:?}");
     }
     // Nested JSON data is the same tensor.
@@ -99,7 +102,7 @@ fn json_binary_and_grpc_answers_are_bit_identical_to_session_run() {
     let body = serde_json::json!({ "inputs": [{ "name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [nested] }] });
     let reply = http(addr, "POST", &infer_path(), &[], body.to_string().as_bytes());
     assert_eq!(logits(&reply), reference(&input, [1, 3, 32, 32]));
-    assert_eq!(metric(&server, "repvgg_request_success_total"), 10.0);
+    assert_eq!(metric(&server, "repvgg_request_success_total"), 13.0);
     server.shutdown().unwrap();
 }
 

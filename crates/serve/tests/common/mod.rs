@@ -93,6 +93,29 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String
     parse_reply(&raw)
 }
 
+/// A POST whose body goes out chunked (no Content-Length), `chunk` bytes a chunk, each in a
+/// write of its own: the server sees the JSON header and the values split anywhere.
+pub fn http_chunked(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8], chunk: usize) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    for piece in body.chunks(chunk) {
+        s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
+        s.write_all(piece).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    parse_reply(&raw)
+}
+
 pub fn parse_reply(raw: &[u8]) -> Reply {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
     let head = std::str::from_utf8(&raw[..end]).unwrap();
