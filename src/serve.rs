@@ -107,6 +107,7 @@ impl ServeArgs {
             algo: self.algo.parse::<AlgoChoice>()?,
             isa: crate::isa_choice(&self.isa)?,
             log_level: self.log_level.parse::<Level>()?,
+            handle_signals: true,
         })
     }
 

@@ -988,6 +988,23 @@ fn serve_listens_answers_and_exits_0_on_sigterm() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{rest}");
     assert!(rest.contains("\"signal\":\"SIGTERM\"") && rest.contains("\"msg\":\"stopped\""), "{rest}");
+    // A SIGTERM sent the moment the server reports that it listens drains it too.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
+        .args(["serve", "--weights", &weights, "--arch", &arch, "--http-port", "0", "--grpc-port", "0"])
+        .args(["--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    assert!(line.contains("\"msg\":\"listening\""), "{line}");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let mut rest = String::new();
+    log.read_to_string(&mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
+    assert!(rest.contains("\"msg\":\"stopped\""), "{rest}");
     // Refusals: a bad knob names itself (exit 2); a taken port is an I/O error (exit 3).
     let out = repvgg(&["serve", "--synthetic", "--streams", "0", "--http-port", "0", "--grpc-port", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -47,6 +47,10 @@ pub struct Config {
     pub isa: IsaChoice,
     /// Which log lines are written (JSON lines on standard error).
     pub log_level: Level,
+    /// Take over SIGTERM and SIGINT at start, before the server reports that it listens,
+    /// so that a signal sent as soon as it does drains it (see [`crate::Server::wait_for_signal`])
+    /// instead of killing the process. Off for embedders, who keep their own handling.
+    pub handle_signals: bool,
 }
 
 /// Largest `streams x threads_per_stream` accepted.
@@ -77,6 +81,7 @@ impl Default for Config {
             algo: AlgoChoice::Auto,
             isa: IsaChoice::Auto,
             log_level: Level::Info,
+            handle_signals: false,
         }
     }
 }

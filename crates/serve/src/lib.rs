@@ -53,6 +53,16 @@ pub struct Server {
     grpc_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    /// SIGTERM and SIGINT, when taken over at start.
+    signals: std::sync::Mutex<Option<Signals>>,
+}
+
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+fn take_signals() -> Result<Signals> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let start = |kind| signal(kind).map_err(|source| Error::Start { what: "a signal handler", source });
+    Ok((start(SignalKind::terminate())?, start(SignalKind::interrupt())?))
 }
 
 use service::Service;
@@ -117,6 +127,12 @@ impl Server {
                     .map_err(std::io::Error::other)
             }));
         }
+        let signals = if service.config.handle_signals {
+            let _guard = runtime.enter();
+            Some(take_signals()?)
+        } else {
+            None
+        };
         log::event(Level::Info, "listening", |f| {
             f.insert("model".into(), service.name.as_str().into());
             f.insert("http".into(), http_addr.to_string().into());
@@ -130,7 +146,7 @@ impl Server {
             f.insert("max_queue_delay_us".into(), (c.max_queue_delay.as_micros() as u64).into());
             f.insert("max_queue_images".into(), c.max_queue_images.into());
         });
-        Ok(Server { runtime, service, http_addr, grpc_addr, stop, tasks })
+        Ok(Server { runtime, service, http_addr, grpc_addr, stop, tasks, signals: std::sync::Mutex::new(signals) })
     }
 
     /// Where HTTP is served (the bound port when 0 was asked for).
@@ -148,12 +164,15 @@ impl Server {
         self.service.metrics.render()
     }
 
-    /// Blocks until SIGTERM or SIGINT arrives, logs it and returns the signal's name.
+    /// Blocks until SIGTERM or SIGINT arrives, logs it and returns the signal's name. The
+    /// signals are taken over here, or at start with [`Config::handle_signals`].
     pub fn wait_for_signal(&self) -> Result<&'static str> {
-        use tokio::signal::unix::{SignalKind, signal};
+        let taken = self.signals.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.runtime.block_on(async {
-            let start = |kind| signal(kind).map_err(|source| Error::Start { what: "a signal handler", source });
-            let (mut term, mut int) = (start(SignalKind::terminate())?, start(SignalKind::interrupt())?);
+            let (mut term, mut int) = match taken {
+                Some(signals) => signals,
+                None => take_signals()?,
+            };
             let signal = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",

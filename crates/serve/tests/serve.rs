@@ -439,6 +439,18 @@ fn clients_that_disconnect_are_dropped_and_the_server_keeps_serving() {
     server.shutdown().unwrap();
 }
 
+/// With `handle_signals`, SIGTERM belongs to the server from the moment `start` returns:
+/// sent before anyone waits for it, it is kept for `wait_for_signal` (without the flag it
+/// would kill this test process).
+#[test]
+fn signals_taken_at_start_are_kept_for_wait_for_signal() {
+    let server = start(Config { handle_signals: true, warmup: vec![], ..config() });
+    let pid = std::process::id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(server.wait_for_signal().unwrap(), "SIGTERM");
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn shutdown_finishes_requests_in_flight_and_then_refuses_connections() {
     let server = start(Config { streams: 1, warmup: vec![], ..config() });
