@@ -964,16 +964,28 @@ fn serve_listens_answers_and_exits_0_on_sigterm() {
     use std::io::{BufRead, BufReader, Read, Write};
     let weights = fixture("trained-digits", "train.safetensors");
     let arch = fixture("trained-digits", "arch.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
-        .args(["serve", "--weights", &weights, "--arch", &arch, "--http-port", "0", "--grpc-port", "0"])
-        .args(["--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    log.read_line(&mut line).unwrap();
+    // The server, its log after the first line, and that line.
+    let serve = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
+            .args(["serve", "--weights", &weights, "--arch", &arch, "--http-port", "0", "--grpc-port", "0"])
+            .args(["--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        log.read_line(&mut line).unwrap();
+        (child, log, line)
+    };
+    // SIGTERM, then the exit code and the rest of the log.
+    let terminate = |mut child: std::process::Child, mut log: BufReader<std::process::ChildStderr>| {
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let mut rest = String::new();
+        log.read_to_string(&mut rest).unwrap();
+        (child.wait().unwrap().code(), rest)
+    };
+    let (child, log, line) = serve();
     let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!((listening["msg"].as_str(), listening["model"].as_str()), (Some("listening"), Some("train")), "{line}");
     let addr = listening["http"].as_str().unwrap().to_string();
@@ -982,28 +994,14 @@ fn serve_listens_answers_and_exits_0_on_sigterm() {
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let mut rest = String::new();
-    log.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{rest}");
+    let (code, rest) = terminate(child, log);
+    assert_eq!(code, Some(0), "{rest}");
     assert!(rest.contains("\"signal\":\"SIGTERM\"") && rest.contains("\"msg\":\"stopped\""), "{rest}");
     // A SIGTERM sent the moment the server reports that it listens drains it too.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
-        .args(["serve", "--weights", &weights, "--arch", &arch, "--http-port", "0", "--grpc-port", "0"])
-        .args(["--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    log.read_line(&mut line).unwrap();
+    let (child, log, line) = serve();
     assert!(line.contains("\"msg\":\"listening\""), "{line}");
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let mut rest = String::new();
-    log.read_to_string(&mut rest).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
+    let (code, rest) = terminate(child, log);
+    assert_eq!(code, Some(0), "{rest}");
     assert!(rest.contains("\"msg\":\"stopped\""), "{rest}");
     // Refusals: a bad knob names itself (exit 2); a taken port is an I/O error (exit 3).
     let out = repvgg(&["serve", "--synthetic", "--streams", "0", "--http-port", "0", "--grpc-port", "0"]);
