@@ -359,8 +359,10 @@ async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Rece
             (Some(_), Some(_)) => {
                 return Err(bad(format!("input {:?} has both data and binary_data_size", input.name)));
             }
-            (Some(size), None) => {
-                let size = usize::try_from(size).unwrap_or(usize::MAX);
+            (Some(declared), None) => {
+                let size = usize::try_from(declared).map_err(|_| {
+                    bad(format!("input {:?} declares binary_data_size {declared}; it must be a byte count", input.name))
+                })?;
                 let (part, got) = if input.datatype == "FP32" && size % 4 == 0 {
                     let mut floats = Floats::with_capacity(size.min(room) / 4);
                     let got = body.read_into(size, |piece| floats.extend(piece)).await?;

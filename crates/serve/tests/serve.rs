@@ -275,6 +275,7 @@ fn bad_requests_get_their_status_and_message_and_the_server_keeps_serving() {
             "inference-header-content-length is 9999 but the body has only 2 bytes",
         ),
         (infer_path(), vec![], br#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32","parameters":{"binary_data_size":48}}]}"#.to_vec(), 400, "declares binary_data_size 48 but 0 bytes"),
+        (infer_path(), vec![], br#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32","parameters":{"binary_data_size":-4}}]}"#.to_vec(), 400, "declares binary_data_size -4; it must be a byte count"),
         (infer_path(), vec![], br#"{"inputs":[{"name":"other","shape":[1],"datatype":"FP32","data":[1]}]}"#.to_vec(), 400, "unknown input \"other\""),
         (infer_path(), vec![], br#"{"inputs":[]}"#.to_vec(), 400, "exactly one input"),
         (infer_path(), vec![], input("[1,3,2,2]", "FP32", &zeros(12)).replace("]}]}", "]}],\"outputs\":[{\"name\":\"probs\"}]}").into_bytes(), 400, "unknown output \"probs\""),
