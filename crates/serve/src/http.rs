@@ -180,7 +180,7 @@ async fn infer(State(s): Shared, Path(p): Path<ModelPath>, headers: HeaderMap, b
         Err(e) => {
             // Read the body without keeping it, so the client (which is still sending)
             // gets the 503 instead of a reset connection.
-            discard(body, s.config.max_body_bytes).await;
+            let _ = BodyReader::new(body, s.config.max_body_bytes).rest().await;
             Err(e)
         }
     };
@@ -188,18 +188,6 @@ async fn infer(State(s): Shared, Path(p): Path<ModelPath>, headers: HeaderMap, b
     let id = std::mem::take(&mut received.id);
     let outputs = s.infer("http", &id, received.request()).await?;
     Ok(encode_infer(&s, &id, outputs, &received.binary_out))
-}
-
-/// Reads and drops up to `limit` bytes of a body.
-async fn discard(mut body: Body, limit: usize) {
-    use http_body_util::BodyExt as _;
-    let mut seen = 0;
-    while let Some(Ok(frame)) = body.frame().await {
-        seen += frame.data_ref().map_or(0, |d| d.len());
-        if seen > limit {
-            return;
-        }
-    }
 }
 
 fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
@@ -224,6 +212,10 @@ struct BodyReader {
 }
 
 impl BodyReader {
+    fn new(body: Body, limit: usize) -> BodyReader {
+        BodyReader { body, limit, seen: 0, pending: Bytes::new() }
+    }
+
     /// The next bytes of the body, or `None` at its end.
     async fn next(&mut self) -> Result<Option<Bytes>> {
         use http_body_util::BodyExt as _;
@@ -260,7 +252,7 @@ impl BodyReader {
         Ok(got)
     }
 
-    /// Reads the rest of the body; returns its length.
+    /// Reads the rest of the body (up to the limit); returns its length.
     async fn rest(&mut self) -> Result<usize> {
         let mut n = 0;
         while let Some(piece) = self.next().await? {
@@ -331,27 +323,20 @@ async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Rece
         )));
     }
     let header_len = header_number(headers, HEADER_LENGTH)?;
-    let mut body = BodyReader { body, limit, seen: 0, pending: Bytes::new() };
+    let mut body = BodyReader::new(body, limit);
+    // Without the extension's header the whole body is JSON.
+    let want = header_len.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     let mut head = Vec::new();
-    match header_len {
-        None => {
-            while let Some(piece) = body.next().await? {
-                head.extend_from_slice(&piece);
-            }
-        }
-        Some(n) => {
-            let n = usize::try_from(n).unwrap_or(usize::MAX);
-            let got = body.read_into(n, |piece| head.extend_from_slice(piece)).await?;
-            if got < n {
-                return Err(Error::BadRequest(format!("{HEADER_LENGTH} is {n} but the body has only {got} bytes")));
-            }
-        }
+    let got = body.read_into(want, |piece| head.extend_from_slice(piece)).await?;
+    if header_len.is_some() && got < want {
+        return Err(Error::BadRequest(format!("{HEADER_LENGTH} is {want} but the body has only {got} bytes")));
     }
     let request: json::InferRequest = serde_json::from_slice(&head)
         .map_err(|e| Error::BadRequest(format!("malformed inference request JSON: {e}")))?;
     let bad = Error::BadRequest;
-    // What the body can still hold: no reservation beyond it, whatever a header declares.
-    let room = declared.map_or(0, |len| len as usize).saturating_sub(head.len());
+    // What the body can still hold: the parts together reserve no more, whatever their
+    // sizes declare.
+    let mut room = declared.map_or(0, |len| len as usize).saturating_sub(head.len());
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for mut input in request.inputs {
         let size = json::int_param(&input.parameters, "binary_data_size").map_err(bad)?;
@@ -363,12 +348,14 @@ async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Rece
                 let size = usize::try_from(declared).map_err(|_| {
                     bad(format!("input {:?} declares binary_data_size {declared}; it must be a byte count", input.name))
                 })?;
+                let reserve = size.min(room);
+                room -= reserve;
                 let (part, got) = if input.datatype == "FP32" && size % 4 == 0 {
-                    let mut floats = Floats::with_capacity(size.min(room) / 4);
+                    let mut floats = Floats::with_capacity(reserve / 4);
                     let got = body.read_into(size, |piece| floats.extend(piece)).await?;
                     (Part::Floats(floats.values), got)
                 } else {
-                    let mut bytes = Vec::with_capacity(size.min(room));
+                    let mut bytes = Vec::with_capacity(reserve);
                     let got = body.read_into(size, |piece| bytes.extend_from_slice(piece)).await?;
                     (Part::Bytes(bytes), got)
                 };

@@ -301,10 +301,12 @@ impl Service {
         self.check_batch(n)?;
         self.model.limits().check_input(self.model.network(), &shape).map_err(|e| Error::BadRequest(e.to_string()))?;
         let elements = n * c * h * w;
-        let bytes = match &input.data {
-            Data::Raw(b) => b.len(),
-            Data::Floats(v) => 4 * v.len(),
-            Data::F32(_) | Data::Elements(_) => 0,
+        let wrong_bytes = |bytes: usize| {
+            Error::BadRequest(format!(
+                "input {INPUT:?} has {bytes} bytes; FP32 shape {:?} needs {}",
+                input.shape,
+                4 * elements
+            ))
         };
         let values = match input.data {
             Data::F32(v) if v.len() == elements => v,
@@ -321,13 +323,8 @@ impl Service {
                 values
             }
             Data::Floats(v) if v.len() == elements => v,
-            Data::Raw(_) | Data::Floats(_) => {
-                return Err(Error::BadRequest(format!(
-                    "input {INPUT:?} has {bytes} bytes; FP32 shape {:?} needs {}",
-                    input.shape,
-                    4 * elements
-                )));
-            }
+            Data::Raw(bytes) => return Err(wrong_bytes(bytes.len())),
+            Data::Floats(v) => return Err(wrong_bytes(4 * v.len())),
             Data::Elements(_) => return Err(Error::BadRequest(format!("input {INPUT:?} holds strings; it is FP32"))),
         };
         Ok((values, n, h, w))
