@@ -167,10 +167,11 @@ impl Shared {
                 if start.elapsed() >= self.spin {
                     break;
                 }
-                // Oversubscribed machines: let a descheduled caller run.
-                if spins.is_multiple_of(8192) {
-                    std::thread::yield_now();
-                }
+                // Every few microseconds, let a thread the kernel queued on this core run
+                // (a server's I/O thread woken by a request, a descheduled caller): the
+                // scheduler would otherwise leave it waiting for this thread's time slice,
+                // ~0.3 ms here. With nothing else to run, the yield returns at once.
+                std::thread::yield_now();
             }
             std::hint::spin_loop();
         }
