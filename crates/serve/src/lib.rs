@@ -45,6 +45,11 @@ pub use service::{IMAGE, INPUT, OUTPUT, VERSION, join_bytes, split_bytes};
 /// The gRPC flow-control window of a stream, in bytes (room for a batch of 8 at 224).
 pub const GRPC_WINDOW: u32 = 8 << 20;
 
+/// The largest HTTP/2 frame the gRPC server accepts (HTTP/2's default is 16 KiB), so that a
+/// client can send a 224x224 tensor (588 KiB) in one frame: one write and a few reads
+/// instead of 37 writes and 75 reads.
+pub const GRPC_MAX_FRAME: u32 = 1 << 20;
+
 /// A running server. Dropping it without [`Server::shutdown`] stops it abruptly.
 pub struct Server {
     runtime: tokio::runtime::Runtime,
@@ -121,6 +126,7 @@ impl Server {
                 tonic::transport::Server::builder()
                     .initial_stream_window_size(Some(GRPC_WINDOW))
                     .initial_connection_window_size(Some(4 * GRPC_WINDOW))
+                    .max_frame_size(Some(GRPC_MAX_FRAME))
                     .add_service(grpc)
                     .serve_with_incoming_shutdown(incoming, grpc_stop)
                     .await

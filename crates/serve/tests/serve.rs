@@ -130,6 +130,33 @@ fn grpc_logits(server: &Server, input: &[f32], shape: [usize; 4]) -> Vec<f32> {
     })
 }
 
+/// The HTTP/2 settings the gRPC server opens with: a window and a frame size that let a
+/// 224x224 tensor travel in one frame (what `GRPC_WINDOW` and `GRPC_MAX_FRAME` say).
+#[test]
+fn grpc_settings_let_a_tensor_travel_in_one_frame() {
+    use std::io::{Read as _, Write as _};
+    let server = start(config());
+    let mut s = std::net::TcpStream::connect(server.grpc_addr().unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The client preface and an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!((head[3], head[4]), (4, 0), "the server's first frame is its SETTINGS");
+    let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+    s.read_exact(&mut payload).unwrap();
+    let settings: std::collections::HashMap<u16, u32> = payload
+        .chunks_exact(6)
+        .map(|e| (u16::from_be_bytes([e[0], e[1]]), u32::from_be_bytes([e[2], e[3], e[4], e[5]])))
+        .collect();
+    // SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE (RFC 9113, 6.5.2).
+    assert_eq!(settings.get(&4), Some(&repvgg_serve::GRPC_WINDOW), "{settings:?}");
+    assert_eq!(settings.get(&5), Some(&repvgg_serve::GRPC_MAX_FRAME), "{settings:?}");
+    assert!(repvgg_serve::GRPC_MAX_FRAME as usize >= 4 * 3 * 224 * 224 + 64);
+    drop(s);
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn grpc_serves_health_metadata_config_and_refusals() {
     let server = start(config());
