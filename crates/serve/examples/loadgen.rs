@@ -23,7 +23,10 @@
 //!
 //! It runs on the machine it measures, so it is lean: each HTTP client is one thread with
 //! one keep-alive connection and a request body built once; gRPC clients are tasks on a
-//! two-thread runtime, one channel each.
+//! runtime of up to two threads, each on an HTTP/2 connection of its own (the `h2` crate,
+//! below tonic), sending a `ModelInfer` message encoded once (as `perf_analyzer` prepares
+//! its inputs once) in one DATA frame that ends the stream. Any failed request makes the
+//! exit status 1.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,8 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use repvgg_serve::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use repvgg_serve::proto::{ModelInferRequest, model_infer_request::InferInputTensor};
+use prost::Message as _;
+use repvgg_serve::proto::{ModelInferRequest, ModelInferResponse, model_infer_request::InferInputTensor};
+use tonic::codegen::Bytes;
 
 struct Options {
     http: Option<SocketAddr>,
@@ -113,6 +117,8 @@ struct Row {
     concurrency: Option<usize>,
     rate: Option<f64>,
     images_per_s: f64,
+    /// Comparable with the server's `/metrics` sums (which give means).
+    mean_ms: f64,
     p50_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
@@ -223,9 +229,10 @@ fn http_request(o: &Options) -> Vec<u8> {
     r
 }
 
-fn grpc_request(o: &Options) -> ModelInferRequest {
+/// The `ModelInfer` request, protobuf-encoded and gRPC-framed once.
+fn grpc_request(o: &Options) -> Bytes {
     let elements = o.batch * 3 * o.size * o.size;
-    ModelInferRequest {
+    let request = ModelInferRequest {
         model_name: o.model.clone(),
         inputs: vec![InferInputTensor {
             name: "input".into(),
@@ -237,7 +244,13 @@ fn grpc_request(o: &Options) -> ModelInferRequest {
             (0..elements).flat_map(|i| (((i % 251) as f32) / 251.0 - 0.5).to_le_bytes()).collect(),
         ],
         ..Default::default()
-    }
+    };
+    let message = request.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0); // not compressed
+    framed.extend_from_slice(&u32::try_from(message.len()).expect("a request under 4 GiB").to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
 }
 
 /// Closed loop: `clients` each send, wait and send again until `end`.
@@ -330,21 +343,106 @@ fn open_loop_http(o: &Options, rate: f64, request: &Arc<Vec<u8>>) -> Result<(Tal
     Ok((tally, Duration::from_secs_f64(o.seconds)))
 }
 
-/// A gRPC client on a channel of its own, with the server's flow-control windows.
-async fn grpc_client(addr: SocketAddr) -> Result<GrpcInferenceServiceClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .initial_stream_window_size(Some(repvgg_serve::GRPC_WINDOW))
-        .initial_connection_window_size(Some(4 * repvgg_serve::GRPC_WINDOW))
-        .connect()
-        .await?;
-    Ok(GrpcInferenceServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+/// A gRPC `ModelInfer` client on an HTTP/2 connection of its own, with the server's
+/// flow-control windows, sending a request message encoded beforehand as one DATA frame
+/// that also ends the stream (as gRPC's C core, under Triton's clients, puts a unary call
+/// on the wire; tonic's client ends the stream with a second, empty frame, and the server
+/// waits for it).
+struct GrpcClient {
+    send: h2::client::SendRequest<Bytes>,
+    uri: tonic::codegen::http::Uri,
 }
 
-fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) -> Result<(Tally, Duration)> {
+impl GrpcClient {
+    async fn connect(addr: SocketAddr) -> Result<GrpcClient> {
+        let tcp =
+            tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to gRPC at {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(repvgg_serve::GRPC_WINDOW)
+            .initial_connection_window_size(4 * repvgg_serve::GRPC_WINDOW)
+            .handshake(tcp)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                eprintln!("loadgen: the gRPC connection failed: {e}");
+            }
+        });
+        let uri = format!("http://{addr}/inference.GRPCInferenceService/ModelInfer").parse()?;
+        Ok(GrpcClient { send, uri })
+    }
+
+    /// Sends `message` (length-prefixed as gRPC frames it) and reads the whole answer.
+    async fn infer(&mut self, message: &Bytes) -> Outcome {
+        match self.call(message).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+
+    async fn call(&mut self, message: &Bytes) -> Result<Outcome> {
+        use tonic::codegen::http;
+        let request = http::Request::post(&self.uri)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())?;
+        let mut send = self.send.clone().ready().await?;
+        let (response, mut body) = send.send_request(request, false)?;
+        body.send_data(message.clone(), true)?;
+        let (head, mut stream) = response.await?.into_parts();
+        let mut answer = Vec::new();
+        while let Some(chunk) = stream.data().await {
+            let chunk = chunk?;
+            stream.flow_control().release_capacity(chunk.len())?;
+            answer.extend_from_slice(&chunk);
+        }
+        // A failed call may come as headers only, with the status in them.
+        let trailers = stream.trailers().await?.unwrap_or_default();
+        let field = |name: &str| trailers.get(name).or_else(|| head.headers.get(name)).and_then(|v| v.to_str().ok());
+        match field("grpc-status") {
+            Some("0") => {}
+            Some("14") => return Ok(Outcome::Refused),
+            Some(code) => {
+                let message = percent_decoded(field("grpc-message").unwrap_or(""));
+                return Ok(Outcome::Failed(format!("grpc-status {code}: {message}")));
+            }
+            None => bail!("the answer has no grpc-status (HTTP {})", head.status),
+        }
+        let Some((&[0], rest)) = answer.split_first_chunk::<1>() else {
+            bail!("the answer is not one uncompressed gRPC message");
+        };
+        let (len, message) = rest.split_first_chunk::<4>().context("the answer's gRPC frame is cut short")?;
+        if u32::from_be_bytes(*len) as usize != message.len() {
+            bail!("the answer's gRPC frame declares {} bytes and holds {}", u32::from_be_bytes(*len), message.len());
+        }
+        let response = ModelInferResponse::decode(message)?;
+        if response.raw_output_contents.is_empty() {
+            bail!("the answer has no raw_output_contents");
+        }
+        Ok(Outcome::Answered)
+    }
+}
+
+/// `grpc-message` as sent: percent-encoded UTF-8 (gRPC over HTTP/2, "Responses").
+fn percent_decoded(text: &str) -> String {
+    let (mut out, mut bytes) = (Vec::new(), text.bytes());
+    while let Some(b) = bytes.next() {
+        let hex = |b: Option<u8>| b.and_then(|b| (b as char).to_digit(16));
+        out.push(match b {
+            b'%' => match (hex(bytes.next()), hex(bytes.next())) {
+                (Some(hi), Some(lo)) => (hi * 16 + lo) as u8,
+                _ => b'?',
+            },
+            b => b,
+        });
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn closed_loop_grpc(o: &Options, clients: usize, request: &Bytes) -> Result<(Tally, Duration)> {
     let addr = o.grpc.context("--grpc is needed for grpc")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One client needs no second thread (a hand-off between two costs a wake-up).
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(clients.clamp(1, 2)).enable_all().build()?;
     let start = Instant::now();
     let (measure_from, end) =
         (start + Duration::from_secs_f64(o.warmup), start + Duration::from_secs_f64(o.warmup + o.seconds));
@@ -352,7 +450,7 @@ fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) ->
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let request = request.clone();
-            let mut client = grpc_client(addr).await?;
+            let mut client = GrpcClient::connect(addr).await?;
             tasks.push(tokio::spawn(async move {
                 let mut mine = Tally::default();
                 loop {
@@ -360,11 +458,7 @@ fn closed_loop_grpc(o: &Options, clients: usize, request: &ModelInferRequest) ->
                     if sent >= end {
                         break;
                     }
-                    let outcome = match client.model_infer(request.clone()).await {
-                        Ok(_) => Outcome::Answered,
-                        Err(s) if s.code() == tonic::Code::Unavailable => Outcome::Refused,
-                        Err(s) => Outcome::Failed(format!("{:?}: {}", s.code(), s.message())),
-                    };
+                    let outcome = client.infer(&request).await;
                     if sent >= measure_from {
                         record(&mut mine, outcome, sent.elapsed());
                     }
@@ -404,7 +498,7 @@ fn server_sums(addr: SocketAddr) -> Result<(f64, f64, f64)> {
 /// differences, and where that difference goes, from the server's own means (its
 /// `/metrics`): handling (receipt to answer, less compute), transfer and client (the
 /// client's latency less the server's receipt to answer), and the pass itself (the rest).
-fn versus_bench(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelInferRequest) -> Result<()> {
+fn versus_bench(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &Bytes) -> Result<()> {
     let repvgg = match &o.repvgg {
         Some(path) => path.clone(),
         // target/release/examples/loadgen -> target/release/repvgg
@@ -446,7 +540,7 @@ fn versus_bench(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelInf
         let mut grpc_client = match protocol.as_str() {
             "grpc" => {
                 let addr = o.grpc.context("--grpc is needed for grpc")?;
-                Some(rt.block_on(grpc_client(addr))?)
+                Some(rt.block_on(GrpcClient::connect(addr))?)
             }
             "http" => None,
             other => bail!("unknown protocol {other} (http, grpc)"),
@@ -468,9 +562,11 @@ fn versus_bench(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &ModelInf
                 }
                 let start = Instant::now();
                 match &mut grpc_client {
-                    Some(c) => {
-                        rt.block_on(c.model_infer(grpc.clone())).map_err(|s| anyhow::anyhow!("{s}"))?;
-                    }
+                    Some(c) => match rt.block_on(c.infer(grpc)) {
+                        Outcome::Answered => {}
+                        Outcome::Refused => bail!("the server refused a request at concurrency 1"),
+                        Outcome::Failed(e) => bail!("a request failed: {e}"),
+                    },
                     None => match http_client.infer() {
                         Outcome::Answered => {}
                         Outcome::Refused => bail!("the server refused a request at concurrency 1"),
@@ -537,6 +633,8 @@ fn main() -> Result<()> {
             concurrency: clients,
             rate: o.rate,
             images_per_s: (tally.latencies.len() * o.batch) as f64 / span.as_secs_f64(),
+            mean_ms: tally.latencies.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3
+                / tally.latencies.len() as f64,
             p50_ms: percentile(&tally.latencies, 0.50),
             p90_ms: percentile(&tally.latencies, 0.90),
             p99_ms: percentile(&tally.latencies, 0.99),
@@ -562,6 +660,11 @@ fn main() -> Result<()> {
     }
     if let Some(path) = &o.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)? + "\n")?;
+    }
+    // A failed request is a broken server or client, not a figure: say so by the exit code.
+    let failed: u64 = rows.iter().map(|r| r.failed).sum();
+    if failed > 0 {
+        bail!("{failed} requests failed (the first failure of each run is printed above)");
     }
     Ok(())
 }
