@@ -169,8 +169,9 @@ impl Shared {
                 }
                 // Every few microseconds, let a thread the kernel queued on this core run
                 // (a server's I/O thread woken by a request, a descheduled caller): the
-                // scheduler would otherwise leave it waiting for this thread's time slice,
-                // ~0.3 ms here. With nothing else to run, the yield returns at once.
+                // scheduler would otherwise leave it waiting for this thread's time slice
+                // (README, the team row of the log). With nothing else to run, the yield
+                // returns at once.
                 std::thread::yield_now();
             }
             std::hint::spin_loop();

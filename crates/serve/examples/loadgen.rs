@@ -23,7 +23,7 @@
 //!
 //! It runs on the machine it measures, so it is lean: each HTTP client is one thread with
 //! one keep-alive connection and a request body built once; gRPC clients are tasks on a
-//! runtime of up to two threads, each on an HTTP/2 connection of its own (the `h2` crate,
+//! two-thread runtime, each on an HTTP/2 connection of its own (the `h2` crate,
 //! below tonic), sending a `ModelInfer` message encoded once (as `perf_analyzer` prepares
 //! its inputs once) in one DATA frame that ends the stream. Any failed request makes the
 //! exit status 1.
@@ -441,8 +441,7 @@ fn percent_decoded(text: &str) -> String {
 
 fn closed_loop_grpc(o: &Options, clients: usize, request: &Bytes) -> Result<(Tally, Duration)> {
     let addr = o.grpc.context("--grpc is needed for grpc")?;
-    // One client needs no second thread (a hand-off between two costs a wake-up).
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(clients.clamp(1, 2)).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let start = Instant::now();
     let (measure_from, end) =
         (start + Duration::from_secs_f64(o.warmup), start + Duration::from_secs_f64(o.warmup + o.seconds));
