@@ -560,17 +560,14 @@ fn versus_bench(o: &Options, blocks: usize, http: &Arc<Vec<u8>>, grpc: &Bytes) -
                     before = server_sums(http_addr)?;
                 }
                 let start = Instant::now();
-                match &mut grpc_client {
-                    Some(c) => match rt.block_on(c.infer(grpc)) {
-                        Outcome::Answered => {}
-                        Outcome::Refused => bail!("the server refused a request at concurrency 1"),
-                        Outcome::Failed(e) => bail!("a request failed: {e}"),
-                    },
-                    None => match http_client.infer() {
-                        Outcome::Answered => {}
-                        Outcome::Refused => bail!("the server refused a request at concurrency 1"),
-                        Outcome::Failed(e) => bail!("a request failed: {e}"),
-                    },
+                let outcome = match &mut grpc_client {
+                    Some(c) => rt.block_on(c.infer(grpc)),
+                    None => http_client.infer(),
+                };
+                match outcome {
+                    Outcome::Answered => {}
+                    Outcome::Refused => bail!("the server refused a request at concurrency 1"),
+                    Outcome::Failed(e) => bail!("a request failed: {e}"),
                 }
                 if i >= WARM {
                     block.push(start.elapsed().as_secs_f64() * 1e3);

@@ -77,40 +77,46 @@ impl Reply {
 
 /// One request on a fresh connection (`Connection: close`).
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    // A server that answers before reading everything (413) may close early.
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    parse_reply(&raw)
+    let framing = format!("Content-Length: {}", body.len());
+    exchange(addr, method, path, &framing, headers, |s| {
+        // A server that answers before reading everything (413) may close early.
+        let _ = s.write_all(body);
+    })
 }
 
 /// A POST whose body goes out chunked (no Content-Length), `chunk` bytes a chunk, each in a
 /// write of its own: the server sees the JSON header and the values split anywhere.
 pub fn http_chunked(addr: SocketAddr, path: &str, headers: &[(&str, String)], body: &[u8], chunk: usize) -> Reply {
+    exchange(addr, "POST", path, "Transfer-Encoding: chunked", headers, |s| {
+        s.set_nodelay(true).unwrap();
+        for piece in body.chunks(chunk) {
+            s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
+            s.write_all(piece).unwrap();
+            s.write_all(b"\r\n").unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").unwrap();
+    })
+}
+
+/// Sends the request head (with `framing`, the header that delimits the body), lets
+/// `send_body` write the body, and reads the whole reply.
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    framing: &str,
+    headers: &[(&str, String)],
+    send_body: impl FnOnce(&mut TcpStream),
+) -> Reply {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head = format!("POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{framing}\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).unwrap();
-    for piece in body.chunks(chunk) {
-        s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).unwrap();
-        s.write_all(piece).unwrap();
-        s.write_all(b"\r\n").unwrap();
-    }
-    s.write_all(b"0\r\n\r\n").unwrap();
+    send_body(&mut s);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     parse_reply(&raw)
