@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts `repvgg serve` on free ports with the given flags (default: synthetic A0), runs
 # the load generator against it (crates/serve/examples/loadgen.rs; LOADGEN_ARGS, default
-# HTTP binary and gRPC at concurrency 1, 2, 4, 8, 16), prints its table, then stops the
+# HTTP binary and gRPC at concurrency 1, 2, 4, 8, 16, 32), prints its table, then stops the
 # server with SIGTERM and checks that it drained and exited 0.
 #
 #   tools/serve_load.sh                                  # defaults
@@ -26,7 +26,7 @@ echo "server: $(field streams) streams x $(field threads_per_stream) threads, ma
 max queue delay $(field max_queue_delay_us) us, max queue $(field max_queue_images) images" >&2
 # shellcheck disable=SC2086
 target/release/examples/loadgen --http "$(field http)" --grpc "$(field grpc)" --model "$(field model)" \
-    ${LOADGEN_ARGS:---protocols http,grpc --concurrency 1,2,4,8,16 --seconds 10}
+    ${LOADGEN_ARGS:---protocols http,grpc --concurrency 1,2,4,8,16,32 --seconds 10}
 kill -TERM $server
 wait $server || { echo "serve exited with status $?" >&2; exit 1; }
 grep -q '"msg":"stopped"' "$log" || { echo "serve did not report a drained stop" >&2; exit 1; }

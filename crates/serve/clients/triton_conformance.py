@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[3]
 FIXTURE = ROOT / "models/fixtures/trained-digits"
 MODEL = "digits"
 CLASSES = 10
-BATCH = 4  # within the server's default max batch (8)
+BATCH = 4  # within the server's default max batch (16)
 
 
 class Failure(Exception):

@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release -p repvgg-serve --example loadgen -- \
 //!     --http 127.0.0.1:8000 --grpc 127.0.0.1:8001 --model repvgg-a0 \
-//!     --protocols http,grpc --concurrency 1,2,4,8,16 --seconds 10
+//!     --protocols http,grpc --concurrency 1,2,4,8,16,32 --seconds 10
 //! # open loop, e.g. 4x a measured capacity of 25 requests/s:
 //! cargo run --release -p repvgg-serve --example loadgen -- --http 127.0.0.1:8000 --model repvgg-a0 --rate 100
 //! ```
@@ -61,7 +61,7 @@ fn parse_args() -> Result<Options> {
         grpc: None,
         model: "repvgg-a0".into(),
         protocols: vec![],
-        concurrency: vec![1, 2, 4, 8, 16],
+        concurrency: vec![1, 2, 4, 8, 16, 32],
         rate: None,
         seconds: 10.0,
         warmup: 2.0,

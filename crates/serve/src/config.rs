@@ -53,6 +53,12 @@ pub struct Config {
     pub handle_signals: bool,
 }
 
+/// Default [`Config::max_batch`]: the batch at which `repvgg bench`'s images/s stop
+/// growing much on the machines measured (the README's scheduling section): batch 16
+/// against 8 was equal on an AVX2 machine and needed to reach 90% of the best in-process
+/// throughput on an AVX-512 one.
+pub const DEFAULT_MAX_BATCH: usize = 16;
+
 /// Largest `streams x threads_per_stream` accepted.
 pub const MAX_WORKERS: usize = 1024;
 
@@ -70,9 +76,9 @@ impl Default for Config {
             grpc_port: Some(8001),
             streams,
             threads_per_stream,
-            max_batch: 8,
+            max_batch: DEFAULT_MAX_BATCH,
             max_queue_delay: Duration::ZERO,
-            max_queue_images: 4 * streams * 8,
+            max_queue_images: 4 * streams * DEFAULT_MAX_BATCH,
             timeout: Duration::from_secs(30),
             max_body_bytes: 64 << 20,
             decode_threads: cores,

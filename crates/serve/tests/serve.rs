@@ -36,13 +36,13 @@ fn every_endpoint_answers() {
         assert_eq!(
             get(addr, &format!("{prefix}/config")).json(),
             serde_json::json!({
-                "name": MODEL, "platform": "repvgg-rs", "backend": "repvgg-rs", "max_batch_size": 8,
+                "name": MODEL, "platform": "repvgg-rs", "backend": "repvgg-rs", "max_batch_size": config().max_batch,
                 "input": [
                     { "name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, -1, -1] },
                     { "name": "image", "data_type": "TYPE_STRING", "dims": [1], "reshape": { "shape": [] }, "optional": true },
                 ],
                 "output": [{ "name": "logits", "data_type": "TYPE_FP32", "dims": [1000] }],
-                "dynamic_batching": { "preferred_batch_size": [8], "max_queue_delay_microseconds": 0 },
+                "dynamic_batching": { "preferred_batch_size": [config().max_batch], "max_queue_delay_microseconds": 0 },
                 "instance_group": [{ "name": "streams", "kind": "KIND_CPU", "count": 2 }],
                 "parameters": {
                     "threads_per_stream": { "string_value": "1" },
@@ -178,7 +178,10 @@ fn grpc_serves_health_metadata_config_and_refusals() {
         );
         let config = proto::ModelConfigRequest { name: MODEL.into(), version: String::new() };
         let config = c.model_config(config).await.unwrap().into_inner().config.unwrap();
-        assert_eq!((config.max_batch_size, config.output[0].dims.as_slice()), (8, &[1000][..]));
+        assert_eq!(
+            (config.max_batch_size as usize, config.output[0].dims.as_slice()),
+            (common::config().max_batch, &[1000][..])
+        );
         let unknown = proto::ModelReadyRequest { name: "nope".into(), version: String::new() };
         assert!(!c.model_ready(unknown).await.unwrap().into_inner().ready, "an unknown model is not ready");
         let unknown = proto::ModelMetadataRequest { name: "nope".into(), version: String::new() };
@@ -285,7 +288,7 @@ fn bad_requests_get_their_status_and_message_and_the_server_keeps_serving() {
         (infer_path(), vec![], input("[1,3,2]", "FP32", &zeros(6)).into_bytes(), 400, "must have shape [N, 3, H, W], not [1, 3, 2]"),
         (infer_path(), vec![], input("[1,3,-2,2]", "FP32", &zeros(6)).into_bytes(), 400, "invalid shape [1, 3, -2, 2]"),
         (infer_path(), vec![], input("[1,3,4,4]", "FP32", &zeros(47)).into_bytes(), 400, "has 47 values; shape [1, 3, 4, 4] needs 48"),
-        (infer_path(), vec![], input("[9,3,4,4]", "FP32", &zeros(432)).into_bytes(), 400, "1 to 8 images (the server's max batch), not 9"),
+        (infer_path(), vec![], input("[17,3,4,4]", "FP32", &zeros(816)).into_bytes(), 400, "1 to 16 images (the server's max batch), not 17"),
         (infer_path(), vec![], input("[1,3,9000,4]", "FP32", &zeros(3)).into_bytes(), 400, "9000"),
         (
             infer_path(),
@@ -503,7 +506,7 @@ fn bad_configurations_are_refused_by_name() {
     };
     refuse(Config { streams: 0, ..config() }, "streams and threads per stream must be at least 1");
     refuse(Config { max_batch: 0, ..config() }, "max batch must be between 1 and 1024");
-    refuse(Config { max_queue_images: 4, ..config() }, "max queue must be between max batch (8)");
+    refuse(Config { max_queue_images: 4, ..config() }, "max queue must be between max batch (16)");
     refuse(Config { model_name: "a/b".into(), ..config() }, "without '/'");
     refuse(Config { http_port: 9, grpc_port: Some(9), ..config() }, "cannot share port 9");
     let first = start(config());
