@@ -12,13 +12,23 @@
 //! - **Two-phase** (weights beyond the L2): column panels in chunks; phase 1 packs a
 //!   chunk into the shared buffer in parallel, phase 2 runs the (weight panel, column
 //!   panel) items in parallel, weight-panel major, so each worker reads its share of the
-//!   weights once per chunk instead of once per column panel.
+//!   weights once per chunk instead of once per column panel; a chunk small enough for
+//!   the L2 runs one item per weight panel instead, its column panels in turn.
 //!
 //! The schedule and the split into items depend only on the layer's shape, and each
 //! product is computed by one item, so results are identical for any thread count.
 
 use crate::buffers::Scratch;
 use crate::team::{for_each, for_each_chunk_mut};
+
+/// Chunks of packed column panels up to this size stay in a core's L2 next to a weight
+/// panel. Then phase 2 hands out whole weight panels, each running its products with
+/// every column panel of the chunk in turn, so that a weight panel streams from memory
+/// once; otherwise the threads would take its products side by side and each stream it
+/// (at batch 1 a chunk has only a few column panels, so nearly all of a layer's time is
+/// that stream). Bigger chunks keep one item per product, for balance and because the
+/// weight panel would not survive a pass over the chunk anyway (README, log).
+const CHUNK_IN_L2_BYTES: usize = 1 << 20;
 
 /// How a layer's packing and products are ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,12 +103,16 @@ impl Work {
                         pack(start + local, &locate(start + local), panel)
                     });
                     let panels = &*shared;
-                    for_each(self.weight_panels * count, |item| {
-                        let (weights, local) = (item / count, item % count);
+                    let item = |weights: usize, local: usize| {
                         let panel = &panels[local * len..(local + 1) * len];
                         let located = locate(start + local);
                         scratch.with(|buf| product(weights, &located, panel, &mut buf[..extra]));
-                    });
+                    };
+                    if count * len * 4 <= CHUNK_IN_L2_BYTES {
+                        for_each(self.weight_panels, |weights| (0..count).for_each(|local| item(weights, local)));
+                    } else {
+                        for_each(self.weight_panels * count, |i| item(i / count, i % count));
+                    }
                 }
             }
         }

@@ -321,7 +321,8 @@ mod tests {
     /// three column panels (four chunks; two, the last one partial), on one and two threads:
     /// bitwise the same output, which matches the f64 reference convolution. The layer
     /// (192 channels, 14x14, batch 3: 48 tiles, four column panels) has 5.3 MB of F(4,3) filters,
-    /// beyond the fused schedule. Tolerance 1e-5 of the largest output: the F(4,3) error at
+    /// beyond the fused schedule; its default chunk (four panels, 1.3 MB) runs one item per
+    /// product, the smaller chunks one item per weight panel. Tolerance 1e-5 of the largest output: the F(4,3) error at
     /// 192 input channels is about 1.5e-6 (winograd crate docs).
     #[test]
     fn chunk_size_and_thread_count_do_not_change_the_result() {
