@@ -108,7 +108,7 @@ impl Work {
                         let located = locate(start + local);
                         scratch.with(|buf| product(weights, &located, panel, &mut buf[..extra]));
                     };
-                    if count * len * 4 <= CHUNK_IN_L2_BYTES {
+                    if count * len * size_of::<f32>() <= CHUNK_IN_L2_BYTES {
                         for_each(self.weight_panels, |weights| (0..count).for_each(|local| item(weights, local)));
                     } else {
                         for_each(self.weight_panels * count, |i| item(i / count, i % count));
