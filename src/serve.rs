@@ -98,7 +98,9 @@ impl ServeArgs {
             threads_per_stream: threads,
             max_batch,
             max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
-            max_queue_images: self.max_queue.unwrap_or(4 * streams.saturating_mul(max_batch)),
+            max_queue_images: self
+                .max_queue
+                .unwrap_or_else(|| repvgg_serve::default_max_queue_images(streams, max_batch)),
             timeout: Duration::from_millis(self.timeout_ms),
             max_body_bytes: self.max_body_bytes,
             decode_threads: self.decode_threads.unwrap_or(defaults.decode_threads),

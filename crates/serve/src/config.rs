@@ -78,7 +78,7 @@ impl Default for Config {
             threads_per_stream,
             max_batch: DEFAULT_MAX_BATCH,
             max_queue_delay: Duration::ZERO,
-            max_queue_images: 4 * streams * DEFAULT_MAX_BATCH,
+            max_queue_images: default_max_queue_images(streams, DEFAULT_MAX_BATCH),
             timeout: Duration::from_secs(30),
             max_body_bytes: 64 << 20,
             decode_threads: cores,
@@ -90,6 +90,12 @@ impl Default for Config {
             handle_signals: false,
         }
     }
+}
+
+/// Default [`Config::max_queue_images`]: four full batches per stream (saturating, so that
+/// absurd flags reach [`Config::validate`] and its message instead of overflowing).
+pub fn default_max_queue_images(streams: usize, max_batch: usize) -> usize {
+    streams.saturating_mul(max_batch).saturating_mul(4)
 }
 
 /// Streams x threads for `cores` cores. One stream using every core gives the lowest

@@ -36,7 +36,7 @@ use repvgg_runtime::Model;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{Config, MAX_QUEUE_IMAGES, MAX_WORKERS, default_streams};
+pub use config::{Config, MAX_QUEUE_IMAGES, MAX_WORKERS, default_max_queue_images, default_streams};
 pub use error::{Error, Result};
 pub use grpc::inference as proto;
 pub use log::Level;
