@@ -259,7 +259,8 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
     let cost = network.cost(h, w).map_err(repvgg::Error::from)?;
     // Multiplies under the plan a session would run at batch 1, and with F(2,3) on every
     // layer it applies to (the count behind the paper's Winograd MULs).
-    let chosen = Plan::new(&network, 1, h, w, |lp| default_algo(lp, 1));
+    let isa = repvgg::simd::Dispatch::choose(repvgg::simd::IsaChoice::Auto).map_err(repvgg::Error::from)?.isa();
+    let chosen = Plan::new(&network, 1, h, w, |lp| default_algo(lp, 1, isa));
     let f2 = Plan::new(&network, 1, h, w, |_| Algo::F2);
     let se_macs: Vec<u64> = network.layers.iter().map(|l| l.se_macs()).collect();
     let muls = |plan: &Plan| -> Vec<u64> { plan.layers.iter().map(|lp| lp.multiplies() + se_macs[lp.index]).collect() };

@@ -43,6 +43,39 @@ build_features!(
     "avx512vbmi",
 );
 
+/// Who designed this CPU, as far as the cost model cares (CPUID leaf 0's vendor string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendor {
+    Intel,
+    Amd,
+    /// Any other vendor, and every non-x86 target.
+    Other,
+}
+
+/// This CPU's vendor, read once.
+pub fn vendor() -> Vendor {
+    static VENDOR: std::sync::OnceLock<Vendor> = std::sync::OnceLock::new();
+    *VENDOR.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let id = std::arch::x86_64::__cpuid(0);
+            let mut name = [0u8; 12];
+            for (chunk, word) in name.chunks_exact_mut(4).zip([id.ebx, id.edx, id.ecx]) {
+                chunk.copy_from_slice(&word.to_le_bytes());
+            }
+            match &name {
+                b"GenuineIntel" => Vendor::Intel,
+                b"AuthenticAMD" => Vendor::Amd,
+                _ => Vendor::Other,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Vendor::Other
+        }
+    })
+}
+
 /// Refuses to run if the binary assumes an instruction-set extension this CPU lacks.
 ///
 /// The default build assumes nothing beyond the target's baseline (the kernels choose

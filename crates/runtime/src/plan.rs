@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use repvgg_graph::{ConvLayer, Network};
+use repvgg_simd::Isa;
 use repvgg_winograd::Variant;
 
 use crate::error::{Error, Result};
@@ -253,6 +254,34 @@ fn resolve(wanted: Algo, layer: &ConvLayer) -> Algo {
     }
 }
 
+/// What streaming one float of (transformed) weights costs, in the cost model's FMA
+/// slots: the one constant of [`default_algo_with`] that differs between the machines we
+/// measured, because it relates the memory system to the kernel set's arithmetic.
+///
+/// - 0.3 on the Zen 4 it was first calibrated on, and for every CPU we have not measured;
+/// - 1.5 with the AVX-512 and AVX2 kernels on Intel: on the Xeon of 2026-12-02 the
+///   batch-1 weight stream runs far below DRAM bandwidth, and `--autotune` picked F(2,3)
+///   over F(4,3) on 14x14 maps and F(4,3) over F(6,3) on 28x28 and 56x56 ones. Any
+///   value from 1.1 to 4.3 makes those choices on A0, B0 and B1g4 (the test below);
+/// - 0.3 with the portable kernels everywhere: their slot (no FMA, narrower vectors)
+///   costs several times an AVX-512 one, so the same stream weighs that much less, and
+///   1.5 measured slower there.
+///
+/// The README's log has the measurements.
+pub fn weight_stream_cost(vendor: crate::cpu::Vendor, isa: Isa) -> f64 {
+    use crate::cpu::Vendor;
+    match (vendor, isa) {
+        (Vendor::Intel, Isa::Avx512 | Isa::Avx2) => 1.5,
+        _ => 0.3,
+    }
+}
+
+/// The default algorithm table for this CPU and kernel set: [`default_algo_with`] at
+/// their [`weight_stream_cost`].
+pub fn default_algo(lp: &LayerPlan, n: usize, isa: Isa) -> Algo {
+    default_algo_with(lp, n, weight_stream_cost(crate::cpu::vendor(), isa))
+}
+
 /// The default algorithm table: a cost model whose constants come from our benchmarks
 /// on a Zen 4 core (`benches/transforms.rs`, `benches/layers.rs`, `repvgg bench`).
 ///
@@ -263,11 +292,12 @@ fn resolve(wanted: Algo, layer: &ConvLayer) -> Algo {
 /// - the transforms: a fixed number of slots per tile and channel block, measured as
 ///   ns/tile times 3.6 GHz (F(2,3) 65 + 47, F(4,3) 216 + 137, F(6,3) 504 + 396 for input
 ///   + output);
-/// - streaming the (transformed) weights: 0.3 slots per float. At batch 1, a network's
-///   Winograd filters exceed the L3 cache, so every layer reads its own from DRAM once
-///   per run. This term is what makes F(4,3) beat F(6,3) on 14x14 maps: they multiply
-///   equally often there (tile overhang), but F(6,3)'s filters are 1.8x larger.
-pub fn default_algo(lp: &LayerPlan, n: usize) -> Algo {
+/// - streaming the (transformed) weights: `stream` slots per float. At batch 1, a
+///   network's Winograd filters exceed the L3 cache, so every layer reads its own from
+///   DRAM once per run. This term is what makes F(4,3) beat F(6,3) on 14x14 maps: they
+///   multiply equally often there (tile overhang), but F(6,3)'s filters are 1.8x larger;
+///   where the stream costs more, it makes F(2,3) (filters 16/36 of F(4,3)'s) win there.
+pub fn default_algo_with(lp: &LayerPlan, n: usize, stream: f64) -> Algo {
     if lp.stride != 1 || lp.index == 0 {
         return Algo::Direct;
     }
@@ -275,14 +305,13 @@ pub fn default_algo(lp: &LayerPlan, n: usize) -> Algo {
         (channel_blocks(lp.in_channels / lp.groups) as f64, channel_blocks(lp.out_channels / lp.groups) as f64);
     let groups = lp.groups as f64;
     let weight_floats = |positions: usize| groups * kb * cb * 256.0 * positions as f64;
-    const STREAM: f64 = 0.3;
     let pixels = (n * lp.oh * lp.ow) as f64;
-    let direct = groups * kb * cb * 16.0 * 9.0 * pixels / 0.9 + STREAM * weight_floats(9);
+    let direct = groups * kb * cb * 16.0 * 9.0 * pixels / 0.9 + stream * weight_floats(9);
     let winograd = |v: Variant, input_slots: f64, output_slots: f64| {
         let positions = v.alpha() * v.alpha();
         let tiles = (n * lp.h.div_ceil(v.m()) * lp.w.div_ceil(v.m())) as f64;
         let gemm = groups * kb * cb * 16.0 * positions as f64 * tiles;
-        gemm + tiles * groups * (cb * input_slots + kb * output_slots) + STREAM * weight_floats(positions)
+        gemm + tiles * groups * (cb * input_slots + kb * output_slots) + stream * weight_floats(positions)
     };
     let candidates = [
         (Algo::Direct, direct),
@@ -291,4 +320,44 @@ pub fn default_algo(lp: &LayerPlan, n: usize) -> Algo {
         (Algo::F6, winograd(Variant::F6, 504.0, 396.0)),
     ];
     candidates.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|c| c.0).expect("candidates")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Vendor;
+
+    /// The stride-1 layers' algorithms (the stem and stride-2 layers are always direct),
+    /// with their output side.
+    fn choices(arch: &str, n: usize, stream: f64) -> Vec<(usize, Algo)> {
+        let network = Network::from_name(arch).unwrap();
+        let plan = Plan::new(&network, n, 224, 224, |lp| default_algo_with(lp, n, stream));
+        plan.layers.iter().filter(|l| l.stride == 1 && l.index > 0).map(|l| (l.oh, l.algo)).collect()
+    }
+
+    #[test]
+    fn the_stream_cost_picks_the_tile_size() {
+        let amd = weight_stream_cost(Vendor::Amd, Isa::Avx512);
+        let intel = weight_stream_cost(Vendor::Intel, Isa::Avx512);
+        assert_eq!(weight_stream_cost(Vendor::Intel, Isa::Avx2), intel);
+        for arch in ["A0", "B0", "B1g4"] {
+            // Where the weight stream is dear, the smallest filters win on 14x14 maps and
+            // F(4,3) everywhere else (what `--autotune` chose on the Intel Xeon).
+            // Any cost from 1.1 to 4.3 slots per float makes the same choices.
+            for stream in [intel, 1.15, 4.3] {
+                for (side, algo) in choices(arch, 1, stream) {
+                    assert_eq!(algo, if side == 14 { Algo::F2 } else { Algo::F4 }, "{arch} at {side}x{side}, {stream}");
+                }
+            }
+            // The Zen 4 calibration: F(4,3) on 14x14 maps, where F(6,3)'s tiles overhang.
+            for (side, algo) in choices(arch, 1, amd) {
+                if side == 14 {
+                    assert_eq!(algo, Algo::F4, "{arch} at 14x14");
+                }
+            }
+        }
+        assert!(choices("A0", 1, amd).contains(&(56, Algo::F6)));
+        assert_eq!(weight_stream_cost(Vendor::Other, Isa::Avx512), amd);
+        assert_eq!(weight_stream_cost(Vendor::Intel, Isa::Portable), amd);
+    }
 }

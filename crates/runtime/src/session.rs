@@ -344,7 +344,7 @@ impl Session {
         let network = self.model.network();
         let mut plan = match self.options.algo {
             AlgoChoice::Force(algo) => Plan::new(network, n, h, w, |_| algo),
-            AlgoChoice::Auto => Plan::new(network, n, h, w, |lp| default_algo(lp, n)),
+            AlgoChoice::Auto => Plan::new(network, n, h, w, |lp| default_algo(lp, n, self.isa.isa())),
         };
         self.reserve(&plan)?;
         if self.options.autotune && self.options.algo == AlgoChoice::Auto {
