@@ -35,5 +35,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use model::{Limits, Model, ModelOptions};
 pub use plan::{Algo, AlgoChoice, LayerPlan, Plan};
 pub use repvgg_simd::{Isa, IsaChoice};
-pub use session::{DEFAULT_SPIN, Features, Profile, Session, SessionOptions};
+pub use session::{DEFAULT_SPIN, Features, MAX_CACHED_PLANS, Profile, Session, SessionOptions, check_finite};
 pub use tensor::Tensor;

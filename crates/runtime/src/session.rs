@@ -170,8 +170,52 @@ pub struct Session {
     isa: Dispatch,
     team: Team,
     workers: usize,
-    plans: HashMap<(usize, usize, usize), Plan>,
+    plans: PlanCache,
     arena: Arena,
+}
+
+/// Plans a session keeps, least recently used evicted first. A plan is a few kilobytes,
+/// so this bounds what a caller cycling through input sizes (a server's clients) can make
+/// a session hold, while any realistic set of sizes stays planned.
+pub const MAX_CACHED_PLANS: usize = 64;
+
+/// Plans by `(n, h, w)`, each with the tick of its last use.
+struct PlanCache {
+    plans: HashMap<(usize, usize, usize), (Plan, u64)>,
+    tick: u64,
+}
+
+impl PlanCache {
+    fn new() -> PlanCache {
+        PlanCache { plans: HashMap::new(), tick: 0 }
+    }
+
+    fn contains(&self, key: (usize, usize, usize)) -> bool {
+        self.plans.contains_key(&key)
+    }
+
+    /// The plan for `key`, marked as used now. Callers plan first (`ensure_plan`).
+    fn get(&mut self, key: (usize, usize, usize)) -> &Plan {
+        self.tick += 1;
+        let entry = self.plans.get_mut(&key).expect("planned before use");
+        entry.1 = self.tick;
+        &entry.0
+    }
+
+    /// Adds a plan, evicting the least recently used one when full.
+    fn insert(&mut self, key: (usize, usize, usize), plan: Plan) {
+        if self.plans.len() >= MAX_CACHED_PLANS
+            && let Some(oldest) = self.plans.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k)
+        {
+            self.plans.remove(&oldest);
+        }
+        self.tick += 1;
+        self.plans.insert(key, (plan, self.tick));
+    }
+
+    fn len(&self) -> usize {
+        self.plans.len()
+    }
 }
 
 /// Most worker threads a session (or anything else running a [`Team`]) may start.
@@ -201,7 +245,7 @@ impl Session {
                 (team, workers)
             }
         };
-        Ok(Session { model, options, isa, team, workers, plans: HashMap::new(), arena: Arena::new(workers) })
+        Ok(Session { model, options, isa, team, workers, plans: PlanCache::new(), arena: Arena::new(workers) })
     }
 
     pub fn model(&self) -> &Model {
@@ -240,6 +284,30 @@ impl Session {
         self.arena.bytes(self.workers)
     }
 
+    /// Frees the working memory if it holds more than `keep_bytes`, so that one oversized
+    /// input does not leave its arena behind for the life of the session; the next run
+    /// allocates what its own size needs. A caller that serves steady traffic passes the
+    /// arena its usual sizes need (read [`Session::arena_bytes`] after planning them), so
+    /// that only runs above it pay for allocating again.
+    pub fn trim_arena(&mut self, keep_bytes: usize) {
+        if self.arena_bytes() > keep_bytes {
+            self.arena = Arena::new(self.workers);
+            // glibc keeps freed blocks below its mmap threshold (which grows up to 32 MiB
+            // as large blocks are freed) in its heaps: without a trim, the memory would
+            // stay resident although nothing uses it.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
+    /// Plans held (at most [`MAX_CACHED_PLANS`]).
+    pub fn cached_plans(&self) -> usize {
+        self.plans.len()
+    }
+
     /// Runs a batch `[N, 3, H, W]` and returns the logits `[N, classes]`.
     pub fn run(&mut self, input: &Tensor) -> Result<Tensor> {
         let [n, _, h, w] = self.model.limits().check_input(self.model.network(), input.shape())?;
@@ -269,7 +337,40 @@ impl Session {
     /// lives elsewhere (a numpy array, a C buffer): nothing is copied.
     pub fn run_slice(&mut self, input: &[f32], shape: &[usize], logits: &mut [f32]) -> Result<()> {
         let shape = self.check_slices(input, shape, logits)?;
-        self.forward(input, shape, logits, None, None)
+        check_finite(input, shape)?;
+        self.forward(input, shape, logits, None, None)?;
+        check_output("logits", logits, &[shape[0], self.model.network().num_classes])
+    }
+
+    /// [`Session::run_slice`] for a batch whose images belong to independent callers (a
+    /// server's merged requests): a non-finite value in one image's input, or a non-finite
+    /// logit that its values produced, fails that image alone. The result holds, per
+    /// image, `None` or that image's error (naming the value inside the image:
+    /// `input[c, y, x]`, `logits[class]`); the other images' logits are valid. Images are
+    /// computed independently (no kernel mixes values of two images), so each one's
+    /// logits are the bits it gets in the same batch without the failing image. An error
+    /// of the whole batch (shape, limits, memory) is the outer `Err`.
+    pub fn run_rows(&mut self, input: &[f32], shape: &[usize], logits: &mut [f32]) -> Result<Vec<Option<Error>>> {
+        let shape = self.check_slices(input, shape, logits)?;
+        let [n, c, h, w] = shape;
+        self.forward(input, shape, logits, None, None)?;
+        let classes = self.model.network().num_classes;
+        Ok((0..n)
+            .map(|i| {
+                let image = &input[i * c * h * w..(i + 1) * c * h * w];
+                let row = &logits[i * classes..(i + 1) * classes];
+                let bad_input = image.iter().position(|v| !v.is_finite()).map(|at| {
+                    Error::Input(format!(
+                        "input[{}, {}, {}] is {} (inputs must be finite)",
+                        at / (h * w),
+                        at % (h * w) / w,
+                        at % w,
+                        image[at]
+                    ))
+                });
+                bad_input.or_else(|| check_output("logits", row, &[classes]).err())
+            })
+            .collect())
     }
 
     /// Runs a batch and returns the logits and the four stage outputs (for backbone use).
@@ -281,11 +382,16 @@ impl Session {
     pub fn features_slice(&mut self, input: &[f32], shape: &[usize]) -> Result<Features> {
         let [n, _, h, w] = self.model.limits().check_input(self.model.network(), shape)?;
         self.ensure_plan(n, h, w)?;
-        self.check_memory(&self.plans[&(n, h, w)], true)?;
+        check_memory(&self.model, self.workers, self.plans.get((n, h, w)), true)?;
         let mut logits = Tensor::zeros(vec![n, self.model.network().num_classes]);
         let shape = self.check_slices(input, shape, logits.data())?;
+        check_finite(input, shape)?;
         let mut stages = Vec::with_capacity(4);
         self.forward(input, shape, logits.data_mut(), Some(&mut stages), None)?;
+        check_output("logits", logits.data(), logits.shape())?;
+        for (s, stage) in stages.iter().enumerate() {
+            check_output(&format!("stage {} output", s + 1), stage.data(), stage.shape())?;
+        }
         Ok(Features { logits, stages: stages.try_into().expect("four stages") })
     }
 
@@ -311,8 +417,9 @@ impl Session {
         let classes = self.model.network().num_classes;
         let mut logits = vec![0f32; n * classes];
         let layers = self.model.network().layers.len();
+        check_finite(input.data(), [n, 3, h, w])?;
         let mut profile = Profile {
-            plan: self.plans[&(n, h, w)].clone(),
+            plan: self.plans.get((n, h, w)).clone(),
             layers: vec![Vec::with_capacity(repeats); layers],
             head: Vec::with_capacity(repeats),
             total: Vec::with_capacity(repeats),
@@ -322,6 +429,7 @@ impl Session {
             let start = Instant::now();
             self.forward(input.data(), [n, 3, h, w], &mut logits, None, Some(&mut times))?;
             profile.total.push(start.elapsed());
+            check_output("logits", &logits, &[n, classes])?;
             for (l, t) in times[..layers].iter().enumerate() {
                 profile.layers[l].push(*t);
             }
@@ -334,11 +442,11 @@ impl Session {
     pub fn plan(&mut self, n: usize, h: usize, w: usize) -> Result<&Plan> {
         self.model.limits().check_input(self.model.network(), &[n, 3, h, w])?;
         self.ensure_plan(n, h, w)?;
-        Ok(&self.plans[&(n, h, w)])
+        Ok(self.plans.get((n, h, w)))
     }
 
     fn ensure_plan(&mut self, n: usize, h: usize, w: usize) -> Result<()> {
-        if self.plans.contains_key(&(n, h, w)) {
+        if self.plans.contains((n, h, w)) {
             return Ok(());
         }
         let network = self.model.network();
@@ -356,31 +464,12 @@ impl Session {
 
     /// Checks the memory limits, grows the arena and prepares the weights for `plan`.
     fn reserve(&mut self, plan: &Plan) -> Result<()> {
-        self.check_memory(plan, false)?;
+        check_memory(&self.model, self.workers, plan, false)?;
         for lp in &plan.layers {
             self.model.prepare(lp.index, lp.algo)?;
         }
         self.arena.reserve(plan, self.workers);
         Ok(())
-    }
-
-    /// Checks a request of `plan` (with the stage outputs if `features`) against
-    /// [`Limits::max_arena_bytes`](crate::Limits::max_arena_bytes).
-    fn check_memory(&self, plan: &Plan, features: bool) -> Result<()> {
-        let limit = self.model.limits().max_arena_bytes;
-        let network = self.model.network();
-        let stage_ends = features.then(|| network.stage_ends());
-        match Arena::required_bytes(plan, self.workers, network.num_classes, stage_ends) {
-            Some(bytes) if bytes <= limit => Ok(()),
-            needed => Err(Error::Limit(format!(
-                "input [{}, 3, {}, {}] needs {} of working memory, over the limit of {} MiB",
-                plan.n,
-                plan.h,
-                plan.w,
-                needed.map_or("more than the address space".to_string(), |b| format!("{} MiB", b >> 20)),
-                limit >> 20
-            ))),
-        }
     }
 
     /// Times every applicable algorithm on each layer and keeps the fastest.
@@ -443,9 +532,10 @@ impl Session {
         mut times: Option<&mut Vec<Duration>>,
     ) -> Result<()> {
         let [n, _, h, w] = shape;
-        check_finite(input, shape)?;
         self.ensure_plan(n, h, w)?;
-        let plan = &self.plans[&(n, h, w)];
+        let plan = self.plans.get((n, h, w));
+        // The arena may have been trimmed since this plan was made.
+        self.arena.reserve(plan, self.workers);
         let model = &self.model;
         let network = model.network();
         let stage_ends = network.stage_ends();
@@ -482,11 +572,26 @@ impl Session {
                 t[plan.layers.len()] = start.elapsed();
             }
         });
-        check_output("logits", logits, &[n, network.num_classes])?;
-        for (s, stage) in stages.into_iter().flatten().enumerate() {
-            check_output(&format!("stage {} output", s + 1), stage.data(), stage.shape())?;
-        }
         Ok(())
+    }
+}
+
+/// Checks a request of `plan` (with the stage outputs if `features`) against
+/// [`Limits::max_arena_bytes`](crate::Limits::max_arena_bytes).
+fn check_memory(model: &Model, workers: usize, plan: &Plan, features: bool) -> Result<()> {
+    let limit = model.limits().max_arena_bytes;
+    let network = model.network();
+    let stage_ends = features.then(|| network.stage_ends());
+    match Arena::required_bytes(plan, workers, network.num_classes, stage_ends) {
+        Some(bytes) if bytes <= limit => Ok(()),
+        needed => Err(Error::Limit(format!(
+            "input [{}, 3, {}, {}] needs {} of working memory, over the limit of {} MiB",
+            plan.n,
+            plan.h,
+            plan.w,
+            needed.map_or("more than the address space".to_string(), |b| format!("{} MiB", b >> 20)),
+            limit >> 20
+        ))),
     }
 }
 
@@ -511,10 +616,12 @@ pub(crate) fn check_output(what: &str, data: &[f32], shape: &[usize]) -> Result<
     )))
 }
 
-/// Refuses NaN and infinity in an input, naming the first one: the caller learns which
-/// value was bad, rather than that the logits came out non-finite (where such a value
-/// would end up: the ReLUs keep NaN, and a Winograd transform spreads one over a tile).
-fn check_finite(input: &[f32], [_, c, h, w]: [usize; 4]) -> Result<()> {
+/// Refuses NaN and infinity in an input `[N, C, H, W]`, naming the first one: the caller
+/// learns which value was bad, rather than that the logits came out non-finite (where
+/// such a value would end up: the ReLUs keep NaN, and a Winograd transform spreads one
+/// over a tile). Every run checks its input; a server checks each request with it before
+/// queueing, so that a bad request is refused alone rather than inside a merged batch.
+pub fn check_finite(input: &[f32], [_, c, h, w]: [usize; 4]) -> Result<()> {
     let Some(index) = input.iter().position(|v| !v.is_finite()) else { return Ok(()) };
     let (n, rest) = (index / (c * h * w), index % (c * h * w));
     Err(Error::Input(format!(

@@ -346,3 +346,89 @@ fn outputs_count_against_the_working_memory_limit() {
     }
     assert!(boundary.is_some(), "no size where only the stage outputs exceed the limit");
 }
+
+/// `run_rows` fails only the image whose values are bad: a non-finite input or an input
+/// that overflows inside the network. The other images' logits are the bits they get in
+/// the same batch with the bad image replaced by a benign one, under every algorithm, and
+/// the bits they get alone when the algorithm is fixed (the plan then does not depend on
+/// the batch); with squeeze-excite blocks too, which pool each image on its own.
+#[test]
+fn a_bad_image_fails_alone_and_the_others_keep_their_bits() {
+    let x = |seed: usize, hw: usize| -> Vec<f32> {
+        (0..3 * hw * hw).map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0) - 1.0).collect()
+    };
+    for (arch, hw) in [("A0", 40), ("tiny with SE", 24)] {
+        let spec = if arch == "A0" { ArchSpec::builtin("A0").unwrap() } else { common::tiny_arch(true) };
+        let model = Model::synthetic(spec, 3).unwrap();
+        let classes = model.network().num_classes;
+        let image = 3 * hw * hw;
+        let good = [x(0, hw), x(1, hw), x(2, hw)];
+        // 3e38 everywhere passes the input check and overflows inside the network.
+        for (poison, what) in [(vec![3e38f32; image], "logits["), (x(9, hw), "input[1, 2, 3] is NaN")] {
+            let mut poison = poison;
+            if what.starts_with("input") {
+                poison[(hw + 2) * hw + 3] = f32::NAN;
+            }
+            let batch = |middle: &[f32]| [good[0].as_slice(), middle, good[2].as_slice()].concat();
+            let choices = [
+                AlgoChoice::Auto,
+                AlgoChoice::Force(Algo::Direct),
+                AlgoChoice::Force(Algo::F2),
+                AlgoChoice::Force(Algo::F4),
+                AlgoChoice::Force(Algo::F6),
+            ];
+            for algo in choices {
+                let mut session = model.session(SessionOptions { threads: 2, algo, ..Default::default() }).unwrap();
+                let mut poisoned = vec![0f32; 3 * classes];
+                let rows = session.run_rows(&batch(&poison), &[3, 3, hw, hw], &mut poisoned).unwrap();
+                let e = rows[1].as_ref().unwrap_or_else(|| panic!("{arch} {algo:?}: the bad image passed"));
+                assert!(e.to_string().contains(what), "{arch} {algo:?}: {e}");
+                assert!(rows[0].is_none() && rows[2].is_none(), "{arch} {algo:?}: {rows:?}");
+                let mut benign = vec![0f32; 3 * classes];
+                let rows = session.run_rows(&batch(&good[1]), &[3, 3, hw, hw], &mut benign).unwrap();
+                assert!(rows.iter().all(Option::is_none));
+                for i in [0, 2] {
+                    let row = |l: &[f32]| l[i * classes..(i + 1) * classes].to_vec();
+                    assert_eq!(row(&poisoned), row(&benign), "{arch} {algo:?} image {i}");
+                    if algo != AlgoChoice::Auto {
+                        let mut alone = vec![0f32; classes];
+                        session.run_slice(&good[i], &[1, 3, hw, hw], &mut alone).unwrap();
+                        assert_eq!(row(&poisoned), alone, "{arch} {algo:?} image {i} against itself alone");
+                    }
+                }
+                // The whole-batch entry point still refuses the batch.
+                let err = session.run_slice(&batch(&poison), &[3, 3, hw, hw], &mut poisoned).unwrap_err();
+                assert!(matches!(err.kind(), ErrorKind::Numeric | ErrorKind::Input), "{err}");
+            }
+        }
+    }
+}
+
+/// The plan cache holds at most `MAX_CACHED_PLANS` sizes, and `trim_arena` gives back the
+/// memory of an oversized run, which the next run of a usual size does not need.
+#[test]
+fn plans_are_bounded_and_an_oversized_arena_is_given_back() {
+    let model = Model::synthetic(common::tiny_arch(false), 0).unwrap();
+    let mut session = model.session(SessionOptions { threads: 1, ..Default::default() }).unwrap();
+    let run = |session: &mut repvgg_runtime::Session, h: usize, w: usize| {
+        let mut logits = vec![0f32; model.network().num_classes];
+        session.run_slice(&vec![0.5; 3 * h * w], &[1, 3, h, w], &mut logits).unwrap();
+        logits
+    };
+    let usual = run(&mut session, 16, 16);
+    let steady = session.arena_bytes();
+    for size in 0..3 * repvgg_runtime::MAX_CACHED_PLANS {
+        run(&mut session, 8 + size % 40, 8 + size / 40);
+        assert!(session.cached_plans() <= repvgg_runtime::MAX_CACHED_PLANS);
+    }
+    assert_eq!(session.cached_plans(), repvgg_runtime::MAX_CACHED_PLANS);
+    session.trim_arena(steady);
+    run(&mut session, 160, 160);
+    assert!(session.arena_bytes() > 4 * steady);
+    session.trim_arena(steady);
+    assert_eq!(session.arena_bytes(), 0, "above the steady size, the arena is given back");
+    assert_eq!(run(&mut session, 16, 16), usual, "a trimmed session allocates again and runs the same");
+    assert_eq!(session.arena_bytes(), steady);
+    session.trim_arena(steady);
+    assert_eq!(session.arena_bytes(), steady, "at the steady size, nothing is given back");
+}
