@@ -56,8 +56,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
     /// Largest request body or gRPC message, in bytes.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = repvgg_serve::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Most bytes of requests held at once (bodies being read, parsed tensors, queued
+    /// images; HTTP and gRPC together); past it requests are refused with 503 /
+    /// RESOURCE_EXHAUSTED (default: 2 x (max queue x a 224x224 image + max body bytes)).
+    #[arg(long)]
+    max_inflight_bytes: Option<usize>,
     /// Threads decoding images (default: one per core).
     #[arg(long)]
     decode_threads: Option<usize>,
@@ -89,6 +94,8 @@ impl ServeArgs {
             (Some(s), Some(t)) => (s, t),
         };
         let max_batch = self.max_batch.unwrap_or(defaults.max_batch);
+        let max_queue_images =
+            self.max_queue.unwrap_or_else(|| repvgg_serve::default_max_queue_images(streams, max_batch));
         Ok(Config {
             model_name: self.model_name.clone().unwrap_or_else(|| self.default_name()),
             host: self.host,
@@ -98,11 +105,12 @@ impl ServeArgs {
             threads_per_stream: threads,
             max_batch,
             max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
-            max_queue_images: self
-                .max_queue
-                .unwrap_or_else(|| repvgg_serve::default_max_queue_images(streams, max_batch)),
+            max_queue_images,
             timeout: Duration::from_millis(self.timeout_ms),
             max_body_bytes: self.max_body_bytes,
+            max_inflight_bytes: self
+                .max_inflight_bytes
+                .unwrap_or_else(|| repvgg_serve::default_max_inflight_bytes(max_queue_images, self.max_body_bytes)),
             decode_threads: self.decode_threads.unwrap_or(defaults.decode_threads),
             io_threads: self.io_threads.unwrap_or(defaults.io_threads),
             warmup: self.warmup.clone(),

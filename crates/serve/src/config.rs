@@ -35,6 +35,11 @@ pub struct Config {
     pub timeout: Duration,
     /// Largest request body (HTTP) or message (gRPC), in bytes.
     pub max_body_bytes: usize,
+    /// Most bytes of requests held at once, server-wide: bodies being read, parsed
+    /// tensors, decoded images and queued inputs, over HTTP and gRPC together. A request
+    /// that would pass it is refused at once (HTTP 503, gRPC `RESOURCE_EXHAUSTED`) before
+    /// more of it is read. Must hold at least one largest body.
+    pub max_inflight_bytes: usize,
     /// Threads decoding images (a rayon pool of their own).
     pub decode_threads: usize,
     /// Threads of the async runtime that handles connections and parsing.
@@ -80,7 +85,11 @@ impl Default for Config {
             max_queue_delay: Duration::ZERO,
             max_queue_images: default_max_queue_images(streams, DEFAULT_MAX_BATCH),
             timeout: Duration::from_secs(30),
-            max_body_bytes: 64 << 20,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_inflight_bytes: default_max_inflight_bytes(
+                default_max_queue_images(streams, DEFAULT_MAX_BATCH),
+                DEFAULT_MAX_BODY_BYTES,
+            ),
             decode_threads: cores,
             io_threads: cores.min(4),
             warmup: vec![(224, 224)],
@@ -90,6 +99,21 @@ impl Default for Config {
             handle_signals: false,
         }
     }
+}
+
+/// Default [`Config::max_body_bytes`]: a batch of 16 images of 1024x1024 in FP32 (and
+/// 110 of 224x224).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+
+/// Bytes of one 224x224 FP32 image, the size the queue's default is counted in.
+const IMAGE_224_BYTES: usize = 3 * 224 * 224 * 4;
+
+/// Default [`Config::max_inflight_bytes`]: a full queue of 224x224 images twice over (as
+/// received and as queued) plus two largest bodies (one being read while one is parsed),
+/// so that a largest request is taken even while the queue is full of ordinary ones. With
+/// the other defaults (64 queued images, 64 MiB bodies) that is 205 MB.
+pub fn default_max_inflight_bytes(max_queue_images: usize, max_body_bytes: usize) -> usize {
+    max_queue_images.saturating_mul(2 * IMAGE_224_BYTES).saturating_add(max_body_bytes.saturating_mul(2))
 }
 
 /// Default [`Config::max_queue_images`]: four full batches per stream (saturating, so that
@@ -137,6 +161,12 @@ impl Config {
         }
         if self.max_body_bytes < 1024 || self.max_body_bytes > 4 << 30 {
             return bad("max body size must be between 1 KiB and 4 GiB".into());
+        }
+        if self.max_inflight_bytes < self.max_body_bytes {
+            return bad(format!(
+                "max in-flight bytes ({}) must hold at least one largest body ({} bytes)",
+                self.max_inflight_bytes, self.max_body_bytes
+            ));
         }
         if self.decode_threads == 0 || self.decode_threads > MAX_WORKERS || self.io_threads == 0 || self.io_threads > 64
         {

@@ -29,6 +29,10 @@ pub enum Error {
     /// (HTTP 503, gRPC UNAVAILABLE). The client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The server-wide budget of request bytes in flight cannot hold this request now
+    /// (HTTP 503, gRPC RESOURCE_EXHAUSTED). The client may retry.
+    #[error("{0}")]
+    Overloaded(String),
     /// The request's deadline passed before a stream took it (HTTP 503, gRPC UNAVAILABLE).
     #[error("{0}")]
     Timeout(String),
@@ -46,7 +50,7 @@ impl Error {
             Error::BadRequest(_) => 400,
             Error::NotFound(_) => 404,
             Error::TooLarge(_) => 413,
-            Error::Unavailable(_) | Error::Timeout(_) => 503,
+            Error::Unavailable(_) | Error::Timeout(_) | Error::Overloaded(_) => 503,
             Error::Model(e) => runtime_status(e),
             Error::Config(_) | Error::Bind { .. } | Error::Start { .. } | Error::Internal(_) => 500,
         }
@@ -54,6 +58,9 @@ impl Error {
 
     /// The gRPC status code the error is answered with.
     pub fn grpc_code(&self) -> tonic::Code {
+        if let Error::Overloaded(_) = self {
+            return tonic::Code::ResourceExhausted;
+        }
         match self.http_status() {
             400 => tonic::Code::InvalidArgument,
             404 => tonic::Code::NotFound,
@@ -67,7 +74,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::BadRequest(_) | Error::NotFound(_) | Error::TooLarge(_) => "invalid",
-            Error::Unavailable(_) => "rejected",
+            Error::Unavailable(_) | Error::Overloaded(_) => "rejected",
             Error::Timeout(_) => "timeout",
             Error::Model(e) if runtime_status(e) == 400 => "invalid",
             _ => "internal",
@@ -88,11 +95,21 @@ impl Error {
         }
     }
 
-    /// The same failure for each request of a batch (runtime errors are not `Clone`).
+    /// A runtime failure as a request's answer (runtime errors are not `Clone`; a batch's
+    /// failure is answered to each of its requests).
     pub(crate) fn from_runtime(e: &repvgg_runtime::Error) -> Error {
         match runtime_status(e) {
             400 => Error::BadRequest(e.to_string()),
             _ => Error::Internal(e.to_string()),
+        }
+    }
+
+    /// The same error, said of image `i` of a request of several.
+    pub(crate) fn in_image(self, i: usize) -> Error {
+        match self {
+            Error::BadRequest(m) => Error::BadRequest(format!("image {i}: {m}")),
+            Error::Internal(m) => Error::Internal(format!("image {i}: {m}")),
+            other => other,
         }
     }
 }

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
+use crate::budget::Reservation;
 use crate::error::{Error, Result};
 use crate::grpc;
 use crate::json::{self, TensorData};
@@ -175,16 +176,23 @@ async fn metrics(State(s): Shared) -> Response {
 async fn infer(State(s): Shared, Path(p): Path<ModelPath>, headers: HeaderMap, body: Body) -> Result<Response> {
     s.find(&p.name, p.version.as_deref())?;
     let start = std::time::Instant::now();
+    let mut body = BodyReader::new(body, s.config.max_body_bytes, s.budget.empty());
     let received = match s.admits() {
-        Ok(()) => read_infer(&s, &headers, body).await,
+        Ok(()) => read_infer(&s, &headers, &mut body).await,
+        Err(e) => Err(e),
+    };
+    let mut received = match received {
+        Ok(received) => received,
         Err(e) => {
-            // Read the body without keeping it, so the client (which is still sending)
-            // gets the 503 instead of a reset connection.
-            let _ = BodyReader::new(body, s.config.max_body_bytes).rest().await;
-            Err(e)
+            if matches!(e, Error::Unavailable(_) | Error::Overloaded(_)) {
+                // Read the rest of the body without keeping it, so the client (which is
+                // still sending) gets the 503 instead of a reset connection.
+                body.discard_rest().await;
+            }
+            s.refused("http", start, &e);
+            return Err(e);
         }
     };
-    let mut received = received.inspect_err(|e| s.refused("http", start, e))?;
     let id = std::mem::take(&mut received.id);
     let outputs = s.infer("http", &id, received.request()).await?;
     Ok(encode_infer(&s, &id, outputs, &received.binary_out))
@@ -202,18 +210,22 @@ fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
         .transpose()
 }
 
-/// A body read frame by frame as it arrives, refused once it passes `limit` bytes.
+/// A body read frame by frame as it arrives, refused once it passes `limit` bytes or the
+/// in-flight budget cannot hold what has arrived.
 struct BodyReader {
     body: Body,
     limit: usize,
     seen: usize,
     /// What is left of the last frame.
     pending: Bytes,
+    /// The budget's hold on the body: reserved up front for a declared length, else
+    /// grown frame by frame before a frame is kept.
+    held: Reservation,
 }
 
 impl BodyReader {
-    fn new(body: Body, limit: usize) -> BodyReader {
-        BodyReader { body, limit, seen: 0, pending: Bytes::new() }
+    fn new(body: Body, limit: usize, held: Reservation) -> BodyReader {
+        BodyReader { body, limit, seen: 0, pending: Bytes::new(), held }
     }
 
     /// The next bytes of the body, or `None` at its end.
@@ -229,6 +241,7 @@ impl BodyReader {
                 if self.seen > self.limit {
                     return Err(too_large(self.limit));
                 }
+                self.held.ensure(self.seen)?;
                 if !data.is_empty() {
                     return Ok(Some(data));
                 }
@@ -260,6 +273,22 @@ impl BodyReader {
         }
         Ok(n)
     }
+
+    /// Reads and drops the rest of the body (up to the limit) without holding any of it
+    /// against the budget, for a request refused before its body was read.
+    async fn discard_rest(&mut self) {
+        use http_body_util::BodyExt as _;
+        self.held.shrink_to(0);
+        self.pending = Bytes::new();
+        while let Some(Ok(frame)) = self.body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                self.seen += data.len();
+                if self.seen > self.limit {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn too_large(limit: usize) -> Error {
@@ -276,6 +305,16 @@ enum Part {
     Bytes(Vec<u8>),
 }
 
+impl Part {
+    /// Bytes of memory the part holds.
+    fn bytes(&self) -> usize {
+        match self {
+            Part::Numbers(v) | Part::Floats(v) => 4 * v.capacity(),
+            Part::Bytes(b) => b.capacity(),
+        }
+    }
+}
+
 /// An inference request read from its body: the JSON header and each input's data.
 struct Received {
     inputs: Vec<(json::InferInput, Part)>,
@@ -284,6 +323,8 @@ struct Received {
     binary_out: Vec<bool>,
     id: String,
     timeout_us: Option<i64>,
+    /// The budget's hold on the inputs' data, handed to the request.
+    held: Reservation,
 }
 
 impl Received {
@@ -302,7 +343,8 @@ impl Received {
                 },
             })
             .collect();
-        service::Request { inputs, outputs: std::mem::take(&mut self.outputs), timeout_us: self.timeout_us }
+        let held = self.held.take();
+        service::Request { inputs, outputs: std::mem::take(&mut self.outputs), timeout_us: self.timeout_us, held }
     }
 }
 
@@ -310,11 +352,15 @@ impl Received {
 /// extension, each input's bytes in the order the header declares them. FP32 tensors
 /// become floats piece by piece as they arrive, so the one copy they need overlaps the
 /// transfer of the rest (measured in the README's log).
-async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Received> {
+async fn read_infer(s: &Service, headers: &HeaderMap, body: &mut BodyReader) -> Result<Received> {
     let limit = s.config.max_body_bytes;
     let declared = header_number(headers, header::CONTENT_LENGTH.as_str())?;
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large(limit));
+    }
+    // A declared body is held against the budget before any of it is read.
+    if let Some(len) = declared {
+        body.held.ensure(len as usize)?;
     }
     if let Some(enc) = headers.get(header::CONTENT_ENCODING).filter(|v| v.as_bytes() != b"identity") {
         return Err(Error::BadRequest(format!(
@@ -323,7 +369,6 @@ async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Rece
         )));
     }
     let header_len = header_number(headers, HEADER_LENGTH)?;
-    let mut body = BodyReader::new(body, limit);
     // Without the extension's header the whole body is JSON.
     let want = header_len.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     let mut head = Vec::new();
@@ -333,6 +378,10 @@ async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Rece
     }
     let request: json::InferRequest = serde_json::from_slice(&head)
         .map_err(|e| Error::BadRequest(format!("malformed inference request JSON: {e}")))?;
+    // JSON numbers parse into up to twice the bytes of their text (four per value from as
+    // few as two characters): held on top of the body until the text is dropped.
+    let numbers: usize = request.inputs.iter().map(|i| i.data.as_ref().map_or(0, TensorData::bytes)).sum();
+    body.held.ensure(body.seen.max(declared.unwrap_or(0) as usize) + numbers)?;
     let bad = Error::BadRequest;
     // What the body can still hold: the parts together reserve no more, whatever their
     // sizes declare.
@@ -367,7 +416,17 @@ async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Rece
                 }
                 part
             }
-            (None, Some(TensorData::Numbers(v))) => Part::Numbers(v),
+            (None, Some(TensorData::Numbers { values, nesting })) => {
+                // Flat data in row-major order is the protocol's own form; nested data must
+                // nest as the shape says.
+                if nesting.len() > 1 && !nesting.iter().map(|&d| d as i64).eq(input.shape.iter().copied()) {
+                    return Err(bad(format!(
+                        "input {:?} nests its data as {nesting:?} but declares shape {:?}",
+                        input.name, input.shape
+                    )));
+                }
+                Part::Numbers(values)
+            }
             (None, Some(TensorData::Strings(count))) => {
                 return Err(bad(format!(
                     "input {:?} has {count} JSON strings; send images with the binary tensor data extension",
@@ -394,7 +453,11 @@ async fn read_infer(s: &Service, headers: &HeaderMap, body: Body) -> Result<Rece
         binary_out.push(all_binary);
     }
     let timeout_us = json::int_param(&request.parameters, "timeout").map_err(bad)?;
-    Ok(Received { inputs, outputs, binary_out, id: request.id.unwrap_or_default(), timeout_us })
+    // The JSON text is dropped here; what stays is the inputs' data.
+    let kept = inputs.iter().map(|(_, part)| part.bytes()).sum();
+    let mut held = body.held.take();
+    held.shrink_to(kept);
+    Ok(Received { inputs, outputs, binary_out, id: request.id.unwrap_or_default(), timeout_us, held })
 }
 
 /// Little-endian FP32 values assembled from pieces of any length (a value may straddle two).

@@ -18,6 +18,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod budget;
 mod config;
 mod error;
 mod grpc;
@@ -36,7 +37,10 @@ use repvgg_runtime::Model;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{Config, MAX_QUEUE_IMAGES, MAX_WORKERS, default_max_queue_images, default_streams};
+pub use config::{
+    Config, DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_IMAGES, MAX_WORKERS, default_max_inflight_bytes,
+    default_max_queue_images, default_streams,
+};
 pub use error::{Error, Result};
 pub use grpc::inference as proto;
 pub use log::Level;
@@ -49,6 +53,12 @@ pub const GRPC_WINDOW: u32 = 8 << 20;
 /// client can send a 224x224 tensor (588 KiB) in one frame: one write and a few reads
 /// instead of 37 writes and 75 reads.
 pub const GRPC_MAX_FRAME: u32 = 1 << 20;
+
+/// Concurrent gRPC streams a connection may open (advertised in HTTP/2's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`): the floor RFC 9113 recommends. Each stream's
+/// message is held against the in-flight budget as it arrives, so this bounds the streams
+/// one connection keeps open, not the memory.
+pub const GRPC_MAX_STREAMS: u32 = 100;
 
 /// A running server. Dropping it without [`Server::shutdown`] stops it abruptly.
 pub struct Server {
@@ -127,6 +137,7 @@ impl Server {
                     .initial_stream_window_size(Some(GRPC_WINDOW))
                     .initial_connection_window_size(Some(4 * GRPC_WINDOW))
                     .max_frame_size(Some(GRPC_MAX_FRAME))
+                    .max_concurrent_streams(Some(GRPC_MAX_STREAMS))
                     .add_service(grpc)
                     .serve_with_incoming_shutdown(incoming, grpc_stop)
                     .await

@@ -65,6 +65,10 @@ pub struct Metrics {
     queued_requests: AtomicU64,
     queued_images: AtomicU64,
     in_flight: AtomicU64,
+    inflight_bytes: AtomicU64,
+    inflight_limit: AtomicU64,
+    inflight_refused: AtomicU64,
+    arena_bytes: AtomicU64,
     request_seconds: Histogram,
     queue_seconds: Histogram,
     compute_seconds: Histogram,
@@ -82,6 +86,10 @@ impl Metrics {
             queued_requests: AtomicU64::new(0),
             queued_images: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            inflight_bytes: AtomicU64::new(0),
+            inflight_limit: AtomicU64::new(0),
+            inflight_refused: AtomicU64::new(0),
+            arena_bytes: AtomicU64::new(0),
             request_seconds: Histogram::new(&SECONDS),
             queue_seconds: Histogram::new(&SECONDS),
             compute_seconds: Histogram::new(&SECONDS),
@@ -120,6 +128,25 @@ impl Metrics {
 
     pub fn in_flight(&self, delta: i64) {
         add_signed(&self.in_flight, delta);
+    }
+
+    /// Bytes reserved against the in-flight budget change by `delta`.
+    pub fn inflight_bytes(&self, delta: i64) {
+        add_signed(&self.inflight_bytes, delta);
+    }
+
+    pub fn inflight_limit(&self, bytes: usize) {
+        self.inflight_limit.store(bytes as u64, Relaxed);
+    }
+
+    /// The working memory the streams' sessions hold changes by `delta` bytes.
+    pub fn arena_changed(&self, delta: i64) {
+        add_signed(&self.arena_bytes, delta);
+    }
+
+    /// A reservation was refused because the budget was full.
+    pub fn inflight_refused(&self) {
+        self.inflight_refused.fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -173,6 +200,30 @@ impl Metrics {
             "Inference requests received and not yet answered.",
             "gauge",
             &[(labels.clone(), self.in_flight.load(Relaxed))],
+        );
+        counter(
+            "repvgg_inflight_bytes",
+            "Bytes of requests held (bodies, parsed tensors, queued images) against the in-flight budget.",
+            "gauge",
+            &[(labels.clone(), self.inflight_bytes.load(Relaxed))],
+        );
+        counter(
+            "repvgg_inflight_limit_bytes",
+            "The in-flight budget (--max-inflight-bytes).",
+            "gauge",
+            &[(labels.clone(), self.inflight_limit.load(Relaxed))],
+        );
+        counter(
+            "repvgg_inflight_refused_total",
+            "Reservations refused because the in-flight budget was full.",
+            "counter",
+            &[(labels.clone(), self.inflight_refused.load(Relaxed))],
+        );
+        counter(
+            "repvgg_arena_bytes",
+            "Working memory the inference streams' sessions hold between batches.",
+            "gauge",
+            &[(labels.clone(), self.arena_bytes.load(Relaxed))],
         );
         self.request_seconds.render(
             &mut out,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use repvgg_runtime::{Model, SessionOptions};
 use tokio::sync::oneshot;
 
+use crate::budget::Reservation;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::{self, Level};
@@ -30,6 +31,9 @@ pub struct Job {
     pub deadline: Instant,
     pub reply: oneshot::Sender<Result<Done>>,
     arrived: Instant,
+    /// The in-flight budget's hold on `input` (and whatever the transport still keeps of
+    /// the request), given back when the job is dropped after its answer.
+    _held: Reservation,
 }
 
 impl Job {
@@ -39,9 +43,10 @@ impl Job {
         h: usize,
         w: usize,
         deadline: Instant,
+        held: Reservation,
     ) -> (Job, oneshot::Receiver<Result<Done>>) {
         let (reply, rx) = oneshot::channel();
-        (Job { input, n, h, w, deadline, reply, arrived: Instant::now() }, rx)
+        (Job { input, n, h, w, deadline, reply, arrived: Instant::now(), _held: held }, rx)
     }
 }
 
@@ -112,11 +117,17 @@ impl Scheduler {
                 let input = vec![0f32; 3 * h * w];
                 let mut logits = vec![0f32; shared.classes];
                 session.run_slice(&input, &[1, 3, h, w], &mut logits)?;
+                // Plan full batches too, so that the arena kept between requests fits them.
+                session.plan(config.max_batch, h, w)?;
             }
+            let steady = Steady {
+                arena_bytes: session.arena_bytes(),
+                input_floats: config.warmup.iter().map(|&(h, w)| config.max_batch * 3 * h * w).max().unwrap_or(0),
+            };
             let shared = shared.clone();
             let stream = std::thread::Builder::new()
                 .name(format!("repvgg-stream-{index}"))
-                .spawn(move || run_stream(&shared, &mut session))
+                .spawn(move || run_stream(&shared, &mut session, steady))
                 .map_err(|source| Error::Start { what: "an inference stream", source });
             match stream {
                 Ok(handle) => scheduler.streams.lock().unwrap_or_else(|p| p.into_inner()).push(handle),
@@ -183,9 +194,20 @@ pub fn shutting_down() -> Error {
     Error::Unavailable("the server is shutting down".into())
 }
 
-fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session) {
+/// What a stream keeps between batches: the arena and merge buffer its warm-up sizes need
+/// at full batches. A larger request grows them for its own run, and they are given back
+/// after it, so that one oversized request does not hold its memory for the server's life.
+#[derive(Clone, Copy)]
+struct Steady {
+    arena_bytes: usize,
+    input_floats: usize,
+}
+
+fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session, steady: Steady) {
     let mut input = Vec::new();
     let mut logits = Vec::new();
+    let mut arena = session.arena_bytes();
+    shared.metrics.arena_changed(arena as i64);
     while let Some(batch) = next_batch(shared) {
         let started = Instant::now();
         let images: usize = batch.iter().map(|j| j.n).sum();
@@ -199,7 +221,7 @@ fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session) {
         }
         logits.resize(images * shared.classes, 0.0);
         let data = if single { &batch[0].input } else { &input };
-        let result = session.run_slice(data, &[images, 3, h, w], &mut logits);
+        let result = session.run_rows(data, &[images, 3, h, w], &mut logits);
         let compute = started.elapsed();
         shared.metrics.batch_ran(images, compute);
         log::event(Level::Debug, "batch", |f| {
@@ -208,23 +230,83 @@ fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session) {
             f.insert("size".into(), format!("{h}x{w}").into());
             f.insert("compute_us".into(), (compute.as_micros() as u64).into());
         });
-        let mut row = 0;
-        for job in batch {
-            let rows = job.n * shared.classes;
-            let reply = match &result {
-                Ok(()) => Ok(Done {
-                    logits: logits[row..row + rows].to_vec(),
-                    queue: started.saturating_duration_since(job.arrived),
-                    compute,
-                    batch: images,
-                }),
-                Err(e) => Err(Error::from_runtime(e)),
-            };
-            row += rows;
+        let replies: Vec<(Job, Result<Done>)> = match result {
+            Ok(rows) => {
+                let mut row = 0;
+                batch
+                    .into_iter()
+                    .map(|job| {
+                        let reply = answer(&logits, &rows, row, &job, shared.classes, started, compute, images);
+                        row += job.n;
+                        (job, reply)
+                    })
+                    .collect()
+            }
+            // A failure of the merged batch as a whole (its working memory over the limit,
+            // where each request alone fits): run the requests one by one, so that each
+            // gets its own answer.
+            Err(_) if !single => batch
+                .into_iter()
+                .map(|job| {
+                    let reply = run_alone(shared, session, &job, started);
+                    (job, reply)
+                })
+                .collect(),
+            Err(e) => batch.into_iter().map(|job| (job, Err(Error::from_runtime(&e)))).collect(),
+        };
+        // Memory beyond the steady size is given back before the answers go, so that a
+        // client that got its answer sees the server at its steady size.
+        session.trim_arena(steady.arena_bytes);
+        let now = session.arena_bytes();
+        shared.metrics.arena_changed(now as i64 - arena as i64);
+        arena = now;
+        if input.capacity() > steady.input_floats {
+            input = Vec::new();
+        }
+        if logits.capacity() > 4 * shared.classes * shared.max_batch {
+            logits = Vec::new();
+        }
+        for (job, reply) in replies {
             // The client may have gone meanwhile; nothing to do then.
             let _ = job.reply.send(reply);
         }
     }
+}
+
+/// The answer of the job whose images are rows `row..row + job.n` of a batch that ran:
+/// its logits, or the error of its first failing image (numbered within the request).
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    logits: &[f32],
+    rows: &[Option<repvgg_runtime::Error>],
+    row: usize,
+    job: &Job,
+    classes: usize,
+    started: Instant,
+    compute: Duration,
+    images: usize,
+) -> Result<Done> {
+    if let Some((i, e)) = rows[row..row + job.n].iter().enumerate().find_map(|(i, e)| e.as_ref().map(|e| (i, e))) {
+        let e = Error::from_runtime(e);
+        return Err(if job.n == 1 { e } else { e.in_image(i) });
+    }
+    Ok(Done {
+        logits: logits[row * classes..(row + job.n) * classes].to_vec(),
+        queue: started.saturating_duration_since(job.arrived),
+        compute,
+        batch: images,
+    })
+}
+
+/// Runs one job by itself (after its merged batch failed as a whole).
+fn run_alone(shared: &Shared, session: &mut repvgg_runtime::Session, job: &Job, started: Instant) -> Result<Done> {
+    let mut logits = vec![0f32; job.n * shared.classes];
+    let begun = Instant::now();
+    let rows =
+        session.run_rows(&job.input, &[job.n, 3, job.h, job.w], &mut logits).map_err(|e| Error::from_runtime(&e))?;
+    let compute = begun.elapsed();
+    shared.metrics.batch_ran(job.n, compute);
+    answer(&logits, &rows, 0, job, shared.classes, started, compute, job.n)
 }
 
 /// The next batch to run, or `None` once the queue is closed and empty.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use repvgg_runtime::Model;
 
+use crate::budget::{Budget, Reservation};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::{self, Level};
@@ -57,6 +58,9 @@ pub struct OutputRequest {
 
 pub struct Request<'a> {
     pub inputs: Vec<Input<'a>>,
+    /// The in-flight budget's hold on the request's data as the transport received it;
+    /// it grows as the data is converted and goes with the tensor into the queue.
+    pub held: Reservation,
     /// Empty: every output, as data.
     pub outputs: Vec<OutputRequest>,
     /// The request's `timeout` parameter, in microseconds.
@@ -94,6 +98,8 @@ pub struct Service {
     scheduler: Scheduler,
     decoders: rayon::ThreadPool,
     pub metrics: Arc<Metrics>,
+    /// Request bytes in flight, server-wide.
+    pub budget: Arc<Budget>,
     ready: AtomicBool,
 }
 
@@ -108,7 +114,9 @@ impl Service {
             .map_err(|e| Error::Start { what: "the image decoding pool", source: std::io::Error::other(e) })?;
         let classes = model.network().num_classes;
         let labels = repvgg_imagenet::labels();
+        let budget = Budget::new(config.max_inflight_bytes, metrics.clone());
         Ok(Service {
+            budget,
             name: config.model_name.clone(),
             classes,
             labels: (labels.len() == classes).then_some(labels),
@@ -193,7 +201,12 @@ impl Service {
         self.metrics.request_done(elapsed, result.err().map(|e| e.reason()));
         let level = match result {
             Ok(_) => Level::Info,
-            Err(e) if e.http_status() >= 500 && !matches!(e, Error::Unavailable(_) | Error::Timeout(_)) => Level::Error,
+            Err(e)
+                if e.http_status() >= 500
+                    && !matches!(e, Error::Unavailable(_) | Error::Timeout(_) | Error::Overloaded(_)) =>
+            {
+                Level::Error
+            }
             Err(_) => Level::Warn,
         };
         log::event(level, "infer", |f| {
@@ -230,16 +243,17 @@ impl Service {
         })?;
         let outputs = self.check_outputs(&request.outputs)?;
         let deadline = Instant::now() + self.timeout(request.timeout_us)?;
+        let mut held = request.held;
         let (values, n, h, w) = match input.name.as_str() {
-            INPUT => self.tensor_input(input)?,
-            IMAGE => self.image_input(input).await?,
+            INPUT => self.tensor_input(input, &mut held)?,
+            IMAGE => self.image_input(input, &mut held).await?,
             other => {
                 return Err(Error::BadRequest(format!(
                     "unknown input {other:?}; the inputs are {INPUT:?} (FP32 [N, 3, H, W]) and {IMAGE:?} (BYTES [N])"
                 )));
             }
         };
-        let (job, done) = Job::new(values, n, h, w, deadline);
+        let (job, done) = Job::new(values, n, h, w, deadline, held);
         self.scheduler.submit(job)?;
         let done = done.await.map_err(|_| Error::Internal("the inference stream stopped".into()))??;
         Ok(Served {
@@ -283,8 +297,10 @@ impl Service {
             .collect()
     }
 
-    /// Checks a tensor input's datatype and shape against its data, before converting it.
-    fn tensor_input(&self, input: Input<'_>) -> Result<(Vec<f32>, usize, usize, usize)> {
+    /// Checks a tensor input's datatype and shape against its data, before converting it,
+    /// and its values after: a non-finite value is this request's error alone, never that
+    /// of a batch it would have been merged into.
+    fn tensor_input(&self, input: Input<'_>, held: &mut Reservation) -> Result<(Vec<f32>, usize, usize, usize)> {
         if input.datatype != "FP32" {
             return Err(Error::BadRequest(format!("input {INPUT:?} must be FP32, not {}", input.datatype)));
         }
@@ -318,6 +334,8 @@ impl Service {
                 )));
             }
             Data::Raw(bytes) if bytes.len() == 4 * elements => {
+                // The bytes stay with the transport while the floats are queued.
+                held.grow(4 * elements)?;
                 let mut values = Vec::with_capacity(elements);
                 extend_f32_le(&mut values, bytes);
                 values
@@ -327,11 +345,12 @@ impl Service {
             Data::Floats(v) => return Err(wrong_bytes(4 * v.len())),
             Data::Elements(_) => return Err(Error::BadRequest(format!("input {INPUT:?} holds strings; it is FP32"))),
         };
+        repvgg_runtime::check_finite(&values, [n, c, h, w]).map_err(|e| Error::BadRequest(e.to_string()))?;
         Ok((values, n, h, w))
     }
 
     /// Decodes and preprocesses encoded images on the decode pool.
-    async fn image_input(&self, input: Input<'_>) -> Result<(Vec<f32>, usize, usize, usize)> {
+    async fn image_input(&self, input: Input<'_>, held: &mut Reservation) -> Result<(Vec<f32>, usize, usize, usize)> {
         if input.datatype != "BYTES" {
             return Err(Error::BadRequest(format!("input {IMAGE:?} must be BYTES, not {}", input.datatype)));
         }
@@ -341,6 +360,15 @@ impl Service {
             _ => return Err(Error::BadRequest(format!("input {IMAGE:?} must have shape [N], not {:?}", input.shape))),
         };
         self.check_batch(n)?;
+        let side = repvgg_imagenet::CROP as usize;
+        // The encoded copies handed to the decode pool, and the preprocessed images (each
+        // held twice for a moment: decoded, then joined into one tensor).
+        let encoded = match &input.data {
+            Data::Elements(e) => e.iter().map(|b| b.len()).sum(),
+            Data::Raw(raw) => raw.len(),
+            _ => 0,
+        };
+        held.grow(encoded + 2 * n * 3 * side * side * 4)?;
         let elements: Vec<Vec<u8>> = match input.data {
             Data::Elements(e) => e.into_iter().map(<[u8]>::to_vec).collect(),
             Data::Raw(raw) => split_bytes(raw)?.into_iter().map(<[u8]>::to_vec).collect(),
@@ -368,8 +396,10 @@ impl Service {
             .await
             .map_err(|_| Error::Internal("the image decoding pool stopped".into()))?
             .map_err(|e| Error::BadRequest(e.to_string()))?;
-        let side = repvgg_imagenet::CROP as usize;
-        Ok((images.concat(), n, side, side))
+        let tensor = images.concat();
+        drop(images);
+        held.shrink_to(held.bytes().saturating_sub(encoded + n * 3 * side * side * 4));
+        Ok((tensor, n, side, side))
     }
 
     fn check_batch(&self, n: usize) -> Result<()> {

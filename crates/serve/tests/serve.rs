@@ -106,32 +106,9 @@ fn json_binary_and_grpc_answers_are_bit_identical_to_session_run() {
     server.shutdown().unwrap();
 }
 
-fn grpc_logits(server: &Server, input: &[f32], shape: [usize; 4]) -> Vec<f32> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let addr = server.grpc_addr().unwrap();
-    rt.block_on(async {
-        let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
-        let request = proto::ModelInferRequest {
-            model_name: MODEL.into(),
-            id: "g".into(),
-            inputs: vec![InferInputTensor {
-                name: "input".into(),
-                datatype: "FP32".into(),
-                shape: shape.iter().map(|&d| d as i64).collect(),
-                ..Default::default()
-            }],
-            raw_input_contents: vec![input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()],
-            ..Default::default()
-        };
-        let reply = client.model_infer(request).await.unwrap().into_inner();
-        assert_eq!((reply.id.as_str(), reply.outputs[0].name.as_str()), ("g", "logits"));
-        assert_eq!(reply.outputs[0].shape, [shape[0] as i64, 1000]);
-        reply.raw_output_contents[0].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
-    })
-}
-
-/// The HTTP/2 settings the gRPC server opens with: a window and a frame size that let a
-/// 224x224 tensor travel in one frame (what `GRPC_WINDOW` and `GRPC_MAX_FRAME` say).
+/// The HTTP/2 settings the gRPC server opens with: a stream limit, and a window and a
+/// frame size that let a 224x224 tensor travel in one frame (what `GRPC_MAX_STREAMS`,
+/// `GRPC_WINDOW` and `GRPC_MAX_FRAME` say).
 #[test]
 fn grpc_settings_let_a_tensor_travel_in_one_frame() {
     use std::io::{Read as _, Write as _};
@@ -149,7 +126,9 @@ fn grpc_settings_let_a_tensor_travel_in_one_frame() {
         .chunks_exact(6)
         .map(|e| (u16::from_be_bytes([e[0], e[1]]), u32::from_be_bytes([e[2], e[3], e[4], e[5]])))
         .collect();
-    // SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE (RFC 9113, 6.5.2).
+    // SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE
+    // (RFC 9113, 6.5.2).
+    assert_eq!(settings.get(&3), Some(&repvgg_serve::GRPC_MAX_STREAMS), "{settings:?}");
     assert_eq!(settings.get(&4), Some(&repvgg_serve::GRPC_WINDOW), "{settings:?}");
     assert_eq!(settings.get(&5), Some(&repvgg_serve::GRPC_MAX_FRAME), "{settings:?}");
     assert!(repvgg_serve::GRPC_MAX_FRAME as usize >= 4 * 3 * 224 * 224 + 64);
@@ -326,10 +305,6 @@ fn bad_requests_get_their_status_and_message_and_the_server_keeps_serving() {
 /// Batching picks per-layer algorithms by batch size, so a request merged with others can
 /// differ from running it alone by the fast paths' tolerance (the runtime's tests bound it
 /// against the f64 reference); unmerged requests are bit-identical.
-fn close(got: &[f32], want: &[f32]) -> bool {
-    got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-3 * (1.0 + w.abs()))
-}
-
 #[test]
 fn sixty_four_concurrent_clients_each_get_their_own_answer() {
     let server = Arc::new(start(Config { max_queue_images: 512, warmup: vec![(32, 32), (48, 32)], ..config() }));
@@ -374,14 +349,6 @@ fn slow_request(addr: std::net::SocketAddr, id: &str) -> std::thread::JoinHandle
 /// Requests a stream has taken from the queue (to run, or to drop).
 fn taken(server: &Server) -> f64 {
     metric(server, "repvgg_queue_duration_seconds_count")
-}
-
-fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]

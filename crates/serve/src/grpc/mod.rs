@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::budget::Reservation;
 use crate::error::Error;
 use crate::service::{self, Data, Input, OutputData, OutputRequest, Service};
+
+pub mod admission;
 
 /// Code generated from `crates/serve/proto` by `tools/regen-grpc` (no `protoc` needed to build).
 #[allow(clippy::all, missing_docs, unreachable_pub)]
@@ -18,12 +21,16 @@ use inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferen
 use inference::infer_parameter::ParameterChoice;
 use inference::*;
 
-/// The gRPC service over one model service.
-pub fn server(service: Arc<Service>) -> GrpcInferenceServiceServer<Grpc> {
+/// The gRPC service over one model service, behind the in-flight budget and the size
+/// limit ([`admission`]).
+pub fn server(service: Arc<Service>) -> admission::Admitted<GrpcInferenceServiceServer<Grpc>> {
     let limit = service.config.max_body_bytes;
-    GrpcInferenceServiceServer::new(Grpc(service))
+    let budget = service.budget.clone();
+    // Tonic's own limit stays as a backstop; admission refuses larger messages first.
+    let grpc = GrpcInferenceServiceServer::new(Grpc(service))
         .max_decoding_message_size(limit)
-        .max_encoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    admission::Admitted::new(grpc, budget, limit)
 }
 
 /// The model's configuration in Triton's model-configuration schema: the one description
@@ -154,10 +161,13 @@ impl GrpcInferenceService for Grpc {
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let start = std::time::Instant::now();
-        let r = r.into_inner();
         let s = &self.0;
+        // The message's bytes stay held while the request (whose tensors are slices of
+        // them) is served.
+        let held = r.extensions().get::<admission::Ticket>().map_or_else(|| s.budget.empty(), |t| t.take());
+        let r = r.into_inner();
         s.find(&r.model_name, Some(&r.model_version))?;
-        let request = parse_infer(&r).inspect_err(|e| s.refused("grpc", start, e))?;
+        let request = parse_infer(&r, held).inspect_err(|e| s.refused("grpc", start, e))?;
         let served = s.infer("grpc", &r.id, request).await?;
         let mut response = ModelInferResponse {
             model_name: s.name.clone(),
@@ -183,7 +193,7 @@ impl GrpcInferenceService for Grpc {
 }
 
 /// A gRPC request in the transport-neutral form.
-fn parse_infer(r: &ModelInferRequest) -> Result<service::Request<'_>, Error> {
+fn parse_infer(r: &ModelInferRequest, mut held: Reservation) -> Result<service::Request<'_>, Error> {
     let bad = Error::BadRequest;
     if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
         return Err(bad(format!(
@@ -196,7 +206,10 @@ fn parse_infer(r: &ModelInferRequest) -> Result<service::Request<'_>, Error> {
     for (i, input) in r.inputs.iter().enumerate() {
         let data = match (r.raw_input_contents.get(i), &input.contents) {
             (Some(raw), None) => Data::Raw(&raw[..]),
-            (None, Some(c)) if !c.fp32_contents.is_empty() => Data::F32(c.fp32_contents.clone()),
+            (None, Some(c)) if !c.fp32_contents.is_empty() => {
+                held.grow(4 * c.fp32_contents.len())?;
+                Data::F32(c.fp32_contents.clone())
+            }
             (None, Some(c)) if !c.bytes_contents.is_empty() => {
                 Data::Elements(c.bytes_contents.iter().map(Vec::as_slice).collect())
             }
@@ -221,5 +234,5 @@ fn parse_infer(r: &ModelInferRequest) -> Result<service::Request<'_>, Error> {
             .push(OutputRequest { name: o.name.clone(), classification: int_param(&o.parameters, "classification")? });
     }
     let timeout_us = int_param(&r.parameters, "timeout")?;
-    Ok(service::Request { inputs, outputs, timeout_us })
+    Ok(service::Request { inputs, outputs, timeout_us, held })
 }

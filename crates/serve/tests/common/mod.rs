@@ -4,9 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use repvgg_runtime::{Model, Session, SessionOptions, Tensor};
+use repvgg_serve::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use repvgg_serve::proto::{self, model_infer_request::InferInputTensor};
 use repvgg_serve::{Config, Level, Server};
 
 pub const MODEL: &str = "a0";
@@ -214,4 +216,53 @@ pub fn metric(server: &Server, line_prefix: &str) -> f64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Logits within 1e-3 relative of `want` (a merged batch may run another algorithm than
+/// a request alone).
+pub fn close(got: &[f32], want: &[f32]) -> bool {
+    got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-3 * (1.0 + w.abs()))
+}
+
+/// The logits of one gRPC `ModelInfer` of `input`.
+pub fn grpc_logits(server: &Server, input: &[f32], shape: [usize; 4]) -> Vec<f32> {
+    grpc_infer(server, input, shape).unwrap()
+}
+
+/// One gRPC `ModelInfer` of `input` (raw contents) on a connection of its own: the logits,
+/// or the status the server answered.
+pub fn grpc_infer(server: &Server, input: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, tonic::Status> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = server.grpc_addr().unwrap();
+    rt.block_on(async {
+        let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+            .max_encoding_message_size(usize::MAX);
+        let request = proto::ModelInferRequest {
+            model_name: MODEL.into(),
+            id: "g".into(),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: shape.iter().map(|&d| d as i64).collect(),
+                ..Default::default()
+            }],
+            raw_input_contents: vec![input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()],
+            ..Default::default()
+        };
+        let reply = client.model_infer(request).await?.into_inner();
+        assert_eq!((reply.id.as_str(), reply.outputs[0].name.as_str()), ("g", "logits"));
+        assert_eq!(reply.outputs[0].shape, [shape[0] as i64, 1000]);
+        Ok(reply.raw_output_contents[0].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+    })
+}
+
+/// Polls `condition` every 2 ms for up to 30 s.
+pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
