@@ -4,7 +4,7 @@ under 3%).
 
     python benches/python_overhead.py [--rounds 5] [--runs 30]
 
-Needs the `repvgg` package installed (README, "Python") and target/release/repvgg built.
+Needs the `repvgg` package installed (docs/python.md) and target/release/repvgg built.
 Both sides run the same synthetic weights (seed 0) and time whole inferences after a
 warm-up; the Python side's time includes converting nothing (a C-contiguous float32
 array), allocating the logits and releasing and re-taking the GIL.

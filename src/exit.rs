@@ -1,4 +1,4 @@
-//! Exit codes of the `repvgg` CLI, one per error kind (documented in the README).
+//! Exit codes of the `repvgg` CLI, one per error kind (table: docs/hardening.md).
 
 use std::process::ExitCode;
 
@@ -6,8 +6,8 @@ use repvgg::runtime::ErrorKind;
 use repvgg::runtime::error::{file_error_kind, graph_error_kind};
 
 /// Exit status of an error kind: [`ErrorKind::code`]. 1 is reserved for unexpected
-/// failures, 2 for usage errors (clap uses 2 for bad arguments too). The README's table
-/// lists these; a test keeps the two in step.
+/// failures, 2 for usage errors (clap uses 2 for bad arguments too). The table in
+/// docs/hardening.md lists these; a test keeps the two in step.
 pub fn code(kind: ErrorKind) -> ExitCode {
     ExitCode::from(kind.code())
 }
@@ -66,11 +66,11 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 mod tests {
     use super::*;
 
-    /// The README's exit-code table names the same code for every kind.
+    /// The exit-code table in docs/hardening.md names the same code for every kind.
     #[test]
-    fn readme_table_matches_the_codes() {
-        let readme = include_str!("../README.md");
-        let table = readme.split("## Errors and exit codes").nth(1).expect("README has the exit-code table");
+    fn documented_table_matches_the_codes() {
+        let doc = include_str!("../docs/hardening.md");
+        let table = doc.split("## Errors and exit codes").nth(1).expect("docs/hardening.md has the exit-code table");
         let rows = [
             (ErrorKind::Usage, "usage"),
             (ErrorKind::Io, "missing/unreadable file"),
@@ -84,7 +84,7 @@ mod tests {
         ];
         for (kind, label) in rows {
             let row = format!("| {} | {label} |", kind.code());
-            assert!(table.contains(&row), "README lacks `{row}`");
+            assert!(table.contains(&row), "docs/hardening.md lacks `{row}`");
         }
     }
 

@@ -37,7 +37,7 @@ pub struct ServeArgs {
     /// Serve no gRPC.
     #[arg(long)]
     no_grpc: bool,
-    /// Inference streams, each running one batch at a time (default: see the README).
+    /// Inference streams, each running one batch at a time (default: 1 on every core, or cores / --threads-per-stream).
     #[arg(long)]
     streams: Option<usize>,
     /// Worker threads per stream (default: cores / streams).

@@ -5,7 +5,7 @@
  *
  *     usage: run WEIGHTS.safetensors H W [THREADS]
  *
- * Build (README, "C ABI"):
+ * Build (docs/c.md):
  *     cc examples/c/run.c -I crates/capi/include target/release/librepvgg_capi.a \
  *        -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o run
  */

@@ -5,7 +5,7 @@ the Python package scaled past one process (and, on a Ray cluster, past one mach
         [--threads 1] [--batch 16] [--make 256]
 
 `--make N` first writes N synthetic 320x240 PNGs into IMAGES_DIR (no downloads), which
-is how the README's figure was measured. Without `--weights` the workers run RepVGG-A0
+is how the figure in docs/python.md was measured. Without `--weights` the workers run RepVGG-A0
 with synthetic weights (1000 classes), so the labels are meaningless but the work is
 real. Needs `pip install "ray[data]" pillow` beside the repvgg package; not run in CI.
 """

@@ -1,5 +1,5 @@
 """The Python package against the Rust runtime's fixtures (ONNX Runtime's logits) and its
-error classes. Run with pytest after installing the package (README, "Python")."""
+error classes. Run with pytest after installing the package (docs/python.md)."""
 
 from __future__ import annotations
 

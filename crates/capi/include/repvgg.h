@@ -10,7 +10,7 @@
  * or with the shared library: `-L target/release -lrepvgg_capi`.
  *
  * Every function that can fail returns an int status: 0 on success, otherwise the kind
- * of error, numbered as the `repvgg` CLI's exit codes (README, "Errors and exit codes");
+ * of error, numbered as the `repvgg` CLI's exit codes (docs/hardening.md, "Errors and exit codes");
  * 1 is an unexpected internal failure. repvgg_last_error() then gives the one-line
  * message. NULL pointers, short buffers and bad sizes are REPVGG_USAGE, never crashes.
  * A model may be shared by any number of threads; a session is used by one thread at a

@@ -2,7 +2,7 @@
 //! the functions here).
 //!
 //! Every function that can fail returns an `int` status: 0 on success, otherwise the
-//! error kind's number from the README's exit-code table ([`ErrorKind::code`]); 1 is an
+//! error kind's number from the exit-code table in docs/hardening.md ([`ErrorKind::code`]); 1 is an
 //! unexpected failure (a panic, caught here: none crosses the boundary). The failing
 //! call's one-line message is kept per thread for [`repvgg_last_error`]. NULL pointers,
 //! short buffers and bad sizes are usage errors (2), never crashes.

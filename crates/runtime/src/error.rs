@@ -75,8 +75,8 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The kind's stable number: the `repvgg` CLI's exit code and the C ABI's status (the
-    /// README's table). 0 is success, 1 an unexpected failure (no kind).
+    /// The kind's stable number: the `repvgg` CLI's exit code and the C ABI's status (table:
+    /// docs/hardening.md). 0 is success, 1 an unexpected failure (no kind).
     pub fn code(self) -> u8 {
         match self {
             ErrorKind::Usage => 2,

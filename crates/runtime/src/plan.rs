@@ -267,7 +267,8 @@ fn resolve(wanted: Algo, layer: &ConvLayer) -> Algo {
 ///   costs several times an AVX-512 one, so the same stream weighs that much less, and
 ///   1.5 measured slower there.
 ///
-/// The README's log has the measurements.
+/// It is chosen from the vendor and the kernel set, never by timing, so that a plan is the
+/// same on every run on one machine; `--autotune` is there to measure.
 pub fn weight_stream_cost(vendor: crate::cpu::Vendor, isa: Isa) -> f64 {
     use crate::cpu::Vendor;
     match (vendor, isa) {

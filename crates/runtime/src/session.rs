@@ -36,8 +36,9 @@ pub struct SessionOptions {
     pub isa: IsaChoice,
     /// Run the parallel loops on this rayon pool (all its threads; `threads` and `spin`
     /// are then ignored) instead of the session's own team. For embedders that already
-    /// run rayon and want one set of threads; the README's "rayon" section measures when
-    /// the own team is faster.
+    /// run rayon and want one set of threads. The own team is faster for a dedicated
+    /// inference thread, because its helpers spin between the network's loops instead of
+    /// sleeping (docs/library.md).
     pub pool: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 

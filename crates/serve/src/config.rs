@@ -59,9 +59,9 @@ pub struct Config {
 }
 
 /// Default [`Config::max_batch`]: the batch at which `repvgg bench`'s images/s stop
-/// growing much on the machines measured (the README's scheduling section): batch 16
-/// against 8 was equal on an AVX2 machine and needed to reach 90% of the best in-process
-/// throughput on an AVX-512 one.
+/// growing much on the machines measured: batch 16 against 8 was equal on an AVX2 machine
+/// and needed to reach 90% of the best in-process throughput on an AVX-512 one
+/// (docs/serving.md, scheduling).
 pub const DEFAULT_MAX_BATCH: usize = 16;
 
 /// Largest `streams x threads_per_stream` accepted.
@@ -124,8 +124,9 @@ pub fn default_max_queue_images(streams: usize, max_batch: usize) -> usize {
 
 /// Streams x threads for `cores` cores. One stream using every core gives the lowest
 /// latency; several streams overlap one request's serial parts (the head, the thin early
-/// layers, the hand-offs between layers) with another's work. The README's serving section
-/// has the measurements behind the split.
+/// layers, the hand-offs between layers) with another's work, but each request then runs
+/// on fewer threads: on 2 cores one stream on both halved the latency at low load, and the
+/// throughput at high load was within the noise.
 pub fn default_streams(cores: usize) -> (usize, usize) {
     (1, cores.max(1))
 }

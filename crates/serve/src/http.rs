@@ -351,7 +351,8 @@ impl Received {
 /// Reads an inference request: its JSON header, then, with the binary tensor data
 /// extension, each input's bytes in the order the header declares them. FP32 tensors
 /// become floats piece by piece as they arrive, so the one copy they need overlaps the
-/// transfer of the rest (measured in the README's log).
+/// transfer of the rest instead of following it (measured: the server's handling time per
+/// request at concurrency 1 halved).
 async fn read_infer(s: &Service, headers: &HeaderMap, body: &mut BodyReader) -> Result<Received> {
     let limit = s.config.max_body_bytes;
     let declared = header_number(headers, header::CONTENT_LENGTH.as_str())?;

@@ -27,7 +27,8 @@ use crate::team::{for_each, for_each_chunk_mut};
 /// once; otherwise the threads would take its products side by side and each stream it
 /// (at batch 1 a chunk has only a few column panels, so nearly all of a layer's time is
 /// that stream). Bigger chunks keep one item per product, for balance and because the
-/// weight panel would not survive a pass over the chunk anyway (README, log).
+/// weight panel would not survive a pass over the chunk anyway: with many column panels it
+/// does not stay in the L2 across them, and a few items balance worse than many.
 const CHUNK_IN_L2_BYTES: usize = 1 << 20;
 
 /// How a layer's packing and products are ordered.

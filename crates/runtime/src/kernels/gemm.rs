@@ -84,7 +84,7 @@ pub trait Gemm: Simd {
 /// are 4 KiB of a 32-wide panel). At batch 1 a layer's filters come from beyond the L2
 /// and each weight is used by only a few columns, so the kernel waits on the stream; the
 /// hardware prefetchers alone leave gaps (on Intel's cores they stop at every 4 KiB
-/// page). Distances of 16 to 128 steps measured the same (README, log).
+/// page). Distances of 16 to 128 steps measured the same.
 const PREFETCH_STEPS: usize = 32;
 
 /// Asks for the cache line holding `p`, ahead of its load.
