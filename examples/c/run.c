@@ -45,14 +45,16 @@ int main(int argc, char **argv) {
     /* Values exact in binary, the same the Rust test computes. */
     for (size_t i = 0; i < len; i++) input[i] = (float)((int)((i * 37) % 101) - 50) / 64.0f;
 
-    status = repvgg_session_run(session, input, n, h, w, logits, n * (size_t)classes);
-    if (status != REPVGG_OK) return fail("repvgg_session_run", status);
+    status = repvgg_session_run2(session, input, len, n, h, w, logits, n * (size_t)classes);
+    if (status != REPVGG_OK) return fail("repvgg_session_run2", status);
     for (size_t i = 0; i < n * (size_t)classes; i++) printf("%.9g\n", logits[i]);
 
     /* Failures are statuses with a message, never crashes. */
-    status = repvgg_session_run(session, input, n, h, w, logits, 1);
+    status = repvgg_session_run2(session, input, len, n, h, w, logits, 1);
     fprintf(stderr, "short buffer: %d %s\n", status, repvgg_last_error());
-    status = repvgg_session_run(session, NULL, n, h, w, logits, n * (size_t)classes);
+    status = repvgg_session_run2(session, input, len - 1, n, h, w, logits, n * (size_t)classes);
+    fprintf(stderr, "short input: %d %s\n", status, repvgg_last_error());
+    status = repvgg_session_run2(session, NULL, len, n, h, w, logits, n * (size_t)classes);
     fprintf(stderr, "null input: %d %s\n", status, repvgg_last_error());
     status = repvgg_model_load("/nonexistent/w.safetensors", NULL, &model);
     fprintf(stderr, "missing file: %d %s\n", status, repvgg_last_error());

@@ -10,8 +10,12 @@ load); a session runs batches of ``[N, 3, H, W]`` float32 images::
     logits = sess.run(np.zeros((1, 3, 224, 224), np.float32))   # [1, classes]
     stages = sess.features(x)                                    # the four stage outputs
 
-C-contiguous float32 arrays are read in place; anything else array-like (other dtypes,
-layouts, a CPU torch tensor through ``__array__``) is converted once. The GIL is released
+An input's shape is checked against the model's limits from its metadata before anything
+is converted, so a broadcast view or memory map describing gigabytes is refused with
+``LimitError`` in microseconds, allocating nothing. Aligned C-contiguous float32 arrays
+are then read in place; anything else array-like (other dtypes and byte orders,
+strided or misaligned views, a CPU torch tensor through ``__array__``) is converted with
+one copy. The GIL is released
 while a session runs. Errors are exceptions with the CLI's one-line messages:
 ``FileNotFoundError`` for a missing file, ``ModelError`` (a ``ValueError``) for weights
 or architectures that cannot be used, ``InputError`` (``ValueError``) for bad inputs,

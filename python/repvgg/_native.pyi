@@ -32,7 +32,10 @@ class Model:
 
 class Session:
     def run(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """Logits [N, classes] of a batch [N, 3, H, W]."""
+        """Logits [N, classes] of a batch [N, 3, H, W].
+
+        The shape is checked against the limits before `x` is converted; aligned
+        C-contiguous float32 is read in place, anything else copied once."""
     def features(self, x: npt.ArrayLike) -> list[npt.NDArray[np.float32]]:
         """The four stage outputs [N, C, H, W] (`run` gives the logits)."""
     @property

@@ -1,15 +1,18 @@
 //! `repvgg._native`: the Python bindings of repvgg-rs (the pure-Python `repvgg` package
 //! wraps and documents them; `repvgg/_native.pyi` types them).
 //!
-//! Inputs are read in place when they are C-contiguous float32 arrays and converted once
-//! otherwise; the GIL is released while a session runs, so Python threads with one
-//! session each run in parallel. Errors become Python exceptions carrying the CLI's
+//! An input's shape is checked against the model's limits from the array's metadata
+//! before anything is converted; inputs are then read in place when they are aligned,
+//! C-contiguous float32 arrays and converted once otherwise. The GIL is released while a
+//! session runs, so Python threads with one session each run in parallel. Errors become Python exceptions carrying the CLI's
 //! one-line messages, by kind (see `exception`).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use numpy::{PyArray1, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods, ToPyArray};
+use numpy::{
+    PyArray1, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArray, PyUntypedArrayMethods, ToPyArray,
+};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyFloatingPointError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -91,7 +94,7 @@ impl Model {
         let isa: IsaChoice = isa.parse().map_err(|e| PyValueError::new_err(format!("isa: {e}")))?;
         let options = SessionOptions { threads, isa, ..SessionOptions::default() };
         let inner = self.inner.session(options).map_err(exception)?;
-        Ok(Session { inner: Mutex::new(inner) })
+        Ok(Session { inner: Mutex::new(inner), model: self.inner.clone() })
     }
 
     #[getter]
@@ -120,31 +123,16 @@ impl Model {
 #[pyclass(frozen, module = "repvgg._native")]
 struct Session {
     inner: Mutex<repvgg::Session>,
-}
-
-/// `x` as a C-contiguous float32 array: the caller's own array when it already is one
-/// (read in place), else one converted copy (`numpy.ascontiguousarray`).
-fn as_input<'py>(x: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray4<'py, f32>> {
-    if let Ok(array) = x.cast::<PyArray4<f32>>()
-        && array.is_c_contiguous()
-    {
-        return Ok(array.readonly());
-    }
-    let numpy = x.py().import("numpy")?;
-    let converted = numpy.getattr("ascontiguousarray")?.call1((x, numpy.getattr("float32")?))?;
-    let ndim: usize = converted.getattr("ndim")?.extract()?;
-    if ndim != 4 {
-        let shape = converted.getattr("shape")?;
-        return Err(InputError::new_err(format!("input has shape {shape}, expected [N, 3, H, W]")));
-    }
-    Ok(converted.cast_into::<PyArray4<f32>>()?.readonly())
+    /// The session's model, whose limits an input's shape is checked against with the
+    /// GIL held (the session's lock is only ever taken without it).
+    model: repvgg::Model,
 }
 
 #[pymethods]
 impl Session {
     /// Logits `[N, classes]` (float32) of a batch `[N, 3, H, W]`.
     fn run<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let input = as_input(x)?;
+        let input = self.input(x)?;
         let shape = input.shape().to_vec();
         let values = input.as_slice()?;
         // The lock is taken without the GIL: a thread holding it needs the GIL back to
@@ -165,7 +153,7 @@ impl Session {
 
     /// The four stage outputs `[N, C_s, H_s, W_s]` (for backbone use; `run` gives the logits).
     fn features<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        let input = as_input(x)?;
+        let input = self.input(x)?;
         let shape = input.shape().to_vec();
         let values = input.as_slice()?;
         let features = py.detach(|| self.lock()?.features_slice(values, &shape)).map_err(exception)?;
@@ -190,6 +178,42 @@ impl Session {
 }
 
 impl Session {
+    /// `x` as an aligned, C-contiguous float32 array `[N, 3, H, W]`, refused with the
+    /// runtime's error if its shape is one the model cannot take.
+    ///
+    /// The shape is checked first, from the array's metadata: a broadcast view or a
+    /// memory-mapped file can describe far more than memory holds, and converting it
+    /// before the check would allocate all of it only to refuse it. An array that already
+    /// is aligned, C-contiguous float32 is then read in place; any other (another dtype or
+    /// byte order, a strided or misaligned view) is converted with one copy, once the
+    /// session has also checked the request's working memory (planning it, as the run
+    /// would). Array-likes that are not numpy arrays (lists, torch tensors through
+    /// `__array__`) become one with `numpy.asarray` first, a view where they allow it.
+    fn input<'py>(&self, x: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray4<'py, f32>> {
+        let py = x.py();
+        let array = match x.cast::<PyUntypedArray>() {
+            Ok(array) => array.clone(),
+            Err(_) => py.import("numpy")?.getattr("asarray")?.call1((x,))?.cast_into::<PyUntypedArray>()?,
+        };
+        let network = self.model.network();
+        let [n, _, h, w] = self.model.limits().check_input(network, array.shape()).map_err(exception)?;
+        if let Ok(typed) = array.cast::<PyArray4<f32>>()
+            && typed.is_c_contiguous()
+            && typed.data().align_offset(align_of::<f32>()) == 0
+        {
+            return Ok(typed.readonly());
+        }
+        // The lock is taken without the GIL (see `run`).
+        py.detach(|| self.lock()?.plan(n, h, w).map(|_| ())).map_err(exception)?;
+        // `astype` with `copy=True` always allocates a new array, so an aligned one.
+        let keywords = PyDict::new(py);
+        keywords.set_item("order", "C")?;
+        keywords.set_item("copy", true)?;
+        let float32 = py.import("numpy")?.getattr("float32")?;
+        let converted = array.call_method("astype", (float32,), Some(&keywords))?;
+        Ok(converted.cast_into::<PyArray4<f32>>()?.readonly())
+    }
+
     /// The session, for one caller at a time (call without the GIL).
     fn lock(&self) -> repvgg::Result<std::sync::MutexGuard<'_, repvgg::Session>> {
         // A panic inside a run is caught by pyo3 and leaves the session in an unknown

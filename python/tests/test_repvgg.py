@@ -4,9 +4,11 @@ error classes. Run with pytest after installing the package (docs/python.md)."""
 from __future__ import annotations
 
 import json
+import resource
 import struct
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,76 @@ def test_other_dtypes_layouts_and_lists_give_the_same_logits(tiny):
     assert not fortran.flags.c_contiguous
     np.testing.assert_array_equal(sess.run(fortran), want)
     np.testing.assert_array_equal(sess.run(x.tolist()), want)
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    """The float32 values' bit patterns, so that a comparison is bitwise (NaN included)."""
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def test_misaligned_strided_and_foreign_arrays_are_copied_once(tiny):
+    """A C-contiguous float32 array at an odd address (a view into a bytearray) was a
+    TypeError; it and the other layouts are converted with exactly one copy and give the
+    aligned array's logits bit for bit, while the aligned array is read in place."""
+    weights, x, _ = tiny
+    sess = repvgg.Model.load(weights).session(threads=1)
+    x = np.random.default_rng(7).standard_normal((2, 3, 64, 96)).astype(np.float32)
+    want = sess.run(x)
+    buf = bytearray(x.nbytes + 1)
+    misaligned = np.frombuffer(buf, np.float32, count=x.size, offset=1).reshape(x.shape)
+    misaligned[...] = x
+    assert misaligned.flags.c_contiguous and not misaligned.flags.aligned
+    strided = np.zeros((2, 3, 64, 192), np.float32)[..., ::2]
+    strided[...] = x
+    for array in [misaligned, strided, x.astype(">f4"), x.astype(np.float64)]:
+        np.testing.assert_array_equal(bits(sess.run(array)), bits(want))
+        got = sess.features(array)
+        for a, b in zip(got, sess.features(x)):
+            np.testing.assert_array_equal(bits(a), bits(b))
+
+    def traced_peak(array: np.ndarray) -> int:
+        """Bytes numpy allocated during a run beyond what it held before (numpy reports
+        its array data to tracemalloc; the runtime's own buffers are Rust's, not traced)."""
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            sess.run(array)
+            return tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+
+    assert traced_peak(x) < x.nbytes // 4, "an aligned C-contiguous float32 array was copied"
+    for array in [misaligned, strided]:
+        assert x.nbytes <= traced_peak(array) < x.nbytes * 5 // 4, "not exactly one copy"
+
+
+def test_limits_are_checked_before_an_input_is_converted(tiny):
+    """Broadcast views describing gigabytes are refused from their shape, in milliseconds
+    and without allocating: converting (1, 3, 20000, 20000) first took 11 s and 4.6 GB
+    only to raise LimitError, and (1, 3, 100000, 100000) raised numpy's MemoryError."""
+    weights, _, _ = tiny
+    sess = repvgg.Model.load(weights).session(threads=1)
+    b0 = repvgg.Model.synthetic("B0").session(threads=1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    for dtype in [np.float32, np.float64]:
+        side = np.broadcast_to(dtype(0), (1, 3, 20000, 20000))
+        with pytest.raises(repvgg.LimitError, match="exceeds the limit of 8192 pixels per side"):
+            sess.run(side)
+        with pytest.raises(repvgg.LimitError, match="exceeds the limit of 8192 pixels per side"):
+            sess.features(side)
+        with pytest.raises(repvgg.LimitError, match="exceeds the limit of 8192 pixels per side"):
+            sess.run(np.broadcast_to(dtype(0), (1, 3, 100000, 100000)))
+        with pytest.raises(repvgg.LimitError, match="exceeds the limit of 268435456 elements"):
+            sess.run(np.broadcast_to(dtype(0), (1024, 3, 8192, 8192)))
+        # Within the input limits (201M elements, 1.6 GB as float64) but beyond B0's
+        # working memory: refused when the session plans it, still before the copy.
+        with pytest.raises(repvgg.LimitError, match="of working memory, over the limit"):
+            b0.run(np.broadcast_to(dtype(0), (1024, 3, 256, 256)))
+    elapsed = time.perf_counter() - start
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert elapsed < 1.0, f"the refusals took {elapsed:.2f} s"
+    assert grown_mib < 200, f"the peak RSS grew by {grown_mib:.0f} MiB"
 
 
 def test_features_are_the_four_stages(tiny):

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+torch = pytest.importorskip("torch", reason="torch is not installed")
+safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors is not installed")
+# tools/train_tiny.py, which defines the PyTorch model, imports scikit-learn's digits.
+pytest.importorskip("sklearn", reason="scikit-learn is not installed (tools/train_tiny.py needs it)")
 
 import repvgg  # noqa: E402
 

@@ -12,7 +12,8 @@
  * Every function that can fail returns an int status: 0 on success, otherwise the kind
  * of error, numbered as the `repvgg` CLI's exit codes (docs/hardening.md, "Errors and exit codes");
  * 1 is an unexpected internal failure. repvgg_last_error() then gives the one-line
- * message. NULL pointers, short buffers and bad sizes are REPVGG_USAGE, never crashes.
+ * message. NULL pointers, short buffers, bad sizes, misaligned or overlapping buffers
+ * are REPVGG_USAGE, never crashes.
  * A model may be shared by any number of threads; a session is used by one thread at a
  * time (make one per thread).
  */
@@ -20,6 +21,11 @@
 #define REPVGG_H
 
 #include <stddef.h>
+
+/* The version of the ABI this header declares. 2 added repvgg_session_run2, which takes
+ * the input's length (1: the first release). Compare with repvgg_abi_version(), the
+ * library's, when the library is loaded at run time. */
+#define REPVGG_ABI_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -56,8 +62,19 @@ void repvgg_model_free(RepvggModel *model);
 /* Starts a session with `threads` workers (0: one per core). */
 int repvgg_session_new(const RepvggModel *model, int threads, RepvggSession **out);
 
-/* Runs n images of 3 x h x w floats (NCHW, contiguous) and writes n x classes logits.
- * The shape is checked against the limits before input is read. */
+/* Runs n images of 3 x h x w floats (NCHW, contiguous) from input, which holds
+ * input_len floats, and writes n x classes logits to logits, which holds logits_len
+ * floats. Prefer it to repvgg_session_run. Checked before input is read: the shape
+ * against the limits (REPVGG_LIMIT, REPVGG_INPUT); then, as REPVGG_USAGE, input_len
+ * against the shape (exactly n * 3 * h * w), logits_len against the batch (at least
+ * n * classes), both pointers' alignment for float, and overlap: the input_len floats
+ * read and the n * classes floats written must not share a byte (not even in place). */
+int repvgg_session_run2(RepvggSession *s, const float *input, size_t input_len, size_t n, size_t h, size_t w,
+                        float *logits, size_t logits_len);
+
+/* repvgg_session_run2 without input_len, kept only for callers written against ABI
+ * version 1: it reads n * 3 * h * w floats from input and cannot tell a shorter buffer,
+ * which it reads past the end of. Every other check is repvgg_session_run2's. */
 int repvgg_session_run(RepvggSession *s, const float *input, size_t n, size_t h, size_t w, float *logits,
                        size_t logits_len);
 
@@ -70,6 +87,9 @@ const char *repvgg_last_error(void);
 
 /* The library version, e.g. "0.1.0". */
 const char *repvgg_version(void);
+
+/* The ABI version the library implements (REPVGG_ABI_VERSION of its own header). */
+int repvgg_abi_version(void);
 
 #ifdef __cplusplus
 }

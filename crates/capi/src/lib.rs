@@ -5,7 +5,8 @@
 //! error kind's number from the exit-code table in docs/hardening.md ([`ErrorKind::code`]); 1 is an
 //! unexpected failure (a panic, caught here: none crosses the boundary). The failing
 //! call's one-line message is kept per thread for [`repvgg_last_error`]. NULL pointers,
-//! short buffers and bad sizes are usage errors (2), never crashes.
+//! short buffers, bad sizes, misaligned and overlapping buffers are usage errors (2),
+//! never crashes.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int};
@@ -166,9 +167,47 @@ pub unsafe extern "C" fn repvgg_session_new(
     })
 }
 
-/// Runs `n` images of `3 x h x w` floats (NCHW, contiguous) and writes `n x classes`
-/// logits, reading the input in place. The shape is checked against the model's limits
-/// before `input` is read.
+/// The ABI's version, `REPVGG_ABI_VERSION` in the header: 2 added
+/// [`repvgg_session_run2`], whose input length lets the library refuse a short buffer
+/// rather than read past it (1: the first release).
+pub const ABI_VERSION: c_int = 2;
+
+/// The version of the ABI this library implements ([`ABI_VERSION`]), for a caller to
+/// compare with the `REPVGG_ABI_VERSION` of the header it was compiled with.
+#[unsafe(no_mangle)]
+pub extern "C" fn repvgg_abi_version() -> c_int {
+    ABI_VERSION
+}
+
+/// Runs `n` images of `3 x h x w` floats (NCHW, contiguous) from `input`, which holds
+/// `input_len` floats, and writes `n x classes` logits to `logits`, which holds
+/// `logits_len`; the input is read in place. Everything is checked before `input` is
+/// read: the shape against the model's limits, `input_len` against the shape (exactly
+/// `n * 3 * h * w`, else `REPVGG_USAGE`), `logits_len` against the batch, both pointers'
+/// alignment, and that the input and the logits this call writes share no byte (a
+/// caller's aliasing would otherwise make the library read what it is writing).
+///
+/// # Safety
+/// `s` is NULL or a live session; `input` is NULL or points to `input_len` readable
+/// floats; `logits` is NULL or points to `logits_len` writable floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_session_run2(
+    s: *mut RepvggSession,
+    input: *const f32,
+    input_len: usize,
+    n: usize,
+    h: usize,
+    w: usize,
+    logits: *mut f32,
+    logits_len: usize,
+) -> c_int {
+    // SAFETY: the caller's contract is this function's.
+    guard(|| unsafe { run(s, input, Some(input_len), [n, 3, h, w], logits, logits_len) })
+}
+
+/// [`repvgg_session_run2`] without the input's length, which it takes to be what the
+/// shape needs: kept for callers compiled against ABI version 1. A buffer shorter than
+/// the shape is read past its end, which only the caller can rule out.
 ///
 /// # Safety
 /// `s` is NULL or a live session; `input` is NULL or points to `n * 3 * h * w` readable
@@ -183,27 +222,63 @@ pub unsafe extern "C" fn repvgg_session_run(
     logits: *mut f32,
     logits_len: usize,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: NULL or a live session, used by one thread at a time (the caller's contract).
-        let s = unsafe { s.as_mut() }.ok_or_else(|| usage("session is NULL"))?;
-        if input.is_null() || logits.is_null() {
-            return Err(usage(if input.is_null() { "input is NULL" } else { "logits is NULL" }));
-        }
-        let model = s.session.model().clone();
-        let shape = model.limits().check_input(model.network(), &[n, 3, h, w])?;
-        let classes = model.network().num_classes;
-        if logits_len < n * classes {
-            return Err(usage(format!("logits_len is {logits_len}, the batch needs {n} x {classes}")));
-        }
-        let len = shape.iter().product::<usize>();
-        // SAFETY: the caller promises `len` readable floats at `input` (the shape was
-        // checked against the limits first, so `len` is bounded), and `logits_len >=
-        // n * classes` writable floats at `logits` (checked), not overlapping the input.
-        let (values, out) =
-            unsafe { (std::slice::from_raw_parts(input, len), std::slice::from_raw_parts_mut(logits, n * classes)) };
-        s.session.run_slice(values, &shape, out)?;
-        Ok(())
-    })
+    // SAFETY: the caller's contract is this function's, with the input's length implied.
+    guard(|| unsafe { run(s, input, None, [n, 3, h, w], logits, logits_len) })
+}
+
+/// The body of both run functions; `input_len` is `None` when the caller did not give it
+/// (then the shape's length is trusted).
+///
+/// # Safety
+/// As [`repvgg_session_run2`], with `input` valid for `input_len` floats or, if `None`,
+/// for the shape's product.
+unsafe fn run(
+    s: *mut RepvggSession,
+    input: *const f32,
+    input_len: Option<usize>,
+    shape: [usize; 4],
+    logits: *mut f32,
+    logits_len: usize,
+) -> Result<(), Failure> {
+    // SAFETY: NULL or a live session, used by one thread at a time (the caller's contract).
+    let s = unsafe { s.as_mut() }.ok_or_else(|| usage("session is NULL"))?;
+    if input.is_null() || logits.is_null() {
+        return Err(usage(if input.is_null() { "input is NULL" } else { "logits is NULL" }));
+    }
+    let model = s.session.model().clone();
+    let shape = model.limits().check_input(model.network(), &shape)?;
+    // Bounded by the limits just checked, so neither product overflows.
+    let len = shape.iter().product::<usize>();
+    let [n, ..] = shape;
+    if let Some(input_len) = input_len
+        && input_len != len
+    {
+        return Err(usage(format!("input_len is {input_len}, the shape {shape:?} needs {len} floats")));
+    }
+    let classes = model.network().num_classes;
+    let outputs = n * classes;
+    if logits_len < outputs {
+        return Err(usage(format!("logits_len is {logits_len}, the batch needs {n} x {classes}")));
+    }
+    if !input.is_aligned() || !logits.is_aligned() {
+        return Err(usage("input and logits must be aligned for float (4 bytes)"));
+    }
+    // The bytes read and the bytes written, as address ranges (the caller's buffers fit
+    // in the address space; saturating only keeps a lie about that from wrapping).
+    let (read, written, size) = (input.addr(), logits.addr(), size_of::<f32>());
+    if read < written.saturating_add(outputs * size) && written < read.saturating_add(len * size) {
+        return Err(usage(format!(
+            "input ({len} floats) and logits ({outputs} floats) overlap: the buffers must not share a byte"
+        )));
+    }
+    // SAFETY: the caller promises `len` readable floats at `input` (`input_len`, checked
+    // equal to `len`, or the shape's product when not given) and `logits_len >= outputs`
+    // writable floats at `logits`; both are non-NULL and aligned, and the two ranges
+    // were checked disjoint, so the shared and the mutable slice do not alias.
+    let (values, out) =
+        unsafe { (std::slice::from_raw_parts(input, len), std::slice::from_raw_parts_mut(logits, outputs)) };
+    s.session.run_slice(values, &shape, out)?;
+    Ok(())
 }
 
 /// Frees a session; NULL is ignored.
@@ -302,6 +377,68 @@ mod tests {
             repvgg_session_free(null_mut());
             repvgg_model_free(null_mut());
         }
+    }
+
+    /// The input's length is checked before the input is read: a buffer one float short
+    /// is refused (AddressSanitizer, which runs this test, would report the read past its
+    /// end otherwise), as are buffers that overlap by a byte and misaligned pointers; the
+    /// right length gives the old function's logits bit for bit.
+    #[test]
+    fn run2_checks_the_input_length_alignment_and_overlap() {
+        let path = fixture();
+        // SAFETY (all calls below): pointers are NULL, live, or point to the number of
+        // floats passed with them (the point of the checks being tested).
+        unsafe {
+            let (mut model, mut session) = (null_mut(), null_mut());
+            assert_eq!(repvgg_model_load(path.as_ptr(), null(), &mut model), 0);
+            assert_eq!(repvgg_session_new(model, 1, &mut session), 0);
+            repvgg_model_free(model);
+            let (n, h, w, classes) = (2, 9, 7, 10);
+            let len = n * 3 * h * w;
+            let x: Vec<f32> = (0..len).map(|i| (i % 13) as f32 / 8.0 - 0.75).collect();
+            let mut old = vec![0f32; n * classes];
+            assert_eq!(repvgg_session_run(session, x.as_ptr(), n, h, w, old.as_mut_ptr(), n * classes), 0);
+
+            let short = x[..len - 1].to_vec();
+            let mut logits = vec![0f32; n * classes];
+            let status = repvgg_session_run2(session, short.as_ptr(), len - 1, n, h, w, logits.as_mut_ptr(), 20);
+            assert_eq!(status, USAGE);
+            assert_eq!(last_error(), format!("input_len is {}, the shape [2, 3, 9, 7] needs {len} floats", len - 1));
+            let status = repvgg_session_run2(session, x.as_ptr(), len + 1, n, h, w, logits.as_mut_ptr(), 20);
+            assert_eq!(status, USAGE);
+            assert!(logits.iter().all(|&v| v == 0.0), "a refused call wrote logits");
+
+            // One buffer holding the input and then the logits: adjacent is fine, one
+            // float (or the same pointer) less is an overlap.
+            let mut both = x.clone();
+            both.resize(len + n * classes, 0.0);
+            let base = both.as_mut_ptr();
+            for overlap in [base, base.add(len - 1)] {
+                let status = repvgg_session_run2(session, base, len, n, h, w, overlap, n * classes);
+                assert_eq!(status, USAGE);
+                assert!(last_error().contains("overlap: the buffers must not share a byte"), "{}", last_error());
+                assert_eq!(repvgg_session_run(session, base, n, h, w, overlap, n * classes), USAGE);
+            }
+            assert_eq!(both[..len], x[..], "a refused call wrote into the input");
+            let status = repvgg_session_run2(session, base, len, n, h, w, base.add(len), n * classes);
+            assert_eq!(status, 0, "{}", last_error());
+            assert_eq!(both[len..].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), bits(&old));
+
+            let status = repvgg_session_run2(session, x.as_ptr(), len, n, h, w, logits.as_mut_ptr(), n * classes);
+            assert_eq!(status, 0, "{}", last_error());
+            assert_eq!(bits(&logits), bits(&old), "run2 and run differ");
+
+            let misaligned = x.as_ptr().byte_add(1);
+            let status = repvgg_session_run2(session, misaligned, len, n, h, w, logits.as_mut_ptr(), n * classes);
+            assert_eq!(status, USAGE);
+            assert_eq!(last_error(), "input and logits must be aligned for float (4 bytes)");
+            repvgg_session_free(session);
+        }
+        assert_eq!(repvgg_abi_version(), 2);
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
     }
 
     #[test]

@@ -17,15 +17,15 @@ fn deps_dir() -> PathBuf {
     std::env::current_exe().unwrap().parent().unwrap().to_path_buf()
 }
 
-#[test]
-fn the_c_example_compiles_runs_and_matches_rust() {
+/// Compiles `source` with `cc -Wall -Wextra -Werror` against the header and the static
+/// library this test's build produced, into `dir`.
+fn compile(source: &Path, dir: &Path) -> PathBuf {
     let lib = deps_dir().join("librepvgg_capi.a");
     assert!(lib.exists(), "{} missing: cargo builds the staticlib with the tests", lib.display());
-    let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("run");
+    let exe = dir.join(source.file_stem().unwrap());
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
-        .arg(repo().join("examples/c/run.c"))
+        .arg(source)
         .arg("-I")
         .arg(repo().join("crates/capi/include"))
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror"])
@@ -34,7 +34,14 @@ fn the_c_example_compiles_runs_and_matches_rust() {
         .arg(&exe)
         .status()
         .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
-    assert!(status.success(), "{cc} failed");
+    assert!(status.success(), "{cc} failed on {}", source.display());
+    exe
+}
+
+#[test]
+fn the_c_example_compiles_runs_and_matches_rust() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(&repo().join("examples/c/run.c"), dir.path());
 
     let weights = repo().join("models/fixtures/tiny-groups/train.safetensors");
     let (h, w) = (19, 23);
@@ -53,6 +60,7 @@ fn the_c_example_compiles_runs_and_matches_rust() {
     let classes = model.network().num_classes;
     for line in [
         format!("short buffer: 2 logits_len is 1, the batch needs 2 x {classes}"),
+        format!("short input: 2 input_len is {}, the shape [2, 3, {h}, {w}] needs {len} floats", len - 1),
         "null input: 2 input is NULL".to_string(),
         "missing file: 3 weights file /nonexistent/w.safetensors: No such file".to_string(),
         "classes of NULL: -1".to_string(),
@@ -60,6 +68,35 @@ fn the_c_example_compiles_runs_and_matches_rust() {
     ] {
         assert!(stderr.contains(&line), "stderr lacks `{line}`:\n{stderr}");
     }
+}
+
+/// `tests/run2.c`: from C, `repvgg_session_run2` refuses an input length that does not
+/// match the shape and overlapping buffers with `REPVGG_USAGE` before touching either,
+/// and with the right length gives `repvgg_session_run`'s logits bit for bit.
+#[test]
+fn run2_from_c_checks_the_length_and_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(&repo().join("crates/capi/tests/run2.c"), dir.path());
+    let weights = repo().join("models/fixtures/tiny-groups/train.safetensors");
+    let out = Command::new(&exe).arg(&weights).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for check in [
+        "abi version 2",
+        "old path runs",
+        "short input_len refused: 2 input_len is 857, the shape [2, 3, 11, 13] needs 858 floats",
+        "long input_len refused: 2 input_len is 859",
+        "refused calls wrote no logits",
+        "overlap refused: 2 input (858 floats) and logits (20 floats) overlap",
+        "in place refused: 2",
+        "overlap refused by the old path: 2",
+        "refused calls wrote nothing into the input",
+        "run2 equals run bitwise: 0",
+        "adjacent buffers run: 0",
+    ] {
+        assert!(stderr.contains(&format!("ok {check}")), "no `ok {check}`:\n{stderr}");
+    }
+    assert!(stderr.contains("0 failed"), "{stderr}");
 }
 
 /// Every function the crate exports is declared in the header and every declaration is
@@ -80,6 +117,8 @@ fn the_header_is_current() {
     exported_sorted.sort();
     declared_sorted.sort();
     assert_eq!(exported_sorted, declared_sorted, "header and exports differ");
+    let version = format!("#define REPVGG_ABI_VERSION {}", repvgg_capi::ABI_VERSION);
+    assert!(header.contains(&version), "header lacks `{version}`");
     for (kind, name) in repvgg_capi::STATUSES {
         let line = format!("{name} = {}", kind.code());
         assert!(header.contains(&line), "header lacks `{line}`");
