@@ -8,7 +8,8 @@
 //! Run from anywhere (paths are derived from this crate's manifest dir):
 //!
 //! ```text
-//! cargo run --manifest-path tools/regen-grpc/Cargo.toml
+//! cargo run --manifest-path tools/regen-grpc/Cargo.toml            # rewrite the file
+//! cargo run --manifest-path tools/regen-grpc/Cargo.toml -- --check # CI: fail if it differs
 //! ```
 
 use std::error::Error;
@@ -72,6 +73,20 @@ fn main() -> Result<(), Box<dyn Error>> {
     text.push_str(generated.replace("\r\n", "\n").trim_end());
     text.push('\n');
 
+    if std::env::args().skip(1).any(|a| a == "--check") {
+        let committed = fs::read_to_string(&output).unwrap_or_default();
+        if committed != text {
+            let line = committed.lines().zip(text.lines()).position(|(a, b)| a != b);
+            return Err(format!(
+                "{OUTPUT} differs from what {PROTO_DIR} generates (first at line {}); run \
+                 `cargo run --manifest-path tools/regen-grpc/Cargo.toml` and commit the result",
+                line.map_or_else(|| "end".to_string(), |l| (l + 1).to_string())
+            )
+            .into());
+        }
+        println!("regen-grpc: {OUTPUT} is what {PROTO_DIR} generates ({} lines)", text.lines().count());
+        return Ok(());
+    }
     if let Some(parent) = output.parent() {
         fs::create_dir_all(parent)?;
     }
