@@ -243,7 +243,8 @@ impl Server {
     /// those with a partial request head close at once, requests whose bodies are still
     /// arriving are answered 503, requests already read are finished and answered, then the
     /// streams stop. Connections still open `config.timeout` + 1 s after the start are
-    /// closed and logged ("connections abandoned"); that is not a failure.
+    /// closed and logged ("connections abandoned"); that is not a failure. Queued log
+    /// lines are written before it returns (waiting at most two seconds for standard error).
     pub fn shutdown(mut self) -> Result<()> {
         log::event(Level::Info, "draining", |f| {
             f.insert("model".into(), self.service.name.as_str().into());
@@ -270,6 +271,7 @@ impl Server {
         });
         self.service.drain();
         log::event(Level::Info, "stopped", |_| {});
+        log::flush(Duration::from_secs(2));
         match finished {
             Ok(result) => result,
             Err(_) => Err(Error::Internal(format!(

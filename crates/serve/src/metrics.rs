@@ -261,6 +261,12 @@ impl Metrics {
             "counter",
             &timed_out,
         );
+        counter(
+            "repvgg_log_lines_dropped_total",
+            "Log lines dropped because standard error was not read fast enough (the process's, not the model's).",
+            "counter",
+            &[(labels.clone(), crate::log::dropped())],
+        );
         out
     }
 }
