@@ -63,6 +63,18 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED (default: 2 x (max queue x a 224x224 image + max body bytes)).
     #[arg(long)]
     max_inflight_bytes: Option<usize>,
+    /// Longest an HTTP client may take to send a request's head, from its first byte; then
+    /// the connection is closed.
+    #[arg(long, default_value_t = repvgg_serve::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
+    header_timeout_ms: u64,
+    /// Longest an HTTP connection may stay silent: between requests (keep-alive), while a
+    /// request body arrives (answered 408) or while an answer waits to be read.
+    #[arg(long, default_value_t = repvgg_serve::DEFAULT_IDLE_TIMEOUT.as_millis() as u64)]
+    idle_timeout_ms: u64,
+    /// Most HTTP connections open at once; beyond it clients are answered 503 (default:
+    /// 1024, or fewer if the open-files limit is lower).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Threads decoding images (default: one per core).
     #[arg(long)]
     decode_threads: Option<usize>,
@@ -111,6 +123,9 @@ impl ServeArgs {
             max_inflight_bytes: self
                 .max_inflight_bytes
                 .unwrap_or_else(|| repvgg_serve::default_max_inflight_bytes(max_queue_images, self.max_body_bytes)),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             decode_threads: self.decode_threads.unwrap_or(defaults.decode_threads),
             io_threads: self.io_threads.unwrap_or(defaults.io_threads),
             warmup: self.warmup.clone(),

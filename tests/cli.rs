@@ -1018,3 +1018,78 @@ fn serve_listens_answers_and_exits_0_on_sigterm() {
     let out = repvgg(&["serve"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// `repvgg serve` with its standard error piped and never read (past the first line) keeps
+/// answering: log lines that do not fit the pipe and the log queue are dropped and counted
+/// in `/metrics`, never waited for; SIGTERM still drains it and it exits 0.
+#[test]
+fn serve_keeps_answering_with_standard_error_unread() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
+        .args(["serve", "--synthetic", "--http-port", "0", "--grpc-port", "0", "--model-name", "m"])
+        .args(["--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open and never read again.
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = listening["http"].as_str().unwrap().to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    // One request on the keep-alive connection; the status and the body.
+    let mut ask = |method: &str, path: &str, body: &[u8]| -> (u16, String) {
+        // One write: a second small one would wait for the first's delayed ACK (Nagle).
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        request.extend_from_slice(body);
+        s.write_all(&request).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap_or_else(|e| panic!("no answer to {method} {path}: {e}"));
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let status = head[9..12].parse().unwrap();
+        let length = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let input = vec!["0.5"; 3 * 32 * 32].join(",");
+    let request =
+        format!(r#"{{"inputs":[{{"name":"input","shape":[1,3,32,32],"datatype":"FP32","data":[{input}]}}]}}"#);
+    for i in 0..3000 {
+        let (status, body) = ask("POST", "/v2/models/m/infer", request.as_bytes());
+        assert_eq!(status, 200, "request {i}: {body}");
+        if i % 500 == 0 {
+            assert_eq!(ask("GET", "/v2/health/ready", b"").0, 200);
+            assert_eq!(ask("GET", "/metrics", b"").0, 200);
+        }
+    }
+    let (_, metrics) = ask("GET", "/metrics", b"");
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("repvgg_log_lines_dropped_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no repvgg_log_lines_dropped_total in\n{metrics}"));
+    assert!(dropped > 0, "{metrics}");
+    let signalled = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(signalled.elapsed() < std::time::Duration::from_secs(30), "no exit after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    drop(log);
+}

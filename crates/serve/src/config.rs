@@ -44,6 +44,18 @@ pub struct Config {
     pub decode_threads: usize,
     /// Threads of the async runtime that handles connections and parsing.
     pub io_threads: usize,
+    /// Longest an HTTP client may take to send a request's head (request line and
+    /// headers), counted from its first byte; then the connection is closed. Default
+    /// [`DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// Longest an HTTP connection may stay silent: between requests (keep-alive), while a
+    /// request body is arriving (then the request is answered 408 and the connection
+    /// closed), or while an answer waits for the client to read it. Default
+    /// [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// Most HTTP connections open at once; a client beyond it is answered 503 and its
+    /// connection closed. Default [`default_max_connections`].
+    pub max_connections: usize,
     /// Input sizes (height, width) each stream plans and runs once before the server
     /// reports ready, so that the first requests do not pay for planning and packing.
     pub warmup: Vec<(usize, usize)>,
@@ -63,6 +75,43 @@ pub struct Config {
 /// and needed to reach 90% of the best in-process throughput on an AVX-512 one
 /// (docs/serving.md, scheduling).
 pub const DEFAULT_MAX_BATCH: usize = 16;
+
+/// Default [`Config::header_timeout`]: 10 s. A client sends a request head in one write,
+/// which arrives within a round trip on any network; ten seconds leave room for the slowest
+/// links and lossy retransmits while a connection that trickles its head (slowloris) is
+/// closed long before it matters.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default [`Config::idle_timeout`]: 75 s, longer than the 60 s idle timeout of common
+/// load balancers and proxies in front of a server (AWS ALB, Envoy's 1 h aside), so that
+/// they, not this server, close the pooled connections they keep, avoiding the race where
+/// the server closes a connection as the proxy sends a request on it (nginx's keep-alive
+/// default is 75 s for the same reason). A request body that stops arriving for that long
+/// is a client gone without closing.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Upper bound of [`default_max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// File descriptors [`default_max_connections`] leaves for the rest of the process: the
+/// listeners, the model file, the runtime's epoll and wake-up descriptors, standard streams.
+const RESERVED_FDS: u64 = 64;
+
+/// Default [`Config::max_connections`]: [`DEFAULT_MAX_CONNECTIONS`], or fewer if the
+/// process's soft limit on open files (`RLIMIT_NOFILE`) is lower than that plus
+/// [`RESERVED_FDS`]. Each connection is a file descriptor, and past the limit `accept`
+/// fails, so the server could neither serve nor refuse the client; below the limit it
+/// refuses cleanly. More than 1024 buys nothing here: a connection's buffers cost some
+/// 20 KiB, and the inference streams answer hundreds, not thousands, of requests at once
+/// (the queue holds `4 x streams x max_batch` images).
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live, writable one.
+    let soft: u64 =
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { u64::MAX };
+    let room = soft.saturating_sub(RESERVED_FDS).max(16);
+    usize::try_from(room).unwrap_or(usize::MAX).min(DEFAULT_MAX_CONNECTIONS)
+}
 
 /// Largest `streams x threads_per_stream` accepted.
 pub const MAX_WORKERS: usize = 1024;
@@ -92,6 +141,9 @@ impl Default for Config {
             ),
             decode_threads: cores,
             io_threads: cores.min(4),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: default_max_connections(),
             warmup: vec![(224, 224)],
             algo: AlgoChoice::Auto,
             isa: IsaChoice::Auto,
@@ -172,6 +224,16 @@ impl Config {
         if self.decode_threads == 0 || self.decode_threads > MAX_WORKERS || self.io_threads == 0 || self.io_threads > 64
         {
             return bad(format!("decode threads must be 1 to {MAX_WORKERS}, I/O threads 1 to 64"));
+        }
+        let hour = Duration::from_secs(3600);
+        if self.header_timeout < Duration::from_millis(1) || self.header_timeout > hour {
+            return bad("header timeout must be between 1 ms and 1 hour".into());
+        }
+        if self.idle_timeout < Duration::from_millis(1) || self.idle_timeout > hour {
+            return bad("idle timeout must be between 1 ms and 1 hour".into());
+        }
+        if self.max_connections == 0 || self.max_connections > 1 << 20 {
+            return bad(format!("max connections must be between 1 and {}", 1 << 20));
         }
         if self.grpc_port.is_some_and(|g| g != 0 && g == self.http_port) {
             return bad(format!("HTTP and gRPC cannot share port {}", self.http_port));

@@ -33,6 +33,10 @@ pub enum Error {
     /// (HTTP 503, gRPC RESOURCE_EXHAUSTED). The client may retry.
     #[error("{0}")]
     Overloaded(String),
+    /// The client stopped sending a request's body for the idle timeout (HTTP 408 with
+    /// `Connection: close`, gRPC DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The request's deadline passed before a stream took it (HTTP 503, gRPC UNAVAILABLE).
     #[error("{0}")]
     Timeout(String),
@@ -49,6 +53,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => 400,
             Error::NotFound(_) => 404,
+            Error::RequestTimeout(_) => 408,
             Error::TooLarge(_) => 413,
             Error::Unavailable(_) | Error::Timeout(_) | Error::Overloaded(_) => 503,
             Error::Model(e) => runtime_status(e),
@@ -64,6 +69,7 @@ impl Error {
         match self.http_status() {
             400 => tonic::Code::InvalidArgument,
             404 => tonic::Code::NotFound,
+            408 => tonic::Code::DeadlineExceeded,
             413 => tonic::Code::ResourceExhausted,
             503 => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
@@ -75,6 +81,8 @@ impl Error {
         match self {
             Error::BadRequest(_) | Error::NotFound(_) | Error::TooLarge(_) => "invalid",
             Error::Unavailable(_) | Error::Overloaded(_) => "rejected",
+            // A client that stops sending has gone, as far as the server can tell.
+            Error::RequestTimeout(_) => "cancelled",
             Error::Timeout(_) => "timeout",
             Error::Model(e) if runtime_status(e) == 400 => "invalid",
             _ => "internal",

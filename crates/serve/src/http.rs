@@ -31,7 +31,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/ready", get(model_ready))
         .route("/config", get(model_config))
         .route("/infer", post(infer));
-    Router::new()
+    let routes = Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
@@ -41,7 +41,45 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(|request: Request| async move {
             Error::NotFound(format!("no endpoint {} {}", request.method(), request.uri().path())).into_response()
         })
-        .with_state(service)
+        .with_state(service);
+    // Around the whole router, not its routes: a route's layer runs before the method
+    // router adds `Allow` to its 405.
+    Router::new().fallback_service(routes).layer(axum::middleware::from_fn(json_errors))
+}
+
+/// Gives every error answer the router produces a JSON body `{"error": ...}`, as the
+/// handlers' own errors have: axum answers a method a route lacks with an empty 405, and
+/// an extractor's rejection (a path parameter that is not valid percent-encoded UTF-8,
+/// say) with a text body. Their status and headers (`Allow`) are kept.
+///
+/// hyper answers some requests itself, before any router sees them, with an empty body
+/// that cannot be changed: a malformed request line or header (400), a URI over its
+/// 65534-byte limit (414), and a head over its buffer (some 400 KiB) or over 100 headers
+/// (431). A head not sent within the header timeout gets no answer: the connection closes.
+async fn json_errors(request: Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json");
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
+        format!("method {method} is not allowed on {} (allowed: {allowed})", uri.path())
+    } else if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    let body = json!({ "error": message }).to_string();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(parts, Body::from(body))
 }
 
 impl IntoResponse for Error {
@@ -54,6 +92,11 @@ impl IntoResponse for Error {
         // reading of another body.
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // The rest of a stalled body may still come; the connection cannot carry another
+        // request after it.
+        if status == StatusCode::REQUEST_TIMEOUT {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -235,7 +278,7 @@ impl BodyReader {
             return Ok(Some(std::mem::take(&mut self.pending)));
         }
         while let Some(frame) = self.body.frame().await {
-            let frame = frame.map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}")))?;
+            let frame = frame.map_err(crate::conn::body_error)?;
             if let Ok(data) = frame.into_data() {
                 self.seen += data.len();
                 if self.seen > self.limit {

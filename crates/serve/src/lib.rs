@@ -20,6 +20,7 @@
 
 mod budget;
 mod config;
+mod conn;
 mod error;
 mod grpc;
 mod http;
@@ -38,8 +39,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{
-    Config, DEFAULT_MAX_BODY_BYTES, MAX_QUEUE_IMAGES, MAX_WORKERS, default_max_inflight_bytes,
-    default_max_queue_images, default_streams,
+    Config, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+    MAX_QUEUE_IMAGES, MAX_WORKERS, default_max_connections, default_max_inflight_bytes, default_max_queue_images,
+    default_streams,
 };
 pub use error::{Error, Result};
 pub use grpc::inference as proto;
@@ -59,6 +61,16 @@ pub const GRPC_MAX_FRAME: u32 = 1 << 20;
 /// message is held against the in-flight budget as it arrives, so this bounds the streams
 /// one connection keeps open, not the memory.
 pub const GRPC_MAX_STREAMS: u32 = 100;
+
+/// How long an unacknowledged HTTP/2 keep-alive ping holds a gRPC connection: a peer gone
+/// without closing (a dead host, a dropped route) is noticed one idle timeout plus this
+/// after its last frame.
+pub const GRPC_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long shutdown waits for gRPC connections to close once no request is in flight:
+/// a client closes on the server's GOAWAY within a round trip; one that does not has
+/// nothing left to be answered and is closed.
+const GRPC_LINGER: Duration = Duration::from_millis(250);
 
 /// A running server. Dropping it without [`Server::shutdown`] stops it abruptly.
 pub struct Server {
@@ -117,31 +129,63 @@ impl Server {
         };
         let mut tasks = Vec::new();
         let app = http::router(service.clone());
-        let http_stop = until_stopped(stopped.clone());
-        tasks.push(runtime.spawn(async move {
-            use axum::serve::ListenerExt as _;
-            // Responses are small and latency matters: no Nagle delay.
-            let listener = http_listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app).with_graceful_shutdown(http_stop).await
-        }));
+        let c = &service.config;
+        // Whatever is still open after the queue deadline (plus a second to answer) is
+        // abandoned: a request cannot wait longer for a stream than that.
+        let grace = c.timeout + Duration::from_secs(1);
+        let settings = conn::Settings {
+            header_timeout: c.header_timeout,
+            idle_timeout: c.idle_timeout,
+            max_connections: c.max_connections,
+            grace,
+        };
+        tasks.push(runtime.spawn(conn::serve(http_listener, app, settings, service.metrics.clone(), stopped.clone())));
         if let Some(listener) = grpc_listener {
             let grpc = grpc::server(service.clone());
             let grpc_stop = until_stopped(stopped.clone());
+            let mut drained = stopped.clone();
+            let service = service.clone();
+            let idle = c.idle_timeout;
+            // A request may wait `timeout` for a stream; its message and answer get one
+            // idle timeout more to travel (tonic answers CANCELLED past it).
+            let rpc_timeout = c.timeout + c.idle_timeout;
             tasks.push(runtime.spawn(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                // TCP keep-alive finds peers gone silently; the server's own option is
+                // ignored with an incoming stream.
+                let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(idle));
                 // HTTP/2's default 64 KiB flow-control windows would take a dozen round
                 // trips to move one 224x224 tensor (588 KiB).
-                tonic::transport::Server::builder()
+                let serve = tonic::transport::Server::builder()
                     .initial_stream_window_size(Some(GRPC_WINDOW))
                     .initial_connection_window_size(Some(4 * GRPC_WINDOW))
                     .max_frame_size(Some(GRPC_MAX_FRAME))
                     .max_concurrent_streams(Some(GRPC_MAX_STREAMS))
+                    .timeout(rpc_timeout)
+                    .http2_keepalive_interval(Some(idle))
+                    .http2_keepalive_timeout(Some(GRPC_PING_TIMEOUT.min(idle)))
                     .add_service(grpc)
-                    .serve_with_incoming_shutdown(incoming, grpc_stop)
+                    .serve_with_incoming_shutdown(incoming, grpc_stop);
+                // tonic's graceful shutdown waits for every connection to close, and a
+                // client that ignores GOAWAY (or never finished its HTTP/2 preface) would
+                // hold it until the grace ends. Once the requests in flight are answered
+                // and a short linger has passed, the rest are closed.
+                let drain = async {
+                    let _ = drained.wait_for(|s| *s).await;
+                    tokio::time::timeout(grace, async {
+                        while service.metrics.requests_in_flight() > 0 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    })
                     .await
-                    .map_err(std::io::Error::other)
+                    .ok();
+                    tokio::time::sleep(GRPC_LINGER).await;
+                };
+                tokio::select! {
+                    served = serve => served.map_err(std::io::Error::other),
+                    () = drain => Ok(()),
+                }
             }));
         }
         let signals = if service.config.handle_signals {
@@ -162,6 +206,9 @@ impl Server {
             f.insert("max_batch".into(), c.max_batch.into());
             f.insert("max_queue_delay_us".into(), (c.max_queue_delay.as_micros() as u64).into());
             f.insert("max_queue_images".into(), c.max_queue_images.into());
+            f.insert("header_timeout_ms".into(), (c.header_timeout.as_millis() as u64).into());
+            f.insert("idle_timeout_ms".into(), (c.idle_timeout.as_millis() as u64).into());
+            f.insert("max_connections".into(), c.max_connections.into());
         });
         Ok(Server { runtime, service, http_addr, grpc_addr, stop, tasks, signals: std::sync::Mutex::new(signals) })
     }
@@ -201,16 +248,21 @@ impl Server {
         })
     }
 
-    /// Graceful shutdown: readiness turns false, the listeners close, requests in flight
-    /// are finished and answered (those arriving meanwhile get 503), then the streams stop.
-    /// Whatever is still running after `config.timeout` is abandoned.
+    /// Graceful shutdown: readiness turns false, the listeners close, idle connections and
+    /// those with a partial request head close at once, requests whose bodies are still
+    /// arriving are answered 503, requests already read are finished and answered, then the
+    /// streams stop. Connections still open `config.timeout` + 1 s after the start are
+    /// closed and logged ("connections abandoned"); that is not a failure. Queued log
+    /// lines are written before it returns (waiting at most two seconds for standard error).
     pub fn shutdown(mut self) -> Result<()> {
         log::event(Level::Info, "draining", |f| {
             f.insert("model".into(), self.service.name.as_str().into());
         });
         self.service.stop_accepting();
         let _ = self.stop.send(true);
-        let grace = self.service.config.timeout + Duration::from_secs(1);
+        // The listeners enforce `timeout` + 1 s themselves; this only bounds a listener
+        // that failed to.
+        let grace = self.service.config.timeout + Duration::from_secs(3);
         let tasks = std::mem::take(&mut self.tasks);
         let finished = self.runtime.block_on(async {
             tokio::time::timeout(grace, async {
@@ -228,10 +280,11 @@ impl Server {
         });
         self.service.drain();
         log::event(Level::Info, "stopped", |_| {});
+        log::flush(Duration::from_secs(2));
         match finished {
             Ok(result) => result,
             Err(_) => Err(Error::Internal(format!(
-                "connections were still open {} s after the shutdown began; they were closed",
+                "a listener had not stopped {} s after the shutdown began",
                 grace.as_secs()
             ))),
         }

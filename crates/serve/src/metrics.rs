@@ -73,6 +73,29 @@ pub struct Metrics {
     queue_seconds: Histogram,
     compute_seconds: Histogram,
     batch_images: Histogram,
+    connections: Connections,
+}
+
+/// The HTTP listener's connections.
+#[derive(Default)]
+struct Connections {
+    open: AtomicU64,
+    refused: AtomicU64,
+    /// Closed by the watchdog, per phase of [`CONNECTION_PHASES`].
+    timed_out: [AtomicU64; CONNECTION_PHASES.len()],
+}
+
+/// What a connection the watchdog closed was waiting for: the rest of a request head, or
+/// anything at all (keep-alive idle, or a client not reading its answer).
+pub const CONNECTION_PHASES: [&str; 2] = ["header", "idle"];
+
+/// An open connection, counted until it drops.
+pub struct OpenConnection<'a>(&'a Metrics);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections.open.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Metrics {
@@ -94,6 +117,7 @@ impl Metrics {
             queue_seconds: Histogram::new(&SECONDS),
             compute_seconds: Histogram::new(&SECONDS),
             batch_images: Histogram::new(&SIZES),
+            connections: Connections::default(),
         }
     }
 
@@ -147,6 +171,25 @@ impl Metrics {
     /// A reservation was refused because the budget was full.
     pub fn inflight_refused(&self) {
         self.inflight_refused.fetch_add(1, Relaxed);
+    }
+
+    /// Inference requests received and not yet answered, both protocols.
+    pub fn requests_in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    pub fn connection_opened(&self) -> OpenConnection<'_> {
+        self.connections.open.fetch_add(1, Relaxed);
+        OpenConnection(self)
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections.refused.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_timed_out(&self, phase: &str) {
+        let i = CONNECTION_PHASES.iter().position(|p| *p == phase).unwrap_or(CONNECTION_PHASES.len() - 1);
+        self.connections.timed_out[i].fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -239,6 +282,42 @@ impl Metrics {
         );
         self.compute_seconds.render(&mut out, "repvgg_compute_duration_seconds", "Time a batch ran.", &labels);
         self.batch_images.render(&mut out, "repvgg_batch_size", "Images per batch run.", &labels);
+        let c = &self.connections;
+        let mut counter = |name: &str, help: &str, kind: &str, lines: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (l, v) in lines {
+                let _ = writeln!(out, "{name}{{{l}}} {v}");
+            }
+        };
+        counter(
+            "repvgg_http_connections",
+            "HTTP connections open.",
+            "gauge",
+            &[(labels.clone(), c.open.load(Relaxed))],
+        );
+        counter(
+            "repvgg_http_connections_refused_total",
+            "HTTP connections refused (503) at the connection cap.",
+            "counter",
+            &[(labels.clone(), c.refused.load(Relaxed))],
+        );
+        let timed_out: Vec<_> = CONNECTION_PHASES
+            .iter()
+            .zip(&c.timed_out)
+            .map(|(p, n)| (format!("{labels},phase=\"{p}\""), n.load(Relaxed)))
+            .collect();
+        counter(
+            "repvgg_http_connections_timed_out_total",
+            "HTTP connections closed for a head not sent within the header timeout, or silence past the idle timeout.",
+            "counter",
+            &timed_out,
+        );
+        counter(
+            "repvgg_log_lines_dropped_total",
+            "Log lines dropped because standard error was not read fast enough (the process's, not the model's).",
+            "counter",
+            &[(labels.clone(), crate::log::dropped())],
+        );
         out
     }
 }
