@@ -416,7 +416,7 @@ impl AsyncWrite for Tracked {
 }
 
 /// Why a request body was cut short.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Cut {
     /// No byte arrived for this long.
     Idle(Duration),
@@ -443,11 +443,20 @@ struct WatchedBody {
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Set once the body is cut: every later poll (a handler may read on to drain the
+    /// body) gets the same error, and the finished futures are not polled again.
+    cut: Option<Cut>,
 }
 
 impl WatchedBody {
     fn new(body: Incoming, idle: Duration, stop: watch::Receiver<bool>) -> WatchedBody {
-        WatchedBody { body, idle, timer: Box::pin(tokio::time::sleep(idle)), stopped: Box::pin(until_stopped(stop)) }
+        WatchedBody {
+            body,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            stopped: Box::pin(until_stopped(stop)),
+            cut: None,
+        }
     }
 }
 
@@ -457,6 +466,9 @@ impl HttpBody for WatchedBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(cut) = this.cut {
+            return Poll::Ready(Some(Err(cut.into())));
+        }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer.as_mut().reset(Instant::now() + this.idle);
@@ -467,12 +479,14 @@ impl HttpBody for WatchedBody {
             Poll::Pending => {}
         }
         if this.stopped.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(Cut::ShuttingDown.into())));
+            this.cut = Some(Cut::ShuttingDown);
+        } else if this.timer.as_mut().poll(cx).is_ready() {
+            this.cut = Some(Cut::Idle(this.idle));
         }
-        if this.timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(Cut::Idle(this.idle).into())));
+        match this.cut {
+            Some(cut) => Poll::Ready(Some(Err(cut.into()))),
+            None => Poll::Pending,
         }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

@@ -267,8 +267,12 @@ fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session, steady: St
             logits = Vec::new();
         }
         for (job, reply) in replies {
+            // The input and its hold on the budget go before the answer, so that a client
+            // holding its answer sees the budget without its request.
+            let Job { reply: to, input, _held, .. } = job;
+            drop((input, _held));
             // The client may have gone meanwhile; nothing to do then.
-            let _ = job.reply.send(reply);
+            let _ = to.send(reply);
         }
     }
 }
