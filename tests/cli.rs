@@ -957,27 +957,32 @@ fn an_overflow_to_non_finite_logits_is_refused() {
     assert!(!logits.exists());
 }
 
+/// `repvgg serve` with `args` on ephemeral ports, one stream of one thread and a small
+/// warm-up: the child, its log after the first line, and that line (the `listening` one).
+fn start_serve(args: &[&str]) -> (std::process::Child, std::io::BufReader<std::process::ChildStderr>, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
+        .arg("serve")
+        .args(args)
+        .args(["--http-port", "0", "--grpc-port", "0", "--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    (child, log, line)
+}
+
 /// `repvgg serve` as a process: it reports where it listens, answers, drains on SIGTERM
 /// and exits 0; bad flags and a taken port are refused with their exit codes.
 #[test]
 fn serve_listens_answers_and_exits_0_on_sigterm() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Read, Write};
     let weights = fixture("trained-digits", "train.safetensors");
     let arch = fixture("trained-digits", "arch.toml");
-    // The server, its log after the first line, and that line.
-    let serve = || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
-            .args(["serve", "--weights", &weights, "--arch", &arch, "--http-port", "0", "--grpc-port", "0"])
-            .args(["--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        log.read_line(&mut line).unwrap();
-        (child, log, line)
-    };
+    let serve = || start_serve(&["--weights", &weights, "--arch", &arch]);
     // SIGTERM, then the exit code and the rest of the log.
     let terminate = |mut child: std::process::Child, mut log: BufReader<std::process::ChildStderr>| {
         assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
@@ -1024,18 +1029,9 @@ fn serve_listens_answers_and_exits_0_on_sigterm() {
 /// in `/metrics`, never waited for; SIGTERM still drains it and it exits 0.
 #[test]
 fn serve_keeps_answering_with_standard_error_unread() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_repvgg"))
-        .args(["serve", "--synthetic", "--http-port", "0", "--grpc-port", "0", "--model-name", "m"])
-        .args(["--warmup", "32", "--streams", "1", "--threads-per-stream", "1"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Kept open and never read again.
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    log.read_line(&mut line).unwrap();
+    use std::io::{Read, Write};
+    // The log is kept open and never read again.
+    let (mut child, log, line) = start_serve(&["--synthetic", "--model-name", "m"]);
     let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
     let addr = listening["http"].as_str().unwrap().to_string();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();

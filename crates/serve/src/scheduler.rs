@@ -254,8 +254,10 @@ fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session, steady: St
                 .collect(),
             Err(e) => batch.into_iter().map(|job| (job, Err(Error::from_runtime(&e)))).collect(),
         };
-        // Memory beyond the steady size is given back before the answers go, so that a
-        // client that got its answer sees the server at its steady size.
+        // The requests' inputs and holds on the budget go first, then the memory beyond the
+        // steady size (the allocator is trimmed after the inputs are freed), and only then
+        // the answers: a client holding its answer sees the server without its request.
+        let replies: Vec<_> = replies.into_iter().map(|(job, reply)| (job.reply, reply)).collect();
         session.trim_arena(steady.arena_bytes);
         let now = session.arena_bytes();
         shared.metrics.arena_changed(now as i64 - arena as i64);
@@ -266,11 +268,7 @@ fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session, steady: St
         if logits.capacity() > 4 * shared.classes * shared.max_batch {
             logits = Vec::new();
         }
-        for (job, reply) in replies {
-            // The input and its hold on the budget go before the answer, so that a client
-            // holding its answer sees the budget without its request.
-            let Job { reply: to, input, _held, .. } = job;
-            drop((input, _held));
+        for (to, reply) in replies {
             // The client may have gone meanwhile; nothing to do then.
             let _ = to.send(reply);
         }

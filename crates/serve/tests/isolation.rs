@@ -230,30 +230,13 @@ fn grpc_refusals_carry_the_documented_codes() {
 /// calls RESOURCE_EXHAUSTED at once, and once the uploads go, the budget is whole again.
 #[test]
 fn held_uploads_exhaust_the_budget_and_others_are_refused_at_once() {
-    use std::io::Write as _;
     let server = start(Config { max_body_bytes: 1 << 20, max_inflight_bytes: 2 << 20, ..config() });
     let addr = server.http_addr();
     // Two binary uploads just under 1 MiB each, sending half and holding the rest: together
     // they hold all but 9 KB of the budget.
-    let data = 4 * 3 * 300 * 290;
-    let head = format!(
-        r#"{{"inputs":[{{"name":"input","shape":[1,3,300,290],"datatype":"FP32","parameters":{{"binary_data_size":{data}}}}}]}}"#
-    );
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(addr).unwrap();
-            let request = format!(
-                "POST {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nInference-Header-Content-Length: {}\r\n\r\n{head}",
-                infer_path(),
-                head.len() + data,
-                head.len()
-            );
-            s.write_all(request.as_bytes()).unwrap();
-            s.write_all(&vec![0u8; data / 2]).unwrap();
-            s
-        })
-        .collect();
-    let both = 2.0 * (head.len() + data) as f64;
+    let held: Vec<_> = (0..2).map(|_| hold_upload(addr, 300, 290, 4 * 3 * 300 * 290 / 2)).collect();
+    let both: usize = held.iter().map(|(_, declared)| declared).sum();
+    let both = both as f64;
     wait_until("both uploads are held", || metric(&server, "repvgg_inflight_bytes") >= both);
     let x = values(3, 3 * 32 * 32);
     let started = std::time::Instant::now();

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use common::*;
@@ -28,6 +27,12 @@ const MB: usize = 1 << 20;
 
 #[test]
 fn memory_stays_bounded_under_held_uploads_many_sizes_and_an_oversized_request() {
+    // What the server holds does not depend on the kernel set; CI's reruns of the suite
+    // under each other set (REPVGG_ISA) skip this minute-long test.
+    if std::env::var_os("REPVGG_ISA").is_some_and(|isa| !isa.is_empty()) {
+        eprintln!("skipped under REPVGG_ISA: memory does not depend on the kernel set");
+        return;
+    }
     let config = Config { streams: 1, threads_per_stream: 2, ..config() };
     // The defaults: 64 MiB bodies, and a budget of 2 x (64 queued 224x224 images + 64 MiB).
     assert_eq!(config.max_inflight_bytes, repvgg_serve::default_max_inflight_bytes(64, 64 << 20));
@@ -42,32 +47,10 @@ fn memory_stays_bounded_under_held_uploads_many_sizes_and_an_oversized_request()
     let base = rss();
 
     // 16 clients each declare a 60 MB tensor, send 40 MB of it and hold the rest.
-    let data = 4 * 3 * 2236 * 2236;
-    let head = format!(
-        r#"{{"inputs":[{{"name":"input","shape":[1,3,2236,2236],"datatype":"FP32","parameters":{{"binary_data_size":{data}}}}}]}}"#
-    );
-    let chunk = vec![0u8; MB];
-    let held: Vec<_> = (0..16)
-        .map(|_| {
-            let (head, chunk) = (head.clone(), chunk.clone());
-            std::thread::spawn(move || {
-                let mut s = std::net::TcpStream::connect(addr).unwrap();
-                let request = format!(
-                    "POST {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nInference-Header-Content-Length: {}\r\n\r\n{head}",
-                    infer_path(),
-                    head.len() + data,
-                    head.len()
-                );
-                s.write_all(request.as_bytes()).unwrap();
-                for _ in 0..40 {
-                    s.write_all(&chunk).unwrap();
-                }
-                s
-            })
-        })
-        .collect();
+    let held: Vec<_> = (0..16).map(|_| std::thread::spawn(move || hold_upload(addr, 2236, 2236, 40 * MB))).collect();
     let held: Vec<_> = held.into_iter().map(|h| h.join().unwrap()).collect();
-    let admitted = budget / (head.len() + data);
+    let declared = held[0].1;
+    let admitted = budget / declared;
     wait_until("the uploads are admitted or refused", || {
         metric(&server, "repvgg_inflight_refused_total") >= (16 - admitted) as f64
     });
@@ -108,7 +91,8 @@ fn memory_stays_bounded_under_held_uploads_many_sizes_and_an_oversized_request()
             })
         })
         .collect();
-    let early = clients.into_iter().filter_map(|c| c.join().unwrap()).next().unwrap();
+    let early: Vec<usize> = clients.into_iter().filter_map(|c| c.join().unwrap()).collect();
+    let early = early[0];
     let late = rss();
     eprintln!("20 000 sizes: RSS {} MB after 2000 of them, {} MB after all", early / MB, late / MB);
     // An unbounded plan cache grew 47 MB here; the allocator's own slack is a few MB.

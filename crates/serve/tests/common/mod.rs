@@ -266,3 +266,29 @@ pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// A binary upload of a `[1, 3, h, w]` FP32 tensor that sends its head and `sent` bytes of
+/// the tensor, then holds the connection (the caller drops it to go). Returns the stream
+/// and the body's declared length.
+pub fn hold_upload(addr: SocketAddr, h: usize, w: usize, sent: usize) -> (TcpStream, usize) {
+    let data = 4 * 3 * h * w;
+    let head = format!(
+        r#"{{"inputs":[{{"name":"input","shape":[1,3,{h},{w}],"datatype":"FP32","parameters":{{"binary_data_size":{data}}}}}]}}"#
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nInference-Header-Content-Length: {}\r\n\r\n{head}",
+        infer_path(),
+        head.len() + data,
+        head.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = sent.min(data);
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n]).unwrap();
+        left -= n;
+    }
+    (s, head.len() + data)
+}
