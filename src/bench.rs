@@ -145,7 +145,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         .map(|(lp, &ms)| {
             let flops = 2 * lp.macs * n as u64;
             let multiplies = lp.multiplies() * n as u64;
-            let weight_bytes = model.weight_bytes(lp.index, lp.algo)?;
+            let weight_bytes = model.weight_bytes(lp)?;
             Ok(LayerRow {
                 name: lp.name.clone(),
                 in_channels: lp.in_channels,

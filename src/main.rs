@@ -9,7 +9,6 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use repvgg::files::Output;
 use repvgg::graph::{ArchSpec, Network};
-use repvgg::runtime::plan::default_algo;
 use repvgg::runtime::{
     Algo, AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, Plan, SessionOptions, cpu, loader,
 };
@@ -260,8 +259,8 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
     // Multiplies under the plan a session would run at batch 1, and with F(2,3) on every
     // layer it applies to (the count behind the paper's Winograd MULs).
     let isa = repvgg::simd::Dispatch::choose(repvgg::simd::IsaChoice::Auto).map_err(repvgg::Error::from)?.isa();
-    let chosen = Plan::new(&network, 1, h, w, |lp| default_algo(lp, 1, isa));
-    let f2 = Plan::new(&network, 1, h, w, |_| Algo::F2);
+    let chosen = Plan::for_choice(&network, 1, h, w, AlgoChoice::Auto, isa);
+    let f2 = Plan::for_choice(&network, 1, h, w, AlgoChoice::Force(Algo::F2), isa);
     let se_macs: Vec<u64> = network.layers.iter().map(|l| l.se_macs()).collect();
     let muls = |plan: &Plan| -> Vec<u64> { plan.layers.iter().map(|lp| lp.multiplies() + se_macs[lp.index]).collect() };
     let (muls_chosen, muls_f2) = (muls(&chosen), muls(&f2));

@@ -21,8 +21,9 @@
 pub mod buffers;
 pub mod cpu;
 pub mod error;
-pub mod exec;
+pub(crate) mod exec;
 pub mod kernels;
+pub mod lab;
 pub mod loader;
 pub mod model;
 pub mod plan;
@@ -33,7 +34,7 @@ pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Limits, Model, ModelOptions};
-pub use plan::{Algo, AlgoChoice, LayerPlan, Plan};
+pub use plan::{Algo, AlgoChoice, LayerPlan, Plan, Precision};
 pub use repvgg_simd::{Isa, IsaChoice};
 pub use session::{DEFAULT_SPIN, Features, MAX_CACHED_PLANS, Profile, Session, SessionOptions, check_finite};
 pub use tensor::Tensor;

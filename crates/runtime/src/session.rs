@@ -7,12 +7,10 @@ use repvgg_simd::{Dispatch, IsaChoice, dispatch};
 
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
-use crate::exec::generic::GenericConv;
-use crate::exec::winograd as wino;
-use crate::exec::{direct, pointwise};
+use crate::exec::{InputLayout, REGISTRY, RunContext, pointwise};
 use crate::kernels::{CHANNEL_BLOCK, channel_blocks, probe};
-use crate::model::{Model, Prepared};
-use crate::plan::{Algo, AlgoChoice, LayerPlan, Plan, default_algo};
+use crate::model::Model;
+use crate::plan::{AlgoChoice, LayerPlan, Plan, Precision};
 use crate::team::Team;
 use crate::tensor::Tensor;
 
@@ -450,11 +448,7 @@ impl Session {
         if self.plans.contains((n, h, w)) {
             return Ok(());
         }
-        let network = self.model.network();
-        let mut plan = match self.options.algo {
-            AlgoChoice::Force(algo) => Plan::new(network, n, h, w, |_| algo),
-            AlgoChoice::Auto => Plan::new(network, n, h, w, |lp| default_algo(lp, n, self.isa.isa())),
-        };
+        let mut plan = Plan::for_choice(self.model.network(), n, h, w, self.options.algo, self.isa.isa());
         self.reserve(&plan)?;
         if self.options.autotune && self.options.algo == AlgoChoice::Auto {
             plan = self.autotune(plan)?;
@@ -467,25 +461,33 @@ impl Session {
     fn reserve(&mut self, plan: &Plan) -> Result<()> {
         check_memory(&self.model, self.workers, plan, false)?;
         for lp in &plan.layers {
-            self.model.prepare(lp.index, lp.algo)?;
+            self.model.prepare(lp)?;
         }
         self.arena.reserve(plan, self.workers);
         Ok(())
     }
 
-    /// Times every applicable algorithm on each layer and keeps the fastest.
+    /// Times every executor the automatic choice considers on each layer it can run, and
+    /// keeps the fastest.
     fn autotune(&mut self, mut plan: Plan) -> Result<Plan> {
         let (n, h, w) = (plan.n, plan.h, plan.w);
+        let isa = self.isa.isa();
         let network = self.model.network().clone();
-        for (i, layer) in network.layers.iter().enumerate() {
-            let candidates: Vec<Algo> =
-                [Algo::Direct, Algo::F2, Algo::F4, Algo::F6].into_iter().filter(|a| a.supports(layer)).collect();
+        let mut chosen: Vec<_> = plan.layers.iter().map(|lp| lp.executor().1).collect();
+        for i in 0..plan.layers.len() {
+            let shape = plan.layers[i].shape(n);
+            let candidates: Vec<_> = REGISTRY
+                .iter()
+                .copied()
+                .filter(|e| e.automatic() && e.precision() == Precision::F32 && e.supports(&shape, isa))
+                .collect();
             if candidates.len() < 2 {
                 continue;
             }
-            let mut best = (Duration::MAX, plan.layers[i].algo);
-            for algo in candidates {
-                let trial = Plan::new(&network, n, h, w, |lp| if lp.index == i { algo } else { Algo::Direct });
+            let mut best = (Duration::MAX, chosen[i]);
+            for executor in candidates {
+                // The other layers take the fallback: only this one's packing matters.
+                let trial = Plan::new(&network, n, h, w, isa, |lp| (lp.index == i).then_some(executor));
                 self.reserve(&trial)?;
                 let lp = trial.layers[i].clone();
                 let mut fastest = Duration::MAX;
@@ -495,14 +497,13 @@ impl Session {
                     fastest = fastest.min(start.elapsed());
                 }
                 if fastest < best.0 {
-                    best = (fastest, algo);
+                    best = (fastest, executor);
                 }
             }
-            plan.layers[i].algo = best.1;
+            chosen[i] = best.1;
         }
         // Re-derive buffer sizes for the chosen mix.
-        let chosen: Vec<Algo> = plan.layers.iter().map(|l| l.algo).collect();
-        let plan = Plan::new(&network, n, h, w, |lp| chosen[lp.index]);
+        plan = Plan::new(&network, n, h, w, isa, |lp| Some(chosen[lp.index]));
         self.reserve(&plan)?;
         Ok(plan)
     }
@@ -512,15 +513,15 @@ impl Session {
         let model = self.model.clone();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
         let (first, second) = act.split_at_mut(1);
-        let input_len = if lp.index == 0 {
-            n * 3 * lp.h * lp.w
-        } else {
-            n * channel_blocks(lp.in_channels) * lp.h * lp.w * CHANNEL_BLOCK
+        let input_len = match lp.input {
+            InputLayout::Planar => n * lp.in_channels * lp.h * lp.w,
+            InputLayout::Blocked => n * channel_blocks(lp.in_channels) * lp.h * lp.w * CHANNEL_BLOCK,
         };
         let input = &first[0][..input_len];
         let output = &mut second[0];
         let isa = self.isa;
-        self.team.install(|| conv_layer(isa, &model, lp, n, input, output, transformed, scratch, pooled));
+        let mut buffers = LayerBuffers { transformed, scratch, pooled };
+        self.team.install(|| conv_layer(isa, &model, lp, n, input, output, &mut buffers));
     }
 
     /// One forward pass over `input` of the checked `shape`.
@@ -541,6 +542,7 @@ impl Session {
         let network = model.network();
         let stage_ends = network.stage_ends();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
+        let mut buffers = LayerBuffers { transformed, scratch, pooled };
         let isa = self.isa;
         self.team.install(|| {
             let mut current = 0;
@@ -549,7 +551,7 @@ impl Session {
                 let (a, b) = act.split_at_mut(1);
                 let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
                 let src: &[f32] = if lp.index == 0 { input } else { src };
-                conv_layer(isa, model, lp, n, src, dst, transformed, scratch, pooled);
+                conv_layer(isa, model, lp, n, src, dst, &mut buffers);
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
                 }
@@ -567,6 +569,7 @@ impl Session {
             let last = plan.layers.last().expect("layers");
             let features = network.feature_channels();
             let weights = model.weights();
+            let pooled = &mut *buffers.pooled;
             pointwise::global_average_pool(isa, &act[current], n, features, last.oh * last.ow, pooled);
             pointwise::linear(isa, pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits);
             if let Some(t) = times {
@@ -634,8 +637,17 @@ pub fn check_finite(input: &[f32], [_, c, h, w]: [usize; 4]) -> Result<()> {
     )))
 }
 
-/// One RepVGG block: convolution + bias, then SE and ReLU (or ReLU fused into the convolution).
-#[allow(clippy::too_many_arguments)]
+/// The arena's buffers a layer works in besides its input and output.
+struct LayerBuffers<'a> {
+    /// The executor's shared buffer (transformed inputs or packed panels).
+    transformed: &'a mut [f32],
+    scratch: &'a Scratch,
+    /// SE and pooling scratch.
+    pooled: &'a mut [f32],
+}
+
+/// One RepVGG block: convolution + bias by the layer's executor (one call per layer), then
+/// SE and ReLU (or ReLU fused into the convolution).
 fn conv_layer(
     isa: Dispatch,
     model: &Model,
@@ -643,41 +655,26 @@ fn conv_layer(
     n: usize,
     input: &[f32],
     output: &mut [f32],
-    transformed: &mut [f32],
-    scratch: &Scratch,
-    pooled: &mut [f32],
+    buffers: &mut LayerBuffers<'_>,
 ) {
-    let bias = model.bias(lp.index);
     let relu = !lp.se;
-    let prepared = model.prepared(lp.index, lp.algo);
-    match (&*prepared, lp.algo) {
-        (Prepared::Winograd(filters), _) => {
-            wino::run(isa, filters, bias, relu, &lp.winograd_shape(n), input, output, transformed, scratch);
-        }
-        (Prepared::Direct(weights), _) => {
-            direct::run(isa, weights, bias, relu, &lp.direct_shape(n), input, output, transformed, scratch);
-        }
-        (Prepared::Generic, _) => {
-            let weight = &model.weights().layers[lp.index].conv.weight;
-            GenericConv {
-                n,
-                in_channels: lp.in_channels,
-                out_channels: lp.out_channels,
-                groups: lp.groups,
-                h: lp.h,
-                w: lp.w,
-                stride: lp.stride,
-                oh: lp.oh,
-                ow: lp.ow,
-                weight,
-                bias,
-                relu,
-            }
-            .run(isa, input, output);
-        }
-    }
+    let prepared = model.prepared(lp);
+    let shape = lp.shape(n);
+    let layer = &model.weights().layers[lp.index];
+    lp.executor().1.run(RunContext {
+        isa,
+        shape: &shape,
+        weights: &*prepared,
+        deploy: &layer.conv.weight,
+        bias: model.bias(lp.index),
+        relu,
+        input,
+        output: &mut *output,
+        shared: &mut *buffers.transformed,
+        scratch: buffers.scratch,
+    });
     if lp.se {
-        let se = model.weights().layers[lp.index].se.as_ref().expect("SE layers have SE weights");
-        pointwise::squeeze_excite_relu(isa, output, n, lp.out_channels, lp.oh * lp.ow, se, pooled);
+        let se = layer.se.as_ref().expect("SE layers have SE weights");
+        pointwise::squeeze_excite_relu(isa, output, n, lp.out_channels, lp.oh * lp.ow, se, buffers.pooled);
     }
 }

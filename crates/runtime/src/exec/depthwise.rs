@@ -34,7 +34,6 @@ impl DepthwiseWeights {
 
 /// `output = relu?(depthwise(input) + bias)`, channel-blocked in and out, in parallel over
 /// (image, channel block) planes; `bias` is padded to whole channel blocks.
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     isa: Dispatch,
     weights: &DepthwiseWeights,

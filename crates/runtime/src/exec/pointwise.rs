@@ -70,7 +70,6 @@ const CLASS_CHUNK: usize = 64;
 /// Parallel over chunks of classes, each reading its weight rows once for the whole
 /// batch: at batch 1 the weights (5 MB for A0) are the only real traffic, and both cores
 /// stream them.
-#[allow(clippy::too_many_arguments)]
 pub fn linear(isa: Dispatch, pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], logits: &mut [f32]) {
     let classes = bias.len();
     let cb = channel_blocks(c);
