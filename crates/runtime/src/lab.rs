@@ -12,9 +12,9 @@ use crate::buffers::Scratch;
 use crate::error::{Error, Result};
 use crate::exec::depthwise::{self, DepthwiseShape, DepthwiseWeights};
 use crate::exec::{self, ConvExecutor, ConvShape, InputLayout, PackedWeights, RunContext};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 use crate::plan::{Algo, Precision};
 pub use crate::team::Team;
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// One convolution on channel-blocked activations (`NCHWc16`, the layout between
 /// layers): `n` maps of `h x w`, `kernel x kernel` with padding `kernel / 2`.

@@ -9,70 +9,12 @@ use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network};
 
 use crate::error::{Error, Result};
 use crate::exec::{PackedWeights, REGISTRY};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+use crate::limits::{Limits, check_output};
 use crate::loader::SafetensorsFile;
 use crate::plan::LayerPlan;
 use crate::reference;
 use crate::tensor::Tensor;
-
-/// Resource limits applied to every request before anything large is allocated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest accepted input height or width.
-    pub max_side: usize,
-    /// Largest accepted batch.
-    pub max_batch: usize,
-    /// Largest accepted input tensor, in elements (`N * 3 * H * W`).
-    pub max_input_elements: usize,
-    /// Largest working memory (activations, transforms, scratch) a session may allocate
-    /// for one request, in bytes.
-    pub max_arena_bytes: usize,
-    /// Largest weights a model may hold, in bytes: the weights file (mapped), the f32
-    /// deploy weights (loaded or synthetic), and every packing of them the plans need
-    /// (a Winograd F(6,3) packing is about 7x the deploy kernel).
-    pub max_weight_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_side: 8192,
-            max_batch: 1024,
-            max_input_elements: 1 << 28,
-            max_arena_bytes: 8 << 30,
-            max_weight_bytes: 8 << 30,
-        }
-    }
-}
-
-impl Limits {
-    /// Checks an input shape against the limits and the network's needs.
-    pub fn check_input(&self, network: &Network, shape: &[usize]) -> Result<[usize; 4]> {
-        let [n, c, h, w] = <[usize; 4]>::try_from(shape)
-            .map_err(|_| Error::Input(format!("input has shape {shape:?}, expected [N, 3, H, W]")))?;
-        if c != 3 {
-            return Err(Error::Input(format!("input has shape {shape:?}, expected 3 channels in [N, 3, H, W]")));
-        }
-        if n == 0 {
-            return Err(Error::Input(format!("input has shape {shape:?}: the batch is empty")));
-        }
-        if n > self.max_batch {
-            return Err(Error::Limit(format!("batch {n} exceeds the limit of {}", self.max_batch)));
-        }
-        if h > self.max_side || w > self.max_side {
-            return Err(Error::Limit(format!("input {h}x{w} exceeds the limit of {} pixels per side", self.max_side)));
-        }
-        let elements = [n, c, h, w].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if elements.is_none_or(|e| e > self.max_input_elements) {
-            return Err(Error::Limit(format!(
-                "input {shape:?} exceeds the limit of {} elements",
-                self.max_input_elements
-            )));
-        }
-        network.check_input_size(h, w, self.max_side)?;
-        Ok([n, c, h, w])
-    }
-}
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
@@ -232,7 +174,7 @@ impl Model {
     pub fn run_reference(&self, input: &Tensor) -> Result<reference::Outputs> {
         self.limits().check_input(self.network(), input.shape())?;
         let outputs = reference::forward(self.network(), self.weights(), input)?;
-        crate::session::check_output("logits", outputs.logits.data(), outputs.logits.shape())?;
+        check_output("logits", outputs.logits.data(), outputs.logits.shape())?;
         Ok(outputs)
     }
 

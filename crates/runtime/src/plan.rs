@@ -10,7 +10,7 @@ use repvgg_simd::Isa;
 use crate::cpu::Vendor;
 use crate::error::{Error, Result};
 use crate::exec::{self, ConvExecutor, ConvShape, CostModel, InputLayout, REGISTRY, pointwise};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// A convolution algorithm: the name of a plan entry (its behaviour is its executor's,
 /// `crate::exec`).

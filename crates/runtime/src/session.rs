@@ -8,7 +8,10 @@ use repvgg_simd::{Dispatch, IsaChoice, dispatch};
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
 use crate::exec::{InputLayout, REGISTRY, RunContext, pointwise};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks, probe};
+use crate::limits::{check_finite, check_output};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
+
+use crate::kernels::probe;
 use crate::model::Model;
 use crate::plan::{AlgoChoice, LayerPlan, Plan, Precision};
 use crate::team::Team;
@@ -550,7 +553,7 @@ impl Session {
                 let start = times.as_ref().map(|_| Instant::now());
                 let (a, b) = act.split_at_mut(1);
                 let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
-                let src: &[f32] = if lp.index == 0 { input } else { src };
+                let src: &[f32] = if lp.input == InputLayout::Planar { input } else { src };
                 conv_layer(isa, model, lp, n, src, dst, &mut buffers);
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
@@ -597,44 +600,6 @@ fn check_memory(model: &Model, workers: usize, plan: &Plan, features: bool) -> R
             limit >> 20
         ))),
     }
-}
-
-/// Refuses a non-finite output. Weights and inputs are finite (both are checked), so one
-/// means that a value overflowed f32 inside the network; the ReLUs keep NaN
-/// (`repvgg_simd::relu`), so an overflow anywhere reaches the logits instead of being
-/// hidden by a later layer. Returning such logits would be silent garbage.
-pub(crate) fn check_output(what: &str, data: &[f32], shape: &[usize]) -> Result<()> {
-    let Some(index) = data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
-    let mut at = Vec::with_capacity(shape.len());
-    let mut rest = index;
-    for d in shape.iter().rev() {
-        at.push(rest % d);
-        rest /= d;
-    }
-    at.reverse();
-    let at = at.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
-    Err(Error::NonFiniteOutput(format!(
-        "{what}[{at}] is {}: finite weights and input overflowed f32 inside the network \
-         (weights or input too large in magnitude)",
-        data[index]
-    )))
-}
-
-/// Refuses NaN and infinity in an input `[N, C, H, W]`, naming the first one: the caller
-/// learns which value was bad, rather than that the logits came out non-finite (where
-/// such a value would end up: the ReLUs keep NaN, and a Winograd transform spreads one
-/// over a tile). Every run checks its input; a server checks each request with it before
-/// queueing, so that a bad request is refused alone rather than inside a merged batch.
-pub fn check_finite(input: &[f32], [_, c, h, w]: [usize; 4]) -> Result<()> {
-    let Some(index) = input.iter().position(|v| !v.is_finite()) else { return Ok(()) };
-    let (n, rest) = (index / (c * h * w), index % (c * h * w));
-    Err(Error::Input(format!(
-        "input[{n}, {}, {}, {}] is {} (inputs must be finite)",
-        rest / (h * w),
-        rest % (h * w) / w,
-        rest % w,
-        input[index]
-    )))
 }
 
 /// The arena's buffers a layer works in besides its input and output.

@@ -20,12 +20,10 @@
 //! signatures.
 
 use repvgg_simd::Simd;
+use repvgg_simd::layout::CHANNEL_BLOCK;
 
 use crate::Variant;
 use crate::tables;
-
-/// Channels per block of the channel-blocked layout.
-pub const CHANNEL_BLOCK: usize = 16;
 
 #[inline(always)]
 fn load<S: Simd>(s: S, src: &[f32], offset: usize) -> S::F32 {

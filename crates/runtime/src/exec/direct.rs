@@ -19,9 +19,9 @@ use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunC
 use crate::buffers::SharedMut;
 use crate::kernels::gemm::{Epilogue, Gemm, MR, NR};
 use crate::kernels::im2col::{self, Geometry, PLANAR_MAX_KD};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// The direct executor (FP32).
 pub(crate) struct Direct;

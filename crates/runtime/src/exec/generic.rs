@@ -6,9 +6,9 @@
 use repvgg_simd::{Dispatch, Isa, Simd, dispatch};
 
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunContext};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// The generic executor (FP32): the fallback for the layers no other executor takes.
 pub(crate) struct Generic;

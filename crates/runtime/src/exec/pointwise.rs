@@ -7,8 +7,8 @@ use repvgg_simd::{Dispatch, dispatch};
 
 use crate::buffers::SharedMut;
 use crate::kernels::pointwise::{dot, dot_in_order, gate_relu_block, mean_block};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 use crate::team::{for_each, for_each_chunk_mut};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// Per-(image, channel) spatial means, `[n][channel_blocks(c) * 16]` (padding lanes included).
 pub fn global_average_pool(isa: Dispatch, act: &[f32], n: usize, c: usize, plane: usize, pooled: &mut [f32]) {

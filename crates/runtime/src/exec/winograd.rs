@@ -22,8 +22,8 @@ use super::schedule::{Schedule, Work};
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunContext, downcast};
 use crate::buffers::SharedMut;
 use crate::kernels::gemm::{Gemm, MR, NR, StoreBlocked};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 use crate::plan::{Algo, Precision};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// A Winograd executor (FP32): one variant, with the cost of its tile transforms.
 pub(crate) struct Winograd {

@@ -45,7 +45,7 @@
 
 use repvgg_simd::{Portable, Simd};
 
-use super::CHANNEL_BLOCK;
+use repvgg_simd::layout::CHANNEL_BLOCK;
 
 /// Columns per column panel (tiles for Winograd, output pixels for direct).
 pub const NR: usize = 12;
