@@ -12,8 +12,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use repvgg::runtime::Algo;
-use repvgg::runtime::kernels::probe;
-use repvgg::runtime::lab::{Conv, ConvSpec, Depthwise, Team};
+use repvgg::runtime::lab::{self, Conv, ConvSpec, Depthwise, Team};
 use repvgg::simd::Dispatch;
 use repvgg::winograd::Variant;
 
@@ -201,7 +200,7 @@ pub fn run(config: &Config, isa: Dispatch, threads: usize) -> Result<Report> {
             peak_share: 0.0,
         });
     }
-    let peak_gflops = probe::peak_gflops(isa, threads, 300);
+    let peak_gflops = lab::peak_gflops_on(isa, threads, 300);
     for row in &mut rows {
         row.peak_share = row.mul_gflops / peak_gflops;
     }

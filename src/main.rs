@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use repvgg::files::Output;
 use repvgg::graph::{ArchSpec, Network};
 use repvgg::runtime::{
-    Algo, AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, Plan, SessionOptions, cpu, loader,
+    Algo, AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, Plan, SessionOptions, check_build_features,
+    loader, worker_count,
 };
 
 mod bench;
@@ -70,7 +71,7 @@ impl RunArgs {
         let threads = thread_count(self.threads)?;
         let algo: AlgoChoice = self.algo.parse()?;
         let pool = if self.rayon {
-            let workers = repvgg::runtime::session::worker_count(threads)?;
+            let workers = worker_count(threads)?;
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(workers)
                 .thread_name(|i| format!("repvgg-rayon-{i}"))
@@ -525,7 +526,7 @@ fn density(config: density::Config, threads: Option<usize>, isa: &str, json: boo
     }
     let plot = plot.map(|p| Output::new(p, &[])).transpose()?;
     let isa = repvgg::simd::Dispatch::choose(isa_choice(isa)?).map_err(repvgg::Error::from)?;
-    let threads = repvgg::runtime::session::worker_count(thread_count(threads)?)?;
+    let threads = worker_count(thread_count(threads)?)?;
     let report = density::run(&config, isa, threads)?;
     if json {
         print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
@@ -572,7 +573,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    if let Err(e) = cpu::check_build_features() {
+    if let Err(e) = check_build_features() {
         eprintln!("error: {e}");
         return exit::code(ErrorKind::Cpu);
     }

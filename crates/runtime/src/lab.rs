@@ -1,18 +1,21 @@
 //! Instruments for benchmarks and the density study; not a stable API.
 //!
-//! What `benches/layers.rs` and `repvgg density` need from inside the runtime, in one
-//! place: a single convolution layer run alone by any registered algorithm ([`Conv`]),
-//! the depthwise 3x3 layer that only the density study runs ([`Depthwise`]), and the
-//! thread team they run on ([`Team`]). An embedder runs whole networks through
-//! [`Session`](crate::Session) instead.
+//! What `repvgg bench`, `benches/layers.rs` and `repvgg density` need from inside the
+//! runtime, in one place: a single convolution layer run alone by any registered
+//! algorithm ([`Conv`]), the depthwise 3x3 layer that only the density study runs
+//! ([`Depthwise`]), the thread team they run on ([`Team`]), and the machine probes that
+//! set measured times against what the kernels could do at most ([`peak_gflops`],
+//! [`read_gbps`]). An embedder runs whole networks through [`Session`] instead.
 
-use repvgg_simd::Dispatch;
+use repvgg_simd::{Dispatch, dispatch};
 
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
 use crate::exec::depthwise::{self, DepthwiseShape, DepthwiseWeights};
 use crate::exec::{self, ConvExecutor, ConvShape, InputLayout, PackedWeights, RunContext};
+use crate::kernels::probe;
 use crate::plan::{Algo, Precision};
+use crate::session::Session;
 pub use crate::team::Team;
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
@@ -181,4 +184,28 @@ impl Depthwise {
     pub fn run(&self, team: &Team, isa: Dispatch, input: &[f32], output: &mut [f32]) {
         team.install(|| depthwise::run(isa, &self.weights, &self.bias, true, &self.shape, input, output));
     }
+}
+
+/// The FP32 multiply-add peak of `session`'s workers with its kernel set, in GFLOP/s,
+/// measured now: as many fresh threads as it has workers, each running 12 independent
+/// chains of vector multiply-adds (enough to cover the latency of two FMA pipes) for
+/// about `millis` ms, the rates summed.
+pub fn peak_gflops(session: &Session, millis: u64) -> f64 {
+    peak_gflops_on(session.dispatch(), session.threads(), millis)
+}
+
+/// [`peak_gflops`] of `threads` threads with the kernel set `isa`, without a session.
+pub fn peak_gflops_on(isa: Dispatch, threads: usize, millis: u64) -> f64 {
+    probe::peak_gflops(isa, threads, millis)
+}
+
+/// The DRAM read bandwidth of `session`'s workers in GB/s, measured now: all workers at
+/// once, each summing its own `mib`-MiB buffer (written once first, so that the timed
+/// passes only read) pass after pass for about `millis` ms.
+pub fn read_gbps(session: &Session, mib: usize, millis: u64) -> f64 {
+    let isa = session.dispatch();
+    probe::on_threads(session.threads(), || {
+        let buffer: Vec<f32> = (0..(mib.max(1) << 20) / 4).map(|i| (i % 7) as f32).collect();
+        dispatch!(isa, |s| probe::read_gbps(s, &buffer, millis))
+    })
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use repvgg_simd::{Dispatch, IsaChoice, dispatch};
+use repvgg_simd::{Dispatch, IsaChoice};
 
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
@@ -11,7 +11,6 @@ use crate::exec::{InputLayout, REGISTRY, RunContext, pointwise};
 use crate::limits::{check_finite, check_output};
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
-use crate::kernels::probe;
 use crate::model::Model;
 use crate::plan::{AlgoChoice, LayerPlan, Plan, Precision};
 use crate::team::Team;
@@ -221,10 +220,9 @@ impl PlanCache {
 }
 
 /// Most worker threads a session (or anything else running a [`Team`]) may start.
-pub const MAX_THREADS: usize = 1024;
+pub(crate) const MAX_THREADS: usize = 1024;
 
-/// The workers `threads` asks for: 0 means one per core; more than [`MAX_THREADS`] is
-/// refused.
+/// The workers `threads` asks for: 0 means one per core; more than 1024 is refused.
 pub fn worker_count(threads: usize) -> Result<usize> {
     let workers = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     if workers > MAX_THREADS {
@@ -264,21 +262,9 @@ impl Session {
         self.isa.isa()
     }
 
-    /// The FP32 multiply-add peak of this session's workers with its kernel set, measured
-    /// now (all workers at once).
-    pub fn measure_peak_gflops(&self, millis: u64) -> f64 {
-        probe::peak_gflops(self.isa, self.workers, millis)
-    }
-
-    /// The DRAM read bandwidth of this session's workers in GB/s, measured now (all
-    /// workers at once, each streaming its own `mib`-MiB buffer, written once first so
-    /// that the timed passes only read).
-    pub fn measure_read_gbps(&self, mib: usize, millis: u64) -> f64 {
-        let isa = self.isa;
-        probe::on_threads(self.workers, || {
-            let buffer: Vec<f32> = (0..(mib.max(1) << 20) / 4).map(|i| (i % 7) as f32).collect();
-            dispatch!(isa, |s| probe::read_gbps(s, &buffer, millis))
-        })
+    /// The kernel set as the kernels take it (for `crate::lab`'s probes).
+    pub(crate) fn dispatch(&self) -> Dispatch {
+        self.isa
     }
 
     /// Bytes of working memory currently held.
