@@ -9,8 +9,9 @@
 //! the multiplies it performs.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use repvgg::simd::layout::CHANNEL_BLOCK;
 use repvgg::simd::{Dispatch, dispatch};
-use repvgg::winograd::{CHANNEL_BLOCK, Variant, input_tile, output_tile};
+use repvgg::winograd::{Variant, input_tile, output_tile};
 use std::hint::black_box;
 
 /// (name, channels, map side): A0 stages 1-3 and B0 stage 3.

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Result;
-use repvgg::runtime::{Profile, Session};
+use repvgg::runtime::{Profile, Session, lab};
 use repvgg::{Model, Tensor};
 
 /// What to measure.
@@ -125,11 +125,11 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         progress.inc(1);
     }
     progress.set_message("measuring the FMA peak");
-    let peak = session.measure_peak_gflops(300);
+    let peak = lab::peak_gflops(session, 300);
     progress.set_message("measuring the DRAM bandwidth");
     // Per worker, a buffer well beyond its share of any L3, without gigabytes on big hosts.
     let mib = (1024 / session.threads()).clamp(16, 64);
-    let read_gbps = session.measure_read_gbps(mib, 300);
+    let read_gbps = lab::read_gbps(session, mib, 300);
     progress.finish_and_clear();
     let profile = profile.expect("at least one run");
 
@@ -145,7 +145,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         .map(|(lp, &ms)| {
             let flops = 2 * lp.macs * n as u64;
             let multiplies = lp.multiplies() * n as u64;
-            let weight_bytes = model.weight_bytes(lp.index, lp.algo)?;
+            let weight_bytes = model.weight_bytes(lp)?;
             Ok(LayerRow {
                 name: lp.name.clone(),
                 in_channels: lp.in_channels,

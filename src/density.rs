@@ -11,15 +11,10 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::Result;
-use repvgg::runtime::buffers::Scratch;
-use repvgg::runtime::exec::depthwise::{self, DepthwiseShape, DepthwiseWeights};
-use repvgg::runtime::exec::direct::{self, DirectShape, DirectWeights, InputLayout};
-use repvgg::runtime::exec::winograd::{self as wino, WinogradShape};
-use repvgg::runtime::kernels::gemm::MR;
-use repvgg::runtime::kernels::{CHANNEL_BLOCK, channel_blocks, probe};
-use repvgg::runtime::team::Team;
+use repvgg::runtime::Algo;
+use repvgg::runtime::lab::{self, Conv, ConvSpec, Depthwise, Team};
 use repvgg::simd::Dispatch;
-use repvgg::winograd::{PackedFilters, Variant};
+use repvgg::winograd::Variant;
 
 use crate::bench::median;
 
@@ -153,10 +148,11 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
 pub fn run(config: &Config, isa: Dispatch, threads: usize) -> Result<Report> {
     let Config { channels: c, size: s, batch: n, runs, warmup } = *config;
     let team = Team::new(threads, repvgg::runtime::DEFAULT_SPIN)?;
-    let blocks = channel_blocks(c);
-    let bias = vec![0.01f32; blocks * CHANNEL_BLOCK];
-    let input = values(n * blocks * s * s * CHANNEL_BLOCK, 1);
-    let mut output = vec![0f32; n * blocks * s * s * CHANNEL_BLOCK];
+    let bias = vec![0.01f32; c];
+    let dense =
+        |kernel: usize| ConvSpec { n, kernel, in_channels: c, out_channels: c, groups: 1, stride: 1, h: s, w: s };
+    let input = values(dense(3).input_len(), 1);
+    let mut output = vec![0f32; dense(3).output_len()];
     let mut rows = Vec::new();
     for kind in KINDS {
         let time = |f: &mut dyn FnMut()| {
@@ -174,42 +170,22 @@ pub fn run(config: &Config, isa: Dispatch, threads: usize) -> Result<Report> {
         };
         let ms = match kind {
             Kind::Direct(k) => {
-                let weights = DirectWeights::kxk(k, &values(c * c * k * k, 2), c, c, 1);
-                let shape = DirectShape {
-                    n,
-                    kernel: k,
-                    in_channels: c,
-                    h: s,
-                    w: s,
-                    out_channels: c,
-                    groups: 1,
-                    stride: 1,
-                    oh: s,
-                    ow: s,
-                };
-                let mut shared = vec![0f32; direct::shared_len(InputLayout::Blocked, &shape)];
-                let scratch = Scratch::new(threads, direct::scratch_len(InputLayout::Blocked, &shape));
-                time(&mut || {
-                    team.install(|| {
-                        direct::run(isa, &weights, &bias, true, &shape, &input, &mut output, &mut shared, &scratch)
-                    })
-                })
+                let mut conv = Conv::new(Algo::Direct, dense(k), &values(c * c * k * k, 2), &bias, &team)?;
+                time(&mut || conv.run(&team, isa, &input, &mut output))
             }
             Kind::Winograd(v) => {
-                let filters = PackedFilters::new(v, &values(c * c * 9, 3), c, c, 1, MR)?;
-                let shape = WinogradShape { n, in_channels: c, out_channels: c, groups: 1, h: s, w: s };
-                let mut shared = vec![0f32; wino::shared_len(v, &shape)];
-                let scratch = Scratch::new(threads, wino::scratch_len(v, &shape));
-                time(&mut || {
-                    team.install(|| {
-                        wino::run(isa, &filters, &bias, true, &shape, &input, &mut output, &mut shared, &scratch)
-                    })
-                })
+                let algo = match v {
+                    Variant::F2 => Algo::F2,
+                    Variant::F4 | Variant::F4Textbook => Algo::F4,
+                    Variant::F6 => Algo::F6,
+                };
+                let mut conv = Conv::new(algo, dense(3), &values(c * c * 9, 3), &bias, &team)?;
+                time(&mut || conv.run(&team, isa, &input, &mut output))
             }
             Kind::Depthwise => {
-                let weights = DepthwiseWeights::new(&values(c * 9, 4), c);
-                let shape = DepthwiseShape { n, channels: c, h: s, w: s, stride: 1, oh: s, ow: s };
-                time(&mut || team.install(|| depthwise::run(isa, &weights, &bias, true, &shape, &input, &mut output)))
+                let spec = ConvSpec { groups: c, ..dense(3) };
+                let depthwise = Depthwise::new(spec, &values(c * 9, 4), &bias)?;
+                time(&mut || depthwise.run(&team, isa, &input, &mut output))
             }
         };
         let (flops, muls) = (kind.flops(c, s, n), kind.multiplies(c, s, n));
@@ -224,7 +200,7 @@ pub fn run(config: &Config, isa: Dispatch, threads: usize) -> Result<Report> {
             peak_share: 0.0,
         });
     }
-    let peak_gflops = probe::peak_gflops(isa, threads, 300);
+    let peak_gflops = lab::peak_gflops_on(isa, threads, 300);
     for row in &mut rows {
         row.peak_share = row.mul_gflops / peak_gflops;
     }

@@ -9,9 +9,9 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use repvgg::files::Output;
 use repvgg::graph::{ArchSpec, Network};
-use repvgg::runtime::plan::default_algo;
 use repvgg::runtime::{
-    Algo, AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, Plan, SessionOptions, cpu, loader,
+    Algo, AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, Plan, SessionOptions, check_build_features,
+    loader, worker_count,
 };
 
 mod bench;
@@ -71,7 +71,7 @@ impl RunArgs {
         let threads = thread_count(self.threads)?;
         let algo: AlgoChoice = self.algo.parse()?;
         let pool = if self.rayon {
-            let workers = repvgg::runtime::session::worker_count(threads)?;
+            let workers = worker_count(threads)?;
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(workers)
                 .thread_name(|i| format!("repvgg-rayon-{i}"))
@@ -260,8 +260,8 @@ fn info(arch: &str, (h, w): (usize, usize), json: bool) -> Result<()> {
     // Multiplies under the plan a session would run at batch 1, and with F(2,3) on every
     // layer it applies to (the count behind the paper's Winograd MULs).
     let isa = repvgg::simd::Dispatch::choose(repvgg::simd::IsaChoice::Auto).map_err(repvgg::Error::from)?.isa();
-    let chosen = Plan::new(&network, 1, h, w, |lp| default_algo(lp, 1, isa));
-    let f2 = Plan::new(&network, 1, h, w, |_| Algo::F2);
+    let chosen = Plan::for_choice(&network, 1, h, w, AlgoChoice::Auto, isa);
+    let f2 = Plan::for_choice(&network, 1, h, w, AlgoChoice::Force(Algo::F2), isa);
     let se_macs: Vec<u64> = network.layers.iter().map(|l| l.se_macs()).collect();
     let muls = |plan: &Plan| -> Vec<u64> { plan.layers.iter().map(|lp| lp.multiplies() + se_macs[lp.index]).collect() };
     let (muls_chosen, muls_f2) = (muls(&chosen), muls(&f2));
@@ -526,7 +526,7 @@ fn density(config: density::Config, threads: Option<usize>, isa: &str, json: boo
     }
     let plot = plot.map(|p| Output::new(p, &[])).transpose()?;
     let isa = repvgg::simd::Dispatch::choose(isa_choice(isa)?).map_err(repvgg::Error::from)?;
-    let threads = repvgg::runtime::session::worker_count(thread_count(threads)?)?;
+    let threads = worker_count(thread_count(threads)?)?;
     let report = density::run(&config, isa, threads)?;
     if json {
         print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
@@ -573,7 +573,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    if let Err(e) = cpu::check_build_features() {
+    if let Err(e) = check_build_features() {
         eprintln!("error: {e}");
         return exit::code(ErrorKind::Cpu);
     }

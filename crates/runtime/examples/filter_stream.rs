@@ -11,13 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use repvgg_runtime::buffers::Scratch;
-use repvgg_runtime::exec::winograd::{self as wino, WinogradShape};
-use repvgg_runtime::kernels::gemm::MR;
-use repvgg_runtime::kernels::{CHANNEL_BLOCK, channel_blocks};
-use repvgg_runtime::team::Team;
+use repvgg_runtime::Algo;
+use repvgg_runtime::lab::{Conv, ConvSpec, Team};
 use repvgg_simd::Dispatch;
-use repvgg_winograd::{PackedFilters, Variant};
 
 const COPIES: usize = 16;
 const RUNS: usize = 400;
@@ -25,39 +21,45 @@ const WARMUP: usize = 200;
 
 fn main() -> anyhow::Result<()> {
     let channels: usize = std::env::args().nth(1).map_or(Ok(256), |s| s.parse())?;
-    let (side, variant) = (14, Variant::F4);
-    let copies = (0..COPIES)
-        .map(|copy| {
-            let weights: Vec<f32> =
-                (0..channels * channels * 9).map(|i| (((i + copy) * 31 % 97) as f32 - 48.0) * 1e-3).collect();
-            PackedFilters::new(variant, &weights, channels, channels, 1, MR)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let side = 14;
+    let spec = ConvSpec {
+        n: 1,
+        kernel: 3,
+        in_channels: channels,
+        out_channels: channels,
+        groups: 1,
+        stride: 1,
+        h: side,
+        w: side,
+    };
     let isa = Dispatch::auto()?;
-    println!(
-        "{channels}->{channels} at {side}x{side}, F(4,3), {} kernels: {:.1} MB of filters per copy",
-        isa.isa(),
-        copies[0].bytes() as f64 / 1e6
-    );
-    let bias = vec![0.01f32; channel_blocks(channels) * CHANNEL_BLOCK];
-    let input: Vec<f32> =
-        (0..channel_blocks(channels) * CHANNEL_BLOCK * side * side).map(|i| (i % 13) as f32 * 0.05).collect();
-    let mut output = vec![0f32; channel_blocks(channels) * CHANNEL_BLOCK * side * side];
-    let shape = WinogradShape { n: 1, in_channels: channels, out_channels: channels, groups: 1, h: side, w: side };
-    let mut shared = vec![0f32; wino::shared_len(variant, &shape)];
+    let bias = vec![0.01f32; channels];
+    let input: Vec<f32> = (0..spec.input_len()).map(|i| (i % 13) as f32 * 0.05).collect();
+    let mut output = vec![0f32; spec.output_len()];
     for threads in [1, 2] {
         let team = Team::new(threads, Duration::from_millis(5))?;
-        let scratch = Scratch::new(threads, wino::scratch_len(variant, &shape));
+        let mut copies = (0..COPIES)
+            .map(|copy| {
+                let weights: Vec<f32> =
+                    (0..channels * channels * 9).map(|i| (((i + copy) * 31 % 97) as f32 - 48.0) * 1e-3).collect();
+                Conv::new(Algo::F4, spec, &weights, &bias, &team)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if threads == 1 {
+            println!(
+                "{channels}->{channels} at {side}x{side}, F(4,3), {} kernels: {:.1} MB of filters per copy",
+                isa.isa(),
+                copies[0].weight_bytes() as f64 / 1e6
+            );
+        }
         for (label, rotate) in [("hot in L3", false), ("from DRAM", true)] {
             // The first WARMUP runs are not timed: on a VM a vCPU that idled for a while
             // (during the one-thread runs) takes some time to run at full speed again.
             let mut times: Vec<f64> = (0..WARMUP + RUNS)
                 .map(|run| {
-                    let filters = &copies[if rotate { run % COPIES } else { 0 }];
+                    let conv = &mut copies[if rotate { run % COPIES } else { 0 }];
                     let start = Instant::now();
-                    team.install(|| {
-                        wino::run(isa, filters, &bias, true, &shape, &input, &mut output, &mut shared, &scratch)
-                    });
+                    conv.run(&team, isa, &input, &mut output);
                     start.elapsed().as_secs_f64() * 1e3
                 })
                 .collect();

@@ -45,15 +45,6 @@ impl SharedMut {
         // SAFETY: offset is within the allocation (asserted above).
         unsafe { self.ptr.add(offset) }
     }
-
-    /// Floats in the buffer.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 /// Per-worker scratch buffers, indexed by the team thread that runs the task
@@ -74,10 +65,6 @@ impl Scratch {
     /// Floats held per worker.
     pub fn len(&self) -> usize {
         self.slots[0].lock().map(|b| b.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Runs `f` with the calling worker's buffer.

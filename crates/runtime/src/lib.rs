@@ -1,12 +1,5 @@
-//! RepVGG execution: safetensors loading, the f64 reference executor, and the fast
-//! executor (Winograd F(m,3) and direct convolution over a channel-blocked layout,
-//! parallel on a spin-waiting fork-join team) behind the [`Model`] / [`Session`] API.
-//!
-//! Layout, from the bottom up: [`kernels`] (the per-instruction-set hot code), [`exec`]
-//! (layer executors and their schedules), [`team`] and [`buffers`] (the thread team and
-//! what its workers share), [`plan`] (per-layer algorithm and buffer sizes), [`model`]
-//! (loaded weights, packed per algorithm on first use), [`session`] (team, plans and
-//! arena of one user), beside [`loader`], [`reference`] and [`cpu`].
+//! Fast FP32 CPU inference for RepVGG networks, in pure Rust: load a checkpoint into a
+//! [`Model`], run batches through a [`Session`].
 //!
 //! ```no_run
 //! use repvgg_runtime::{Model, ModelOptions, SessionOptions, Tensor};
@@ -17,23 +10,50 @@
 //! assert_eq!(logits.shape(), &[1, 1000]);
 //! # Ok::<(), repvgg_runtime::Error>(())
 //! ```
+//!
+//! - [`Model`] is a loaded network: a safetensors checkpoint in the official or timm
+//!   naming, deploy or training form (fused on load), F32, F16 or BF16, its architecture
+//!   inferred or checked ([`ModelOptions`]). It refuses what exceeds its [`Limits`]. Cheap
+//!   to clone and `Send + Sync`: share one between threads.
+//! - [`Session`] is one user's thread team, plans and working memory ([`SessionOptions`]:
+//!   threads, [`AlgoChoice`], kernel set [`IsaChoice`] / [`Isa`], or a caller's rayon
+//!   pool). [`Session::run`] gives logits, [`Session::run_slice`] works on borrowed
+//!   memory, [`Session::run_rows`] fails bad images of a merged batch alone,
+//!   [`Session::features`] adds the stage outputs ([`Features`]), [`Session::profile`]
+//!   times each layer ([`Profile`]). After the first run at a size, a run allocates
+//!   nothing but its result, and its results are bitwise the same for any thread count.
+//! - [`Tensor`]: a shape and `f32` data, `NCHW`.
+//! - [`Plan`] and [`LayerPlan`], read-only: each layer's algorithm ([`Algo`]: direct,
+//!   Winograd F(2,3), F(4,3), F(6,3), generic) and [`Precision`], as [`Session::plan`]
+//!   shows them.
+//! - [`Error`] and its [`ErrorKind`]; [`check_finite`], the input check every run makes,
+//!   for a server's admission.
+//!
+//! Modules: [`loader`] reads and writes safetensors files (input tensors, deploy
+//! weights), [`reference`](mod@reference) is the f64 reference executor the tests trust, [`error`]
+//! classifies errors, and [`lab`] holds instruments for benchmarks (not a stable API).
 
-pub mod buffers;
-pub mod cpu;
+mod buffers;
+mod cpu;
 pub mod error;
-pub mod exec;
-pub mod kernels;
+mod exec;
+mod kernels;
+pub mod lab;
+mod limits;
 pub mod loader;
-pub mod model;
-pub mod plan;
+mod model;
+mod plan;
 pub mod reference;
-pub mod session;
-pub mod team;
-pub mod tensor;
+mod session;
+mod team;
+mod tensor;
+
+pub use cpu::check_build_features;
 
 pub use error::{Error, ErrorKind, Result};
-pub use model::{Limits, Model, ModelOptions};
-pub use plan::{Algo, AlgoChoice, LayerPlan, Plan};
+pub use limits::{Limits, check_finite};
+pub use model::{Model, ModelOptions};
+pub use plan::{Algo, AlgoChoice, LayerPlan, Plan, Precision};
 pub use repvgg_simd::{Isa, IsaChoice};
-pub use session::{DEFAULT_SPIN, Features, MAX_CACHED_PLANS, Profile, Session, SessionOptions, check_finite};
+pub use session::{DEFAULT_SPIN, Features, MAX_CACHED_PLANS, Profile, Session, SessionOptions, worker_count};
 pub use tensor::Tensor;

@@ -19,7 +19,7 @@ use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, SafeTensorError};
 
 use crate::error::{Error, Result};
-use crate::model::Limits;
+use crate::limits::Limits;
 use crate::tensor::Tensor;
 
 /// Prefix of multi-GPU (DataParallel) checkpoints, ignored.

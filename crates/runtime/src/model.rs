@@ -6,75 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network};
-use repvgg_winograd::PackedFilters;
 
 use crate::error::{Error, Result};
-use crate::exec::direct::{DirectWeights, InputLayout};
-use crate::kernels::gemm::MR;
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+use crate::exec::{PackedWeights, REGISTRY};
+use crate::limits::{Limits, check_output};
 use crate::loader::SafetensorsFile;
-use crate::plan::Algo;
+use crate::plan::LayerPlan;
 use crate::reference;
 use crate::tensor::Tensor;
-
-/// Resource limits applied to every request before anything large is allocated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest accepted input height or width.
-    pub max_side: usize,
-    /// Largest accepted batch.
-    pub max_batch: usize,
-    /// Largest accepted input tensor, in elements (`N * 3 * H * W`).
-    pub max_input_elements: usize,
-    /// Largest working memory (activations, transforms, scratch) a session may allocate
-    /// for one request, in bytes.
-    pub max_arena_bytes: usize,
-    /// Largest weights a model may hold, in bytes: the weights file (mapped), the f32
-    /// deploy weights (loaded or synthetic), and every packing of them the plans need
-    /// (a Winograd F(6,3) packing is about 7x the deploy kernel).
-    pub max_weight_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_side: 8192,
-            max_batch: 1024,
-            max_input_elements: 1 << 28,
-            max_arena_bytes: 8 << 30,
-            max_weight_bytes: 8 << 30,
-        }
-    }
-}
-
-impl Limits {
-    /// Checks an input shape against the limits and the network's needs.
-    pub fn check_input(&self, network: &Network, shape: &[usize]) -> Result<[usize; 4]> {
-        let [n, c, h, w] = <[usize; 4]>::try_from(shape)
-            .map_err(|_| Error::Input(format!("input has shape {shape:?}, expected [N, 3, H, W]")))?;
-        if c != 3 {
-            return Err(Error::Input(format!("input has shape {shape:?}, expected 3 channels in [N, 3, H, W]")));
-        }
-        if n == 0 {
-            return Err(Error::Input(format!("input has shape {shape:?}: the batch is empty")));
-        }
-        if n > self.max_batch {
-            return Err(Error::Limit(format!("batch {n} exceeds the limit of {}", self.max_batch)));
-        }
-        if h > self.max_side || w > self.max_side {
-            return Err(Error::Limit(format!("input {h}x{w} exceeds the limit of {} pixels per side", self.max_side)));
-        }
-        let elements = [n, c, h, w].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if elements.is_none_or(|e| e > self.max_input_elements) {
-            return Err(Error::Limit(format!(
-                "input {shape:?} exceeds the limit of {} elements",
-                self.max_input_elements
-            )));
-        }
-        network.check_input_size(h, w, self.max_side)?;
-        Ok([n, c, h, w])
-    }
-}
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
@@ -84,21 +24,13 @@ pub struct ModelOptions {
     pub limits: Limits,
 }
 
-/// Weights of one layer prepared for one algorithm.
-#[derive(Debug)]
-pub enum Prepared {
-    Winograd(PackedFilters),
-    Direct(DirectWeights),
-    /// The generic path reads the deploy kernel as is.
-    Generic,
-}
-
 /// Per-layer data derived from the deploy weights.
 #[derive(Debug)]
 struct LayerCache {
     /// Bias padded to whole 16-channel blocks.
     bias: Vec<f32>,
-    prepared: [OnceLock<Arc<Prepared>>; Algo::ALL.len()],
+    /// The weights as each executor reads them, by [`REGISTRY`] index, built on first use.
+    prepared: Box<[OnceLock<Arc<dyn PackedWeights>>]>,
 }
 
 #[derive(Debug)]
@@ -190,7 +122,7 @@ impl Model {
             .map(|(layer, params)| {
                 let mut bias = vec![0f32; channel_blocks(layer.out_channels) * CHANNEL_BLOCK];
                 bias[..layer.out_channels].copy_from_slice(&params.conv.bias);
-                LayerCache { bias, prepared: Default::default() }
+                LayerCache { bias, prepared: REGISTRY.iter().map(|_| OnceLock::new()).collect() }
             })
             .collect();
         let held_bytes = AtomicUsize::new(held);
@@ -242,20 +174,16 @@ impl Model {
     pub fn run_reference(&self, input: &Tensor) -> Result<reference::Outputs> {
         self.limits().check_input(self.network(), input.shape())?;
         let outputs = reference::forward(self.network(), self.weights(), input)?;
-        crate::session::check_output("logits", outputs.logits.data(), outputs.logits.shape())?;
+        check_output("logits", outputs.logits.data(), outputs.logits.shape())?;
         Ok(outputs)
     }
 
-    /// Bytes of layer `index`'s weights as `algo` reads them on every run (transformed and
-    /// packed for Winograd, packed for direct, the deploy kernel for generic), preparing
-    /// them if no plan has. At batch 1 a network's Winograd filters exceed the L3 cache, so
-    /// this is the layer's DRAM stream per run.
-    pub fn weight_bytes(&self, index: usize, algo: Algo) -> Result<usize> {
-        Ok(match &*self.prepare(index, algo)? {
-            Prepared::Winograd(filters) => filters.bytes(),
-            Prepared::Direct(weights) => weights.bytes(),
-            Prepared::Generic => std::mem::size_of_val(self.weights().layers[index].conv.weight.as_slice()),
-        })
+    /// Bytes of a planned layer's weights as its executor reads them on every run
+    /// (transformed and packed for Winograd, packed for direct, the deploy kernel for
+    /// generic), preparing them if no plan has. At batch 1 a network's Winograd filters
+    /// exceed the L3 cache, so this is the layer's DRAM stream per run.
+    pub fn weight_bytes(&self, layer: &LayerPlan) -> Result<usize> {
+        Ok(self.prepare(layer)?.bytes())
     }
 
     /// Padded bias of layer `index`.
@@ -263,28 +191,23 @@ impl Model {
         &self.inner.layers[index].bias
     }
 
-    /// Layer `index`'s weights prepared for `algo`: built on first use, after checking that
-    /// they fit [`Limits::max_weight_bytes`] with everything already held, and shared.
-    pub(crate) fn prepare(&self, index: usize, algo: Algo) -> Result<Arc<Prepared>> {
-        let slot = &self.inner.layers[index].prepared[algo.index()];
+    /// A planned layer's weights packed by its executor: built on first use, after
+    /// checking that they fit [`Limits::max_weight_bytes`] with everything already held,
+    /// and shared.
+    pub(crate) fn prepare(&self, lp: &LayerPlan) -> Result<Arc<dyn PackedWeights>> {
+        let (key, executor) = lp.executor();
+        let slot = &self.inner.layers[lp.index].prepared[key];
         if let Some(prepared) = slot.get() {
             return Ok(prepared.clone());
         }
-        let layer = &self.network().layers[index];
-        let cg = layer.in_channels / layer.groups;
-        let floats = match algo.variant() {
-            Some(v) => PackedFilters::len(v, layer.out_channels, cg, layer.groups),
-            None if algo == Algo::Direct => {
-                DirectWeights::len(InputLayout::for_layer(index), 3, layer.out_channels, cg, layer.groups)
-            }
-            None => 0,
-        };
+        let shape = lp.shape(1);
+        let floats = executor.packed_len(&shape);
         let (held, limit) = (self.inner.held_bytes.load(Ordering::Relaxed), self.limits().max_weight_bytes);
         if held.saturating_add(4 * floats) > limit {
             return Err(Error::Limit(format!(
                 "packing {} for {} takes {} MiB, which with the {} MiB of weights held exceeds the limit of {} MiB",
-                layer.name(),
-                algo.name(),
+                lp.name,
+                lp.algo.name(),
                 (4 * floats) >> 20,
                 held >> 20,
                 limit >> 20
@@ -294,18 +217,7 @@ impl Model {
         let prepared = slot
             .get_or_init(|| {
                 built = true;
-                let weight = &self.weights().layers[index].conv.weight;
-                Arc::new(match algo.variant() {
-                    Some(v) => Prepared::Winograd(
-                        PackedFilters::new(v, weight, layer.out_channels, cg, layer.groups, MR)
-                            .expect("layer shapes were validated"),
-                    ),
-                    None if algo == Algo::Direct => {
-                        let layout = InputLayout::for_layer(index);
-                        Prepared::Direct(DirectWeights::new(layout, weight, layer.out_channels, cg, layer.groups))
-                    }
-                    None => Prepared::Generic,
-                })
+                Arc::from(executor.pack(&shape, &self.weights().layers[lp.index].conv.weight))
             })
             .clone();
         if built {
@@ -314,8 +226,9 @@ impl Model {
         Ok(prepared)
     }
 
-    /// Layer `index`'s weights for `algo`, which the plan running it has prepared.
-    pub(crate) fn prepared(&self, index: usize, algo: Algo) -> Arc<Prepared> {
-        self.inner.layers[index].prepared[algo.index()].get().expect("plans prepare their weights").clone()
+    /// A planned layer's weights, which the plan running it has prepared.
+    pub(crate) fn prepared(&self, lp: &LayerPlan) -> Arc<dyn PackedWeights> {
+        let key = lp.executor().0;
+        self.inner.layers[lp.index].prepared[key].get().expect("plans prepare their weights").clone()
     }
 }

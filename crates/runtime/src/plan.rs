@@ -4,17 +4,16 @@
 use std::fmt;
 use std::str::FromStr;
 
-use repvgg_graph::{ConvLayer, Network};
+use repvgg_graph::Network;
 use repvgg_simd::Isa;
-use repvgg_winograd::Variant;
 
+use crate::cpu::Vendor;
 use crate::error::{Error, Result};
-use crate::exec::direct::{self, DirectShape, DirectWeights, InputLayout};
-use crate::exec::pointwise;
-use crate::exec::winograd::{self as wino, WinogradShape};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+use crate::exec::{self, ConvExecutor, ConvShape, CostModel, InputLayout, REGISTRY, pointwise};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
-/// A convolution algorithm.
+/// A convolution algorithm: the name of a plan entry (its behaviour is its executor's,
+/// `crate::exec`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Algo {
     /// Implicit-im2col GEMM (any stride).
@@ -32,16 +31,7 @@ pub enum Algo {
 impl Algo {
     pub const ALL: [Algo; 5] = [Algo::Direct, Algo::F2, Algo::F4, Algo::F6, Algo::Generic];
 
-    /// The Winograd variant, if this is a Winograd algorithm.
-    pub fn variant(self) -> Option<Variant> {
-        match self {
-            Algo::F2 => Some(Variant::F2),
-            Algo::F4 => Some(Variant::F4),
-            Algo::F6 => Some(Variant::F6),
-            Algo::Direct | Algo::Generic => None,
-        }
-    }
-
+    /// The name `--algo` takes.
     pub fn name(self) -> &'static str {
         match self {
             Algo::Direct => "direct",
@@ -51,32 +41,31 @@ impl Algo {
             Algo::Generic => "generic",
         }
     }
+}
 
-    /// Index into per-algorithm caches.
-    pub fn index(self) -> usize {
-        self as usize
+impl fmt::Display for Algo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
+}
 
-    /// Multiplies per output (per input channel and output channel) under this algorithm.
-    pub fn multiplies_per_output(self) -> f64 {
-        self.variant().map_or(9.0, Variant::multiplies_per_output)
-    }
+/// The arithmetic a layer runs in. FP32 is the only one so far; it keeps every guarantee
+/// (bitwise identical results for any thread count, the error bounds of the tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+pub enum Precision {
+    #[default]
+    F32,
+}
 
-    /// True if the algorithm can run this layer.
-    pub fn supports(self, layer: &ConvLayer) -> bool {
-        let cg = layer.in_channels / layer.groups;
-        let layout = InputLayout::for_layer(layer.index);
+impl Precision {
+    pub fn name(self) -> &'static str {
         match self {
-            Algo::Generic => layer.index != 0,
-            Algo::Direct => DirectWeights::supports(layout, layer.out_channels, cg, layer.groups),
-            Algo::F2 | Algo::F4 | Algo::F6 => {
-                layer.stride == 1 && layer.index != 0 && wino::supports(layer.out_channels, cg, layer.groups)
-            }
+            Precision::F32 => "f32",
         }
     }
 }
 
-impl fmt::Display for Algo {
+impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -97,17 +86,17 @@ pub enum AlgoChoice {
 impl FromStr for AlgoChoice {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "auto" => AlgoChoice::Auto,
-            "direct" => AlgoChoice::Force(Algo::Direct),
-            "f2" => AlgoChoice::Force(Algo::F2),
-            "f4" => AlgoChoice::Force(Algo::F4),
-            "f6" => AlgoChoice::Force(Algo::F6),
-            "generic" => AlgoChoice::Force(Algo::Generic),
-            other => {
-                return Err(Error::Option(format!("unknown algorithm `{other}` (auto, direct, f2, f4, f6, generic)")));
+        let name = s.to_ascii_lowercase();
+        if name == "auto" {
+            return Ok(AlgoChoice::Auto);
+        }
+        match Algo::ALL.into_iter().find(|a| a.name() == name) {
+            Some(algo) => Ok(AlgoChoice::Force(algo)),
+            None => {
+                let names: Vec<&str> = Algo::ALL.iter().map(|a| a.name()).collect();
+                Err(Error::Option(format!("unknown algorithm `{name}` (auto, {})", names.join(", "))))
             }
-        })
+        }
     }
 }
 
@@ -117,6 +106,7 @@ pub struct LayerPlan {
     pub index: usize,
     pub name: String,
     pub algo: Algo,
+    pub precision: Precision,
     pub in_channels: usize,
     pub out_channels: usize,
     pub groups: usize,
@@ -127,39 +117,37 @@ pub struct LayerPlan {
     pub ow: usize,
     pub se: bool,
     pub macs: u64,
+    /// How the layer's input is stored: the network input (planar) for the first layer,
+    /// the previous layer's channel-blocked output for every other.
+    pub(crate) input: InputLayout,
 }
 
 impl LayerPlan {
-    pub fn direct_shape(&self, n: usize) -> DirectShape {
-        DirectShape {
+    /// The layer's convolution over a batch of `n`.
+    pub(crate) fn shape(&self, n: usize) -> ConvShape {
+        ConvShape {
             n,
             kernel: 3,
             in_channels: self.in_channels,
-            h: self.h,
-            w: self.w,
             out_channels: self.out_channels,
             groups: self.groups,
             stride: self.stride,
+            h: self.h,
+            w: self.w,
             oh: self.oh,
             ow: self.ow,
+            input: self.input,
         }
     }
 
-    pub fn winograd_shape(&self, n: usize) -> WinogradShape {
-        WinogradShape {
-            n,
-            in_channels: self.in_channels,
-            out_channels: self.out_channels,
-            groups: self.groups,
-            h: self.h,
-            w: self.w,
-        }
+    /// The executor that runs this layer, and its registry index.
+    pub(crate) fn executor(&self) -> (usize, &'static dyn ConvExecutor) {
+        exec::lookup(self.algo, self.precision)
     }
 
     /// Multiplies the algorithm performs for one image (tile overhang included).
     pub fn multiplies(&self) -> u64 {
-        let pairs = (self.in_channels / self.groups * self.out_channels) as u64;
-        self.algo.variant().map_or(self.macs, |v| v.multiplies(pairs, self.h, self.w))
+        self.executor().1.multiplies(&self.shape(1), self.macs)
     }
 
     /// Floats of the output activation (channel-blocked) for a batch of `n`.
@@ -186,16 +174,45 @@ pub struct Plan {
     pub pooled_len: usize,
 }
 
+/// The executor a plan asks for at one layer; `None` asks for the fallback.
+pub(crate) type Choice = Option<&'static dyn ConvExecutor>;
+
 impl Plan {
-    /// Lays out `network` at `n x h x w`, choosing each layer's algorithm with `choose`.
-    pub fn new(network: &Network, n: usize, h: usize, w: usize, mut choose: impl FnMut(&LayerPlan) -> Algo) -> Plan {
+    /// The plan a session with `choice` (and no autotuning) runs for `network` at
+    /// `n x h x w` with the kernel set `isa`, on this CPU.
+    pub fn for_choice(network: &Network, n: usize, h: usize, w: usize, choice: AlgoChoice, isa: Isa) -> Plan {
+        match choice {
+            AlgoChoice::Force(algo) => {
+                let forced = exec::lookup(algo, Precision::F32).1;
+                Plan::new(network, n, h, w, isa, |_| Some(forced))
+            }
+            AlgoChoice::Auto => {
+                let model = CostModel { stream: weight_stream_cost(crate::cpu::vendor(), isa) };
+                Plan::new(network, n, h, w, isa, |lp| default_executor(lp, n, isa, &model))
+            }
+        }
+    }
+
+    /// Lays out `network` at `n x h x w`, choosing each layer's executor with `choose`;
+    /// where it cannot run the layer with `isa`, the fallback ([`REGISTRY`]'s order) does.
+    pub(crate) fn new(
+        network: &Network,
+        n: usize,
+        h: usize,
+        w: usize,
+        isa: Isa,
+        mut choose: impl FnMut(&LayerPlan) -> Choice,
+    ) -> Plan {
         let shapes = network.shapes(h, w).expect("input size was validated");
         let mut layers = Vec::with_capacity(shapes.len());
+        // The first layer reads the network input; each later one its predecessor's output.
+        let mut input = InputLayout::Planar;
         for (layer, s) in network.layers.iter().zip(&shapes) {
             let mut lp = LayerPlan {
                 index: layer.index,
                 name: s.name.clone(),
                 algo: Algo::Direct,
+                precision: Precision::F32,
                 in_channels: s.in_channels,
                 out_channels: s.out_channels,
                 groups: s.groups,
@@ -206,10 +223,12 @@ impl Plan {
                 ow: s.out_w,
                 se: s.se,
                 macs: layer.conv_macs(s.out_h, s.out_w).expect("shapes() checked the count"),
+                input,
             };
-            let wanted = choose(&lp);
-            lp.algo = resolve(wanted, layer);
+            let chosen = resolve(choose(&lp), &lp.shape(n), isa);
+            (lp.algo, lp.precision) = (chosen.algo(), chosen.precision());
             layers.push(lp);
+            input = InputLayout::Blocked;
         }
         let mut plan = Plan { n, h, w, layers, activation_len: 0, transformed_len: 0, scratch_len: 0, pooled_len: 0 };
         plan.size_buffers(network);
@@ -220,19 +239,9 @@ impl Plan {
         let n = self.n;
         for (lp, layer) in self.layers.iter().zip(&network.layers) {
             self.activation_len = self.activation_len.max(lp.output_len(n));
-            match lp.algo.variant() {
-                Some(v) => {
-                    self.transformed_len = self.transformed_len.max(wino::shared_len(v, &lp.winograd_shape(n)));
-                    self.scratch_len = self.scratch_len.max(wino::scratch_len(v, &lp.winograd_shape(n)));
-                }
-                None if lp.algo == Algo::Direct => {
-                    let layout = InputLayout::for_layer(lp.index);
-                    let shape = lp.direct_shape(n);
-                    self.transformed_len = self.transformed_len.max(direct::shared_len(layout, &shape));
-                    self.scratch_len = self.scratch_len.max(direct::scratch_len(layout, &shape));
-                }
-                None => {}
-            }
+            let (shape, executor) = (lp.shape(n), lp.executor().1);
+            self.transformed_len = self.transformed_len.max(executor.shared_len(&shape));
+            self.scratch_len = self.scratch_len.max(executor.scratch_len(&shape));
             if let Some(r) = layer.se_channels {
                 self.pooled_len = self.pooled_len.max(pointwise::se_scratch_len(n, lp.out_channels, r));
             }
@@ -242,98 +251,134 @@ impl Plan {
     }
 }
 
-/// The algorithm actually used for a request: stride-2 layers and the stem can only run
-/// direct; group shapes without whole channel blocks only generic.
-fn resolve(wanted: Algo, layer: &ConvLayer) -> Algo {
-    if wanted.supports(layer) {
-        wanted
-    } else if Algo::Direct.supports(layer) {
-        Algo::Direct
-    } else {
-        Algo::Generic
+/// The executor actually used for a request: the one asked for if it can run the layer,
+/// else the first in [`REGISTRY`] of the same precision that can (direct for stride-2
+/// layers and the stem, generic for group shapes without whole channel blocks).
+fn resolve(wanted: Choice, shape: &ConvShape, isa: Isa) -> &'static dyn ConvExecutor {
+    let precision = wanted.map_or(Precision::F32, |e| e.precision());
+    match wanted {
+        Some(executor) if executor.supports(shape, isa) => executor,
+        _ => REGISTRY
+            .iter()
+            .copied()
+            .find(|e| e.precision() == precision && e.supports(shape, isa))
+            .unwrap_or(REGISTRY[REGISTRY.len() - 1]),
     }
 }
 
 /// What streaming one float of (transformed) weights costs, in the cost model's FMA
-/// slots: the one constant of [`default_algo_with`] that differs between the machines we
-/// measured, because it relates the memory system to the kernel set's arithmetic.
-///
-/// - 0.3 on the Zen 4 it was first calibrated on, and for every CPU we have not measured;
-/// - 1.5 with the AVX-512 and AVX2 kernels on Intel: on the Xeon of 2026-12-02 the
-///   batch-1 weight stream runs far below DRAM bandwidth, and `--autotune` picked F(2,3)
-///   over F(4,3) on 14x14 maps and F(4,3) over F(6,3) on 28x28 and 56x56 ones. Any
-///   value from 1.1 to 4.3 makes those choices on A0, B0 and B1g4 (the test below);
-/// - 0.3 with the portable kernels everywhere: their slot (no FMA, narrower vectors)
-///   costs several times an AVX-512 one, so the same stream weighs that much less, and
-///   1.5 measured slower there.
-///
-/// It is chosen from the vendor and the kernel set, never by timing, so that a plan is the
-/// same on every run on one machine; `--autotune` is there to measure.
-pub fn weight_stream_cost(vendor: crate::cpu::Vendor, isa: Isa) -> f64 {
-    use crate::cpu::Vendor;
-    match (vendor, isa) {
-        (Vendor::Intel, Isa::Avx512 | Isa::Avx2) => 1.5,
-        _ => 0.3,
-    }
+/// slots, per vendor and kernel set: the one constant of the cost model that differs
+/// between the machines we measured, because it relates the memory system to the kernel
+/// set's arithmetic. Chosen from the vendor and the kernel set, never by timing, so that
+/// a plan is the same on every run on one machine; `--autotune` is there to measure.
+const WEIGHT_STREAM: &[(Vendor, Isa, f64)] = &[
+    // The Zen 4 (2-core AMD EPYC KVM guest, 2 MiB L2 per core, 32 MiB L3) on which the
+    // whole cost model was first calibrated (2026-11-27): F(4,3) on 14x14 maps, where
+    // F(6,3)'s tiles overhang, F(6,3) on the large ones.
+    (Vendor::Amd, Isa::Avx512, 0.3),
+    // The Intel Xeon of 2026-12-02: the batch-1 weight stream runs far below DRAM
+    // bandwidth, and `--autotune` picked F(2,3) over F(4,3) on 14x14 maps and F(4,3) over
+    // F(6,3) on 28x28 and 56x56 ones. Any value from 1.1 to 4.3 makes those choices on A0,
+    // B0 and B1g4 (the test below). New / old time at batch 1 (fe48f47): A0 0.824 (two
+    // threads) and 0.842 (one), B0 0.888 and 0.818, B1g4 0.895; batch-8 plans unchanged.
+    (Vendor::Intel, Isa::Avx512, 1.5),
+    // The same Xeon with `--isa avx2`: new / old 0.852.
+    (Vendor::Intel, Isa::Avx2, 1.5),
+    // The portable kernels on the same Xeon: their slot (no FMA, narrower vectors) costs
+    // several times an AVX-512 one, so the same stream weighs that much less, and 1.5
+    // measured slower there.
+    (Vendor::Intel, Isa::Portable, 0.3),
+];
+
+/// [`WEIGHT_STREAM`] for every CPU and kernel set not measured: the Zen 4 calibration.
+const DEFAULT_WEIGHT_STREAM: f64 = 0.3;
+
+/// The weight-stream cost of this vendor and kernel set ([`WEIGHT_STREAM`]).
+pub(crate) fn weight_stream_cost(vendor: Vendor, isa: Isa) -> f64 {
+    WEIGHT_STREAM.iter().find(|(v, i, _)| *v == vendor && *i == isa).map_or(DEFAULT_WEIGHT_STREAM, |e| e.2)
 }
 
-/// The default algorithm table for this CPU and kernel set: [`default_algo_with`] at
-/// their [`weight_stream_cost`].
-pub fn default_algo(lp: &LayerPlan, n: usize, isa: Isa) -> Algo {
-    default_algo_with(lp, n, weight_stream_cost(crate::cpu::vendor(), isa))
-}
-
-/// The default algorithm table: a cost model whose constants come from our benchmarks
-/// on a Zen 4 core (`benches/transforms.rs`, `benches/layers.rs`, `repvgg bench`).
-///
-/// Cost is counted in 16-wide FMA slots (cycles of one core):
-///
-/// - the GEMM: `K C alpha^2 T / 16` for Winograd over `T` tiles, or `K C 9 P / 16` for
-///   direct over `P` pixels (divided by 0.9: im2col packing and a longer reduction);
-/// - the transforms: a fixed number of slots per tile and channel block, measured as
-///   ns/tile times 3.6 GHz (F(2,3) 65 + 47, F(4,3) 216 + 137, F(6,3) 504 + 396 for input
-///   + output);
-/// - streaming the (transformed) weights: `stream` slots per float. At batch 1, a
-///   network's Winograd filters exceed the L3 cache, so every layer reads its own from
-///   DRAM once per run. This term is what makes F(4,3) beat F(6,3) on 14x14 maps: they
-///   multiply equally often there (tile overhang), but F(6,3)'s filters are 1.8x larger;
-///   where the stream costs more, it makes F(2,3) (filters 16/36 of F(4,3)'s) win there.
-pub fn default_algo_with(lp: &LayerPlan, n: usize, stream: f64) -> Algo {
-    if lp.stride != 1 || lp.index == 0 {
-        return Algo::Direct;
-    }
-    let (cb, kb) =
-        (channel_blocks(lp.in_channels / lp.groups) as f64, channel_blocks(lp.out_channels / lp.groups) as f64);
-    let groups = lp.groups as f64;
-    let weight_floats = |positions: usize| groups * kb * cb * 256.0 * positions as f64;
-    let pixels = (n * lp.oh * lp.ow) as f64;
-    let direct = groups * kb * cb * 16.0 * 9.0 * pixels / 0.9 + stream * weight_floats(9);
-    let winograd = |v: Variant, input_slots: f64, output_slots: f64| {
-        let positions = v.alpha() * v.alpha();
-        let tiles = (n * lp.h.div_ceil(v.m()) * lp.w.div_ceil(v.m())) as f64;
-        let gemm = groups * kb * cb * 16.0 * positions as f64 * tiles;
-        gemm + tiles * groups * (cb * input_slots + kb * output_slots) + stream * weight_floats(positions)
-    };
-    let candidates = [
-        (Algo::Direct, direct),
-        (Algo::F2, winograd(Variant::F2, 65.0, 47.0)),
-        (Algo::F4, winograd(Variant::F4, 216.0, 137.0)),
-        (Algo::F6, winograd(Variant::F6, 504.0, 396.0)),
-    ];
-    candidates.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|c| c.0).expect("candidates")
+/// The default choice for a layer: of the executors that the automatic choice considers
+/// and that can run it, the one of least cost under `model` ([`ConvExecutor::cost`],
+/// constants from our benchmarks on a Zen 4 core: `benches/transforms.rs`,
+/// `benches/layers.rs`, `repvgg bench`), the earlier in [`REGISTRY`] on a tie. Cost is
+/// counted in 16-wide FMA slots (cycles of one core): the GEMM, the transforms or
+/// packing, and streaming the (transformed) weights.
+pub(crate) fn default_executor(lp: &LayerPlan, n: usize, isa: Isa, model: &CostModel) -> Choice {
+    let shape = lp.shape(n);
+    REGISTRY
+        .iter()
+        .copied()
+        .filter(|e| e.automatic() && e.precision() == Precision::F32 && e.supports(&shape, isa))
+        .map(|e| (e, e.cost(&shape, model)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(e, _)| e)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::Vendor;
 
     /// The stride-1 layers' algorithms (the stem and stride-2 layers are always direct),
     /// with their output side.
     fn choices(arch: &str, n: usize, stream: f64) -> Vec<(usize, Algo)> {
         let network = Network::from_name(arch).unwrap();
-        let plan = Plan::new(&network, n, 224, 224, |lp| default_algo_with(lp, n, stream));
+        let model = CostModel { stream };
+        let plan = Plan::new(&network, n, 224, 224, Isa::Portable, |lp| default_executor(lp, n, Isa::Portable, &model));
         plan.layers.iter().filter(|l| l.stride == 1 && l.index > 0).map(|l| (l.oh, l.algo)).collect()
+    }
+
+    /// The cost model as it was written before the executors held their own terms (one
+    /// function over every algorithm), kept as the oracle of the test below.
+    fn table_before_the_registry(lp: &LayerPlan, n: usize, stream: f64) -> Algo {
+        if lp.stride != 1 || lp.index == 0 {
+            return Algo::Direct;
+        }
+        let (cb, kb) =
+            (channel_blocks(lp.in_channels / lp.groups) as f64, channel_blocks(lp.out_channels / lp.groups) as f64);
+        let groups = lp.groups as f64;
+        let weight_floats = |positions: usize| groups * kb * cb * 256.0 * positions as f64;
+        let pixels = (n * lp.oh * lp.ow) as f64;
+        let direct = groups * kb * cb * 16.0 * 9.0 * pixels / 0.9 + stream * weight_floats(9);
+        let winograd = |m: usize, input_slots: f64, output_slots: f64| {
+            let positions = (m + 2) * (m + 2);
+            let tiles = (n * lp.h.div_ceil(m) * lp.w.div_ceil(m)) as f64;
+            let gemm = groups * kb * cb * 16.0 * positions as f64 * tiles;
+            gemm + tiles * groups * (cb * input_slots + kb * output_slots) + stream * weight_floats(positions)
+        };
+        let candidates = [
+            (Algo::Direct, direct),
+            (Algo::F2, winograd(2, 65.0, 47.0)),
+            (Algo::F4, winograd(4, 216.0, 137.0)),
+            (Algo::F6, winograd(6, 504.0, 396.0)),
+        ];
+        candidates.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|c| c.0).expect("candidates")
+    }
+
+    /// Every built-in architecture, at several sizes, batches and stream costs: the
+    /// registry's default plans are the plans of the cost model before it (the same
+    /// algorithm on every layer).
+    #[test]
+    fn the_registry_keeps_the_default_plans() {
+        for arch in ["A0", "A1", "A2", "B0", "B1", "B1g2", "B1g4", "B2", "B2g4", "B3", "B3g4", "D2se"] {
+            let network = Network::from_name(arch).unwrap();
+            for (n, h, w) in [(1, 224, 224), (8, 224, 224), (1, 97, 131), (2, 320, 320)] {
+                for stream in [0.3, 1.5] {
+                    let model = CostModel { stream };
+                    let new =
+                        Plan::new(&network, n, h, w, Isa::Avx512, |lp| default_executor(lp, n, Isa::Avx512, &model));
+                    let old = Plan::new(&network, n, h, w, Isa::Avx512, |lp| {
+                        Some(exec::lookup(table_before_the_registry(lp, n, stream), Precision::F32).1)
+                    });
+                    let algos = |p: &Plan| p.layers.iter().map(|l| l.algo).collect::<Vec<_>>();
+                    assert_eq!(algos(&new), algos(&old), "{arch} {n}x{h}x{w} stream {stream}");
+                    assert_eq!(
+                        (new.transformed_len, new.scratch_len, new.activation_len, new.pooled_len),
+                        (old.transformed_len, old.scratch_len, old.activation_len, old.pooled_len)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

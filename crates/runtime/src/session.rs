@@ -3,16 +3,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use repvgg_simd::{Dispatch, IsaChoice, dispatch};
+use repvgg_simd::{Dispatch, IsaChoice};
 
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
-use crate::exec::generic::GenericConv;
-use crate::exec::winograd as wino;
-use crate::exec::{direct, pointwise};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks, probe};
-use crate::model::{Model, Prepared};
-use crate::plan::{Algo, AlgoChoice, LayerPlan, Plan, default_algo};
+use crate::exec::{InputLayout, REGISTRY, RunContext, pointwise};
+use crate::limits::{check_finite, check_output};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
+
+use crate::model::Model;
+use crate::plan::{AlgoChoice, LayerPlan, Plan, Precision};
 use crate::team::Team;
 use crate::tensor::Tensor;
 
@@ -220,10 +220,9 @@ impl PlanCache {
 }
 
 /// Most worker threads a session (or anything else running a [`Team`]) may start.
-pub const MAX_THREADS: usize = 1024;
+pub(crate) const MAX_THREADS: usize = 1024;
 
-/// The workers `threads` asks for: 0 means one per core; more than [`MAX_THREADS`] is
-/// refused.
+/// The workers `threads` asks for: 0 means one per core; more than 1024 is refused.
 pub fn worker_count(threads: usize) -> Result<usize> {
     let workers = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     if workers > MAX_THREADS {
@@ -263,21 +262,9 @@ impl Session {
         self.isa.isa()
     }
 
-    /// The FP32 multiply-add peak of this session's workers with its kernel set, measured
-    /// now (all workers at once).
-    pub fn measure_peak_gflops(&self, millis: u64) -> f64 {
-        probe::peak_gflops(self.isa, self.workers, millis)
-    }
-
-    /// The DRAM read bandwidth of this session's workers in GB/s, measured now (all
-    /// workers at once, each streaming its own `mib`-MiB buffer, written once first so
-    /// that the timed passes only read).
-    pub fn measure_read_gbps(&self, mib: usize, millis: u64) -> f64 {
-        let isa = self.isa;
-        probe::on_threads(self.workers, || {
-            let buffer: Vec<f32> = (0..(mib.max(1) << 20) / 4).map(|i| (i % 7) as f32).collect();
-            dispatch!(isa, |s| probe::read_gbps(s, &buffer, millis))
-        })
+    /// The kernel set as the kernels take it (for `crate::lab`'s probes).
+    pub(crate) fn dispatch(&self) -> Dispatch {
+        self.isa
     }
 
     /// Bytes of working memory currently held.
@@ -450,11 +437,7 @@ impl Session {
         if self.plans.contains((n, h, w)) {
             return Ok(());
         }
-        let network = self.model.network();
-        let mut plan = match self.options.algo {
-            AlgoChoice::Force(algo) => Plan::new(network, n, h, w, |_| algo),
-            AlgoChoice::Auto => Plan::new(network, n, h, w, |lp| default_algo(lp, n, self.isa.isa())),
-        };
+        let mut plan = Plan::for_choice(self.model.network(), n, h, w, self.options.algo, self.isa.isa());
         self.reserve(&plan)?;
         if self.options.autotune && self.options.algo == AlgoChoice::Auto {
             plan = self.autotune(plan)?;
@@ -467,25 +450,33 @@ impl Session {
     fn reserve(&mut self, plan: &Plan) -> Result<()> {
         check_memory(&self.model, self.workers, plan, false)?;
         for lp in &plan.layers {
-            self.model.prepare(lp.index, lp.algo)?;
+            self.model.prepare(lp)?;
         }
         self.arena.reserve(plan, self.workers);
         Ok(())
     }
 
-    /// Times every applicable algorithm on each layer and keeps the fastest.
+    /// Times every executor the automatic choice considers on each layer it can run, and
+    /// keeps the fastest.
     fn autotune(&mut self, mut plan: Plan) -> Result<Plan> {
         let (n, h, w) = (plan.n, plan.h, plan.w);
+        let isa = self.isa.isa();
         let network = self.model.network().clone();
-        for (i, layer) in network.layers.iter().enumerate() {
-            let candidates: Vec<Algo> =
-                [Algo::Direct, Algo::F2, Algo::F4, Algo::F6].into_iter().filter(|a| a.supports(layer)).collect();
+        let mut chosen: Vec<_> = plan.layers.iter().map(|lp| lp.executor().1).collect();
+        for i in 0..plan.layers.len() {
+            let shape = plan.layers[i].shape(n);
+            let candidates: Vec<_> = REGISTRY
+                .iter()
+                .copied()
+                .filter(|e| e.automatic() && e.precision() == Precision::F32 && e.supports(&shape, isa))
+                .collect();
             if candidates.len() < 2 {
                 continue;
             }
-            let mut best = (Duration::MAX, plan.layers[i].algo);
-            for algo in candidates {
-                let trial = Plan::new(&network, n, h, w, |lp| if lp.index == i { algo } else { Algo::Direct });
+            let mut best = (Duration::MAX, chosen[i]);
+            for executor in candidates {
+                // The other layers take the fallback: only this one's packing matters.
+                let trial = Plan::new(&network, n, h, w, isa, |lp| (lp.index == i).then_some(executor));
                 self.reserve(&trial)?;
                 let lp = trial.layers[i].clone();
                 let mut fastest = Duration::MAX;
@@ -495,14 +486,13 @@ impl Session {
                     fastest = fastest.min(start.elapsed());
                 }
                 if fastest < best.0 {
-                    best = (fastest, algo);
+                    best = (fastest, executor);
                 }
             }
-            plan.layers[i].algo = best.1;
+            chosen[i] = best.1;
         }
         // Re-derive buffer sizes for the chosen mix.
-        let chosen: Vec<Algo> = plan.layers.iter().map(|l| l.algo).collect();
-        let plan = Plan::new(&network, n, h, w, |lp| chosen[lp.index]);
+        plan = Plan::new(&network, n, h, w, isa, |lp| Some(chosen[lp.index]));
         self.reserve(&plan)?;
         Ok(plan)
     }
@@ -512,15 +502,15 @@ impl Session {
         let model = self.model.clone();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
         let (first, second) = act.split_at_mut(1);
-        let input_len = if lp.index == 0 {
-            n * 3 * lp.h * lp.w
-        } else {
-            n * channel_blocks(lp.in_channels) * lp.h * lp.w * CHANNEL_BLOCK
+        let input_len = match lp.input {
+            InputLayout::Planar => n * lp.in_channels * lp.h * lp.w,
+            InputLayout::Blocked => n * channel_blocks(lp.in_channels) * lp.h * lp.w * CHANNEL_BLOCK,
         };
         let input = &first[0][..input_len];
         let output = &mut second[0];
         let isa = self.isa;
-        self.team.install(|| conv_layer(isa, &model, lp, n, input, output, transformed, scratch, pooled));
+        let mut buffers = LayerBuffers { transformed, scratch, pooled };
+        self.team.install(|| conv_layer(isa, &model, lp, n, input, output, &mut buffers));
     }
 
     /// One forward pass over `input` of the checked `shape`.
@@ -541,6 +531,7 @@ impl Session {
         let network = model.network();
         let stage_ends = network.stage_ends();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
+        let mut buffers = LayerBuffers { transformed, scratch, pooled };
         let isa = self.isa;
         self.team.install(|| {
             let mut current = 0;
@@ -548,8 +539,8 @@ impl Session {
                 let start = times.as_ref().map(|_| Instant::now());
                 let (a, b) = act.split_at_mut(1);
                 let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
-                let src: &[f32] = if lp.index == 0 { input } else { src };
-                conv_layer(isa, model, lp, n, src, dst, transformed, scratch, pooled);
+                let src: &[f32] = if lp.input == InputLayout::Planar { input } else { src };
+                conv_layer(isa, model, lp, n, src, dst, &mut buffers);
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
                 }
@@ -567,6 +558,7 @@ impl Session {
             let last = plan.layers.last().expect("layers");
             let features = network.feature_channels();
             let weights = model.weights();
+            let pooled = &mut *buffers.pooled;
             pointwise::global_average_pool(isa, &act[current], n, features, last.oh * last.ow, pooled);
             pointwise::linear(isa, pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits);
             if let Some(t) = times {
@@ -596,46 +588,17 @@ fn check_memory(model: &Model, workers: usize, plan: &Plan, features: bool) -> R
     }
 }
 
-/// Refuses a non-finite output. Weights and inputs are finite (both are checked), so one
-/// means that a value overflowed f32 inside the network; the ReLUs keep NaN
-/// (`repvgg_simd::relu`), so an overflow anywhere reaches the logits instead of being
-/// hidden by a later layer. Returning such logits would be silent garbage.
-pub(crate) fn check_output(what: &str, data: &[f32], shape: &[usize]) -> Result<()> {
-    let Some(index) = data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
-    let mut at = Vec::with_capacity(shape.len());
-    let mut rest = index;
-    for d in shape.iter().rev() {
-        at.push(rest % d);
-        rest /= d;
-    }
-    at.reverse();
-    let at = at.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
-    Err(Error::NonFiniteOutput(format!(
-        "{what}[{at}] is {}: finite weights and input overflowed f32 inside the network \
-         (weights or input too large in magnitude)",
-        data[index]
-    )))
+/// The arena's buffers a layer works in besides its input and output.
+struct LayerBuffers<'a> {
+    /// The executor's shared buffer (transformed inputs or packed panels).
+    transformed: &'a mut [f32],
+    scratch: &'a Scratch,
+    /// SE and pooling scratch.
+    pooled: &'a mut [f32],
 }
 
-/// Refuses NaN and infinity in an input `[N, C, H, W]`, naming the first one: the caller
-/// learns which value was bad, rather than that the logits came out non-finite (where
-/// such a value would end up: the ReLUs keep NaN, and a Winograd transform spreads one
-/// over a tile). Every run checks its input; a server checks each request with it before
-/// queueing, so that a bad request is refused alone rather than inside a merged batch.
-pub fn check_finite(input: &[f32], [_, c, h, w]: [usize; 4]) -> Result<()> {
-    let Some(index) = input.iter().position(|v| !v.is_finite()) else { return Ok(()) };
-    let (n, rest) = (index / (c * h * w), index % (c * h * w));
-    Err(Error::Input(format!(
-        "input[{n}, {}, {}, {}] is {} (inputs must be finite)",
-        rest / (h * w),
-        rest % (h * w) / w,
-        rest % w,
-        input[index]
-    )))
-}
-
-/// One RepVGG block: convolution + bias, then SE and ReLU (or ReLU fused into the convolution).
-#[allow(clippy::too_many_arguments)]
+/// One RepVGG block: convolution + bias by the layer's executor (one call per layer), then
+/// SE and ReLU (or ReLU fused into the convolution).
 fn conv_layer(
     isa: Dispatch,
     model: &Model,
@@ -643,41 +606,26 @@ fn conv_layer(
     n: usize,
     input: &[f32],
     output: &mut [f32],
-    transformed: &mut [f32],
-    scratch: &Scratch,
-    pooled: &mut [f32],
+    buffers: &mut LayerBuffers<'_>,
 ) {
-    let bias = model.bias(lp.index);
     let relu = !lp.se;
-    let prepared = model.prepared(lp.index, lp.algo);
-    match (&*prepared, lp.algo) {
-        (Prepared::Winograd(filters), _) => {
-            wino::run(isa, filters, bias, relu, &lp.winograd_shape(n), input, output, transformed, scratch);
-        }
-        (Prepared::Direct(weights), _) => {
-            direct::run(isa, weights, bias, relu, &lp.direct_shape(n), input, output, transformed, scratch);
-        }
-        (Prepared::Generic, _) => {
-            let weight = &model.weights().layers[lp.index].conv.weight;
-            GenericConv {
-                n,
-                in_channels: lp.in_channels,
-                out_channels: lp.out_channels,
-                groups: lp.groups,
-                h: lp.h,
-                w: lp.w,
-                stride: lp.stride,
-                oh: lp.oh,
-                ow: lp.ow,
-                weight,
-                bias,
-                relu,
-            }
-            .run(isa, input, output);
-        }
-    }
+    let prepared = model.prepared(lp);
+    let shape = lp.shape(n);
+    let layer = &model.weights().layers[lp.index];
+    lp.executor().1.run(RunContext {
+        isa,
+        shape: &shape,
+        weights: &*prepared,
+        deploy: &layer.conv.weight,
+        bias: model.bias(lp.index),
+        relu,
+        input,
+        output: &mut *output,
+        shared: &mut *buffers.transformed,
+        scratch: buffers.scratch,
+    });
     if lp.se {
-        let se = model.weights().layers[lp.index].se.as_ref().expect("SE layers have SE weights");
-        pointwise::squeeze_excite_relu(isa, output, n, lp.out_channels, lp.oh * lp.ow, se, pooled);
+        let se = layer.se.as_ref().expect("SE layers have SE weights");
+        pointwise::squeeze_excite_relu(isa, output, n, lp.out_channels, lp.oh * lp.ow, se, buffers.pooled);
     }
 }

@@ -230,7 +230,7 @@ thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
-/// A calling thread plus helper threads that run [`for_each`] loops together; or a
+/// A calling thread plus helper threads that run parallel loops (`for_each`) together; or a
 /// caller's rayon pool doing the same (see [`Team::on_pool`]).
 pub struct Team {
     shared: Arc<Shared>,
@@ -290,7 +290,7 @@ impl Team {
         self.shared.spin
     }
 
-    /// Runs `f` on the calling thread with this team serving its [`for_each`] loops, and
+    /// Runs `f` on the calling thread with this team serving its parallel loops (`for_each`), and
     /// with denormals flushed (the previous float mode is restored after).
     ///
     /// If the team is already serving another caller, `f` runs with no team (serially).

@@ -39,6 +39,7 @@ use std::ops::{Add, Mul, Sub};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+pub mod layout;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

@@ -18,8 +18,8 @@
 //! are padded to `c_pad` (a multiple of 16) with zeros to match the channel-blocked
 //! activation layout.
 
-use crate::tiles::CHANNEL_BLOCK;
 use crate::{Error, Variant};
+use repvgg_simd::layout::CHANNEL_BLOCK;
 
 /// One panel of output channels of one group, for all transform positions.
 #[derive(Debug, Clone, Copy)]

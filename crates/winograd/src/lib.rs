@@ -25,7 +25,8 @@
 //! - [`tiles`]: the input and output tile transforms on the channel-blocked layout,
 //!   generic over the instruction set (`repvgg-simd`), each with a scalar twin.
 //!
-//! It knows no graph types: it works on slices, strides and the `NCHWc16` tile layout.
+//! It knows no graph types: it works on slices, strides and the `NCHWc16` tile layout
+//! (`repvgg_simd::layout`).
 //!
 //! # Points and accuracy
 //!
@@ -65,7 +66,7 @@ pub mod tiles;
 
 pub use filters::{FilterPanel, PackedFilters};
 pub use matrices::{Matrices, Point, cook_toom};
-pub use tiles::{CHANNEL_BLOCK, input_tile, output_tile, output_tile_raw};
+pub use tiles::{input_tile, output_tile, output_tile_raw};
 
 /// Errors of the winograd crate.
 #[derive(Debug, thiserror::Error)]

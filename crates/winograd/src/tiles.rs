@@ -20,12 +20,10 @@
 //! signatures.
 
 use repvgg_simd::Simd;
+use repvgg_simd::layout::CHANNEL_BLOCK;
 
 use crate::Variant;
 use crate::tables;
-
-/// Channels per block of the channel-blocked layout.
-pub const CHANNEL_BLOCK: usize = 16;
 
 #[inline(always)]
 fn load<S: Simd>(s: S, src: &[f32], offset: usize) -> S::F32 {
@@ -253,6 +251,7 @@ fn input_2d<S: Simd, const M: usize, const A: usize, T: OneD<M, A>, R: TileReade
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // a kernel entry point: slices, strides and sizes
 fn input_tile_impl<S: Simd, const M: usize, const A: usize, T: OneD<M, A>>(
     s: S,
     src: &[f32],
@@ -285,6 +284,7 @@ fn input_tile_impl<S: Simd, const M: usize, const A: usize, T: OneD<M, A>>(
 /// `src` must hold `alpha^2` vectors at `pos_stride`, and `dst` must be valid for writes of
 /// `rows x cols` pixels at `row_stride`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // a kernel entry point: slices, strides and sizes
 unsafe fn output_tile_impl<S: Simd, const M: usize, const A: usize, T: OneD<M, A>>(
     s: S,
     src: &[f32],
@@ -360,6 +360,7 @@ fn check_output_src(v: Variant, src: &[f32], pos_stride: usize, rows: usize, col
 /// input is needed. Position `p = i * alpha + j` of the result goes to
 /// `dst[p * pos_stride..][..16]`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // a kernel entry point: slices, strides and sizes
 pub fn input_tile<S: Simd>(
     s: S,
     variant: Variant,
@@ -389,6 +390,7 @@ pub fn input_tile<S: Simd>(
 /// Position `p` of `M` is read from `src[p * pos_stride..][..16]`; output pixel `(i, j)`
 /// goes to `dst[i * row_stride + j * 16..][..16]`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // a kernel entry point: slices, strides and sizes
 pub fn output_tile<S: Simd>(
     s: S,
     variant: Variant,
@@ -415,6 +417,7 @@ pub fn output_tile<S: Simd>(
 /// `dst` must be valid for writes of the `rows x cols` pixels (16 floats each) at
 /// `i * row_stride + j * 16`, and no other thread may access those floats concurrently.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // a kernel entry point: slices, strides and sizes
 pub unsafe fn output_tile_raw<S: Simd>(
     s: S,
     variant: Variant,
@@ -456,6 +459,7 @@ pub mod scalar {
     }
 
     /// Scalar twin of [`super::input_tile`].
+    #[allow(clippy::too_many_arguments)] // a kernel entry point: slices, strides and sizes
     pub fn input_tile(
         variant: Variant,
         src: &[f32],
@@ -493,6 +497,7 @@ pub mod scalar {
     }
 
     /// Scalar twin of [`super::output_tile`].
+    #[allow(clippy::too_many_arguments)] // a kernel entry point: slices, strides and sizes
     pub fn output_tile(
         variant: Variant,
         src: &[f32],

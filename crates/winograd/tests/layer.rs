@@ -1,8 +1,9 @@
 //! A whole single-layer Winograd convolution (the crate's transforms plus a plain batched
 //! GEMM written here) against an f64 direct convolution, over random shapes.
 
+use repvgg_simd::layout::CHANNEL_BLOCK;
 use repvgg_simd::{Dispatch, dispatch};
-use repvgg_winograd::{CHANNEL_BLOCK, PackedFilters, Variant, input_tile, output_tile};
+use repvgg_winograd::{PackedFilters, Variant, input_tile, output_tile};
 
 struct Rng(u64);
 impl Rng {

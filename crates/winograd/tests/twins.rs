@@ -1,9 +1,10 @@
 //! Every SIMD tile kernel against its scalar twin, on random tiles, positions and strides.
 
 use proptest::prelude::*;
+use repvgg_simd::layout::CHANNEL_BLOCK;
 use repvgg_simd::{Dispatch, dispatch};
 use repvgg_winograd::Variant;
-use repvgg_winograd::tiles::{self, CHANNEL_BLOCK, scalar};
+use repvgg_winograd::tiles::{self, scalar};
 
 fn variant() -> impl Strategy<Value = Variant> {
     prop::sample::select(Variant::ALL.to_vec())

@@ -9,7 +9,9 @@
 use repvgg_simd::{Dispatch, dispatch};
 
 pub use crate::kernels::depthwise::DepthwiseShape;
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks, depthwise};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
+
+use crate::kernels::depthwise;
 use crate::team::for_each_chunk_mut;
 
 /// Weights `[C][1][3][3]` repacked as `[C / 16][9][16]` (tap-major per channel block).
@@ -34,7 +36,6 @@ impl DepthwiseWeights {
 
 /// `output = relu?(depthwise(input) + bias)`, channel-blocked in and out, in parallel over
 /// (image, channel block) planes; `bias` is padded to whole channel blocks.
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     isa: Dispatch,
     weights: &DepthwiseWeights,

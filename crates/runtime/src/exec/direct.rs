@@ -12,30 +12,75 @@
 //! contiguous floats, there are no bounds checks, and the stem does not multiply 13 zero
 //! channels per panel.
 
-use repvgg_simd::{Dispatch, dispatch};
+use repvgg_simd::{Isa, dispatch};
 
 use super::schedule::{Schedule, Work};
-use crate::buffers::{Scratch, SharedMut};
+use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunContext, downcast};
+use crate::buffers::SharedMut;
 use crate::kernels::gemm::{Epilogue, Gemm, MR, NR};
 use crate::kernels::im2col::{self, Geometry, PLANAR_MAX_KD};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
-/// How a direct layer's input is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputLayout {
-    /// `NCHWc16`, the layout between layers.
-    Blocked,
-    /// Plain `NCHW` (the network input). It is first repacked into a zero-bordered `NHWC`
-    /// copy, so that each row of a 3x3 window is `3 C` contiguous floats.
-    Planar,
+/// The direct executor (FP32).
+pub(crate) struct Direct;
+
+impl ConvExecutor for Direct {
+    fn algo(&self) -> Algo {
+        Algo::Direct
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
+    /// Any stride; kernel sides in [`SIDES`] on the channel-blocked layout (3 on the
+    /// network input); whole channel blocks per group when there are groups.
+    fn supports(&self, s: &ConvShape, _: Isa) -> bool {
+        let side = match s.input {
+            InputLayout::Blocked => SIDES.contains(&s.kernel),
+            InputLayout::Planar => s.kernel == 3,
+        };
+        side && DirectWeights::supports(s.input, s.out_channels, s.in_per_group(), s.groups)
+    }
+
+    fn packed_len(&self, s: &ConvShape) -> usize {
+        DirectWeights::len(s.input, s.kernel, s.out_channels, s.in_per_group(), s.groups)
+    }
+
+    fn pack(&self, s: &ConvShape, weight: &[f32]) -> Box<dyn PackedWeights> {
+        assert!(self.supports(s, Isa::Portable), "unsupported direct layer");
+        Box::new(DirectWeights::pack(s.input, s.kernel, weight, s.out_channels, s.in_per_group(), s.groups))
+    }
+
+    fn shared_len(&self, s: &ConvShape) -> usize {
+        shared_len(s)
+    }
+
+    fn scratch_len(&self, s: &ConvShape) -> usize {
+        work(s).scratch_len(0)
+    }
+
+    /// The GEMM, `K C 9 P / 16` slots over `P` output pixels, divided by 0.9 (im2col
+    /// packing, and a reduction 9x longer than Winograd's per position), plus streaming the
+    /// packed weights, `K C 9` floats. Both counted in whole channel blocks per group.
+    fn cost(&self, s: &ConvShape, model: &CostModel) -> f64 {
+        let (cb, kb) = (channel_blocks(s.in_per_group()) as f64, channel_blocks(s.out_channels / s.groups) as f64);
+        let groups = s.groups as f64;
+        let weight_floats = groups * kb * cb * 256.0 * 9.0;
+        let pixels = (s.n * s.oh * s.ow) as f64;
+        groups * kb * cb * 16.0 * 9.0 * pixels / 0.9 + model.stream * weight_floats
+    }
+
+    fn run(&self, ctx: RunContext<'_>) {
+        run(ctx)
+    }
 }
 
-impl InputLayout {
-    /// The layout layer `index` of a network reads: the network input is planar, every
-    /// later layer reads the channel-blocked output of the one before.
-    pub fn for_layer(index: usize) -> InputLayout {
-        if index == 0 { InputLayout::Planar } else { InputLayout::Blocked }
+impl PackedWeights for DirectWeights {
+    fn bytes(&self) -> usize {
+        self.data.len() * 4
     }
 }
 
@@ -56,23 +101,8 @@ pub struct DirectWeights {
 }
 
 impl DirectWeights {
-    /// Packs `[K][C/groups][3][3]` weights.
-    ///
-    /// With `groups > 1` the fast path needs whole channel blocks per group (`C/groups` and
-    /// `K/groups` multiples of 16); callers check [`DirectWeights::supports`] first.
-    pub fn new(layout: InputLayout, weights: &[f32], out_channels: usize, in_per_group: usize, groups: usize) -> Self {
-        assert!(Self::supports(layout, out_channels, in_per_group, groups), "unsupported direct layout");
-        Self::pack(layout, 3, weights, out_channels, in_per_group, groups)
-    }
-
-    /// Packs `[K][C/groups][k][k]` weights of a kernel side `k` in [`SIDES`], for a
-    /// channel-blocked input (whole channel blocks per group when `groups > 1`).
-    pub fn kxk(kernel: usize, weights: &[f32], out_channels: usize, in_per_group: usize, groups: usize) -> Self {
-        assert!(SIDES.contains(&kernel), "kernel side {kernel} is not one of {SIDES:?}");
-        assert!(Self::supports(InputLayout::Blocked, out_channels, in_per_group, groups), "unsupported grouping");
-        Self::pack(InputLayout::Blocked, kernel, weights, out_channels, in_per_group, groups)
-    }
-
+    /// Packs `[K][C/groups][k][k]` weights; callers check [`DirectWeights::supports`] first
+    /// (whole channel blocks per group when `groups > 1`, a kernel side in [`SIDES`]).
     fn pack(
         layout: InputLayout,
         kernel: usize,
@@ -112,7 +142,7 @@ impl DirectWeights {
         DirectWeights { layout, kernel, groups, out_per_group, kd, panels_per_group, k_pad, data }
     }
 
-    /// Floats that [`DirectWeights::new`] allocates for this layer shape, known before
+    /// Floats that [`DirectWeights::pack`] allocates for this layer shape, known before
     /// building it (for memory limits).
     pub fn len(layout: InputLayout, kernel: usize, out_channels: usize, in_per_group: usize, groups: usize) -> usize {
         groups * reduction_depth(layout, kernel, in_per_group) * channel_blocks(out_channels / groups) * CHANNEL_BLOCK
@@ -135,36 +165,14 @@ impl DirectWeights {
         let start = g * self.kd * self.k_pad + k0 * self.kd;
         (k0, width, &self.data[start..start + self.kd * width])
     }
-
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 4
-    }
 }
 
 /// Kernel sides the channel-blocked path runs (each an instance of the packing).
 pub const SIDES: [usize; 4] = [1, 3, 5, 7];
 
-/// Geometry of one direct convolution.
-#[derive(Debug, Clone, Copy)]
-pub struct DirectShape {
-    pub n: usize,
-    /// Kernel side (odd; 3 for RepVGG's layers).
-    pub kernel: usize,
-    pub in_channels: usize,
-    pub h: usize,
-    pub w: usize,
-    pub out_channels: usize,
-    pub groups: usize,
-    pub stride: usize,
-    pub oh: usize,
-    pub ow: usize,
-}
-
-impl DirectShape {
-    fn geometry(&self) -> Geometry {
-        let s = *self;
-        Geometry { n: s.n, c: s.in_channels, kernel: s.kernel, h: s.h, w: s.w, stride: s.stride, oh: s.oh, ow: s.ow }
-    }
+/// The im2col geometry of a layer.
+fn geometry(s: &ConvShape) -> Geometry {
+    Geometry { n: s.n, c: s.in_channels, kernel: s.kernel, h: s.h, w: s.w, stride: s.stride, oh: s.oh, ow: s.ow }
 }
 
 /// Target size of one chunk of panels, in floats (1 MiB).
@@ -184,7 +192,8 @@ fn reduction_depth(layout: InputLayout, kernel: usize, in_per_group: usize) -> u
 }
 
 /// The layer's panels and schedule.
-fn work(layout: InputLayout, s: &DirectShape) -> Work {
+fn work(s: &ConvShape) -> Work {
+    let layout = s.input;
     let (cg, kg) = (s.in_channels / s.groups, s.out_channels / s.groups);
     let kd = reduction_depth(layout, s.kernel, cg);
     let k_pad = channel_blocks(kg) * CHANNEL_BLOCK;
@@ -207,22 +216,17 @@ fn work(layout: InputLayout, s: &DirectShape) -> Work {
 }
 
 /// Floats of the shared buffer [`run`] needs: a chunk of panels for the two-phase
-/// schedule, or the NHWC copy of a planar input.
-pub fn shared_len(layout: InputLayout, shape: &DirectShape) -> usize {
-    let hwc = if layout == InputLayout::Planar { im2col::hwc_buffer_len(&shape.geometry()) } else { 0 };
-    hwc + work(layout, shape).shared_len()
-}
-
-/// Floats of per-worker scratch [`run`] needs.
-pub fn scratch_len(layout: InputLayout, shape: &DirectShape) -> usize {
-    work(layout, shape).scratch_len(0)
+/// schedule, plus the NHWC copy of a planar input.
+fn shared_len(shape: &ConvShape) -> usize {
+    let hwc = if shape.input == InputLayout::Planar { im2col::hwc_buffer_len(&geometry(shape)) } else { 0 };
+    hwc + work(shape).shared_len()
 }
 
 /// Repacks planar `NCHW` into the zero-bordered NHWC copy, in parallel over rows.
-fn to_padded_hwc(input: &[f32], s: &DirectShape, hwc: &mut [f32]) {
+fn to_padded_hwc(input: &[f32], s: &ConvShape, hwc: &mut [f32]) {
     let (c, pw) = (s.in_channels, s.w + 2);
     let row_len = pw * c;
-    for_each_chunk_mut(&mut hwc[..im2col::padded_hwc_len(&s.geometry())], row_len, |r, row| {
+    for_each_chunk_mut(&mut hwc[..im2col::padded_hwc_len(&geometry(s))], row_len, |r, row| {
         let (n, py) = (r / (s.h + 2), r % (s.h + 2));
         if py == 0 || py > s.h {
             row.fill(0.0);
@@ -244,18 +248,9 @@ fn to_padded_hwc(input: &[f32], s: &DirectShape, hwc: &mut [f32]) {
 ///
 /// `bias` is padded to the output's channel blocks. The work split depends only on the
 /// shape, so results are identical for any number of threads.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    isa: Dispatch,
-    weights: &DirectWeights,
-    bias: &[f32],
-    relu: bool,
-    shape: &DirectShape,
-    input: &[f32],
-    output: &mut [f32],
-    shared: &mut [f32],
-    scratch: &Scratch,
-) {
+fn run(ctx: RunContext<'_>) {
+    let RunContext { isa, shape, weights, bias, relu, input, output, shared, scratch, .. } = ctx;
+    let weights: &DirectWeights = downcast(weights);
     let s = *shape;
     let layout = weights.layout;
     let out_blocks = channel_blocks(s.out_channels);
@@ -266,10 +261,11 @@ pub fn run(
         InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
     };
     assert!(input.len() >= in_len, "input buffer too small");
-    assert!(shared.len() >= shared_len(layout, shape), "shared panel buffer too small");
+    assert_eq!(weights.layout, s.input, "weights packed for another input layout");
+    assert!(shared.len() >= shared_len(shape), "shared panel buffer too small");
     assert_eq!(weights.groups, s.groups, "weights packed for another group count");
     assert_eq!(weights.kernel, s.kernel, "weights packed for another kernel side");
-    let geometry = s.geometry();
+    let geometry = geometry(shape);
     let (input, shared) = if layout == InputLayout::Planar {
         let (hwc, rest) = shared.split_at_mut(im2col::hwc_buffer_len(&geometry));
         to_padded_hwc(input, shape, hwc);
@@ -296,7 +292,7 @@ pub fn run(
             _ => unreachable!("panel widths are 16 or 32"),
         })
     };
-    work(layout, shape).run(shared, scratch, 0, |col| PanelPixels::new(&s, col), pack, product);
+    work(shape).run(shared, scratch, 0, |col| PanelPixels::new(&s, col), pack, product);
 }
 
 /// The output pixels of one column panel: how many exist and where each one's first
@@ -311,7 +307,7 @@ struct PanelPixels {
 }
 
 impl PanelPixels {
-    fn new(s: &DirectShape, panel: usize) -> PanelPixels {
+    fn new(s: &ConvShape, panel: usize) -> PanelPixels {
         let plane = s.oh * s.ow;
         let out_blocks = channel_blocks(s.out_channels);
         let count = NR.min(s.n * plane - panel * NR);
@@ -375,8 +371,40 @@ fn panel_product<S: Gemm, const MRV: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::Scratch;
     use crate::reference::{Activation, conv2d};
     use crate::team::Team;
+    use repvgg_simd::Dispatch;
+
+    /// Packs `weights` and runs the layer once on `team`, the shared buffer starting as NaN.
+    fn conv(
+        team: &Team,
+        isa: Dispatch,
+        shape: &ConvShape,
+        weights: &[f32],
+        bias: &[f32],
+        relu: bool,
+        input: &[f32],
+    ) -> Vec<f32> {
+        let mut output = vec![0f32; shape.n * channel_blocks(shape.out_channels) * shape.oh * shape.ow * CHANNEL_BLOCK];
+        let packed = Direct.pack(shape, weights);
+        let mut shared = vec![f32::NAN; Direct.shared_len(shape)];
+        let scratch = Scratch::new(team.threads(), Direct.scratch_len(shape));
+        let ctx = RunContext {
+            isa,
+            shape,
+            weights: &*packed,
+            deploy: weights,
+            bias,
+            relu,
+            input,
+            output: &mut output,
+            shared: &mut shared,
+            scratch: &scratch,
+        };
+        team.install(|| Direct.run(ctx));
+        output
+    }
 
     /// The network-input (planar) path against the f64 reference convolution, on every
     /// instruction set this CPU runs: RGB (the vector-load packing) and other channel
@@ -397,8 +425,20 @@ mod tests {
                 (7, 40, 2, 2, 10, 13),
             ] {
                 let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
-                let shape =
-                    DirectShape { n, kernel: 3, in_channels: c, h, w, out_channels: k, groups: 1, stride, oh, ow };
+                let input_layout = InputLayout::Planar;
+                let shape = ConvShape {
+                    n,
+                    kernel: 3,
+                    in_channels: c,
+                    h,
+                    w,
+                    out_channels: k,
+                    groups: 1,
+                    stride,
+                    oh,
+                    ow,
+                    input: input_layout,
+                };
                 let mut seed = (c * 1000 + k * 10 + stride) as u32;
                 let mut next = move || {
                     seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -410,11 +450,7 @@ mod tests {
                 let mut bias = bias_raw.clone();
                 bias.resize(channel_blocks(k) * CHANNEL_BLOCK, 0.0);
 
-                let packed = DirectWeights::new(InputLayout::Planar, &weights, k, c, 1);
-                let mut shared = vec![f32::NAN; shared_len(InputLayout::Planar, &shape)];
-                let scratch = Scratch::new(2, scratch_len(InputLayout::Planar, &shape));
-                let mut output = vec![0f32; n * channel_blocks(k) * oh * ow * CHANNEL_BLOCK];
-                team.install(|| run(isa, &packed, &bias, true, &shape, &input, &mut output, &mut shared, &scratch));
+                let output = conv(&team, isa, &shape, &weights, &bias, true, &input);
 
                 let activation = Activation { n, c, h, w, data: input.iter().map(|&v| v as f64).collect() };
                 let expected = conv2d(&activation, &weights, Some(&bias_raw), k, 3, stride, 1, 1);
@@ -456,7 +492,20 @@ mod tests {
                 (7, 40, 16, 1, 2, 2, 7, 9),
             ] {
                 let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
-                let shape = DirectShape { n, kernel, in_channels: c, h, w, out_channels: k, groups, stride, oh, ow };
+                let input_layout = InputLayout::Blocked;
+                let shape = ConvShape {
+                    n,
+                    kernel,
+                    in_channels: c,
+                    h,
+                    w,
+                    out_channels: k,
+                    groups,
+                    stride,
+                    oh,
+                    ow,
+                    input: input_layout,
+                };
                 let mut seed = (kernel * 7919 + c * 1000 + k * 10 + stride) as u32;
                 let mut next = move || {
                     seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -475,11 +524,8 @@ mod tests {
                     input[((b * cb + ch / CHANNEL_BLOCK) * h * w + p) * CHANNEL_BLOCK + ch % CHANNEL_BLOCK] = *v;
                 }
 
-                let packed = DirectWeights::kxk(kernel, &weights, k, cg, groups);
-                let mut shared = vec![f32::NAN; shared_len(InputLayout::Blocked, &shape)];
-                let scratch = Scratch::new(2, scratch_len(InputLayout::Blocked, &shape));
-                let mut output = vec![0f32; n * channel_blocks(k) * oh * ow * CHANNEL_BLOCK];
-                team.install(|| run(isa, &packed, &bias, false, &shape, &input, &mut output, &mut shared, &scratch));
+                assert!(Direct.supports(&shape, isa.isa()));
+                let output = conv(&team, isa, &shape, &weights, &bias, false, &input);
 
                 let activation = Activation { n, c, h, w, data: planar.iter().map(|&v| v as f64).collect() };
                 let expected = conv2d(&activation, &weights, Some(&bias_raw), k, kernel, stride, kernel / 2, groups);

@@ -3,32 +3,112 @@
 //! architectures only; every published variant uses the fast paths). Slow but simple:
 //! one scalar multiply-add chain per output value (fused on the FMA instruction sets).
 
-use repvgg_simd::{Dispatch, Simd, dispatch};
+use repvgg_simd::{Dispatch, Isa, Simd, dispatch};
 
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunContext};
+use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
+
+/// The generic executor (FP32): the fallback for the layers no other executor takes.
+pub(crate) struct Generic;
+
+/// The generic path reads the deploy kernel as is; this records its size.
+#[derive(Debug)]
+struct DeployKernel {
+    bytes: usize,
+}
+
+impl PackedWeights for DeployKernel {
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl ConvExecutor for Generic {
+    fn algo(&self) -> Algo {
+        Algo::Generic
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
+    /// 3x3 on a channel-blocked input, any stride and grouping.
+    fn supports(&self, s: &ConvShape, _: Isa) -> bool {
+        s.kernel == 3 && s.input == InputLayout::Blocked
+    }
+
+    /// Never chosen for speed: only where nothing else runs the layer.
+    fn automatic(&self) -> bool {
+        false
+    }
+
+    fn reads_deploy_kernel(&self) -> bool {
+        true
+    }
+
+    fn packed_len(&self, _: &ConvShape) -> usize {
+        0
+    }
+
+    fn pack(&self, _: &ConvShape, weight: &[f32]) -> Box<dyn PackedWeights> {
+        Box::new(DeployKernel { bytes: std::mem::size_of_val(weight) })
+    }
+
+    fn shared_len(&self, _: &ConvShape) -> usize {
+        0
+    }
+
+    fn scratch_len(&self, _: &ConvShape) -> usize {
+        0
+    }
+
+    fn cost(&self, _: &ConvShape, _: &CostModel) -> f64 {
+        f64::INFINITY
+    }
+
+    fn run(&self, ctx: RunContext<'_>) {
+        let s = ctx.shape;
+        GenericConv {
+            n: s.n,
+            in_channels: s.in_channels,
+            out_channels: s.out_channels,
+            groups: s.groups,
+            h: s.h,
+            w: s.w,
+            stride: s.stride,
+            oh: s.oh,
+            ow: s.ow,
+            weight: ctx.deploy,
+            bias: ctx.bias,
+            relu: ctx.relu,
+        }
+        .run(ctx.isa, ctx.input, ctx.output);
+    }
+}
 
 /// Geometry and weights of one grouped 3x3 convolution (padding 1).
 #[derive(Debug, Clone, Copy)]
-pub struct GenericConv<'a> {
-    pub n: usize,
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub groups: usize,
-    pub h: usize,
-    pub w: usize,
-    pub stride: usize,
-    pub oh: usize,
-    pub ow: usize,
+struct GenericConv<'a> {
+    n: usize,
+    in_channels: usize,
+    out_channels: usize,
+    groups: usize,
+    h: usize,
+    w: usize,
+    stride: usize,
+    oh: usize,
+    ow: usize,
     /// `[K][C/groups][3][3]`.
-    pub weight: &'a [f32],
-    pub bias: &'a [f32],
-    pub relu: bool,
+    weight: &'a [f32],
+    bias: &'a [f32],
+    relu: bool,
 }
 
 impl GenericConv<'_> {
     /// Runs the convolution; output channel blocks are computed in parallel.
-    pub fn run(&self, isa: Dispatch, input: &[f32], output: &mut [f32]) {
+    fn run(&self, isa: Dispatch, input: &[f32], output: &mut [f32]) {
         let out_plane = self.oh * self.ow;
         let out_blocks = channel_blocks(self.out_channels);
         let len = self.n * out_blocks * out_plane * CHANNEL_BLOCK;

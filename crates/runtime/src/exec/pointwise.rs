@@ -7,8 +7,8 @@ use repvgg_simd::{Dispatch, dispatch};
 
 use crate::buffers::SharedMut;
 use crate::kernels::pointwise::{dot, dot_in_order, gate_relu_block, mean_block};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
 use crate::team::{for_each, for_each_chunk_mut};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// Per-(image, channel) spatial means, `[n][channel_blocks(c) * 16]` (padding lanes included).
 pub fn global_average_pool(isa: Dispatch, act: &[f32], n: usize, c: usize, plane: usize, pooled: &mut [f32]) {
@@ -70,7 +70,6 @@ const CLASS_CHUNK: usize = 64;
 /// Parallel over chunks of classes, each reading its weight rows once for the whole
 /// batch: at batch 1 the weights (5 MB for A0) are the only real traffic, and both cores
 /// stream them.
-#[allow(clippy::too_many_arguments)]
 pub fn linear(isa: Dispatch, pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], logits: &mut [f32]) {
     let classes = bias.len();
     let cb = channel_blocks(c);

@@ -15,13 +15,113 @@
 //! (`exec::schedule`). Each output element is produced by the same sequence of
 //! operations whichever worker runs it, so results are identical for any thread count.
 
-use repvgg_simd::{Dispatch, Simd, dispatch};
+use repvgg_simd::{Isa, Simd, dispatch};
 use repvgg_winograd::{FilterPanel, PackedFilters, Variant, input_tile, output_tile_raw};
 
 use super::schedule::{Schedule, Work};
-use crate::buffers::{Scratch, SharedMut};
+use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunContext, downcast};
+use crate::buffers::SharedMut;
 use crate::kernels::gemm::{Gemm, MR, NR, StoreBlocked};
-use crate::kernels::{CHANNEL_BLOCK, channel_blocks};
+use crate::plan::{Algo, Precision};
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
+
+/// A Winograd executor (FP32): one variant, with the cost of its tile transforms.
+pub(crate) struct Winograd {
+    algo: Algo,
+    variant: Variant,
+    /// Slots per tile and input channel block of the input transform, and per tile and
+    /// output channel block of the output transform: measured ns/tile times 3.6 GHz on a
+    /// Zen 4 core (`benches/transforms.rs`).
+    input_slots: f64,
+    output_slots: f64,
+}
+
+/// F(2,3), points 0, +-1, inf.
+pub(crate) static F2: Winograd =
+    Winograd { algo: Algo::F2, variant: Variant::F2, input_slots: 65.0, output_slots: 47.0 };
+
+/// F(4,3), points 0, +-sqrt(2)/2, +-sqrt(2), inf.
+pub(crate) static F4: Winograd =
+    Winograd { algo: Algo::F4, variant: Variant::F4, input_slots: 216.0, output_slots: 137.0 };
+
+/// F(6,3), points 0, +-1, +-2, +-1/2, inf.
+pub(crate) static F6: Winograd =
+    Winograd { algo: Algo::F6, variant: Variant::F6, input_slots: 504.0, output_slots: 396.0 };
+
+impl ConvExecutor for Winograd {
+    fn algo(&self) -> Algo {
+        self.algo
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
+    /// 3x3, stride 1, on a channel-blocked input, with whole channel blocks per group
+    /// when there are groups.
+    fn supports(&self, s: &ConvShape, _: Isa) -> bool {
+        s.kernel == 3
+            && s.stride == 1
+            && s.input == InputLayout::Blocked
+            && supports(s.out_channels, s.in_per_group(), s.groups)
+    }
+
+    fn packed_len(&self, s: &ConvShape) -> usize {
+        PackedFilters::len(self.variant, s.out_channels, s.in_per_group(), s.groups)
+    }
+
+    /// The filter transform `U = G g G^T`, packed in weight panels of `MR` output channels.
+    fn pack(&self, s: &ConvShape, weight: &[f32]) -> Box<dyn PackedWeights> {
+        Box::new(
+            PackedFilters::new(self.variant, weight, s.out_channels, s.in_per_group(), s.groups, MR)
+                .expect("layer shapes were validated"),
+        )
+    }
+
+    fn shared_len(&self, s: &ConvShape) -> usize {
+        work(self.variant, &WinogradShape::of(s), CHUNK_FLOATS).shared_len()
+    }
+
+    /// The products, plus a column panel for the fused schedule.
+    fn scratch_len(&self, s: &ConvShape) -> usize {
+        work(self.variant, &WinogradShape::of(s), CHUNK_FLOATS).scratch_len(products_len(self.variant))
+    }
+
+    /// `alpha^2` per (input channel, output channel) pair and output tile, tile overhang
+    /// included (Lavin & Gray 2016).
+    fn multiplies(&self, s: &ConvShape, _: u64) -> u64 {
+        let pairs = (s.in_per_group() * s.out_channels) as u64;
+        self.variant.multiplies(pairs, s.h, s.w)
+    }
+
+    /// Over `T` tiles: the GEMM, `K C alpha^2 T / 16` slots; the transforms, a fixed number
+    /// of slots per tile and channel block; streaming the transformed filters, `K C alpha^2`
+    /// floats. At batch 1 a network's Winograd filters exceed the L3 cache, so every layer
+    /// reads its own from DRAM once per run. The stream is what makes F(4,3) beat F(6,3)
+    /// on 14x14 maps: they multiply equally often there (tile overhang), but F(6,3)'s
+    /// filters are 1.8x larger; where the stream costs more, it makes F(2,3) (filters 16/36
+    /// of F(4,3)'s) win there.
+    fn cost(&self, s: &ConvShape, model: &CostModel) -> f64 {
+        let v = self.variant;
+        let (cb, kb) = (channel_blocks(s.in_per_group()) as f64, channel_blocks(s.out_channels / s.groups) as f64);
+        let groups = s.groups as f64;
+        let positions = v.alpha() * v.alpha();
+        let weight_floats = groups * kb * cb * 256.0 * positions as f64;
+        let tiles = (s.n * s.h.div_ceil(v.m()) * s.w.div_ceil(v.m())) as f64;
+        let gemm = groups * kb * cb * 16.0 * positions as f64 * tiles;
+        gemm + tiles * groups * (cb * self.input_slots + kb * self.output_slots) + model.stream * weight_floats
+    }
+
+    fn run(&self, ctx: RunContext<'_>) {
+        run_in_chunks(ctx, CHUNK_FLOATS)
+    }
+}
+
+impl PackedWeights for PackedFilters {
+    fn bytes(&self) -> usize {
+        PackedFilters::bytes(self)
+    }
+}
 
 /// Target size of one chunk's transformed inputs, in floats (8 MiB).
 ///
@@ -40,23 +140,34 @@ pub const FUSED_FILTER_BYTES: usize = 3 << 19;
 
 /// Geometry of one Winograd convolution (stride 1, padding 1).
 #[derive(Debug, Clone, Copy)]
-pub struct WinogradShape {
-    pub n: usize,
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub groups: usize,
-    pub h: usize,
-    pub w: usize,
+struct WinogradShape {
+    n: usize,
+    in_channels: usize,
+    out_channels: usize,
+    groups: usize,
+    h: usize,
+    w: usize,
 }
 
 impl WinogradShape {
+    fn of(s: &ConvShape) -> WinogradShape {
+        WinogradShape {
+            n: s.n,
+            in_channels: s.in_channels,
+            out_channels: s.out_channels,
+            groups: s.groups,
+            h: s.h,
+            w: s.w,
+        }
+    }
+
     fn tiles(&self, v: Variant) -> (usize, usize) {
         (self.h.div_ceil(v.m()), self.w.div_ceil(v.m()))
     }
 }
 
 /// True if the Winograd path can run this layer: whole channel blocks per group.
-pub fn supports(out_channels: usize, in_per_group: usize, groups: usize) -> bool {
+fn supports(out_channels: usize, in_per_group: usize, groups: usize) -> bool {
     groups == 1 || (in_per_group.is_multiple_of(CHANNEL_BLOCK) && (out_channels / groups).is_multiple_of(CHANNEL_BLOCK))
 }
 
@@ -86,47 +197,13 @@ fn work(v: Variant, s: &WinogradShape, chunk_floats: usize) -> Work {
     }
 }
 
-/// Floats of the shared transformed-input buffer [`run`] needs.
-pub fn shared_len(v: Variant, shape: &WinogradShape) -> usize {
-    work(v, shape, CHUNK_FLOATS).shared_len()
-}
-
-/// Scratch floats per worker: the products, plus a column panel for the fused schedule.
-pub fn scratch_len(v: Variant, shape: &WinogradShape) -> usize {
-    work(v, shape, CHUNK_FLOATS).scratch_len(products_len(v))
-}
-
-/// Runs the layer: `output = relu?(conv(input) + bias)`, channel-blocked in and out.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    isa: Dispatch,
-    filters: &PackedFilters,
-    bias: &[f32],
-    relu: bool,
-    shape: &WinogradShape,
-    input: &[f32],
-    output: &mut [f32],
-    shared: &mut [f32],
-    scratch: &Scratch,
-) {
-    run_in_chunks(isa, filters, bias, relu, shape, input, output, shared, scratch, CHUNK_FLOATS)
-}
-
-/// [`run`] with chunks of `chunk_floats` transformed floats (tests use small chunks to
-/// exercise the chunk loop on small layers).
-#[allow(clippy::too_many_arguments)]
-fn run_in_chunks(
-    isa: Dispatch,
-    filters: &PackedFilters,
-    bias: &[f32],
-    relu: bool,
-    shape: &WinogradShape,
-    input: &[f32],
-    output: &mut [f32],
-    shared: &mut [f32],
-    scratch: &Scratch,
-    chunk_floats: usize,
-) {
+/// Runs the layer with chunks of `chunk_floats` transformed floats (tests use small
+/// chunks to exercise the chunk loop on small layers): `output = relu?(conv(input) +
+/// bias)`, channel-blocked in and out.
+fn run_in_chunks(ctx: RunContext<'_>, chunk_floats: usize) {
+    let RunContext { isa, shape, weights, bias, relu, input, output, shared, scratch, .. } = ctx;
+    let filters: &PackedFilters = downcast(weights);
+    let shape = &WinogradShape::of(shape);
     let v = filters.variant();
     let s = *shape;
     let (in_blocks, out_blocks) = (channel_blocks(s.in_channels), channel_blocks(s.out_channels));
@@ -314,8 +391,10 @@ impl Product<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffers::Scratch;
     use crate::reference::{Activation, conv2d};
     use crate::team::Team;
+    use repvgg_simd::Dispatch;
 
     /// On every instruction set this CPU runs, the two-phase schedule with one chunk (the default size), with chunks of one and of
     /// three column panels (four chunks; two, the last one partial), on one and two threads:
@@ -327,7 +406,20 @@ mod tests {
     #[test]
     fn chunk_size_and_thread_count_do_not_change_the_result() {
         let (n, c, k, side) = (3, 192, 192, 14);
-        let shape = WinogradShape { n, in_channels: c, out_channels: k, groups: 1, h: side, w: side };
+        let conv = ConvShape {
+            n,
+            kernel: 3,
+            in_channels: c,
+            out_channels: k,
+            groups: 1,
+            stride: 1,
+            h: side,
+            w: side,
+            oh: side,
+            ow: side,
+            input: InputLayout::Blocked,
+        };
+        let shape = WinogradShape::of(&conv);
         let mut seed = 7u32;
         let mut next = move || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -352,23 +444,22 @@ mod tests {
             for threads in [1, 2] {
                 let team = Team::new(threads, std::time::Duration::ZERO).unwrap();
                 for chunk in [CHUNK_FLOATS, panel, 3 * panel] {
-                    let mut shared = vec![f32::NAN; shared_len(Variant::F4, &shape)];
-                    let scratch = Scratch::new(threads, scratch_len(Variant::F4, &shape));
+                    let mut shared = vec![f32::NAN; F4.shared_len(&conv)];
+                    let scratch = Scratch::new(threads, F4.scratch_len(&conv));
                     let mut output = vec![f32::NAN; blocked.len()];
-                    team.install(|| {
-                        run_in_chunks(
-                            isa,
-                            &filters,
-                            &bias,
-                            true,
-                            &shape,
-                            &blocked,
-                            &mut output,
-                            &mut shared,
-                            &scratch,
-                            chunk,
-                        )
-                    });
+                    let ctx = RunContext {
+                        isa,
+                        shape: &conv,
+                        weights: &filters,
+                        deploy: &weights,
+                        bias: &bias,
+                        relu: true,
+                        input: &blocked,
+                        output: &mut output,
+                        shared: &mut shared,
+                        scratch: &scratch,
+                    };
+                    team.install(|| run_in_chunks(ctx, chunk));
                     outputs.push(output);
                 }
             }

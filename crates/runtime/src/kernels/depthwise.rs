@@ -3,7 +3,7 @@
 
 use repvgg_simd::Simd;
 
-use super::CHANNEL_BLOCK;
+use repvgg_simd::layout::CHANNEL_BLOCK;
 
 /// Geometry of one depthwise convolution.
 #[derive(Debug, Clone, Copy)]

@@ -45,7 +45,7 @@
 
 use repvgg_simd::{Portable, Simd};
 
-use super::CHANNEL_BLOCK;
+use repvgg_simd::layout::CHANNEL_BLOCK;
 
 /// Columns per column panel (tiles for Winograd, output pixels for direct).
 pub const NR: usize = 12;
@@ -108,6 +108,7 @@ fn prefetch(p: *const f32) {
 /// `a` (weight panel rows at stride `a_stride`, already offset to `ch0`) and `b` (column
 /// panel, already offset to `col0`) must be valid for `kc` reduction steps.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // a kernel entry point: pointers, strides and sizes
 unsafe fn microkernel<S: Simd, const R: usize, const C: usize, E: Epilogue<S>>(
     s: S,
     kc: usize,

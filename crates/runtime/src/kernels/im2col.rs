@@ -11,8 +11,8 @@
 
 use repvgg_simd::Simd;
 
-use super::CHANNEL_BLOCK;
 use super::gemm::NR;
+use repvgg_simd::layout::CHANNEL_BLOCK;
 
 /// Largest reduction depth of the planar (network input) packing: 7 channels x 9 taps,
 /// padded to whole 16-float slices.

@@ -12,18 +12,10 @@
 //!
 //! The Winograd tile transforms are the same kind of code and live in `repvgg-winograd`.
 //! Everything here works on slices, strides and raw pointers over the channel-blocked
-//! `NCHWc16` activation layout: image `n`, channel block `cb`, pixel `(y, x)` and channel
-//! `l` of the block live at `((n * CB + cb) * H * W + y * W + x) * 16 + l`.
+//! `NCHWc16` activation layout (`repvgg_simd::layout`).
 
 pub mod depthwise;
 pub mod gemm;
 pub mod im2col;
 pub mod pointwise;
 pub mod probe;
-
-pub use repvgg_winograd::CHANNEL_BLOCK;
-
-/// Number of 16-channel blocks needed for `c` channels.
-pub fn channel_blocks(c: usize) -> usize {
-    c.div_ceil(CHANNEL_BLOCK)
-}

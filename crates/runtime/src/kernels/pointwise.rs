@@ -7,7 +7,7 @@
 
 use repvgg_simd::Simd;
 
-use super::CHANNEL_BLOCK;
+use repvgg_simd::layout::CHANNEL_BLOCK;
 
 /// `out[l] = scale * sum_p plane[p * 16 + l]` over the pixels of one channel block.
 #[inline(always)]
