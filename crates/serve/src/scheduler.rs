@@ -232,11 +232,12 @@ fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session, steady: St
         });
         let replies: Vec<(Job, Result<Done>)> = match result {
             Ok(rows) => {
+                let ran = Ran { logits: &logits, rows: &rows, classes: shared.classes, started, compute, images };
                 let mut row = 0;
                 batch
                     .into_iter()
                     .map(|job| {
-                        let reply = answer(&logits, &rows, row, &job, shared.classes, started, compute, images);
+                        let reply = ran.answer(row, &job);
                         row += job.n;
                         (job, reply)
                     })
@@ -275,29 +276,33 @@ fn run_stream(shared: &Shared, session: &mut repvgg_runtime::Session, steady: St
     }
 }
 
-/// The answer of the job whose images are rows `row..row + job.n` of a batch that ran:
-/// its logits, or the error of its first failing image (numbered within the request).
-#[allow(clippy::too_many_arguments)]
-fn answer(
-    logits: &[f32],
-    rows: &[Option<repvgg_runtime::Error>],
-    row: usize,
-    job: &Job,
+/// A batch that ran: its logits, each image's failure, and what a request's answer
+/// reports of the run.
+struct Ran<'a> {
+    logits: &'a [f32],
+    rows: &'a [Option<repvgg_runtime::Error>],
     classes: usize,
     started: Instant,
     compute: Duration,
     images: usize,
-) -> Result<Done> {
-    if let Some((i, e)) = rows[row..row + job.n].iter().enumerate().find_map(|(i, e)| e.as_ref().map(|e| (i, e))) {
-        let e = Error::from_runtime(e);
-        return Err(if job.n == 1 { e } else { e.in_image(i) });
+}
+
+impl Ran<'_> {
+    /// The answer of the job whose images are rows `row..row + job.n`: its logits, or the
+    /// error of its first failing image (numbered within the request).
+    fn answer(&self, row: usize, job: &Job) -> Result<Done> {
+        let failed = self.rows[row..row + job.n].iter().enumerate().find_map(|(i, e)| e.as_ref().map(|e| (i, e)));
+        if let Some((i, e)) = failed {
+            let e = Error::from_runtime(e);
+            return Err(if job.n == 1 { e } else { e.in_image(i) });
+        }
+        Ok(Done {
+            logits: self.logits[row * self.classes..(row + job.n) * self.classes].to_vec(),
+            queue: self.started.saturating_duration_since(job.arrived),
+            compute: self.compute,
+            batch: self.images,
+        })
     }
-    Ok(Done {
-        logits: logits[row * classes..(row + job.n) * classes].to_vec(),
-        queue: started.saturating_duration_since(job.arrived),
-        compute,
-        batch: images,
-    })
 }
 
 /// Runs one job by itself (after its merged batch failed as a whole).
@@ -308,7 +313,7 @@ fn run_alone(shared: &Shared, session: &mut repvgg_runtime::Session, job: &Job, 
         session.run_rows(&job.input, &[job.n, 3, job.h, job.w], &mut logits).map_err(|e| Error::from_runtime(&e))?;
     let compute = begun.elapsed();
     shared.metrics.batch_ran(job.n, compute);
-    answer(&logits, &rows, 0, job, shared.classes, started, compute, job.n)
+    Ran { logits: &logits, rows: &rows, classes: shared.classes, started, compute, images: job.n }.answer(0, job)
 }
 
 /// The next batch to run, or `None` once the queue is closed and empty.
