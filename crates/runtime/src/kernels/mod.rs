@@ -20,6 +20,7 @@ pub mod gemm;
 pub mod im2col;
 pub mod pointwise;
 pub mod probe;
+pub mod probe_mixed;
 
 pub use repvgg_winograd::CHANNEL_BLOCK;
 
