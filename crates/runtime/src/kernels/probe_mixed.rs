@@ -61,10 +61,13 @@ pub enum Probe {
     AmxInt8,
     /// AMX `TDPBSSD`, 2x2 blocking, the four operand tiles reloaded from L1 every step.
     AmxInt8Loads,
+    /// AMX `TDPBUSD` (u8 x s8, the form post-ReLU activations take), 2x2 blocking,
+    /// operand tiles loaded once.
+    AmxU8S8,
 }
 
 impl Probe {
-    pub const ALL: [Probe; 7] = [
+    pub const ALL: [Probe; 8] = [
         Probe::Fp32Fma,
         Probe::Bf16Dot,
         Probe::U8S8Dot,
@@ -72,6 +75,7 @@ impl Probe {
         Probe::AmxBf16Loads,
         Probe::AmxInt8,
         Probe::AmxInt8Loads,
+        Probe::AmxU8S8,
     ];
 
     /// What it runs, for tables.
@@ -84,13 +88,14 @@ impl Probe {
             Probe::AmxBf16Loads => "AMX TDPBF16PS + 4 tile loads",
             Probe::AmxInt8 => "AMX TDPBSSD, tiles resident",
             Probe::AmxInt8Loads => "AMX TDPBSSD + 4 tile loads",
+            Probe::AmxU8S8 => "AMX TDPBUSD, tiles resident",
         }
     }
 
     /// `GFLOP/s` or `GOP/s`.
     pub fn unit(self) -> &'static str {
         match self {
-            Probe::U8S8Dot | Probe::AmxInt8 | Probe::AmxInt8Loads => "GOP/s",
+            Probe::U8S8Dot | Probe::AmxInt8 | Probe::AmxInt8Loads | Probe::AmxU8S8 => "GOP/s",
             _ => "GFLOP/s",
         }
     }
@@ -102,7 +107,7 @@ impl Probe {
             Probe::Bf16Dot => has_avx512bf16(),
             Probe::U8S8Dot => has_avx512vnni(),
             Probe::AmxBf16 | Probe::AmxBf16Loads => amx_bf16_available(),
-            Probe::AmxInt8 | Probe::AmxInt8Loads => amx_int8_available(),
+            Probe::AmxInt8 | Probe::AmxInt8Loads | Probe::AmxU8S8 => amx_int8_available(),
         }
     }
 
@@ -120,6 +125,7 @@ impl Probe {
             Probe::AmxBf16Loads => amx::throughput(amx::Op::Bf16, true, millis),
             Probe::AmxInt8 => amx::throughput(amx::Op::Int8, false, millis),
             Probe::AmxInt8Loads => amx::throughput(amx::Op::Int8, true, millis),
+            Probe::AmxU8S8 => amx::throughput(amx::Op::U8S8, false, millis),
         }
     }
 
@@ -523,6 +529,8 @@ mod amx {
         /// `TDPBSSD`: C (16x16 s32) += A (16x64 s8) x B (64x16 s8, stored as 16 rows of
         /// 16 quadruples).
         Int8,
+        /// `TDPBUSD`: as `Int8` with A unsigned.
+        U8S8,
     }
 
     impl Op {
@@ -530,7 +538,7 @@ mod amx {
         fn ops(self) -> u64 {
             match self {
                 Op::Bf16 => 16 * 16 * 32 * 2,
-                Op::Int8 => 16 * 16 * 64 * 2,
+                Op::Int8 | Op::U8S8 => 16 * 16 * 64 * 2,
             }
         }
     }
@@ -654,6 +662,7 @@ mod amx {
         ]
     );
     amx_loop!(int8_resident, "tdpbssd", []);
+    amx_loop!(u8s8_resident, "tdpbusd", []);
     amx_loop!(
         int8_loads,
         "tdpbssd",
@@ -674,7 +683,7 @@ mod amx {
     pub fn throughput(op: Op, loads: bool, millis: u64) -> Option<f64> {
         let supported = match op {
             Op::Bf16 => super::amx_bf16_available(),
-            Op::Int8 => super::amx_int8_available(),
+            Op::Int8 | Op::U8S8 => super::amx_int8_available(),
         };
         if !supported {
             return None;
@@ -682,13 +691,14 @@ mod amx {
         // bf16 0.0078125 (0x3C00) and 1.0 (0x3F80); int8 bytes 1 and 2.
         let mut tiles = match op {
             Op::Bf16 => Tiles::new(0x3C00, 0x3F80),
-            Op::Int8 => Tiles::new(0x0101, 0x0202),
+            Op::Int8 | Op::U8S8 => Tiles::new(0x0101, 0x0202),
         };
         let kernel = match (op, loads) {
             (Op::Bf16, false) => bf16_resident,
             (Op::Bf16, true) => bf16_loads,
             (Op::Int8, false) => int8_resident,
             (Op::Int8, true) => int8_loads,
+            (Op::U8S8, _) => u8s8_resident,
         };
         Some(rate(millis, || {
             // SAFETY: AMX-TILE, the op's extension and the OS permission were checked above.
@@ -733,6 +743,7 @@ mod amx {
 
     amx_product!(bf16_product, "tdpbf16ps");
     amx_product!(int8_product, "tdpbssd");
+    amx_product!(u8s8_product, "tdpbusd");
 
     /// One `TDPBF16PS` on zeroed C: `a` is 16x32 (bf16 bits), `b` 32x16 (bf16 bits).
     pub fn bf16_matmul(a: &[[u16; 32]; 16], b: &[[u16; 16]; 32]) -> Option<[[f32; 16]; 16]> {
@@ -764,14 +775,30 @@ mod amx {
 
     /// One `TDPBSSD` on zeroed C: `a` is 16x64, `b` 64x16.
     pub fn int8_matmul(a: &[[i8; 64]; 16], b: &[[i8; 16]; 64]) -> Option<[[i32; 16]; 16]> {
+        let a = a.map(|row| row.map(|v| v as u8));
+        // SAFETY (of the call): `int8_product` runs only once `byte_matmul` has checked support.
+        byte_matmul(&a, b, |tiles| unsafe { int8_product(tiles) })
+    }
+
+    /// One `TDPBUSD` on zeroed C: `a` is 16x64 (unsigned), `b` 64x16.
+    pub fn u8s8_matmul(a: &[[u8; 64]; 16], b: &[[i8; 16]; 64]) -> Option<[[i32; 16]; 16]> {
+        // SAFETY (of the call): `u8s8_product` runs only once `byte_matmul` has checked support.
+        byte_matmul(a, b, |tiles| unsafe { u8s8_product(tiles) })
+    }
+
+    /// Packs A (bytes) and B (64x16 s8) into tiles, runs `product` if the CPU has AMX-INT8
+    /// and the OS allows the tiles, and unpacks C.
+    fn byte_matmul(
+        a: &[[u8; 64]; 16],
+        b: &[[i8; 16]; 64],
+        product: impl FnOnce(&mut Tiles),
+    ) -> Option<[[i32; 16]; 16]> {
         if !super::amx_int8_available() {
             return None;
         }
         let mut tiles = Tiles::new(0, 0);
         for (m, row) in a.iter().enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                tiles.a[m * 64 + k] = v as u8;
-            }
+            tiles.a[m * 64..][..64].copy_from_slice(row);
         }
         // B's row k of the tile holds the quadruples (B[4k..4k+4][n]) for n = 0..16.
         for (kk, row) in b.iter().enumerate() {
@@ -779,8 +806,7 @@ mod amx {
                 tiles.b[(kk / 4) * 64 + n * 4 + kk % 4] = v as u8;
             }
         }
-        // SAFETY: AMX-TILE, AMX-INT8 and the OS permission were checked above.
-        unsafe { int8_product(&mut tiles) };
+        product(&mut tiles);
         let mut c = [[0i32; 16]; 16];
         for (m, row) in c.iter_mut().enumerate() {
             for (n, v) in row.iter_mut().enumerate() {
@@ -799,6 +825,7 @@ mod amx {
     pub enum Op {
         Bf16,
         Int8,
+        U8S8,
     }
 
     pub fn permitted() -> bool {
@@ -816,6 +843,10 @@ mod amx {
     pub fn int8_matmul(_a: &[[i8; 64]; 16], _b: &[[i8; 16]; 64]) -> Option<[[i32; 16]; 16]> {
         None
     }
+
+    pub fn u8s8_matmul(_a: &[[u8; 64]; 16], _b: &[[i8; 16]; 64]) -> Option<[[i32; 16]; 16]> {
+        None
+    }
 }
 
 /// C = A x B with one AMX `TDPBF16PS` (A 16x32, B 32x16, as bf16 bits; C starts at zero),
@@ -829,6 +860,12 @@ pub fn amx_bf16_matmul(a: &[[u16; 32]; 16], b: &[[u16; 16]; 32]) -> Option<[[f32
 /// without AMX-INT8 and the OS's permission. B's tile row `k` holds `B[4k..4k+4][n]`.
 pub fn amx_int8_matmul(a: &[[i8; 64]; 16], b: &[[i8; 16]; 64]) -> Option<[[i32; 16]; 16]> {
     amx::int8_matmul(a, b)
+}
+
+/// C = A x B with one AMX `TDPBUSD` (A 16x64 u8, B 64x16 s8; C starts at zero), or `None`
+/// without AMX-INT8 and the OS's permission.
+pub fn amx_u8s8_matmul(a: &[[u8; 64]; 16], b: &[[i8; 16]; 64]) -> Option<[[i32; 16]; 16]> {
+    amx::u8s8_matmul(a, b)
 }
 
 #[cfg(test)]
@@ -928,7 +965,8 @@ mod tests {
         }
     }
 
-    /// One TDPBSSD against a scalar reference, exactly, with the full s8 range.
+    /// One TDPBSSD, then one TDPBUSD on the same bytes, against scalar references, exactly,
+    /// with the full s8 and u8 ranges.
     #[test]
     fn amx_int8_tile_product_is_right() {
         let a: [[i8; 64]; 16] =
@@ -943,6 +981,15 @@ mod tests {
             for n in 0..16 {
                 let want: i32 = (0..64).map(|k| a[m][k] as i32 * b[k][n] as i32).sum();
                 assert_eq!(c[m][n], want, "C[{m}][{n}]");
+            }
+        }
+        // TDPBUSD reads the same bytes of A as unsigned.
+        let ua = a.map(|row| row.map(|v| v as u8));
+        let c = amx_u8s8_matmul(&ua, &b).expect("AMX-INT8 supported above");
+        for m in 0..16 {
+            for n in 0..16 {
+                let want: i32 = (0..64).map(|k| ua[m][k] as i32 * b[k][n] as i32).sum();
+                assert_eq!(c[m][n], want, "u8 x s8 C[{m}][{n}]");
             }
         }
     }
