@@ -171,7 +171,7 @@ pub fn amx_bf16_available() -> bool {
     amx::SUPPORTED && x86::cpuid_amx().0 && amx_permitted()
 }
 
-/// AMX-TILE and AMX-INT8 (`TDPBSSD`), with the OS's permission.
+/// AMX-TILE and AMX-INT8 (`TDPBSSD`, `TDPBUSD`), with the OS's permission.
 pub fn amx_int8_available() -> bool {
     amx::SUPPORTED && x86::cpuid_amx().2 && amx_permitted()
 }
@@ -179,7 +179,8 @@ pub fn amx_int8_available() -> bool {
 /// Dependent-chain latencies, measured on the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Latencies {
-    /// ns per step of a 1-cycle dependent chain (scalar `add`): the core clock period.
+    /// ns per step of a dependent chain of register-register scalar `add`s (1 cycle
+    /// each): the core clock period while it ran.
     pub cycle_ns: f64,
     /// FP32 `vfmadd` zmm (AVX-512F), ns.
     pub fma_ns: Option<f64>,
