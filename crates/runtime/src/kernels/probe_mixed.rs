@@ -176,7 +176,8 @@ pub fn amx_int8_available() -> bool {
     amx::SUPPORTED && x86::cpuid_amx().2 && amx_permitted()
 }
 
-/// Dependent-chain latencies, measured on the calling thread.
+/// Dependent-chain latencies, measured on the calling thread (on its CPU time where the
+/// OS gives it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Latencies {
     /// ns per step of a dependent chain of register-register scalar `add`s (1 cycle
@@ -210,16 +211,43 @@ fn rate(millis: u64, mut chunk: impl FnMut() -> u64) -> f64 {
     ops as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
-/// ns per step of `chunk` (which returns the steps it did), run for about `millis` ms.
+/// ns per step of `chunk` (which returns the steps it did), run for about `millis` ms, on
+/// the thread's CPU time where the OS gives it (so that time slices other processes take
+/// do not count), else on wall time.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn step_ns(millis: u64, chunk: impl FnMut() -> u64) -> f64 {
-    1.0 / rate(millis, chunk)
+    let (cpu, wall) = (thread_cpu_seconds(), Instant::now());
+    let per_ns = rate(millis, chunk);
+    let wall = wall.elapsed().as_secs_f64();
+    match thread_cpu_seconds().zip(cpu) {
+        Some((after, before)) if after > before => (after - before) / (per_ns * wall),
+        _ => 1.0 / per_ns,
+    }
+}
+
+/// CPU time of the calling thread so far, in seconds (Linux with glibc; `None` elsewhere).
+fn thread_cpu_seconds() -> Option<f64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec to the address given, a live local.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
+        ok.then_some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
 }
 
 /// The interleaved measurement behind `docs/precision.md`: for each thread count, `rounds`
 /// rounds of every supported [`Probe`] in turn (about `millis` ms each), then per core
 /// the median, minimum and maximum, and the median over rounds of the ratio to the FP32
 /// FMA probe of the same round; then the single-thread latencies.
+///
+/// "on CPU" is the per-core median with each thread's wall time replaced by the CPU time it
+/// got meanwhile: the rate of a core the probe had to itself, when other processes share
+/// the cores (not when the hypervisor takes them: steal time is not excluded).
 pub fn instruction_table(threads: &[usize], rounds: usize, millis: u64) -> String {
     use std::fmt::Write;
     let rounds = rounds.max(1);
@@ -227,34 +255,46 @@ pub fn instruction_table(threads: &[usize], rounds: usize, millis: u64) -> Strin
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "per core: median [min, max] of {rounds} interleaved rounds of {millis} ms; x FP32 = median over rounds of the ratio to the FP32 FMA probe of the same round"
+        "per core: median [min, max] of {rounds} interleaved rounds of {millis} ms; x FP32 = median over rounds of the ratio to the FP32 FMA probe of the same round; \
+         on CPU = the same with each thread's CPU time in place of wall time"
     );
     let _ = writeln!(
         out,
-        "{:>7}  {:<31} {:>7}  {:>9} {:>20}  {:>7}",
-        "threads", "instruction", "unit", "median", "[min, max]", "x FP32"
+        "{:>7}  {:<31} {:>7}  {:>9} {:>20}  {:>7}  {:>9} {:>20}  {:>7}",
+        "threads", "instruction", "unit", "median", "[min, max]", "x FP32", "on CPU", "[min, max]", "x FP32"
     );
     for &t in threads {
         let t = t.max(1);
         // rates[probe][round], per core
         let mut rates = vec![Vec::with_capacity(rounds); probes.len()];
+        // the same per core against CPU time
+        let mut on_cpu = vec![Vec::with_capacity(rounds); probes.len()];
         for _ in 0..rounds {
             for (i, p) in probes.iter().enumerate() {
-                rates[i].push(p.measure_on(t, millis).unwrap_or(f64::NAN) / t as f64);
+                let (rate, cpu_rate) = measure_with_cpu_time(*p, t, millis);
+                rates[i].push(rate / t as f64);
+                on_cpu[i].push(cpu_rate / t as f64);
             }
         }
         for (i, p) in probes.iter().enumerate() {
             let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(r, f)| r / f).collect();
-            let (lo, hi) = rates[i].iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+            let cpu_ratios: Vec<f64> = on_cpu[i].iter().zip(&on_cpu[0]).map(|(r, f)| r / f).collect();
+            let range = |v: &[f64]| {
+                let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+                format!("[{lo:.1}, {hi:.1}]")
+            };
             let _ = writeln!(
                 out,
-                "{:>7}  {:<31} {:>7}  {:>9.1} {:>20}  {:>6.2}x",
+                "{:>7}  {:<31} {:>7}  {:>9.1} {:>20}  {:>6.2}x  {:>9.1} {:>20}  {:>6.2}x",
                 t,
                 p.name(),
                 p.unit(),
                 median(&rates[i]),
-                format!("[{lo:.1}, {hi:.1}]"),
-                median(&ratios)
+                range(&rates[i]),
+                median(&ratios),
+                median(&on_cpu[i]),
+                range(&on_cpu[i]),
+                median(&cpu_ratios)
             );
         }
     }
@@ -262,7 +302,7 @@ pub fn instruction_table(threads: &[usize], rounds: usize, millis: u64) -> Strin
     let cycle = median(&samples.iter().map(|l| l.cycle_ns).collect::<Vec<_>>());
     let _ = writeln!(
         out,
-        "latency, 1 thread, one dependent chain: clock {:.2} GHz (a dependent chain of 1-cycle register adds, median of {rounds})",
+        "latency, 1 thread, one dependent chain, on CPU time: clock {:.2} GHz (a dependent chain of 1-cycle register adds, median of {rounds})",
         1.0 / cycle
     );
     type Pick = fn(&Latencies) -> Option<f64>;
@@ -289,6 +329,26 @@ pub fn instruction_table(threads: &[usize], rounds: usize, millis: u64) -> Strin
         );
     }
     out
+}
+
+/// `probe` on `threads` threads at once, summed: the rates against wall time and against
+/// each thread's CPU time (NaN where that is not available).
+fn measure_with_cpu_time(probe: Probe, threads: usize, millis: u64) -> (f64, f64) {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(move || {
+                    let (cpu, wall) = (thread_cpu_seconds(), Instant::now());
+                    let rate = probe.measure(millis).unwrap_or(f64::NAN);
+                    let wall = wall.elapsed().as_secs_f64();
+                    let cpu = thread_cpu_seconds().zip(cpu).map(|(after, before)| after - before);
+                    // rate x wall operations in the thread's own window, over its CPU time.
+                    (rate, cpu.map_or(f64::NAN, |cpu| rate * wall / cpu))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("probe thread")).fold((0.0, 0.0), |(a, b), (r, c)| (a + r, b + c))
+    })
 }
 
 fn median(values: &[f64]) -> f64 {
