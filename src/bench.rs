@@ -5,7 +5,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Result;
-use repvgg::runtime::{Profile, Session, lab};
+use repvgg::runtime::lab::{self, MixedPeaks};
+use repvgg::runtime::{Profile, Session};
 use repvgg::{Model, Tensor};
 
 /// What to measure.
@@ -65,6 +66,9 @@ pub struct Report {
     pub flops: u64,
     pub effective_gflops: f64,
     pub peak_gflops: f64,
+    /// Measured bf16 and int8 dot-product peaks of the same threads (`VDPBF16PS`,
+    /// `VPDPBUSD`, AMX), where the CPU has them.
+    pub mixed_peaks: MixedPeaks,
     /// The kernel set that ran (`avx512`, `avx2`, `portable`).
     pub isa: &'static str,
     pub head_ms: f64,
@@ -126,6 +130,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
     }
     progress.set_message("measuring the FMA peak");
     let peak = lab::peak_gflops(session, 300);
+    let mixed_peaks = lab::mixed_peaks(session.threads(), 200);
     progress.set_message("measuring the DRAM bandwidth");
     // Per worker, a buffer well beyond its share of any L3, without gigabytes on big hosts.
     let mib = (1024 / session.threads()).clamp(16, 64);
@@ -184,6 +189,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         flops,
         effective_gflops: flops as f64 / median_ms / 1e6,
         peak_gflops: peak,
+        mixed_peaks,
         isa: session.isa().name(),
         head_ms,
         layers_ms,
@@ -265,14 +271,27 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
         report.weight_mb,
         report.read_gbps
     )?;
+    let p = &report.mixed_peaks;
+    let mut mixed = String::new();
+    for (name, rate, unit) in [
+        ("bf16 VDPBF16PS", p.bf16_gflops, "GFLOP/s"),
+        ("AMX bf16", p.amx_bf16_gflops, "GFLOP/s"),
+        ("int8 VPDPBUSD", p.vnni_gops, "GOP/s"),
+        ("AMX int8", p.amx_int8_gops, "GOP/s"),
+    ] {
+        if let Some(rate) = rate {
+            mixed += &format!(", {name} {rate:.1} {unit} ({:.1}x)", rate / report.peak_gflops);
+        }
+    }
     writeln!(
         out,
-        "median {:.3} ms (min {:.3}), {:.1} images/s, {:.1} effective GFLOP/s; measured FMA peak {:.1} GFLOP/s on {} thread{}",
+        "median {:.3} ms (min {:.3}), {:.1} images/s, {:.1} effective GFLOP/s; measured FMA peak {:.1} GFLOP/s{} on {} thread{}",
         report.median_ms,
         report.min_ms,
         report.images_per_s,
         report.effective_gflops,
         report.peak_gflops,
+        mixed,
         report.threads,
         if report.threads == 1 { "" } else { "s" }
     )

@@ -5,7 +5,7 @@
 //! algorithm ([`Conv`]), the depthwise 3x3 layer that only the density study runs
 //! ([`Depthwise`]), the thread team they run on ([`Team`]), and the machine probes that
 //! set measured times against what the kernels could do at most ([`peak_gflops`],
-//! [`read_gbps`]). An embedder runs whole networks through [`Session`] instead.
+//! [`read_gbps`], and the bf16 and int8 instruction peaks, [`mixed_peaks`]). An embedder runs whole networks through [`Session`] instead.
 
 use repvgg_simd::{Dispatch, dispatch};
 
@@ -16,6 +16,7 @@ use crate::exec::{self, ConvExecutor, ConvShape, InputLayout, PackedWeights, Run
 use crate::kernels::probe;
 use crate::plan::{Algo, Precision};
 use crate::session::Session;
+pub use crate::kernels::probe_mixed::{MixedPeaks, mixed_peaks};
 pub use crate::team::Team;
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 

@@ -8,7 +8,8 @@
 //! - [`depthwise`]: the depthwise 3x3 plane (for `repvgg density`);
 //! - [`pointwise`]: pooling, squeeze-and-excitation and the classifier's dot products;
 //! - [`probe`]: the FMA-peak and DRAM-bandwidth probes that `repvgg bench` sets times
-//!   against.
+//!   against; [`probe_mixed`]: the bf16 and int8 instruction peaks (AVX-512 and AMX) the
+//!   lower-precision kernels would be built on.
 //!
 //! The Winograd tile transforms are the same kind of code and live in `repvgg-winograd`.
 //! Everything here works on slices, strides and raw pointers over the channel-blocked
@@ -19,3 +20,4 @@ pub mod gemm;
 pub mod im2col;
 pub mod pointwise;
 pub mod probe;
+pub mod probe_mixed;
