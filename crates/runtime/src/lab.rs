@@ -5,7 +5,9 @@
 //! algorithm ([`Conv`]), the depthwise 3x3 layer that only the density study runs
 //! ([`Depthwise`]), the thread team they run on ([`Team`]), and the machine probes that
 //! set measured times against what the kernels could do at most ([`peak_gflops`],
-//! [`read_gbps`], and the bf16 and int8 instruction peaks, [`mixed_peaks`]). An embedder runs whole networks through [`Session`] instead.
+//! [`read_gbps`], and the bf16 and int8 instruction peaks: [`mixed_peaks`], the
+//! interleaved [`instruction_table`] and [`latencies`] behind docs/precision.md, and the
+//! AMX tile products the probes' correctness checks compare with scalar ones). An embedder runs whole networks through [`Session`] instead.
 
 use repvgg_simd::{Dispatch, dispatch};
 
@@ -14,9 +16,12 @@ use crate::error::{Error, Result};
 use crate::exec::depthwise::{self, DepthwiseShape, DepthwiseWeights};
 use crate::exec::{self, ConvExecutor, ConvShape, InputLayout, PackedWeights, RunContext};
 use crate::kernels::probe;
+pub use crate::kernels::probe_mixed::{
+    Latencies, MixedPeaks, Probe, amx_bf16_matmul, amx_int8_matmul, amx_u8s8_matmul, instruction_table, latencies,
+    mixed_peaks,
+};
 use crate::plan::{Algo, Precision};
 use crate::session::Session;
-pub use crate::kernels::probe_mixed::{MixedPeaks, mixed_peaks};
 pub use crate::team::Team;
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 

@@ -13,15 +13,12 @@ use serde_json::{Map, Value, json};
 
 use crate::budget::Reservation;
 use crate::error::{Error, Result};
-use crate::grpc;
 use crate::json::{self, TensorData};
+use crate::protocol::{EXTENSIONS, config_json};
 use crate::service::{self, Data, Input, Output, OutputData, OutputRequest, Service};
 
 /// Header giving the length of the JSON part of a binary-extension body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-
-/// The extensions `/v2` lists.
-pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "classification", "model_configuration"];
 
 type Shared = State<Arc<Service>>;
 
@@ -147,64 +144,6 @@ async fn model_metadata(State(s): Shared, Path(p): Path<ModelPath>) -> Result<Re
 async fn model_ready(State(s): Shared, Path(p): Path<ModelPath>) -> Result<Response> {
     s.find(&p.name, p.version.as_deref())?;
     Ok(if s.is_ready() { StatusCode::OK.into_response() } else { not_ready() })
-}
-
-/// Triton's model configuration, as its tools read it before they send anything: the
-/// protobuf description ([`grpc::model_configuration`]) in the JSON form Triton gives it
-/// (field names as in the schema, enums by name).
-pub fn config_json(s: &Service) -> Value {
-    use grpc::inference::{DataType, model_config::SchedulingChoice, model_input::Format, model_instance_group::Kind};
-    let c = grpc::model_configuration(s);
-    let data_type = |t: i32| DataType::try_from(t).map_or("TYPE_INVALID", |t| t.as_str_name());
-    let inputs: Vec<Value> = c
-        .input
-        .iter()
-        .map(|i| {
-            let mut v = json!({ "name": i.name, "data_type": data_type(i.data_type), "dims": i.dims });
-            if i.format != Format::None as i32 {
-                v["format"] = Format::try_from(i.format).map_or("FORMAT_NONE", |f| f.as_str_name()).into();
-            }
-            if let Some(r) = &i.reshape {
-                v["reshape"] = json!({ "shape": r.shape });
-            }
-            if i.optional {
-                v["optional"] = true.into();
-            }
-            v
-        })
-        .collect();
-    let outputs: Vec<Value> = c
-        .output
-        .iter()
-        .map(|o| json!({ "name": o.name, "data_type": data_type(o.data_type), "dims": o.dims }))
-        .collect();
-    let groups: Vec<Value> = c
-        .instance_group
-        .iter()
-        .map(|g| {
-            let kind = Kind::try_from(g.kind).map_or("KIND_AUTO", |k| k.as_str_name());
-            json!({ "name": g.name, "kind": kind, "count": g.count })
-        })
-        .collect();
-    let parameters: Map<String, Value> =
-        c.parameters.iter().map(|(k, p)| (k.clone(), json!({ "string_value": p.string_value }))).collect();
-    let mut config = json!({
-        "name": c.name,
-        "platform": c.platform,
-        "backend": c.backend,
-        "max_batch_size": c.max_batch_size,
-        "input": inputs,
-        "output": outputs,
-        "instance_group": groups,
-        "parameters": parameters,
-    });
-    if let Some(SchedulingChoice::DynamicBatching(d)) = &c.scheduling_choice {
-        config["dynamic_batching"] = json!({
-            "preferred_batch_size": d.preferred_batch_size,
-            "max_queue_delay_microseconds": d.max_queue_delay_microseconds,
-        });
-    }
-    config
 }
 
 async fn model_config(State(s): Shared, Path(p): Path<ModelPath>) -> Result<Response> {

@@ -27,6 +27,7 @@ mod http;
 mod json;
 mod log;
 mod metrics;
+mod protocol;
 mod scheduler;
 mod service;
 

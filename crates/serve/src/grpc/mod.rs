@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::budget::Reservation;
 use crate::error::Error;
+use crate::protocol::{EXTENSIONS, model_configuration};
 use crate::service::{self, Data, Input, OutputData, OutputRequest, Service};
 
 pub mod admission;
@@ -31,61 +32,6 @@ pub fn server(service: Arc<Service>) -> admission::Admitted<GrpcInferenceService
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
     admission::Admitted::new(grpc, budget, limit)
-}
-
-/// The model's configuration in Triton's model-configuration schema: the one description
-/// of it, which the gRPC `ModelConfig` answers as is and the HTTP config endpoint renders
-/// as JSON ([`crate::http::config_json`]).
-pub fn model_configuration(s: &Service) -> ModelConfig {
-    let c = &s.config;
-    let param = |v: usize| ModelParameter { string_value: v.to_string() };
-    ModelConfig {
-        name: s.name.clone(),
-        platform: s.platform().into(),
-        backend: s.platform().into(),
-        max_batch_size: c.max_batch as i32,
-        input: vec![
-            ModelInput {
-                name: service::INPUT.into(),
-                data_type: DataType::TypeFp32 as i32,
-                format: model_input::Format::Nchw as i32,
-                dims: vec![3, -1, -1],
-                ..Default::default()
-            },
-            ModelInput {
-                name: service::IMAGE.into(),
-                data_type: DataType::TypeString as i32,
-                dims: vec![1],
-                // Triton's way of saying the full shape is [-1], as the metadata has it.
-                reshape: Some(ModelTensorReshape { shape: vec![] }),
-                optional: true,
-                ..Default::default()
-            },
-        ],
-        output: vec![ModelOutput {
-            name: service::OUTPUT.into(),
-            data_type: DataType::TypeFp32 as i32,
-            dims: vec![s.classes as i64],
-            ..Default::default()
-        }],
-        instance_group: vec![ModelInstanceGroup {
-            name: "streams".into(),
-            kind: model_instance_group::Kind::Cpu as i32,
-            count: c.streams as i32,
-            ..Default::default()
-        }],
-        parameters: [
-            ("threads_per_stream".to_string(), param(c.threads_per_stream)),
-            ("max_queue_images".to_string(), param(c.max_queue_images)),
-        ]
-        .into(),
-        scheduling_choice: Some(model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
-            preferred_batch_size: vec![c.max_batch as i32],
-            max_queue_delay_microseconds: c.max_queue_delay.as_micros() as u64,
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
 }
 
 pub struct Grpc(Arc<Service>);
@@ -123,7 +69,7 @@ impl GrpcInferenceService for Grpc {
         Ok(Response::new(ServerMetadataResponse {
             name: "repvgg-rs".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: crate::http::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
         }))
     }
 
