@@ -112,8 +112,8 @@ fn memory_stays_bounded_under_held_uploads_many_sizes_and_an_oversized_request()
         rss_after.push(rss() / MB);
     }
     eprintln!("a 1500x1500 request three times: RSS after each {rss_after:?} MB");
-    // The allocator's slack moves RSS by up to about 30 MB between the runs; a kept arena
-    // would add over 200.
-    assert!(rss_after[2] <= rss_after[0] + 64, "RSS grew from {} to {} MB", rss_after[0], rss_after[2]);
+    // The allocator's slack moves RSS by up to about 30 MB between the runs (more on a
+    // loaded machine); a kept arena would add over 200.
+    assert!(rss_after[2] <= rss_after[0] + 128, "RSS grew from {} to {} MB", rss_after[0], rss_after[2]);
     server.shutdown().unwrap();
 }
