@@ -220,8 +220,12 @@ def test_images_are_preprocessed_as_classify_does(tmp_path):
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     want = (np.array([255, 128, 0]) / 255.0 - mean) / std
     np.testing.assert_allclose(x[:, 100, 100], want, rtol=1e-5)
-    with pytest.raises(repvgg.InputError, match="cannot decode image junk"):
+    with pytest.raises(repvgg.InputError, match="cannot decode junk: "):
         repvgg.preprocess(b"not an image", "junk")
+    # The default name is said once ("cannot decode image image" said it twice).
+    with pytest.raises(repvgg.InputError, match="^bad input: cannot decode image: not a JPEG or PNG file$") as caught:
+        repvgg.preprocess(b"x")
+    assert "image image" not in str(caught.value)
     labels = repvgg.imagenet_labels()
     assert len(labels) == 1000 and labels[0] == "tench"
 
