@@ -13,15 +13,28 @@ pub fn code(kind: ErrorKind) -> ExitCode {
 }
 
 /// clap's message for a bad command line, on one line: its first paragraph, which says
-/// what is wrong and, for missing arguments, lists them on the lines that follow.
+/// what is wrong and, for missing arguments, lists them on the lines that follow, then
+/// its tips in parentheses (`a similar subcommand exists: 'bench'`), which are the
+/// answer to a typo and would be lost with the usage paragraphs around them.
 pub fn usage_line(rendered: &str) -> String {
-    let paragraph: Vec<&str> = rendered
-        .lines()
-        .skip_while(|l| l.trim().is_empty())
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect();
-    if paragraph.is_empty() { "error: invalid arguments".to_string() } else { paragraph.join(" ") }
+    let mut paragraphs: Vec<Vec<&str>> = Vec::new();
+    let mut fresh = true;
+    for line in rendered.lines().map(str::trim) {
+        if line.is_empty() {
+            fresh = true;
+        } else if fresh {
+            paragraphs.push(vec![line]);
+            fresh = false;
+        } else if let Some(last) = paragraphs.last_mut() {
+            last.push(line);
+        }
+    }
+    let Some((first, rest)) = paragraphs.split_first() else { return "error: invalid arguments".to_string() };
+    let mut line = first.join(" ");
+    for tip in rest.iter().flatten().filter(|l| l.starts_with("tip:")) {
+        line.push_str(&format!(" ({tip})"));
+    }
+    line
 }
 
 /// The error and its causes on one line, each cause once: library errors already quote
@@ -107,8 +120,9 @@ mod tests {
             "error: the following required arguments were not provided: --weights <WEIGHTS>"
         );
         assert_eq!(
-            usage_line("error: unexpected argument '--x' found\n\n  tip: ...\n"),
-            "error: unexpected argument '--x' found"
+            usage_line("error: unexpected argument '--x' found\n\n  tip: ...\n\nUsage: repvgg\n"),
+            "error: unexpected argument '--x' found (tip: ...)"
         );
+        assert_eq!(usage_line("\n\n"), "error: invalid arguments");
     }
 }

@@ -225,6 +225,33 @@ fn check(r: &Refusal) {
     assert!(err.matches("os error").count() <= 1, "{}: cause repeated: {err}", r.what);
 }
 
+/// Every `--help` stands on its own: none sends the reader to the README for a default
+/// or a meaning (the README is not installed with the binary).
+#[test]
+fn no_help_text_points_elsewhere() {
+    let top = repvgg(&["--help"]);
+    assert!(top.status.success(), "{}", stderr(&top));
+    let text = String::from_utf8_lossy(&top.stdout).into_owned();
+    let commands: Vec<String> = text
+        .split("Commands:")
+        .nth(1)
+        .expect("--help lists the commands")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 5 && commands.iter().any(|c| c == "bench"), "{commands:?}");
+    for help in std::iter::once(text).chain(commands.iter().map(|c| {
+        let out = repvgg(&[c.as_str(), "--help"]);
+        assert!(out.status.success(), "{c} --help: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })) {
+        assert!(!help.to_lowercase().contains("readme"), "help points to the README: {help}");
+    }
+}
+
 #[test]
 fn bad_input_is_refused_with_one_line_and_an_exit_code() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,6 +269,7 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
         .unwrap();
     let huge = br#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
     std::fs::write(p("hugeheader.safetensors"), [&u64::MAX.to_le_bytes()[..], huge].concat()).unwrap();
+    std::fs::write(p("photo.jpg"), b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00").unwrap();
 
     // Edit the real checkpoint: drop a tensor, reshape one, change a dtype.
     let st = safetensors::SafeTensors::deserialize(&good).unwrap();
@@ -341,7 +369,15 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
             what: "huge header length",
             args: infer(&s(&p("hugeheader.safetensors")), &input),
             code: 4,
-            phrase: "header".into(),
+            phrase: "the declared header length 18446744073709551615 exceeds the limit".into(),
+        },
+        Refusal {
+            // A JPEG's first 8 bytes read as a length of exabytes: the file is not
+            // safetensors, which the message says instead of quoting the number.
+            what: "a JPEG given as weights",
+            args: infer(&s(&p("photo.jpg")), &input),
+            code: 4,
+            phrase: "photo.jpg: not a valid safetensors file: this is not a safetensors file at all".into(),
         },
         Refusal {
             what: "missing tensor",
@@ -479,7 +515,20 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
             what: "invalid architecture file",
             args: vec!["info".into(), "--arch".into(), s(&p("bad.toml"))],
             code: 9,
-            phrase: "invalid architecture".into(),
+            // The line and the field, not only toml's `invalid length 2, ...`.
+            phrase: "line 2, `blocks_per_stage`: invalid length 2, expected an array of length 4".into(),
+        },
+        Refusal {
+            what: "a mistyped subcommand",
+            args: vec!["benhc".into()],
+            code: 2,
+            phrase: "unrecognized subcommand 'benhc' (tip: a similar subcommand exists: 'bench')".into(),
+        },
+        Refusal {
+            what: "a mistyped option",
+            args: vec!["bench".into(), "--thread".into(), "1".into()],
+            code: 2,
+            phrase: "a similar argument exists: '--threads'".into(),
         },
         Refusal {
             what: "synthetic weights over the weight limit (bench used to abort with SIGABRT)",

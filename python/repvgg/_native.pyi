@@ -11,6 +11,7 @@ __version__: str
 class ModelError(ValueError): ...
 class InputError(ValueError): ...
 class LimitError(ValueError): ...
+class UsageError(ValueError): ...
 class CpuError(RuntimeError): ...
 class NonFiniteError(FloatingPointError): ...
 
@@ -35,7 +36,12 @@ class Session:
         """Logits [N, classes] of a batch [N, 3, H, W].
 
         The shape is checked against the limits before `x` is converted; aligned
-        C-contiguous float32 is read in place, anything else copied once."""
+        C-contiguous float32 is read in place, float16/float64 copied once; integer,
+        boolean and complex arrays are refused (InputError)."""
+    def classify(self, x: npt.ArrayLike, top_k: int = 5) -> list[list[tuple[int, float, str]]]:
+        """Per image of a batch [N, 3, H, W] (or one image [3, H, W]), the top_k (index,
+        softmax probability, label), most probable first; labels are ImageNet's for
+        1000 classes, else the index."""
     def features(self, x: npt.ArrayLike) -> list[npt.NDArray[np.float32]]:
         """The four stage outputs [N, C, H, W] (`run` gives the logits)."""
     @property
@@ -51,6 +57,12 @@ def info(arch: str = "A0", size: int = 224) -> list[dict[str, Any]]:
 
 def preprocess(data: bytes, name: str = "image") -> npt.NDArray[np.float32]:
     """Decodes a JPEG/PNG and preprocesses it as `repvgg classify` does: float32 [3, 224, 224]."""
+
+def preprocess_rgb(pixels: bytes, width: int, height: int, name: str = "image") -> npt.NDArray[np.float32]:
+    """Preprocesses height x width x 3 RGB bytes as `preprocess` does a decoded file."""
+
+def preprocess_file(path: str | os.PathLike[str]) -> npt.NDArray[np.float32]:
+    """Reads an image file (with the CLI's size limit) and preprocesses it."""
 
 def imagenet_labels() -> list[str]:
     """The 1000 ImageNet-1k class names, in class-index order."""

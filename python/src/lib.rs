@@ -11,12 +11,15 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use numpy::{
-    PyArray1, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArray, PyUntypedArrayMethods, ToPyArray,
+    PyArray1, PyArray2, PyArray4, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray4, PyUntypedArray,
+    PyUntypedArrayMethods, ToPyArray,
 };
 use pyo3::create_exception;
-use pyo3::exceptions::{PyFileNotFoundError, PyFloatingPointError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyFloatingPointError, PyOSError, PyOverflowError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBool, PyDict, PyList};
 use repvgg::files::Output;
 use repvgg::runtime::loader;
 use repvgg::{ArchSpec, ErrorKind, IsaChoice, ModelOptions, Network, SessionOptions};
@@ -24,6 +27,7 @@ use repvgg::{ArchSpec, ErrorKind, IsaChoice, ModelOptions, Network, SessionOptio
 create_exception!(_native, ModelError, PyValueError, "Weights or an architecture that cannot be used.");
 create_exception!(_native, InputError, PyValueError, "An input the model cannot take.");
 create_exception!(_native, LimitError, PyValueError, "A request beyond a resource limit (refused before allocating).");
+create_exception!(_native, UsageError, PyValueError, "An option out of its range or unknown (threads, isa, top_k).");
 create_exception!(_native, CpuError, PyRuntimeError, "The CPU lacks an instruction set that was asked for.");
 create_exception!(
     _native,
@@ -48,7 +52,7 @@ fn exception(error: repvgg::Error) -> PyErr {
         ErrorKind::Limit => LimitError::new_err(message),
         ErrorKind::Cpu => CpuError::new_err(message),
         ErrorKind::Numeric => NonFiniteError::new_err(message),
-        ErrorKind::Usage => PyValueError::new_err(message),
+        ErrorKind::Usage => UsageError::new_err(message),
     }
 }
 
@@ -59,6 +63,24 @@ fn graph(error: repvgg::graph::Error) -> PyErr {
 fn options(arch: Option<&str>) -> PyResult<ModelOptions> {
     let arch = arch.map(ArchSpec::resolve).transpose().map_err(graph)?;
     Ok(ModelOptions { arch, ..ModelOptions::default() })
+}
+
+/// `threads` as a count: a negative or huge integer is the package's `UsageError` (a
+/// `ValueError`) saying what is allowed, not the bare `OverflowError` of converting it
+/// to an unsigned size; a non-integer stays a `TypeError`.
+fn thread_count(threads: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let refuse = || {
+        let shown = threads.repr().map_or_else(|_| "?".to_string(), |r| r.to_string());
+        UsageError::new_err(format!("threads must be 0 (one per core) or a positive count, not {shown}"))
+    };
+    if threads.is_instance_of::<PyBool>() {
+        return Err(pyo3::exceptions::PyTypeError::new_err("threads must be an integer, not a bool"));
+    }
+    match threads.extract::<i64>() {
+        Ok(n) => usize::try_from(n).map_err(|_| refuse()),
+        Err(e) if e.is_instance_of::<PyOverflowError>(threads.py()) => Err(refuse()),
+        Err(e) => Err(e),
+    }
 }
 
 /// A loaded, re-parameterized RepVGG model; cheap to share between threads.
@@ -89,9 +111,10 @@ impl Model {
 
     /// A session with `threads` workers (0: one per core) and a kernel set (`"auto"`,
     /// `"avx512"`, `"avx2"`, `"portable"`).
-    #[pyo3(signature = (threads=0, isa="auto"))]
-    fn session(&self, threads: usize, isa: &str) -> PyResult<Session> {
-        let isa: IsaChoice = isa.parse().map_err(|e| PyValueError::new_err(format!("isa: {e}")))?;
+    #[pyo3(signature = (threads=None, isa="auto"))]
+    fn session(&self, threads: Option<&Bound<'_, PyAny>>, isa: &str) -> PyResult<Session> {
+        let threads = threads.map_or(Ok(0), thread_count)?;
+        let isa: IsaChoice = isa.parse().map_err(|e| UsageError::new_err(format!("isa: {e}")))?;
         let options = SessionOptions { threads, isa, ..SessionOptions::default() };
         let inner = self.inner.session(options).map_err(exception)?;
         Ok(Session { inner: Mutex::new(inner), model: self.inner.clone() })
@@ -132,23 +155,40 @@ struct Session {
 impl Session {
     /// Logits `[N, classes]` (float32) of a batch `[N, 3, H, W]`.
     fn run<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let input = self.input(x)?;
-        let shape = input.shape().to_vec();
-        let values = input.as_slice()?;
-        // The lock is taken without the GIL: a thread holding it needs the GIL back to
-        // return, so waiting for it with the GIL held could deadlock.
-        let (logits, n, classes) = py
-            .detach(|| {
-                let mut session = self.lock()?;
-                let network = session.model().network();
-                let classes = network.num_classes;
-                let [n, ..] = session.model().limits().check_input(network, &shape)?;
-                let mut logits = vec![0f32; n * classes];
-                session.run_slice(values, &shape, &mut logits)?;
-                Ok((logits, n, classes))
-            })
-            .map_err(exception)?;
+        let (logits, n, classes) = self.logits(py, x)?;
         PyArray1::from_vec(py, logits).reshape([n, classes])
+    }
+
+    /// The `top_k` classes of each image of a batch `[N, 3, H, W]` (or of one image
+    /// `[3, H, W]`, as `repvgg.preprocess` gives it): per image, a list of `(index,
+    /// probability, label)`, most probable first. Probabilities are the softmax of the
+    /// logits; labels are ImageNet's when the model has 1000 classes, else the index.
+    #[pyo3(signature = (x, top_k=5))]
+    fn classify<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>, top_k: i64) -> PyResult<Bound<'py, PyList>> {
+        let classes = self.model.network().num_classes;
+        let k = usize::try_from(top_k)
+            .ok()
+            .filter(|k| (1..=classes).contains(k))
+            .ok_or_else(|| UsageError::new_err(format!("top_k must be between 1 and {classes}, not {top_k}")))?;
+        let array = as_array(x)?;
+        // One image is a batch of one; its answer is still a list with one entry per image.
+        let batch = if array.ndim() == 3 {
+            py.import("numpy")?.getattr("expand_dims")?.call1((&array, 0))?
+        } else {
+            array.into_any()
+        };
+        let (logits, _, classes) = self.logits(py, &batch)?;
+        let labels = (classes == repvgg::imagenet::labels().len()).then(repvgg::imagenet::labels);
+        let images = PyList::empty(py);
+        for row in logits.chunks(classes) {
+            let top = PyList::empty(py);
+            for (index, probability) in top_k_softmax(row, k) {
+                let label = labels.as_ref().map_or_else(|| index.to_string(), |l| l[index].to_string());
+                top.append((index, probability, label))?;
+            }
+            images.append(top)?;
+        }
+        Ok(images)
     }
 
     /// The four stage outputs `[N, C_s, H_s, W_s]` (for backbone use; `run` gives the logits).
@@ -178,6 +218,25 @@ impl Session {
 }
 
 impl Session {
+    /// The logits of a batch, flat, with the batch size and the classes.
+    fn logits(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<(Vec<f32>, usize, usize)> {
+        let input = self.input(x)?;
+        let shape = input.shape().to_vec();
+        let values = input.as_slice()?;
+        // The lock is taken without the GIL: a thread holding it needs the GIL back to
+        // return, so waiting for it with the GIL held could deadlock.
+        py.detach(|| {
+            let mut session = self.lock()?;
+            let network = session.model().network();
+            let classes = network.num_classes;
+            let [n, ..] = session.model().limits().check_input(network, &shape)?;
+            let mut logits = vec![0f32; n * classes];
+            session.run_slice(values, &shape, &mut logits)?;
+            Ok((logits, n, classes))
+        })
+        .map_err(exception)
+    }
+
     /// `x` as an aligned, C-contiguous float32 array `[N, 3, H, W]`, refused with the
     /// runtime's error if its shape is one the model cannot take.
     ///
@@ -191,10 +250,8 @@ impl Session {
     /// `__array__`) become one with `numpy.asarray` first, a view where they allow it.
     fn input<'py>(&self, x: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArray4<'py, f32>> {
         let py = x.py();
-        let array = match x.cast::<PyUntypedArray>() {
-            Ok(array) => array.clone(),
-            Err(_) => py.import("numpy")?.getattr("asarray")?.call1((x,))?.cast_into::<PyUntypedArray>()?,
-        };
+        let array = as_array(x)?;
+        check_dtype(&array)?;
         let network = self.model.network();
         let [n, _, h, w] = self.model.limits().check_input(network, array.shape()).map_err(exception)?;
         if let Ok(typed) = array.cast::<PyArray4<f32>>()
@@ -203,7 +260,7 @@ impl Session {
         {
             return Ok(typed.readonly());
         }
-        // The lock is taken without the GIL (see `run`).
+        // The lock is taken without the GIL (see `logits`).
         py.detach(|| self.lock()?.plan(n, h, w).map(|_| ())).map_err(exception)?;
         // `astype` with `copy=True` always allocates a new array, so an aligned one.
         let keywords = PyDict::new(py);
@@ -220,6 +277,42 @@ impl Session {
         // state: refuse to use it again rather than guess.
         self.inner.lock().map_err(|_| repvgg::Error::Option("the session failed earlier; make a new one".into()))
     }
+}
+
+/// `x` as a numpy array: itself, or `numpy.asarray(x)` (a view where it allows one).
+fn as_array<'py>(x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyUntypedArray>> {
+    match x.cast::<PyUntypedArray>() {
+        Ok(array) => Ok(array.clone()),
+        Err(_) => Ok(x.py().import("numpy")?.getattr("asarray")?.call1((x,))?.cast_into::<PyUntypedArray>()?),
+    }
+}
+
+/// Refuses an input that is not float16, float32 or float64. Integers would run as they
+/// are, and a uint8 image unscaled and unnormalized gives confident nonsense; booleans and
+/// complex numbers have no meaning as pixels. Converting them silently is the surprise
+/// this refuses.
+fn check_dtype(array: &Bound<'_, PyUntypedArray>) -> PyResult<()> {
+    let dtype = array.dtype();
+    if dtype.kind() == b'f' && matches!(dtype.itemsize(), 2 | 4 | 8) {
+        return Ok(());
+    }
+    let name = dtype.str().map_or_else(|_| "?".to_string(), |s| s.to_string());
+    Err(InputError::new_err(format!(
+        "the input's dtype is {name}; the network takes float32 (float16 and float64 are converted): \
+         for an image use repvgg.preprocess (it scales and normalizes pixels), otherwise convert with \
+         x.astype(numpy.float32)"
+    )))
+}
+
+/// The `k` largest softmax probabilities of `logits`, with their indices, largest first
+/// (ties by the lower index).
+fn top_k_softmax(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+    order.into_iter().take(k).map(|i| (i, exp[i] / sum)).collect()
 }
 
 /// Converts training-form weights to the deploy form (official names, F32), as
@@ -264,6 +357,31 @@ fn preprocess<'py>(py: Python<'py>, data: &[u8], name: &str) -> PyResult<Bound<'
     let values = py.detach(|| repvgg::imagenet::preprocess(data, name)).map_err(exception)?;
     let side = repvgg::imagenet::CROP as usize;
     Ok(PyArray1::from_vec(py, values).reshape([3, side, side])?.into_any())
+}
+
+/// Preprocesses decoded RGB pixels (`height x width x 3` bytes, row-major) as
+/// `preprocess` does a decoded file (`repvgg.preprocess` passes PIL images and HWC uint8
+/// arrays here).
+#[pyfunction]
+#[pyo3(signature = (pixels, width, height, name="image"))]
+fn preprocess_rgb<'py>(
+    py: Python<'py>,
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let values = py.detach(|| repvgg::imagenet::preprocess_rgb(pixels, width, height, name)).map_err(exception)?;
+    let side = repvgg::imagenet::CROP as usize;
+    Ok(PyArray1::from_vec(py, values).reshape([3, side, side])?.into_any())
+}
+
+/// Reads an image file (with the CLI's size limit) and preprocesses it.
+#[pyfunction]
+fn preprocess_file(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyAny>> {
+    let batch = py.detach(|| repvgg::imagenet::load_batch(&[&path])).map_err(exception)?;
+    let side = repvgg::imagenet::CROP as usize;
+    Ok(PyArray1::from_vec(py, batch.data().to_vec()).reshape([3, side, side])?.into_any())
 }
 
 /// The 1000 ImageNet-1k class names, in class-index order.
@@ -314,11 +432,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocess_rgb, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocess_file, m)?)?;
     m.add_function(wrap_pyfunction!(imagenet_labels, m)?)?;
     m.add("ModelError", py.get_type::<ModelError>())?;
     m.add("InputError", py.get_type::<InputError>())?;
     m.add("LimitError", py.get_type::<LimitError>())?;
     m.add("CpuError", py.get_type::<CpuError>())?;
+    m.add("UsageError", py.get_type::<UsageError>())?;
     m.add("NonFiniteError", py.get_type::<NonFiniteError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -203,6 +203,71 @@ def test_errors_are_exceptions_with_the_cli_messages(tiny, tmp_path):
     assert sess.run(x).shape[0] == x.shape[0]
 
 
+def test_integer_boolean_and_complex_inputs_are_refused(tiny):
+    """A uint8 image went in as raw 0..255 values, an int64 or complex array ran too: each
+    is refused, naming its dtype and the way out; float16/32/64 are accepted."""
+    weights, x, _ = tiny
+    sess = repvgg.Model.load(weights).session(threads=1)
+    want = sess.run(x)
+    for dtype in [np.uint8, np.int8, np.int32, np.int64, np.uint64, np.bool_, np.complex64, np.complex128]:
+        array = np.zeros(x.shape, dtype)
+        with pytest.raises(repvgg.InputError, match="repvgg.preprocess") as caught:
+            sess.run(array)
+        assert "float32" in str(caught.value) and np.dtype(dtype).name in str(caught.value), caught.value
+        with pytest.raises(repvgg.InputError, match="repvgg.preprocess"):
+            sess.features(array)
+        with pytest.raises(repvgg.InputError, match="repvgg.preprocess"):
+            sess.classify(array)
+    with pytest.raises(repvgg.InputError, match="dtype"):
+        sess.run(np.zeros(x.shape).astype(object))
+    # A list of Python ints is an int64 array: refused as the array would be.
+    with pytest.raises(repvgg.InputError, match="dtype"):
+        sess.run(np.zeros(x.shape, np.int64).tolist())
+    np.testing.assert_array_equal(sess.run(x.astype(np.float64)), want)
+    assert rel(sess.run(x.astype(np.float16)), sess.run(x.astype(np.float16).astype(np.float32))) == 0
+
+
+def test_threads_out_of_range_is_the_package_error():
+    model = repvgg.Model.synthetic("A0")
+    for threads in [-1, -(2**70), 2**70]:
+        with pytest.raises(repvgg.UsageError, match="threads must be 0 .one per core. or a positive count"):
+            model.session(threads=threads)
+    assert issubclass(repvgg.UsageError, ValueError)
+    with pytest.raises(TypeError):
+        model.session(threads="2")
+    with pytest.raises(repvgg.UsageError, match="unknown instruction set"):
+        model.session(isa="sse9")
+
+
+def test_classify_gives_the_top_k_with_labels(tiny):
+    weights, x, _ = tiny
+    sess = repvgg.Model.load(weights).session(threads=1)
+    logits = sess.run(x).astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    got = sess.classify(x, top_k=3)
+    assert len(got) == x.shape[0]
+    for row, p in zip(got, probs):
+        assert [i for i, _, _ in row] == list(np.argsort(-p, kind="stable")[:3])
+        for index, score, label in row:
+            assert abs(score - p[index]) < 1e-6 and label == str(index)
+    # One image [3, H, W] is a batch of one; the default is the top 5.
+    one = sess.classify(x[0])
+    assert len(one) == 1 and len(one[0]) == min(5, sess_classes(weights))
+    # 1000 classes: ImageNet's labels.
+    a0 = repvgg.Model.synthetic("A0").session(threads=1)
+    top = a0.classify(np.zeros((1, 3, 32, 32), np.float32), top_k=2)[0]
+    labels = repvgg.imagenet_labels()
+    assert [label for _, _, label in top] == [labels[i] for i, _, _ in top]
+    for top_k in [0, -1, 1001]:
+        with pytest.raises(repvgg.UsageError, match="top_k must be between 1 and 1000"):
+            a0.classify(np.zeros((1, 3, 32, 32), np.float32), top_k=top_k)
+
+
+def sess_classes(weights) -> int:
+    return repvgg.Model.load(weights).num_classes
+
+
 def test_images_are_preprocessed_as_classify_does(tmp_path):
     import zlib
 
@@ -220,8 +285,50 @@ def test_images_are_preprocessed_as_classify_does(tmp_path):
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     want = (np.array([255, 128, 0]) / 255.0 - mean) / std
     np.testing.assert_allclose(x[:, 100, 100], want, rtol=1e-5)
-    with pytest.raises(repvgg.InputError, match="cannot decode image junk"):
+    with pytest.raises(repvgg.InputError, match="cannot decode junk: "):
         repvgg.preprocess(b"not an image", "junk")
+    # The default name is said once ("cannot decode image image" said it twice).
+    with pytest.raises(repvgg.InputError, match="^bad input: cannot decode image: not a JPEG or PNG file$") as caught:
+        repvgg.preprocess(b"x")
+    assert "image image" not in str(caught.value)
+    # A path, bytes-likes, an HWC uint8 array and a PIL-like image give the same values.
+    path = tmp_path / "orange.png"
+    path.write_bytes(png)
+    np.testing.assert_array_equal(repvgg.preprocess(path), x)
+    np.testing.assert_array_equal(repvgg.preprocess(str(path)), x)
+    np.testing.assert_array_equal(repvgg.preprocess(bytearray(png)), x)
+    pixels = np.broadcast_to(np.array([255, 128, 0], np.uint8), (h, w, 3))
+    np.testing.assert_array_equal(repvgg.preprocess(pixels), x)
+
+    class FakePil:
+        """What repvgg.preprocess uses of a PIL image (PIL itself may not be installed)."""
+
+        def __init__(self, mode: str):
+            self.mode, self.size = mode, (w, h)
+
+        def convert(self, mode: str) -> "FakePil":
+            assert mode == "RGB"
+            return FakePil(mode)
+
+        def tobytes(self) -> bytes:
+            assert self.mode == "RGB", "the image is converted to RGB first"
+            return pixels.tobytes()
+
+    np.testing.assert_array_equal(repvgg.preprocess(FakePil("P")), x)
+    try:
+        from PIL import Image
+    except ImportError:
+        pass
+    else:
+        np.testing.assert_array_equal(repvgg.preprocess(Image.fromarray(np.ascontiguousarray(pixels))), x)
+    with pytest.raises(FileNotFoundError):
+        repvgg.preprocess(tmp_path / "missing.png")
+    with pytest.raises(repvgg.InputError, match=r"must be \[H, W, 3\] uint8 RGB pixels, not \[200, 300, 3\] float32"):
+        repvgg.preprocess(pixels.astype(np.float32))
+    with pytest.raises(repvgg.InputError, match=r"not \[200, 300\] uint8"):
+        repvgg.preprocess(pixels[..., 0].copy())
+    with pytest.raises(TypeError, match="preprocess takes a path"):
+        repvgg.preprocess(42)
     labels = repvgg.imagenet_labels()
     assert len(labels) == 1000 and labels[0] == "tench"
 

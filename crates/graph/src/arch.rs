@@ -86,6 +86,30 @@ const BUILTIN: &[(&str, &str)] = &[
     ("D2se", include_str!("../../../models/D2se.toml")),
 ];
 
+/// A TOML error as one line that says where: `line N, `key`: message`. toml's own display
+/// quotes the source over several lines, and its bare message (`invalid length 1, expected
+/// an array of length 4`) names neither the line nor the field; the span gives both.
+fn toml_reason(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().lines().next().unwrap_or("parse error");
+    // A span over the whole document (a missing field) says nothing about where.
+    let Some(span) = error.span().filter(|s| s.start > 0 || s.end < text.len()) else { return message.to_string() };
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    // A value's key is what precedes `=` on its line, when the span lies after the `=`
+    // (an error at the key itself, such as an unknown field, names it already).
+    let key = line_text
+        .split_once('=')
+        .filter(|(k, _)| start > line_start + k.len())
+        .map(|(k, _)| k.trim().trim_matches(['"', '\'']))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
+    match key {
+        Some(key) => format!("line {line}, `{key}`: {message}"),
+        None => format!("line {line}: {message}"),
+    }
+}
+
 impl ArchSpec {
     /// Names of all built-in variants, in the paper's order.
     pub fn builtin_names() -> impl Iterator<Item = &'static str> {
@@ -137,11 +161,8 @@ impl ArchSpec {
 
     /// Parses and validates architecture TOML; `origin` names it in error messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<ArchSpec> {
-        let spec: ArchSpec = toml::from_str(text).map_err(|e| Error::InvalidArch {
-            origin: origin.to_string(),
-            // toml's messages span several lines (they quote the source); keep the first.
-            reason: e.message().lines().next().unwrap_or("parse error").to_string(),
-        })?;
+        let spec: ArchSpec = toml::from_str(text)
+            .map_err(|e| Error::InvalidArch { origin: origin.to_string(), reason: toml_reason(text, &e) })?;
         spec.validate().map_err(|reason| Error::InvalidArch { origin: origin.to_string(), reason })?;
         Ok(spec)
     }
@@ -289,7 +310,15 @@ mod tests {
             ),
             ("name='x'\nblocks_per_stage=[1,1,1,1]\nwidths=[8,8,8,8,8]\ngrouped_layers=[9]", "does not exist"),
             ("name='x'\nblocks_per_stage=[1,1,1,1]\nwidths=[8,8,8,8,8]\nse=true", "at least 16 channels"),
-            ("name='x'\nblocks_per_stage=[1,1,1,1]\nwidths=[8,8,8,8,8]\nbogus=1", "unknown field"),
+            ("name='x'\nblocks_per_stage=[1,1,1,1]\nwidths=[8,8,8,8,8]\nbogus=1", "line 4: unknown field `bogus`"),
+            // The field and the line, which toml's bare message names neither of.
+            (
+                "name='x'\nblocks_per_stage = [1]\nwidths=[8,8,8,8,8]",
+                "line 2, `blocks_per_stage`: invalid length 1, expected an array of length 4",
+            ),
+            ("name='x'\n\nwidths=[8,8,8,8,8]\nse='yes'\nblocks_per_stage=[1,1,1,1]", "line 4, `se`: invalid type"),
+            ("name='x'\nwidths=[8,8,8,8,8]", "missing field `blocks_per_stage`"),
+            ("name='x'\nblocks_per_stage=[1,1,1,1]\nwidths=[8,8,8,8,8]\nse = tru\n", "line 4, `se`: "),
         ];
         for (text, needle) in cases {
             let err = ArchSpec::from_toml(text, "test").unwrap_err().to_string();

@@ -40,8 +40,11 @@ pub fn labels() -> Vec<&'static str> {
 }
 
 /// Decodes an encoded JPEG or PNG and preprocesses it into `[3, 224, 224]` values.
+///
+/// `name` is how messages call the image, whole (`image cat.jpg`, `image #0`, `image`):
+/// a caller with nothing better to say than "image" does not get it said twice.
 pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-    let bad = |reason: String| Error::Input(format!("cannot decode image {name}: {reason}"));
+    let bad = |reason: String| Error::Input(format!("cannot decode {name}: {reason}"));
     let reader =
         image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {
@@ -54,9 +57,7 @@ pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
         .into_dimensions()
         .map_err(|e| bad(e.to_string()))?;
     if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
-        return Err(Error::Limit(format!(
-            "image {name} is {w}x{h}, over the limit of {MAX_IMAGE_SIDE} pixels per side"
-        )));
+        return Err(Error::Limit(format!("{name} is {w}x{h}, over the limit of {MAX_IMAGE_SIDE} pixels per side")));
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
@@ -66,15 +67,39 @@ pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => Error::Limit(format!(
-            "decoding image {name} ({w}x{h}) needs more than the limit of {} MiB",
+            "decoding {name} ({w}x{h}) needs more than the limit of {} MiB",
             MAX_DECODE_BYTES >> 20
         )),
         other => bad(other.to_string()),
     })?;
-    let (w, h) = (img.width(), img.height());
-    if w == 0 || h == 0 {
+    if img.width() == 0 || img.height() == 0 {
         return Err(bad("the image is empty".into()));
     }
+    resize_and_crop(&img.to_rgb8(), name)
+}
+
+/// Preprocesses decoded pixels (`height x width x 3` RGB bytes, row-major, as an HWC
+/// uint8 array holds them) exactly as [`preprocess`] does a decoded file: for images a
+/// caller already has in memory (a PIL image, a camera frame).
+pub fn preprocess_rgb(pixels: &[u8], width: u32, height: u32, name: &str) -> Result<Vec<f32>> {
+    if width == 0 || height == 0 {
+        return Err(Error::Input(format!("{name} is empty ({width}x{height})")));
+    }
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(Error::Limit(format!(
+            "{name} is {width}x{height}, over the limit of {MAX_IMAGE_SIDE} pixels per side"
+        )));
+    }
+    let want = 3 * width as usize * height as usize;
+    let img = image::RgbImage::from_raw(width, height, pixels.to_vec()).filter(|_| pixels.len() == want).ok_or_else(
+        || Error::Input(format!("{name}: {} bytes for {width}x{height} RGB pixels, which take {want}", pixels.len())),
+    )?;
+    resize_and_crop(&img, name)
+}
+
+/// Short side to [`RESIZE`], center crop [`CROP`], scaled and normalized, channels first.
+fn resize_and_crop(img: &image::RgbImage, name: &str) -> Result<Vec<f32>> {
+    let (w, h) = (img.width(), img.height());
     // Short side to 256, keeping the aspect ratio (rounded like torchvision's Resize).
     let (rw, rh) = if w <= h {
         (RESIZE, ((h as u64 * RESIZE as u64) as f64 / w as f64).round().max(1.0) as u32)
@@ -83,13 +108,12 @@ pub fn preprocess(bytes: &[u8], name: &str) -> Result<Vec<f32>> {
     };
     if rw.max(rh) > MAX_RESIZED_SIDE {
         return Err(Error::Limit(format!(
-            "image {name} is {w}x{h}: resizing its short side to {RESIZE} would make it {}x{} \
+            "{name} is {w}x{h}: resizing its short side to {RESIZE} would make it {}x{} \
              (at most {MAX_RESIZED_SIDE} on a side, an aspect ratio of 32:1)",
             rw, rh
         )));
     }
-    let resized = img.to_rgb8();
-    let resized = image::imageops::resize(&resized, rw, rh, FilterType::Triangle);
+    let resized = image::imageops::resize(img, rw, rh, FilterType::Triangle);
     let (x0, y0) = ((rw - CROP) / 2, (rh - CROP) / 2);
     let plane = (CROP * CROP) as usize;
     let mut out = vec![0f32; 3 * plane];
@@ -114,7 +138,7 @@ pub fn load_batch(paths: &[impl AsRef<Path> + Sync]) -> Result<Tensor> {
         .map(|path| {
             let path = path.as_ref();
             let bytes = repvgg_files::read(path, "image", MAX_IMAGE_FILE_BYTES)?;
-            preprocess(&bytes, &path.display().to_string())
+            preprocess(&bytes, &format!("image {}", path.display()))
         })
         .collect::<Result<_>>()?;
     Tensor::new(vec![paths.len(), 3, CROP as usize, CROP as usize], images.concat())
@@ -156,8 +180,10 @@ mod tests {
 
     #[test]
     fn undecodable_bytes_are_refused() {
-        let err = preprocess(b"definitely not an image", "junk.jpg").unwrap_err().to_string();
-        assert!(err.contains("cannot decode image junk.jpg"), "{err}");
+        let err = preprocess(b"definitely not an image", "image junk.jpg").unwrap_err().to_string();
+        assert!(err.contains("cannot decode image junk.jpg: "), "{err}");
+        let err = preprocess(b"x", "image").unwrap_err().to_string();
+        assert!(err.contains("cannot decode image: ") && !err.contains("image image"), "{err}");
         let mut truncated = png(64, 64, |x, y| [x as u8, y as u8, 7]);
         truncated.truncate(truncated.len() / 2);
         assert!(preprocess(&truncated, "half.png").is_err());
@@ -179,6 +205,17 @@ mod tests {
         let err = preprocess(&png(MAX_IMAGE_SIDE + 1, 1, |_, _| [1; 3]), "huge.png").unwrap_err();
         assert_eq!(err.kind(), repvgg_runtime::ErrorKind::Limit, "{err}");
         assert!(err.to_string().contains("huge.png is 8193x1, over the limit of 8192 pixels per side"), "{err}");
+    }
+
+    #[test]
+    fn pixels_in_memory_preprocess_as_their_file_does() {
+        let f = |x: u32, y: u32| [(x * 7) as u8, (y * 3) as u8, ((x + y) * 5) as u8];
+        let from_file = preprocess(&png(300, 260, f), "image").unwrap();
+        let pixels: Vec<u8> = (0..260).flat_map(|y| (0..300).flat_map(move |x| f(x, y))).collect();
+        assert_eq!(preprocess_rgb(&pixels, 300, 260, "array").unwrap(), from_file);
+        let err = preprocess_rgb(&pixels[1..], 300, 260, "array").unwrap_err();
+        assert!(err.to_string().contains("array: 233999 bytes for 300x260 RGB pixels"), "{err}");
+        assert!(preprocess_rgb(&[], 0, 5, "array").is_err());
     }
 
     #[test]

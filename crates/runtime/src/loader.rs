@@ -224,6 +224,16 @@ fn check_header(file: &[u8]) -> std::result::Result<(), String> {
     }
 
     let declared = u64::from_le_bytes(file[..8].try_into().expect("callers check 8 bytes"));
+    // A safetensors header is JSON right after its length. A length beyond the limit or
+    // the file, with no `{` after it, is some other file (a JPEG's first bytes declare
+    // exabytes): say that, rather than quote the number as if the header were too long.
+    let absurd = declared > MAX_HEADER_BYTES || declared > (file.len() - 8) as u64;
+    if absurd && file.get(8) != Some(&b'{') {
+        return Err(format!(
+            "this is not a safetensors file at all: read as a header length, its first 8 bytes declare \
+             {declared} bytes, and no JSON header follows them"
+        ));
+    }
     if declared > MAX_HEADER_BYTES {
         return Err(format!("the declared header length {declared} exceeds the limit of {MAX_HEADER_BYTES} bytes"));
     }

@@ -10,7 +10,7 @@ drive the server as it would drive Triton:
   * health: is_server_live / is_server_ready / is_model_ready (with and
     without model_version="1"), over HTTP and gRPC;
   * metadata: get_server_metadata (extensions binary_tensor_data,
-    classification, model_configuration) and get_model_metadata;
+    classification, model_configuration, statistics) and get_model_metadata;
   * configuration: get_model_config (HTTP JSON and gRPC as_json):
     max_batch_size, input/output names and dims;
   * inference over HTTP with JSON tensors, HTTP with binary tensors and gRPC,
@@ -23,6 +23,8 @@ drive the server as it would drive Triton:
   * errors as the client sees them: an unknown model is 404 / NOT_FOUND, a
     wrong shape is 400 / INVALID_ARGUMENT carrying the server's message;
   * a request id ("abc") round trip on both protocols;
+  * the statistics extension: get_inference_statistics over HTTP and gRPC
+    gives the model's counts, the same on both;
   * SIGTERM drains the server and it exits 0.
 
 It starts the server itself on ephemeral ports with the trained-digits
@@ -163,7 +165,7 @@ def run_checks(repvgg, http, grpc, tmp):
         ok(f"{proto} is_model_ready version 1", c.is_model_ready(MODEL, model_version="1"))
 
     # Server and model metadata.
-    want_ext = {"binary_tensor_data", "classification", "model_configuration"}
+    want_ext = {"binary_tensor_data", "classification", "model_configuration", "statistics"}
     meta = http.get_server_metadata()
     ok("http get_server_metadata extensions", want_ext <= set(meta["extensions"]), meta)
     gmeta = grpc.get_server_metadata(as_json=True)
@@ -234,6 +236,16 @@ def run_checks(repvgg, http, grpc, tmp):
     ok("http request_id", r.get("id") == "abc", r)
     r = grpc_infer(request_id="abc").get_response()
     ok("grpc request_id", r.id == "abc", r.id)
+
+    # The statistics extension, after the inferences above (nothing runs in between).
+    hs = http.get_inference_statistics(MODEL)["model_stats"][0]
+    gs = grpc.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    ok("http get_inference_statistics", hs["name"] == MODEL and hs["version"] == "1"
+       and hs["inference_count"] > 0 and hs["inference_stats"]["success"]["count"] > 0, hs)
+    # Protobuf's JSON form writes uint64 as strings.
+    ok("grpc get_inference_statistics == http",
+       int(gs["inference_count"]) == hs["inference_count"]
+       and int(gs["inference_stats"]["success"]["count"]) == hs["inference_stats"]["success"]["count"], gs)
 
     # Errors as the client reports them.
     def bad_model(c, mod):

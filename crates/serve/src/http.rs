@@ -1,5 +1,6 @@
 //! The HTTP/REST side of the Open Inference Protocol (KServe v2), with Triton's binary
-//! tensor data, classification and model configuration extensions, and `/metrics`.
+//! tensor data, classification, model configuration and statistics extensions, and
+//! `/metrics`.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::budget::Reservation;
 use crate::error::{Error, Result};
 use crate::json::{self, TensorData};
-use crate::protocol::{EXTENSIONS, config_json};
+use crate::protocol::{EXTENSIONS, config_json, statistics_json};
 use crate::service::{self, Data, Input, Output, OutputData, OutputRequest, Service};
 
 /// Header giving the length of the JSON part of a binary-extension body.
@@ -27,11 +28,14 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/", get(model_metadata))
         .route("/ready", get(model_ready))
         .route("/config", get(model_config))
+        .route("/stats", get(model_stats))
         .route("/infer", post(infer));
     let routes = Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
+        // Every model's statistics (Triton's form; one model here).
+        .route("/v2/models/stats", get(all_stats))
         .nest("/v2/models/{name}", model.clone())
         .nest("/v2/models/{name}/versions/{version}", model)
         .route("/metrics", get(metrics))
@@ -149,6 +153,15 @@ async fn model_ready(State(s): Shared, Path(p): Path<ModelPath>) -> Result<Respo
 async fn model_config(State(s): Shared, Path(p): Path<ModelPath>) -> Result<Response> {
     s.find(&p.name, p.version.as_deref())?;
     Ok(json_response(config_json(&s)))
+}
+
+async fn model_stats(State(s): Shared, Path(p): Path<ModelPath>) -> Result<Response> {
+    s.find(&p.name, p.version.as_deref())?;
+    Ok(json_response(statistics_json(&s)))
+}
+
+async fn all_stats(State(s): Shared) -> Response {
+    json_response(statistics_json(&s))
 }
 
 async fn metrics(State(s): Shared) -> Response {
@@ -425,15 +438,21 @@ async fn read_infer(s: &Service, headers: &HeaderMap, body: &mut BodyReader) -> 
         return Err(bad(format!("{extra} bytes of binary data follow the inputs' declared sizes")));
     }
     let all_binary = json::bool_param(&request.parameters, "binary_data_output").map_err(bad)?.unwrap_or(false);
-    let mut outputs = Vec::with_capacity(request.outputs.len());
+    // As in Triton, a request's `classification` applies to every output that does not
+    // set its own, and to the default output when none is named.
+    let all_classification = json::int_param(&request.parameters, "classification").map_err(bad)?;
+    let mut outputs = Vec::with_capacity(request.outputs.len().max(1));
     let mut binary_out = Vec::with_capacity(request.outputs.len().max(1));
     for output in request.outputs {
         binary_out.push(json::bool_param(&output.parameters, "binary_data").map_err(bad)?.unwrap_or(all_binary));
-        let classification = json::int_param(&output.parameters, "classification").map_err(bad)?;
+        let classification = json::int_param(&output.parameters, "classification").map_err(bad)?.or(all_classification);
         outputs.push(OutputRequest { name: output.name, classification });
     }
     if binary_out.is_empty() {
         binary_out.push(all_binary);
+        if all_classification.is_some() {
+            outputs.push(OutputRequest { name: service::OUTPUT.into(), classification: all_classification });
+        }
     }
     let timeout_us = json::int_param(&request.parameters, "timeout").map_err(bad)?;
     // The JSON text is dropped here; what stays is the inputs' data.

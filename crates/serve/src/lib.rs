@@ -166,6 +166,7 @@ impl Server {
                     .timeout(rpc_timeout)
                     .http2_keepalive_interval(Some(idle))
                     .http2_keepalive_timeout(Some(GRPC_PING_TIMEOUT.min(idle)))
+                    .layer(grpc::NameUnimplemented)
                     .add_service(grpc)
                     .serve_with_incoming_shutdown(incoming, grpc_stop);
                 // tonic's graceful shutdown waits for every connection to close, and a

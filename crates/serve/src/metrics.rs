@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Latency bucket bounds in seconds (1 ms to 30 s, roughly x2.5 apart).
 const SECONDS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0];
@@ -69,6 +69,14 @@ pub struct Metrics {
     inflight_limit: AtomicU64,
     inflight_refused: AtomicU64,
     arena_bytes: AtomicU64,
+    /// Totals for Triton's statistics extension ([`Statistics`]), in nanoseconds: the
+    /// histograms' sums are rounded to microseconds.
+    success_ns: AtomicU64,
+    failure_ns: AtomicU64,
+    queue_ns: AtomicU64,
+    compute_ns: AtomicU64,
+    /// When the last request was answered with a result, in milliseconds since the epoch.
+    last_inference_ms: AtomicU64,
     request_seconds: Histogram,
     queue_seconds: Histogram,
     compute_seconds: Histogram,
@@ -113,6 +121,11 @@ impl Metrics {
             inflight_limit: AtomicU64::new(0),
             inflight_refused: AtomicU64::new(0),
             arena_bytes: AtomicU64::new(0),
+            success_ns: AtomicU64::new(0),
+            failure_ns: AtomicU64::new(0),
+            queue_ns: AtomicU64::new(0),
+            compute_ns: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
             request_seconds: Histogram::new(&SECONDS),
             queue_seconds: Histogram::new(&SECONDS),
             compute_seconds: Histogram::new(&SECONDS),
@@ -123,10 +136,16 @@ impl Metrics {
 
     pub fn request_done(&self, elapsed: Duration, failure: Option<&str>) {
         match failure {
-            None => self.success.fetch_add(1, Relaxed),
+            None => {
+                self.success.fetch_add(1, Relaxed);
+                self.success_ns.fetch_add(nanos(elapsed), Relaxed);
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                self.last_inference_ms.fetch_max(now.as_millis() as u64, Relaxed);
+            }
             Some(reason) => {
                 let i = FAILURE_REASONS.iter().position(|r| *r == reason).unwrap_or(FAILURE_REASONS.len() - 1);
-                self.failures[i].fetch_add(1, Relaxed)
+                self.failures[i].fetch_add(1, Relaxed);
+                self.failure_ns.fetch_add(nanos(elapsed), Relaxed);
             }
         };
         self.request_seconds.observe(elapsed.as_secs_f64());
@@ -134,6 +153,7 @@ impl Metrics {
 
     /// A request waited `queue` before its batch of `images` ran.
     pub fn queued_for(&self, queue: Duration) {
+        self.queue_ns.fetch_add(nanos(queue), Relaxed);
         self.queue_seconds.observe(queue.as_secs_f64());
     }
 
@@ -141,7 +161,26 @@ impl Metrics {
         self.inferences.fetch_add(images as u64, Relaxed);
         self.executions.fetch_add(1, Relaxed);
         self.batch_images.observe(images as f64);
+        self.compute_ns.fetch_add(nanos(compute), Relaxed);
         self.compute_seconds.observe(compute.as_secs_f64());
+    }
+
+    /// The counters Triton's statistics extension reports, read now.
+    pub fn statistics(&self) -> Statistics {
+        let executions = self.executions.load(Relaxed);
+        let compute = StatDuration { count: executions, ns: self.compute_ns.load(Relaxed) };
+        Statistics {
+            last_inference_ms: self.last_inference_ms.load(Relaxed),
+            inference_count: self.inferences.load(Relaxed),
+            execution_count: executions,
+            success: StatDuration { count: self.success.load(Relaxed), ns: self.success_ns.load(Relaxed) },
+            fail: StatDuration {
+                count: self.failures.iter().map(|f| f.load(Relaxed)).sum(),
+                ns: self.failure_ns.load(Relaxed),
+            },
+            queue: StatDuration { count: self.queue_seconds.count.load(Relaxed), ns: self.queue_ns.load(Relaxed) },
+            compute_infer: compute,
+        }
     }
 
     /// Queue depth changes (requests, images), positive or negative.
@@ -320,6 +359,38 @@ impl Metrics {
         );
         out
     }
+}
+
+/// A count of occurrences and their total duration (Triton's `StatisticDuration`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatDuration {
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// One model's cumulative statistics, as Triton's statistics extension reports them.
+///
+/// `success` and `fail` count requests and their time from receipt to answer; `queue`
+/// counts requests that reached a stream and the time they waited; `compute_infer`
+/// counts batches run and their time. Converting inputs happens as a request is read
+/// (inside `success`/`fail`, before the queue) and writing outputs after the batch, so
+/// Triton's `compute_input` and `compute_output` have no separate measure here: they
+/// are reported with the batches' count and 0 ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Statistics {
+    pub last_inference_ms: u64,
+    /// Images inferred (a batch of n counts n).
+    pub inference_count: u64,
+    /// Batches run.
+    pub execution_count: u64,
+    pub success: StatDuration,
+    pub fail: StatDuration,
+    pub queue: StatDuration,
+    pub compute_infer: StatDuration,
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn add_signed(a: &AtomicU64, delta: i64) {

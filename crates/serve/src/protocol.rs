@@ -1,6 +1,6 @@
 //! What the server says about itself and its model, the same over both transports: the
-//! extensions it advertises and the model's configuration in Triton's schema (the gRPC
-//! `ModelConfig` message as is, and its JSON form for HTTP). Both transports import this;
+//! extensions it advertises, and the model's configuration and statistics in Triton's
+//! schemas (the gRPC messages as they are, and their JSON form for HTTP). Both transports import this;
 //! it imports neither (only the generated protobuf messages).
 
 use serde_json::{Map, Value, json};
@@ -9,7 +9,7 @@ use crate::grpc::inference::{self, *};
 use crate::service::{self, Service};
 
 /// The extensions `/v2` and gRPC `ServerMetadata` list.
-pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "classification", "model_configuration"];
+pub const EXTENSIONS: [&str; 4] = ["binary_tensor_data", "classification", "model_configuration", "statistics"];
 
 /// The model's configuration in Triton's model-configuration schema: the one description
 /// of it, which the gRPC `ModelConfig` answers as is and the HTTP config endpoint renders
@@ -122,4 +122,60 @@ pub fn config_json(s: &Service) -> Value {
         });
     }
     config
+}
+
+/// The model's statistics in Triton's statistics extension: the one description of them,
+/// which the gRPC `ModelStatistics` answers as is and the HTTP stats endpoints render as
+/// JSON ([`statistics_json`]). See [`crate::metrics::Statistics`] for what
+/// each count covers.
+pub fn model_statistics(s: &Service) -> ModelStatistics {
+    let st = s.metrics.statistics();
+    let d = |d: crate::metrics::StatDuration| Some(StatisticDuration { count: d.count, ns: d.ns });
+    // Converting inputs and writing outputs are not timed apart from the request: the
+    // batches' count with no time, as a backend that has no such phase reports them.
+    let unmeasured = crate::metrics::StatDuration { count: st.compute_infer.count, ns: 0 };
+    ModelStatistics {
+        name: s.name.clone(),
+        version: service::VERSION.into(),
+        last_inference: st.last_inference_ms,
+        inference_count: st.inference_count,
+        execution_count: st.execution_count,
+        inference_stats: Some(InferStatistics {
+            success: d(st.success),
+            fail: d(st.fail),
+            queue: d(st.queue),
+            compute_input: d(unmeasured),
+            compute_infer: d(st.compute_infer),
+            compute_output: d(unmeasured),
+        }),
+        batch_stats: vec![],
+    }
+}
+
+/// Triton's statistics extension: the model's cumulative counts and durations, from the
+/// same counters as `/metrics` ([`crate::metrics::Statistics`]), as the JSON form of the
+/// gRPC `ModelStatisticsResponse` ([`model_statistics`]).
+pub fn statistics_json(s: &Service) -> Value {
+    let m = model_statistics(s);
+    let duration = |d: Option<inference::StatisticDuration>| {
+        let d = d.unwrap_or_default();
+        json!({ "count": d.count, "ns": d.ns })
+    };
+    let i = m.inference_stats.unwrap_or_default();
+    json!({ "model_stats": [{
+        "name": m.name,
+        "version": m.version,
+        "last_inference": m.last_inference,
+        "inference_count": m.inference_count,
+        "execution_count": m.execution_count,
+        "inference_stats": {
+            "success": duration(i.success),
+            "fail": duration(i.fail),
+            "queue": duration(i.queue),
+            "compute_input": duration(i.compute_input),
+            "compute_infer": duration(i.compute_infer),
+            "compute_output": duration(i.compute_output),
+        },
+        "batch_stats": [],
+    }] })
 }

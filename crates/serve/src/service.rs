@@ -388,7 +388,7 @@ impl Service {
             let decoded: repvgg_runtime::Result<Vec<Vec<f32>>> = elements
                 .par_iter()
                 .enumerate()
-                .map(|(i, bytes)| repvgg_imagenet::preprocess(bytes, &format!("#{i}")))
+                .map(|(i, bytes)| repvgg_imagenet::preprocess(bytes, &format!("image #{i}")))
                 .collect();
             let _ = tx.send(decoded);
         });

@@ -20,7 +20,7 @@ fn every_endpoint_answers() {
     let meta = get(addr, "/v2").json();
     assert_eq!(meta["name"], "repvgg-rs");
     let extensions: Vec<&str> = meta["extensions"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
-    assert_eq!(extensions, ["binary_tensor_data", "classification", "model_configuration"]);
+    assert_eq!(extensions, ["binary_tensor_data", "classification", "model_configuration", "statistics"]);
     for prefix in [format!("/v2/models/{MODEL}"), format!("/v2/models/{MODEL}/versions/1")] {
         let m = get(addr, &prefix).json();
         assert_eq!(m["name"], MODEL);
@@ -148,7 +148,7 @@ fn grpc_serves_health_metadata_config_and_refusals() {
         let ready = proto::ModelReadyRequest { name: MODEL.into(), version: String::new() };
         assert!(c.model_ready(ready).await.unwrap().into_inner().ready);
         let meta = c.server_metadata(proto::ServerMetadataRequest {}).await.unwrap().into_inner();
-        assert_eq!(meta.extensions.len(), 3);
+        assert_eq!(meta.extensions, ["binary_tensor_data", "classification", "model_configuration", "statistics"]);
         let m = proto::ModelMetadataRequest { name: MODEL.into(), version: "1".into() };
         let m = c.model_metadata(m).await.unwrap().into_inner();
         assert_eq!(
@@ -553,5 +553,175 @@ fn mutated_requests_never_break_the_server() {
     );
     assert_eq!(http(addr, "POST", &infer_path(), &[], &json).status, 200);
     assert_eq!(metric(&server, "repvgg_request_failure_total{model=\"a0\",reason=\"internal\"}"), 0.0);
+    server.shutdown().unwrap();
+}
+
+/// The classification strings of a JSON answer's output `i`, and its shape.
+fn classes(reply: &Reply, i: usize) -> (Vec<String>, serde_json::Value) {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let output = &reply.json()["outputs"][i];
+    assert_eq!(output["datatype"], "BYTES", "{output}");
+    let data = output["data"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    (data, output["shape"].clone())
+}
+
+#[test]
+fn a_request_level_classification_applies_to_outputs_without_their_own() {
+    let server = start(config());
+    let addr = server.http_addr();
+    let input = values(3, 2 * 3 * 32 * 32);
+    let want = reference(&input, [2, 3, 32, 32]);
+    let mut order: Vec<usize> = (0..1000).collect();
+    order.sort_by(|&a, &b| want[b].total_cmp(&want[a]));
+    let request = |parameters: serde_json::Value, outputs: serde_json::Value| {
+        let mut body = serde_json::json!({
+            "parameters": parameters,
+            "inputs": [{ "name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": input }],
+        });
+        if !outputs.is_null() {
+            body["outputs"] = outputs;
+        }
+        http(addr, "POST", &infer_path(), &[], body.to_string().as_bytes())
+    };
+    // No outputs named: the default output is classified (it was ignored, giving logits).
+    let reply = request(serde_json::json!({ "classification": 2 }), serde_json::Value::Null);
+    let (data, shape) = classes(&reply, 0);
+    assert_eq!(shape, serde_json::json!([2, 2]));
+    assert!(data[0].ends_with(&format!(":{}:{}", order[0], repvgg_imagenet::labels()[order[0]])), "{data:?}");
+    // An output's own count wins; one without takes the request's.
+    let outputs = serde_json::json!([
+        { "name": "logits", "parameters": { "classification": 1 } },
+        { "name": "logits" },
+    ]);
+    let reply = request(serde_json::json!({ "classification": 3 }), outputs);
+    assert_eq!(classes(&reply, 0).1, serde_json::json!([2, 1]));
+    assert_eq!(classes(&reply, 1).1, serde_json::json!([2, 3]));
+    // Out of range at the request level is refused as it is on an output.
+    let reply = request(serde_json::json!({ "classification": 0 }), serde_json::Value::Null);
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(
+        reply.error().contains("classification must be between 1 and 1000 (the classes), not 0"),
+        "{}",
+        reply.error()
+    );
+    let reply = request(serde_json::json!({ "classification": "two" }), serde_json::Value::Null);
+    assert_eq!(reply.status, 400, "{}", reply.text());
+
+    // gRPC: the same rule.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c =
+            GrpcInferenceServiceClient::connect(format!("http://{}", server.grpc_addr().unwrap())).await.unwrap();
+        let k = |v: i64| proto::InferParameter {
+            parameter_choice: Some(proto::infer_parameter::ParameterChoice::Int64Param(v)),
+        };
+        let request = proto::ModelInferRequest {
+            model_name: MODEL.into(),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![2, 3, 32, 32],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()],
+            parameters: [("classification".to_string(), k(4))].into(),
+            ..Default::default()
+        };
+        let reply = c.model_infer(request.clone()).await.unwrap().into_inner();
+        assert_eq!((reply.outputs[0].datatype.as_str(), reply.outputs[0].shape.as_slice()), ("BYTES", &[2, 4][..]));
+        let mut own = request;
+        own.outputs = vec![proto::model_infer_request::InferRequestedOutputTensor {
+            name: "logits".into(),
+            parameters: [("classification".to_string(), k(1))].into(),
+        }];
+        let reply = c.model_infer(own).await.unwrap().into_inner();
+        assert_eq!(reply.outputs[0].shape, [2, 1]);
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn statistics_report_the_counters_over_http_and_grpc() {
+    let server = start(config());
+    let addr = server.http_addr();
+    let input = values(4, 3 * 32 * 32);
+    for id in ["a", "b"] {
+        let reply = http(addr, "POST", &infer_path(), &[], &json_request(id, &input, [1, 3, 32, 32]));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let bad = http(addr, "POST", &infer_path(), &[], b"{ not json");
+    assert_eq!(bad.status, 400);
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    for path in [
+        format!("/v2/models/{MODEL}/stats"),
+        format!("/v2/models/{MODEL}/versions/1/stats"),
+        "/v2/models/stats".to_string(),
+    ] {
+        let reply = get(addr, &path);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        let stats = reply.json();
+        let m = &stats["model_stats"][0];
+        assert_eq!((m["name"].as_str(), m["version"].as_str()), (Some(MODEL), Some("1")), "{stats}");
+        assert_eq!((m["inference_count"].as_u64(), m["execution_count"].as_u64()), (Some(2), Some(2)), "{stats}");
+        let last = m["last_inference"].as_u64().unwrap();
+        assert!(last <= before && last + 60_000 > before, "last_inference {last} vs now {before}");
+        let i = &m["inference_stats"];
+        let count = |k: &str| i[k]["count"].as_u64().unwrap();
+        let ns = |k: &str| i[k]["ns"].as_u64().unwrap();
+        assert_eq!([count("success"), count("fail"), count("queue"), count("compute_infer")], [2, 1, 2, 2], "{stats}");
+        assert!(ns("success") >= ns("compute_infer") && ns("compute_infer") > 0 && ns("fail") > 0, "{stats}");
+        assert_eq!((count("compute_input"), ns("compute_input"), count("compute_output")), (2, 0, 2), "{stats}");
+    }
+    let wrong = get(addr, &format!("/v2/models/{MODEL}/versions/2/stats"));
+    assert_eq!(wrong.status, 404);
+    assert_eq!(get(addr, "/v2/models/nope/stats").status, 404);
+    assert_eq!(metric(&server, "repvgg_request_success_total{model=\"a0\"}"), 2.0);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c =
+            GrpcInferenceServiceClient::connect(format!("http://{}", server.grpc_addr().unwrap())).await.unwrap();
+        for (name, version) in [(MODEL, ""), (MODEL, "1"), ("", "")] {
+            let r = proto::ModelStatisticsRequest { name: name.into(), version: version.into() };
+            let stats = c.model_statistics(r).await.unwrap().into_inner();
+            assert_eq!(stats.model_stats.len(), 1);
+            let m = &stats.model_stats[0];
+            assert_eq!((m.name.as_str(), m.version.as_str(), m.inference_count, m.execution_count), (MODEL, "1", 2, 2));
+            let i = m.inference_stats.unwrap();
+            assert_eq!((i.success.unwrap().count, i.fail.unwrap().count, i.queue.unwrap().count), (2, 1, 2));
+        }
+        let r = proto::ModelStatisticsRequest { name: "nope".into(), version: String::new() };
+        assert_eq!(c.model_statistics(r).await.unwrap_err().code(), tonic::Code::NotFound);
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn an_unimplemented_grpc_method_is_named_in_its_status() {
+    let server = start(config());
+    let addr = server.grpc_addr().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        for (path, names) in [
+            ("/inference.GRPCInferenceService/RepositoryIndex", "inference.GRPCInferenceService/RepositoryIndex is not implemented"),
+            ("/inference.GRPCInferenceService/ModelStreamInfer", "ModelStreamInfer is not implemented"),
+            ("/grpc.health.v1.Health/Check", "grpc.health.v1.Health/Check is not implemented by repvgg-rs: it serves only inference.GRPCInferenceService"),
+        ] {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let codec = tonic_prost::ProstCodec::<proto::ServerLiveRequest, proto::ServerLiveResponse>::default();
+            let e = grpc
+                .unary(tonic::Request::new(proto::ServerLiveRequest {}), http::uri::PathAndQuery::from_static(path), codec)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unimplemented, "{path}: {e:?}");
+            assert!(e.message().contains(names), "{path}: `{}`", e.message());
+            assert!(e.message().contains("ModelInfer"), "{path}: `{}`", e.message());
+        }
+        // The implemented methods still answer.
+        let mut c = GrpcInferenceServiceClient::new(channel);
+        assert!(c.server_live(proto::ServerLiveRequest {}).await.unwrap().into_inner().live);
+    });
     server.shutdown().unwrap();
 }

@@ -775,6 +775,106 @@ pub struct ModelConfigResponse {
     #[prost(message, optional, tag = "1")]
     pub config: ::core::option::Option<ModelConfig>,
 }
+/// Request message for ModelStatistics.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ModelStatisticsRequest {
+    /// The name of the model. If not given returns statistics for all models.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The version of the model. If not given returns statistics for all model
+    /// versions.
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+}
+/// A cumulative duration metric.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StatisticDuration {
+    /// Cumulative number of times this metric occurred.
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+    /// Total collected duration of this metric in nanoseconds.
+    #[prost(uint64, tag = "2")]
+    pub ns: u64,
+}
+/// Inference statistics.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InferStatistics {
+    /// Cumulative count and duration of successful inference requests.
+    #[prost(message, optional, tag = "1")]
+    pub success: ::core::option::Option<StatisticDuration>,
+    /// Cumulative count and duration of failed inference requests.
+    #[prost(message, optional, tag = "2")]
+    pub fail: ::core::option::Option<StatisticDuration>,
+    /// The count and cumulative duration that inference requests wait in
+    /// scheduling or other queues.
+    #[prost(message, optional, tag = "3")]
+    pub queue: ::core::option::Option<StatisticDuration>,
+    /// The count and cumulative duration to prepare input tensor data as
+    /// required by the model framework / backend.
+    #[prost(message, optional, tag = "4")]
+    pub compute_input: ::core::option::Option<StatisticDuration>,
+    /// The count and cumulative duration to execute the model.
+    #[prost(message, optional, tag = "5")]
+    pub compute_infer: ::core::option::Option<StatisticDuration>,
+    /// The count and cumulative duration to extract output tensor data
+    /// produced by the model framework / backend.
+    #[prost(message, optional, tag = "6")]
+    pub compute_output: ::core::option::Option<StatisticDuration>,
+}
+/// Inference batch statistics.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct InferBatchStatistics {
+    /// The size of the batch.
+    #[prost(uint64, tag = "1")]
+    pub batch_size: u64,
+    /// The count and cumulative duration to prepare input tensor data with the
+    /// given batch size.
+    #[prost(message, optional, tag = "2")]
+    pub compute_input: ::core::option::Option<StatisticDuration>,
+    /// The count and cumulative duration to execute the model with the given
+    /// batch size.
+    #[prost(message, optional, tag = "3")]
+    pub compute_infer: ::core::option::Option<StatisticDuration>,
+    /// The count and cumulative duration to extract output tensor data with the
+    /// given batch size.
+    #[prost(message, optional, tag = "4")]
+    pub compute_output: ::core::option::Option<StatisticDuration>,
+}
+/// Statistics for a specific model and version.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ModelStatistics {
+    /// The name of the model.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The version of the model.
+    #[prost(string, tag = "2")]
+    pub version: ::prost::alloc::string::String,
+    /// The timestamp of the last inference request made for this model, as
+    /// milliseconds since the epoch.
+    #[prost(uint64, tag = "3")]
+    pub last_inference: u64,
+    /// The cumulative count of successful inference requests made for this
+    /// model, each inference in a batched request counted individually.
+    #[prost(uint64, tag = "4")]
+    pub inference_count: u64,
+    /// The cumulative count of the model executions performed (a dynamically
+    /// batched execution counts once).
+    #[prost(uint64, tag = "5")]
+    pub execution_count: u64,
+    /// The aggregate statistics for the model/version.
+    #[prost(message, optional, tag = "6")]
+    pub inference_stats: ::core::option::Option<InferStatistics>,
+    /// The aggregate statistics for each different batch size executed.
+    #[prost(message, repeated, tag = "7")]
+    pub batch_stats: ::prost::alloc::vec::Vec<InferBatchStatistics>,
+}
+/// Response message for ModelStatistics.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ModelStatisticsResponse {
+    /// Statistics for each requested model.
+    #[prost(message, repeated, tag = "1")]
+    pub model_stats: ::prost::alloc::vec::Vec<ModelStatistics>,
+}
 /// Generated client implementations.
 pub mod grpc_inference_service_client {
     #![allow(
@@ -1050,6 +1150,34 @@ pub mod grpc_inference_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// The cumulative inference statistics of a model (Triton's statistics
+        /// extension).
+        pub async fn model_statistics(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ModelStatisticsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ModelStatisticsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/inference.GRPCInferenceService/ModelStatistics",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("inference.GRPCInferenceService", "ModelStatistics"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1119,6 +1247,15 @@ pub mod grpc_inference_service_server {
             request: tonic::Request<super::ModelConfigRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ModelConfigResponse>,
+            tonic::Status,
+        >;
+        /// The cumulative inference statistics of a model (Triton's statistics
+        /// extension).
+        async fn model_statistics(
+            &self,
+            request: tonic::Request<super::ModelStatisticsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ModelStatisticsResponse>,
             tonic::Status,
         >;
     }
@@ -1510,6 +1647,55 @@ pub mod grpc_inference_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ModelConfigSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/inference.GRPCInferenceService/ModelStatistics" => {
+                    #[allow(non_camel_case_types)]
+                    struct ModelStatisticsSvc<T: GrpcInferenceService>(pub Arc<T>);
+                    impl<
+                        T: GrpcInferenceService,
+                    > tonic::server::UnaryService<super::ModelStatisticsRequest>
+                    for ModelStatisticsSvc<T> {
+                        type Response = super::ModelStatisticsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ModelStatisticsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as GrpcInferenceService>::model_statistics(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ModelStatisticsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::budget::Reservation;
 use crate::error::Error;
-use crate::protocol::{EXTENSIONS, model_configuration};
+use crate::protocol::{EXTENSIONS, model_configuration, model_statistics};
 use crate::service::{self, Data, Input, OutputData, OutputRequest, Service};
 
 pub mod admission;
@@ -32,6 +32,82 @@ pub fn server(service: Arc<Service>) -> admission::Admitted<GrpcInferenceService
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
     admission::Admitted::new(grpc, budget, limit)
+}
+
+/// Gives every `UNIMPLEMENTED` answer a message naming what is not served: tonic answers
+/// a method the service lacks, or a service the server lacks, with the bare code, and a
+/// client then cannot tell a missing feature from a misrouted call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NameUnimplemented;
+
+impl<S> tower_layer::Layer<S> for NameUnimplemented {
+    type Service = NamedUnimplemented<S>;
+
+    fn layer(&self, inner: S) -> NamedUnimplemented<S> {
+        NamedUnimplemented(inner)
+    }
+}
+
+/// The service [`NameUnimplemented`] wraps.
+#[derive(Clone, Debug)]
+pub struct NamedUnimplemented<S>(S);
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for NamedUnimplemented<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<http::Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_string();
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            name_unimplemented(response.headers_mut(), &path);
+            Ok(response)
+        })
+    }
+}
+
+/// The methods this server implements, for the message of one it does not.
+const SERVED: &str = "ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig, \
+                      ModelStatistics and ModelInfer";
+
+/// Adds a message naming `path` to a message-less `UNIMPLEMENTED` (sent as headers only,
+/// as tonic sends a call refused before any handler).
+fn name_unimplemented(headers: &mut http::HeaderMap, path: &str) {
+    let unimplemented = headers.get("grpc-status").is_some_and(|s| s.as_bytes() == b"12");
+    let unnamed = headers.get("grpc-message").is_none_or(|m| m.is_empty());
+    if !(unimplemented && unnamed) {
+        return;
+    }
+    let method = path.trim_start_matches('/');
+    let (service_name, _) = method.split_once('/').unwrap_or((method, ""));
+    let message = if service_name == inference::grpc_inference_service_server::SERVICE_NAME {
+        format!("{method} is not implemented by repvgg-rs (it serves {SERVED})")
+    } else {
+        format!(
+            "{method} is not implemented by repvgg-rs: it serves only {} ({SERVED})",
+            inference::grpc_inference_service_server::SERVICE_NAME
+        )
+    };
+    // grpc-message is percent-encoded: `%` and bytes outside printable ASCII.
+    let encoded: String = message
+        .bytes()
+        .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    if let Ok(value) = http::HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", value);
+    }
 }
 
 pub struct Grpc(Arc<Service>);
@@ -105,6 +181,19 @@ impl GrpcInferenceService for Grpc {
         Ok(Response::new(ModelConfigResponse { config: Some(model_configuration(s)) }))
     }
 
+    async fn model_statistics(
+        &self,
+        r: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = r.into_inner();
+        let s = &self.0;
+        // As in Triton, no name means every model (this server's one).
+        if !r.name.is_empty() {
+            s.find(&r.name, Some(&r.version))?;
+        }
+        Ok(Response::new(ModelStatisticsResponse { model_stats: vec![model_statistics(s)] }))
+    }
+
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let start = std::time::Instant::now();
         let s = &self.0;
@@ -174,10 +263,16 @@ fn parse_infer(r: &ModelInferRequest, mut held: Reservation) -> Result<service::
             data,
         });
     }
-    let mut outputs = Vec::with_capacity(r.outputs.len());
+    // As in Triton, a request's `classification` applies to every output that does not
+    // set its own, and to the default output when none is named.
+    let all_classification = int_param(&r.parameters, "classification")?;
+    let mut outputs = Vec::with_capacity(r.outputs.len().max(1));
     for o in &r.outputs {
-        outputs
-            .push(OutputRequest { name: o.name.clone(), classification: int_param(&o.parameters, "classification")? });
+        let classification = int_param(&o.parameters, "classification")?.or(all_classification);
+        outputs.push(OutputRequest { name: o.name.clone(), classification });
+    }
+    if outputs.is_empty() && all_classification.is_some() {
+        outputs.push(OutputRequest { name: service::OUTPUT.into(), classification: all_classification });
     }
     let timeout_us = int_param(&r.parameters, "timeout")?;
     Ok(service::Request { inputs, outputs, timeout_us, held })
