@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use repvgg::runtime::lab::{self, MixedPeaks};
+
+use crate::samples::{Samples, noise_line, percent_of_peak};
 use repvgg::runtime::{Profile, Session};
 use repvgg::{Model, Tensor};
 
@@ -65,7 +67,10 @@ pub struct Report {
     pub images_per_s: f64,
     pub flops: u64,
     pub effective_gflops: f64,
+    /// The best of the FMA-peak probes taken before, between and after the timed runs.
     pub peak_gflops: f64,
+    /// The lowest of them: far below the best, the host was busy during the run.
+    pub peak_gflops_lowest: f64,
     /// Measured bf16 and int8 dot-product peaks of the same threads (`VDPBF16PS`,
     /// `VPDPBUSD`, AMX), where the CPU has them.
     pub mixed_peaks: MixedPeaks,
@@ -81,8 +86,13 @@ pub struct Report {
     pub roofline_ms: f64,
     /// Packed weights read per run, in MB.
     pub weight_mb: f64,
-    /// Measured DRAM read bandwidth of the session's threads, GB/s.
+    /// Measured DRAM read bandwidth of the session's threads, GB/s (the best of three
+    /// probes spread over the run, as the FMA peak).
     pub read_gbps: f64,
+    pub read_gbps_lowest: f64,
+    /// The probes disagreed by more than `samples::STEADY`, or a layer ran above the best
+    /// FMA probe: the floor, stream and peak columns are then bounds.
+    pub noisy: bool,
     pub layers: Vec<LayerRow>,
 }
 
@@ -111,9 +121,22 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         session.run(&input)?;
         progress.inc(1);
     }
-    progress.set_message("timing");
+    // Per worker, a buffer well beyond its share of any L3, without gigabytes on big hosts.
+    let mib = (1024 / session.threads()).clamp(16, 64);
+    let (mut peaks, mut reads) = (Samples::default(), Samples::default());
+    let mut probe = |session: &Session, progress: &indicatif::ProgressBar| {
+        progress.set_message("measuring the FMA peak and the DRAM bandwidth");
+        peaks.push(lab::peak_gflops(session, 100));
+        reads.push(lab::read_gbps(session, mib, 100));
+        progress.set_message("timing");
+    };
+    // Before, between and after the timed runs: the best of the three is the machine's.
+    probe(session, &progress);
     let mut profile: Option<Profile> = None;
-    for _ in 0..config.runs {
+    for run in 0..config.runs {
+        if run == config.runs / 2 {
+            probe(session, &progress);
+        }
         let p = session.profile(&input, 1)?;
         profile = Some(match profile {
             None => p,
@@ -128,14 +151,11 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         });
         progress.inc(1);
     }
-    progress.set_message("measuring the FMA peak");
-    let peak = lab::peak_gflops(session, 300);
+    probe(session, &progress);
+    progress.set_message("measuring the bf16 and int8 peaks");
     let mixed_peaks = lab::mixed_peaks(session.threads(), 200);
-    progress.set_message("measuring the DRAM bandwidth");
-    // Per worker, a buffer well beyond its share of any L3, without gigabytes on big hosts.
-    let mib = (1024 / session.threads()).clamp(16, 64);
-    let read_gbps = lab::read_gbps(session, mib, 300);
     progress.finish_and_clear();
+    let (peak, read_gbps) = (peaks.best(), reads.best());
     let profile = profile.expect("at least one run");
 
     let layer_ms: Vec<f64> = profile.layers.iter().map(|t| median(t)).collect();
@@ -173,6 +193,8 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         })
         .collect::<Result<_>>()?;
     let median_ms = median(&profile.total);
+    // A layer whose multiplies ran faster than the best probe means the probes were slowed.
+    let beaten = layers.iter().any(|l| l.gflops > peak);
     let min_ms = profile.total.iter().min().expect("runs").as_secs_f64() * 1e3;
     let flops = 2 * model.network().cost(h, w)?.macs * n as u64;
     Ok(Report {
@@ -189,6 +211,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         flops,
         effective_gflops: flops as f64 / median_ms / 1e6,
         peak_gflops: peak,
+        peak_gflops_lowest: peaks.lowest(),
         mixed_peaks,
         isa: session.isa().name(),
         head_ms,
@@ -197,6 +220,8 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         roofline_ms: layers.iter().map(|l| l.floor_ms.max(l.stream_ms)).sum(),
         weight_mb: layers.iter().map(|l| l.weight_mb).sum(),
         read_gbps,
+        read_gbps_lowest: reads.lowest(),
+        noisy: beaten || !peaks.steady() || !reads.steady(),
         layers,
     })
 }
@@ -252,7 +277,7 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
             l.median_ms,
             l.floor_ms,
             l.stream_ms,
-            100.0 * l.floor_ms / l.median_ms,
+            percent_of_peak(l.floor_ms / l.median_ms),
             l.gflops,
             l.effective_gflops,
             100.0 * l.share
@@ -265,9 +290,9 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
          weights {:.1} MB per run, DRAM {:.1} GB/s",
         report.layers_ms,
         report.floor_ms,
-        100.0 * report.floor_ms / report.layers_ms,
+        percent_of_peak(report.floor_ms / report.layers_ms),
         report.roofline_ms,
-        100.0 * report.roofline_ms / report.layers_ms,
+        percent_of_peak(report.roofline_ms / report.layers_ms),
         report.weight_mb,
         report.read_gbps
     )?;
@@ -283,14 +308,22 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
             mixed += &format!(", {name} {rate:.1} {unit} ({:.1}x)", rate / report.peak_gflops);
         }
     }
+    if report.noisy {
+        let mut peaks = Samples::default();
+        peaks.push(report.peak_gflops_lowest);
+        peaks.push(report.peak_gflops);
+        writeln!(out, "{}", noise_line("FMA peak", &peaks, "GFLOP/s"))?;
+    }
     writeln!(
         out,
-        "median {:.3} ms (min {:.3}), {:.1} images/s, {:.1} effective GFLOP/s; measured FMA peak {:.1} GFLOP/s{} on {} thread{}",
+        "median {:.3} ms (min {:.3}), {:.1} images/s, {:.1} effective GFLOP/s; measured FMA peak {:.1} GFLOP/s \
+         (best of 3, lowest {:.1}){} on {} thread{}",
         report.median_ms,
         report.min_ms,
         report.images_per_s,
         report.effective_gflops,
         report.peak_gflops,
+        report.peak_gflops_lowest,
         mixed,
         report.threads,
         if report.threads == 1 { "" } else { "s" }

@@ -17,6 +17,7 @@ use repvgg::runtime::{
 mod bench;
 mod density;
 mod exit;
+mod samples;
 mod serve;
 
 #[derive(Parser)]

@@ -615,6 +615,9 @@ fn bench_prints_json_and_a_plot() {
     assert!(v["median_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(v["batch"].as_u64(), Some(2));
     assert!(v["peak_gflops"].as_f64().unwrap() > 1.0);
+    // The best of the probes spread over the run, and the lowest beside it.
+    assert!(v["peak_gflops_lowest"].as_f64().unwrap() <= v["peak_gflops"].as_f64().unwrap());
+    assert!(v["noisy"].is_boolean());
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 22);
     let (peak, gbps) = (v["peak_gflops"].as_f64().unwrap(), v["read_gbps"].as_f64().unwrap());
@@ -659,6 +662,12 @@ fn bench_prints_json_and_a_plot() {
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("stage3.1") && table.contains(" f4 ") && table.contains("images/s"), "{table}");
     assert!(table.contains("multiplies at the FMA peak") && table.contains(" stream "), "{table}");
+    // Shares of the measured peak are never printed above 100%, however noisy the host
+    // (a noisy run says so on a line of its own).
+    for share in table.split_whitespace().filter_map(|w| w.strip_suffix('%')).filter_map(|w| w.parse::<f64>().ok()) {
+        assert!(share <= 100.0, "a share of {share}% in\n{table}");
+    }
+    assert!(table.contains("(best of 3, lowest "), "{table}");
 }
 
 /// Deploy-form synthetic weights of the architecture `toml` in `dir/w.safetensors`, each
