@@ -15,6 +15,7 @@ use repvgg::runtime::{
 };
 
 mod bench;
+mod classify;
 mod density;
 mod exit;
 mod samples;
@@ -156,17 +157,9 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
-    /// Classify JPEG/PNG images with an ImageNet model: top-5 classes per image.
-    Classify {
-        /// An ImageNet-1k model.
-        #[command(flatten)]
-        model: WeightsArgs,
-        #[command(flatten)]
-        run: RunArgs,
-        /// Images to classify (run as one batch).
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-    },
+    /// Classify JPEG/PNG files and folders of them: top-k classes per image, streamed in
+    /// batches; unreadable images are reported and skipped (exit 6 at the end).
+    Classify(classify::ClassifyArgs),
     /// Serve the model over the Open Inference Protocol (KServe v2): HTTP and gRPC, with
     /// dynamic batching, until SIGTERM or SIGINT (then drain and exit 0).
     Serve(serve::ServeArgs),
@@ -430,34 +423,6 @@ fn bench(
     Ok(())
 }
 
-fn classify(model: &WeightsArgs, run: &RunArgs, images: &[PathBuf]) -> Result<()> {
-    let options = run.options(false)?;
-    let model = model.load()?;
-    let classes = model.network().num_classes;
-    let labels = repvgg::imagenet::labels();
-    if classes != labels.len() {
-        return Err(repvgg::Error::Option(format!(
-            "the model has {classes} classes; classify needs an ImageNet-1k model ({} classes)",
-            labels.len()
-        ))
-        .into());
-    }
-    let batch = repvgg::imagenet::load_batch(images)?;
-    let logits = model.session(options)?.run(&batch)?;
-    let mut out = String::new();
-    for (i, path) in images.iter().enumerate() {
-        let row = &logits.data()[i * classes..(i + 1) * classes];
-        let max = row.iter().fold(f32::MIN, |m, v| m.max(*v));
-        let total: f32 = row.iter().map(|v| (v - max).exp()).sum();
-        writeln!(out, "{}:", path.display())?;
-        for (class, logit) in logits.top_k(i, 5) {
-            let p = (logit - max).exp() / total;
-            writeln!(out, "  {:>6.2}%  {:>4}  {}", 100.0 * p, class, labels[class])?;
-        }
-    }
-    print(&out)
-}
-
 /// The `time` protocol: one command per line, one answer line each. A failed `write`
 /// answers `error: ...` and the server keeps going; only a failed inference, or standard
 /// input or output failing, ends it.
@@ -558,7 +523,7 @@ fn run(cli: Cli) -> Result<()> {
             let config = bench::Config { batch, height: size.0, width: size.1, runs, warmup };
             bench(arch.as_deref(), weights.as_deref(), config, options, json, plot.as_deref())
         }
-        Command::Classify { model, run, images } => classify(&model, &run, &images),
+        Command::Classify(args) => classify::classify(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Time { model, input, run } => time_server(&model, &input, run.options(false)?),
         Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()),

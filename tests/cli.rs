@@ -732,9 +732,110 @@ fn classify_prints_the_top5_per_image() {
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot decode image"), "{}", stderr(&out));
 
+    assert!(stderr(&out).contains("1 of 1 inputs could not be classified"), "{}", stderr(&out));
+
+    // A model of another class count prints class indices (no names) instead of refusing.
     let out = repvgg(&["classify", "--weights", &fixture("tiny-se", "train.safetensors"), a.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().skip(1).all(|l| l.split_whitespace().count() == 2), "{text}");
+}
+
+/// Top-k (index, score) per path from `classify --json` output.
+/// One image's classes as `classify --json` gives them: (index, score, label).
+type TopK = Vec<(u64, f64, Option<String>)>;
+
+fn classify_json(stdout: &[u8]) -> Vec<(String, TopK)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let top = v["top_k"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (t["index"].as_u64().unwrap(), t["score"].as_f64().unwrap(), t["label"].as_str().map(String::from))
+                })
+                .collect();
+            (v["path"].as_str().unwrap().to_string(), top)
+        })
+        .collect()
+}
+
+/// A folder of 40 images in nested folders, one corrupt image and one non-image file,
+/// streamed in batches of 8: every image once, in sorted order, the corrupt one reported
+/// and counted in the exit (6), the same scores as one batch; labels, CSV and --top-k.
+#[test]
+fn classify_streams_a_folder_in_batches_and_skips_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("photos");
+    let mut expected = Vec::new();
+    for i in 0..40u8 {
+        let sub = root.join(format!("d{}", i % 3)).join(if i % 2 == 0 { "even" } else { "odd" });
+        std::fs::create_dir_all(&sub).unwrap();
+        let name = sub.join(format!("img{i:02}.{}", if i % 5 == 0 { "PNG" } else { "png" }));
+        png(&name, i.wrapping_mul(13).wrapping_add(1));
+        expected.push(name.display().to_string());
+    }
+    let corrupt = root.join("d1").join("broken.png");
+    std::fs::write(&corrupt, b"\x89PNG but not really").unwrap();
+    std::fs::write(root.join("d0").join("notes.txt"), b"not an image").unwrap();
+    expected.sort();
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, (0..10).map(|i| format!("digit {i}\n")).collect::<String>()).unwrap();
+    let weights = fixture("trained-digits", "train.safetensors");
+    let arch = fixture("trained-digits", "arch.toml");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["classify", "--weights", &weights, "--arch", &arch];
+        args.extend_from_slice(extra);
+        args.push(root.to_str().unwrap());
+        repvgg(&args)
+    };
+
+    let out = run(&["--batch", "8", "--json", "--labels", labels.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("broken.png") && err.contains("cannot decode"), "{err}");
+    assert!(err.contains("1 of 41 inputs could not be classified"), "{err}");
+    let batched = classify_json(&out.stdout);
+    assert_eq!(batched.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), expected);
+    for (_, top) in &batched {
+        assert_eq!(top.len(), 5);
+        assert!(top.iter().all(|(i, _, l)| l.as_deref() == Some(format!("digit {i}").as_str())), "{top:?}");
+    }
+
+    // One batch of all 41 files, without labels: the same classes and scores.
+    let out = run(&["--batch", "64", "--json"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let whole = classify_json(&out.stdout);
+    assert_eq!(whole.len(), batched.len());
+    for ((pa, a), (pb, b)) in batched.iter().zip(&whole) {
+        assert_eq!(pa, pb);
+        for ((ia, sa, _), (ib, sb, lb)) in a.iter().zip(b) {
+            assert!(lb.is_none());
+            assert!((sa - sb).abs() <= 1e-5 * sa.abs().max(sb.abs()) + 1e-7, "{pa}: {sa} vs {sb}");
+            assert!(ia == ib || (sa - sb).abs() < 1e-5, "{pa}: class {ia} vs {ib}");
+        }
+    }
+
+    let out = run(&["--batch", "8", "--csv", "--top-k", "3"]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "path,rank,index,label,score");
+    assert_eq!(lines.len(), 1 + 3 * 40, "{text}");
+    assert!(lines[1].starts_with(&format!("{},1,", expected[0])) && lines[3].contains(",3,"), "{text}");
+    let row: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(row.len(), 5, "{}", lines[1]);
+    assert!(row[3].is_empty() && row[4].parse::<f64>().is_ok(), "{}", lines[1]);
+
+    // A labels file of the wrong length is a usage error, before anything runs.
+    std::fs::write(&labels, "zero\none\n").unwrap();
+    let out = run(&["--labels", labels.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("ImageNet-1k"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has 2 lines; the model has 10 classes"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
 }
 
 #[test]
