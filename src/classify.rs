@@ -12,10 +12,9 @@ use std::sync::mpsc;
 use anyhow::Result;
 use clap::Args;
 use rayon::prelude::*;
-use repvgg::graph::ArchSpec;
-use repvgg::runtime::{Model, Tensor};
+use repvgg::runtime::Tensor;
 
-use crate::{RunArgs, model_options, stdout_error};
+use crate::{RunArgs, stdout_error, weights_or_synthetic};
 
 /// `repvgg classify` flags.
 #[derive(Args)]
@@ -152,12 +151,7 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     } else {
         Format::Text
     };
-    let model = match &args.weights {
-        Some(path) => Model::load(path, &model_options(args.arch.as_deref())?)?,
-        None => {
-            Model::synthetic(ArchSpec::resolve(args.arch.as_deref().unwrap_or("A0")).map_err(repvgg::Error::from)?, 0)?
-        }
-    };
+    let model = weights_or_synthetic(args.weights.as_deref(), args.arch.as_deref())?;
     let max_batch = model.limits().max_batch;
     if args.batch == 0 || args.batch > max_batch {
         return Err(repvgg::Error::Option(format!("--batch must be from 1 to {max_batch}")).into());

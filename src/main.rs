@@ -224,6 +224,15 @@ fn parse_size(text: &str) -> Result<(usize, usize), String> {
     }
 }
 
+/// The model `--weights` names (checked against `--arch`), or without weights the
+/// deterministic synthetic weights (seed 0) of `--arch`, A0 by default.
+fn weights_or_synthetic(weights: Option<&Path>, arch: Option<&str>) -> Result<Model> {
+    Ok(match weights {
+        Some(path) => Model::load(path, &model_options(arch)?)?,
+        None => Model::synthetic(ArchSpec::resolve(arch.unwrap_or("A0")).map_err(repvgg::Error::from)?, 0)?,
+    })
+}
+
 fn model_options(arch: Option<&str>) -> Result<ModelOptions> {
     let arch = arch.map(ArchSpec::resolve).transpose().map_err(repvgg::Error::from)?;
     Ok(ModelOptions { arch, ..ModelOptions::default() })
@@ -402,10 +411,7 @@ fn bench(
         return Err(repvgg::Error::Option("--runs must be at least 1".into()).into());
     }
     let plot = plot.map(|p| Output::new(p, &inputs(&[weights, arch.map(Path::new)]))).transpose()?;
-    let model = match weights {
-        Some(path) => Model::load(path, &model_options(arch)?)?,
-        None => Model::synthetic(ArchSpec::resolve(arch.unwrap_or("A0")).map_err(repvgg::Error::from)?, 0)?,
-    };
+    let model = weights_or_synthetic(weights, arch)?;
     let limits = model.limits();
     limits.check_input(model.network(), &[config.batch, 3, config.height, config.width])?;
     let mut session = model.session(options)?;

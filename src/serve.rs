@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use repvgg::graph::ArchSpec;
 use repvgg::runtime::{AlgoChoice, Model};
 use repvgg_serve::{Config, Level, Server};
 
@@ -153,10 +152,7 @@ impl ServeArgs {
     }
 
     fn model(&self) -> Result<Model> {
-        Ok(match &self.weights {
-            Some(weights) => Model::load(weights, &crate::model_options(self.arch.as_deref())?)?,
-            None => Model::synthetic(ArchSpec::resolve(self.arch.as_deref().unwrap_or("A0"))?, 0)?,
-        })
+        crate::weights_or_synthetic(self.weights.as_deref(), self.arch.as_deref())
     }
 }
 
