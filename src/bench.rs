@@ -8,7 +8,7 @@ use anyhow::Result;
 use repvgg::runtime::lab::{self, MixedPeaks};
 
 use crate::samples::{Samples, noise_line, percent_of_peak};
-use repvgg::runtime::{Profile, Session};
+use repvgg::runtime::{Precision, Profile, Session};
 use repvgg::{Model, Tensor};
 
 /// What to measure.
@@ -18,6 +18,8 @@ pub struct Config {
     pub width: usize,
     pub runs: usize,
     pub warmup: usize,
+    /// A line for the header (how an INT8 model was calibrated, when `bench` did it).
+    pub note: Option<String>,
 }
 
 /// Per-layer results.
@@ -76,6 +78,10 @@ pub struct Report {
     pub mixed_peaks: MixedPeaks,
     /// The kernel set that ran (`avx512`, `avx2`, `portable`).
     pub isa: &'static str,
+    /// The session's arithmetic (`f32`, `int8`) and, in INT8, its int8 kernel set.
+    pub precision: Precision,
+    pub int8_kernels: Option<&'static str>,
+    pub note: Option<String>,
     pub head_ms: f64,
     /// Summed layer times (without the head).
     pub layers_ms: f64,
@@ -179,7 +185,10 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
                 stride: lp.stride,
                 input: [lp.h, lp.w],
                 output: [lp.oh, lp.ow],
-                algo: lp.algo.name().to_string(),
+                algo: match lp.precision {
+                    Precision::F32 => lp.algo.name().to_string(),
+                    precision => format!("{}-{precision}", lp.algo),
+                },
                 flops,
                 multiplies,
                 median_ms: ms,
@@ -214,6 +223,9 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         peak_gflops_lowest: peaks.lowest(),
         mixed_peaks,
         isa: session.isa().name(),
+        precision: session.precision(),
+        int8_kernels: session.int8_kernels().map(|k| k.name()),
+        note: config.note.clone(),
         head_ms,
         layers_ms,
         floor_ms: layers.iter().map(|l| l.floor_ms).sum(),
@@ -229,16 +241,21 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
 /// Prints the report as a table.
 pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "{}", report.model)?;
+    if let Some(note) = &report.note {
+        writeln!(out, "{note}")?;
+    }
     writeln!(
         out,
-        "batch {} at {}x{}, {} thread{}, {} timed runs, {} kernels",
+        "batch {} at {}x{}, {} thread{}, {} timed runs, {} kernels, {}{}",
         report.batch,
         report.height,
         report.width,
         report.threads,
         if report.threads == 1 { "" } else { "s" },
         report.runs,
-        report.isa
+        report.isa,
+        report.precision,
+        report.int8_kernels.map(|k| format!(" ({k} int8 kernels)")).unwrap_or_default()
     )?;
     writeln!(
         out,

@@ -71,7 +71,7 @@ fn is_image(path: &Path) -> bool {
 /// extension: the user chose them), folders searched recursively for images, each
 /// folder's images in sorted path order so that runs are repeatable. Folders that cannot
 /// be listed are reported and counted as failures.
-fn collect(paths: &[PathBuf], failures: &mut usize, report: &dyn Fn(&str)) -> Vec<PathBuf> {
+pub(crate) fn collect(paths: &[PathBuf], failures: &mut usize, report: &dyn Fn(&str)) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>, failures: &mut usize, report: &dyn Fn(&str)) {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,

@@ -10,14 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use repvgg::files::Output;
 use repvgg::graph::{ArchSpec, Network};
 use repvgg::runtime::{
-    Algo, AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, Plan, SessionOptions, check_build_features,
-    loader, worker_count,
+    Algo, AlgoChoice, ErrorKind, IsaChoice, Limits, Model, ModelOptions, Plan, Precision, SessionOptions,
+    check_build_features, loader, worker_count,
 };
 
 mod bench;
 mod classify;
 mod density;
 mod exit;
+mod quantize;
 mod samples;
 mod serve;
 
@@ -66,6 +67,10 @@ struct RunArgs {
     /// session's own team (what an embedder that lends its rayon pool gets).
     #[arg(long)]
     rayon: bool,
+    /// Arithmetic: f32 or int8 (default: the weights file's; int8 needs a file written by
+    /// `repvgg quantize`, except in `bench`, which calibrates on synthetic inputs).
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 impl RunArgs {
@@ -83,7 +88,21 @@ impl RunArgs {
         } else {
             None
         };
-        Ok(SessionOptions { threads, algo, autotune, isa: isa_choice(&self.isa)?, pool, ..Default::default() })
+        let precision = self
+            .precision
+            .as_deref()
+            .map(str::parse::<Precision>)
+            .transpose()
+            .map_err(|e| repvgg::Error::Option(format!("--precision: {e}")))?;
+        Ok(SessionOptions {
+            threads,
+            algo,
+            autotune,
+            isa: isa_choice(&self.isa)?,
+            pool,
+            precision,
+            ..Default::default()
+        })
     }
 }
 
@@ -204,6 +223,9 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Quantize a model to INT8: per-channel s8 weights, u8 activation scales calibrated
+    /// on sample inputs, measured FP32 fallback; writes a weights file every command loads.
+    Quantize(quantize::QuantizeArgs),
     /// Convert training-time weights to the deploy form (official names, F32).
     Convert {
         /// Input weights in any supported form.
@@ -402,7 +424,7 @@ fn infer(model: &WeightsArgs, input: &Path, output: &Path, run: &RunArgs) -> Res
 fn bench(
     arch: Option<&str>,
     weights: Option<&Path>,
-    config: bench::Config,
+    mut config: bench::Config,
     options: SessionOptions,
     json: bool,
     plot: Option<&Path>,
@@ -411,9 +433,17 @@ fn bench(
         return Err(repvgg::Error::Option("--runs must be at least 1".into()).into());
     }
     let plot = plot.map(|p| Output::new(p, &inputs(&[weights, arch.map(Path::new)]))).transpose()?;
-    let model = weights_or_synthetic(weights, arch)?;
+    let mut model = weights_or_synthetic(weights, arch)?;
     let limits = model.limits();
     limits.check_input(model.network(), &[config.batch, 3, config.height, config.width])?;
+    if options.precision == Some(Precision::Int8) && model.precision() == Precision::F32 {
+        model = quantize::synthetic(&model, config.height, config.width, options.threads)?;
+        config.note = Some(format!(
+            "INT8 calibrated on {} synthetic inputs (uniform in [-1, 1)): timings are real, accuracy is not \
+             measured; quantize real weights on real images with `repvgg quantize`",
+            quantize::SYNTHETIC_SAMPLES
+        ));
+    }
     let mut session = model.session(options)?;
     let report = bench::run(&model, &mut session, &config)?;
     let mut out = Vec::new();
@@ -439,7 +469,11 @@ fn time_server(model_args: &WeightsArgs, input: &Path, options: SessionOptions) 
     let mut session = model.session(options)?;
     let mut logits = session.run(&x)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "ready {} ({} kernels)", model.description(), session.isa()).map_err(stdout_error)?;
+    let kernels = match session.int8_kernels() {
+        Some(int8) => format!("{} kernels, int8 {}", session.isa(), int8.name()),
+        None => format!("{} kernels", session.isa()),
+    };
+    writeln!(out, "ready {} ({kernels})", model.description()).map_err(stdout_error)?;
     out.flush().map_err(stdout_error)?;
     let read_only = inputs(&[Some(&model_args.weights), Some(input), model_args.arch_path()]);
     for line in std::io::stdin().lock().lines() {
@@ -526,12 +560,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Infer { model, input, output, run } => infer(&model, &input, &output, &run),
         Command::Bench { arch, weights, batch, size, run, autotune, runs, warmup, json, plot } => {
             let options = run.options(autotune)?;
-            let config = bench::Config { batch, height: size.0, width: size.1, runs, warmup };
+            let config = bench::Config { batch, height: size.0, width: size.1, runs, warmup, note: None };
             bench(arch.as_deref(), weights.as_deref(), config, options, json, plot.as_deref())
         }
         Command::Classify(args) => classify::classify(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Time { model, input, run } => time_server(&model, &input, run.options(false)?),
+        Command::Quantize(args) => quantize::run(&args),
         Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()),
         Command::Density { channels, size, batch, threads, runs, isa, paper, json, plot } => {
             let config = if paper {

@@ -14,7 +14,7 @@ use repvgg_simd::{Dispatch, dispatch};
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
 use crate::exec::depthwise::{self, DepthwiseShape, DepthwiseWeights};
-use crate::exec::{self, ConvExecutor, ConvShape, InputLayout, PackedWeights, RunContext};
+use crate::exec::{self, ConvExecutor, ConvShape, InputLayout, LayerWeights, PackedWeights, RunContext};
 use crate::kernels::probe;
 pub use crate::kernels::probe_mixed::{
     Latencies, MixedPeaks, Probe, amx_bf16_matmul, amx_int8_matmul, amx_u8s8_matmul, instruction_table, latencies,
@@ -131,7 +131,7 @@ impl Conv {
         }
         Ok(Conv {
             executor,
-            packed: executor.pack(&shape, weights),
+            packed: executor.pack(&shape, LayerWeights::f32(weights)),
             deploy: if executor.reads_deploy_kernel() { weights.to_vec() } else { Vec::new() },
             bias: padded_bias(bias),
             shared: vec![0.0; executor.shared_len(&shape)],

@@ -43,6 +43,7 @@ mod limits;
 pub mod loader;
 mod model;
 mod plan;
+mod quant;
 pub mod reference;
 mod session;
 mod team;
@@ -51,9 +52,13 @@ mod tensor;
 pub use cpu::check_build_features;
 
 pub use error::{Error, ErrorKind, Result};
+pub use kernels::int8::Int8Set;
 pub use limits::{Limits, check_finite};
 pub use model::{Model, ModelOptions};
 pub use plan::{Algo, AlgoChoice, LayerPlan, Plan, Precision};
+pub use quant::{
+    Calibration, DEFAULT_AUTO_THRESHOLD, Int8Layer, KeepFp32, LayerReport, QuantInfo, QuantReport, QuantizeOptions,
+};
 pub use repvgg_simd::{Isa, IsaChoice};
 pub use session::{DEFAULT_SPIN, Features, MAX_CACHED_PLANS, Profile, Session, SessionOptions, worker_count};
 pub use tensor::Tensor;

@@ -59,6 +59,8 @@ pub struct SafetensorsFile {
     path: PathBuf,
     map: Bytes,
     tensors: BTreeMap<String, Entry>,
+    /// The header's `__metadata__` (string to string).
+    metadata: BTreeMap<String, String>,
 }
 
 /// Largest safetensors header accepted, in bytes. Real checkpoints have a few hundred to
@@ -131,7 +133,8 @@ impl SafetensorsFile {
                 });
             }
         }
-        Ok(SafetensorsFile { path, map, tensors })
+        let metadata = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
+        Ok(SafetensorsFile { path, map, tensors, metadata })
     }
 
     pub fn path(&self) -> &Path {
@@ -141,6 +144,29 @@ impl SafetensorsFile {
     /// Dtype name of a tensor (`F32`, `BF16`, ...).
     pub fn dtype(&self, name: &str) -> Option<String> {
         self.tensors.get(name).map(|e| format!("{:?}", e.dtype))
+    }
+
+    /// The header's `__metadata__` entries.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// An I8 tensor's elements, borrowed from the map; any other dtype is an error.
+    pub fn tensor_i8(&self, name: &str) -> Result<&[i8]> {
+        let entry = self.tensors.get(name).ok_or_else(|| {
+            Error::Graph(repvgg_graph::Error::MissingTensor {
+                name: name.to_string(),
+                hint: format!(" in {}", self.path.display()),
+            })
+        })?;
+        if entry.dtype != Dtype::I8 {
+            return Err(Error::Dtype {
+                path: self.path.clone(),
+                tensor: entry.stored_name.clone(),
+                dtype: format!("{:?} (expected I8)", entry.dtype),
+            });
+        }
+        Ok(bytemuck::cast_slice(&self.map[entry.start..entry.end]))
     }
 
     /// A tensor converted to f32, borrowed from the map when possible.
@@ -315,17 +341,53 @@ pub fn write_tensors<'a>(
     output: &Output,
     tensors: impl IntoIterator<Item = (String, Vec<usize>, &'a [f32])>,
 ) -> Result<()> {
+    write_safetensors(output, &BTreeMap::new(), tensors.into_iter().map(|(n, s, d)| (n, s, TensorData::F32(d))))
+}
+
+/// A tensor's elements, for [`write_safetensors`].
+#[derive(Debug, Clone, Copy)]
+pub enum TensorData<'a> {
+    F32(&'a [f32]),
+    I8(&'a [i8]),
+}
+
+impl TensorData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            TensorData::F32(d) => d.len(),
+            TensorData::I8(d) => d.len(),
+        }
+    }
+
+    fn dtype(&self) -> (&'static str, usize) {
+        match self {
+            TensorData::F32(_) => ("F32", 4),
+            TensorData::I8(_) => ("I8", 1),
+        }
+    }
+}
+
+/// Writes named tensors and `metadata` (besides `producer`) as a safetensors file through
+/// `output`, atomically and streaming, as [`write_tensors`].
+pub fn write_safetensors<'a>(
+    output: &Output,
+    metadata: &BTreeMap<String, String>,
+    tensors: impl IntoIterator<Item = (String, Vec<usize>, TensorData<'a>)>,
+) -> Result<()> {
     let tensors: Vec<_> = tensors.into_iter().collect();
-    let mut header = String::from(r#"{"__metadata__":{"producer":"repvgg-rs"}"#);
+    let mut meta = BTreeMap::from([("producer".to_string(), "repvgg-rs".to_string())]);
+    meta.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut header = format!(r#"{{"__metadata__":{}"#, serde_json::to_string(&meta).expect("strings serialize"));
     let mut offset = 0usize;
     for (name, shape, data) in &tensors {
         if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(data.len()) {
             return Err(Error::Option(format!("tensor `{name}` has {} values for shape {shape:?}", data.len())));
         }
-        let end = offset + 4 * data.len();
+        let (dtype, size) = data.dtype();
+        let end = offset + size * data.len();
         let name = serde_json::to_string(name).expect("strings serialize");
         let dims = shape.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
-        header += &format!(r#",{name}:{{"dtype":"F32","shape":[{dims}],"data_offsets":[{offset},{end}]}}"#);
+        header += &format!(r#",{name}:{{"dtype":"{dtype}","shape":[{dims}],"data_offsets":[{offset},{end}]}}"#);
         offset = end;
     }
     header.push('}');
@@ -337,12 +399,14 @@ pub fn write_tensors<'a>(
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(header.as_bytes())?;
         for (_, _, data) in &tensors {
-            if cfg!(target_endian = "little") {
-                w.write_all(bytemuck::cast_slice(data))?;
-            } else {
-                for v in *data {
-                    w.write_all(&v.to_le_bytes())?;
+            match data {
+                TensorData::F32(data) if cfg!(target_endian = "little") => w.write_all(bytemuck::cast_slice(data))?,
+                TensorData::F32(data) => {
+                    for v in *data {
+                        w.write_all(&v.to_le_bytes())?;
+                    }
                 }
+                TensorData::I8(data) => w.write_all(bytemuck::cast_slice(data))?,
             }
         }
         Ok(())

@@ -5,13 +5,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network};
+use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network, TensorSource};
 
 use crate::error::{Error, Result};
-use crate::exec::{PackedWeights, REGISTRY};
+use crate::exec::{LayerWeights, PackedWeights, REGISTRY};
 use crate::limits::{Limits, check_output};
 use crate::loader::SafetensorsFile;
 use crate::plan::LayerPlan;
+use crate::quant::{self, Dequantized, Quantization};
 use crate::reference;
 use crate::tensor::Tensor;
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
@@ -42,6 +43,8 @@ struct Inner {
     layers: Vec<LayerCache>,
     /// Bytes of weights held: the deploy weights and every packing built so far.
     held_bytes: AtomicUsize,
+    /// INT8 parameters of a quantized model.
+    quant: Option<Quantization>,
 }
 
 /// A loaded, re-parameterized RepVGG model.
@@ -70,7 +73,10 @@ impl Model {
     /// Builds a model from a parsed safetensors file.
     pub fn from_safetensors(file: &SafetensorsFile, options: &ModelOptions) -> Result<Model> {
         let path = file.path();
-        let resolved = repvgg_graph::resolve(file, options.arch.as_ref()).map_err(|e| match e {
+        let quantized = quant::is_quantized(file);
+        let dequantized = Dequantized::new(file);
+        let source: &dyn TensorSource = if quantized { &dequantized } else { file };
+        let resolved = repvgg_graph::resolve(source, options.arch.as_ref()).map_err(|e| match e {
             // Name the file for errors that come from the names and shapes inside it.
             repvgg_graph::Error::BadWeights(msg) => {
                 Error::Graph(repvgg_graph::Error::BadWeights(format!("{}: {msg}", path.display())))
@@ -89,11 +95,36 @@ impl Model {
             resolved.network.num_classes,
             path.display()
         );
+        if quantized {
+            let quantization = quant::read(file, &resolved.network)?;
+            let description = format!(
+                "{description}, INT8 ({} calibration, {} samples)",
+                quantization.info.calibration, quantization.info.samples
+            );
+            return Model::from_parts_quantized(
+                resolved.network,
+                resolved.weights,
+                options.limits.clone(),
+                description,
+                Some(quantization),
+            );
+        }
         Model::from_parts(resolved.network, resolved.weights, options.limits.clone(), description)
     }
 
     /// Builds a model from a network and deploy weights already in memory.
     pub fn from_parts(network: Network, weights: DeployWeights, limits: Limits, description: String) -> Result<Model> {
+        Model::from_parts_quantized(network, weights, limits, description, None)
+    }
+
+    /// [`Model::from_parts`] with INT8 parameters (whose dequantized weights `weights` holds).
+    pub(crate) fn from_parts_quantized(
+        network: Network,
+        weights: DeployWeights,
+        limits: Limits,
+        description: String,
+        quant: Option<Quantization>,
+    ) -> Result<Model> {
         if weights.layers.len() != network.layers.len() {
             return Err(Error::Option(format!(
                 "{} layers of weights for a network of {} layers",
@@ -126,7 +157,19 @@ impl Model {
             })
             .collect();
         let held_bytes = AtomicUsize::new(held);
-        Ok(Model { inner: Arc::new(Inner { network, weights, limits, description, layers, held_bytes }) })
+        if let Some(q) = &quant {
+            for (layer, int8) in network.layers.iter().zip(&q.layers) {
+                let Some(int8) = int8 else { continue };
+                let (k, per) = (layer.out_channels, layer.in_channels / layer.groups * 9);
+                if int8.weight.len() != k * per || int8.weight_scale.len() != k {
+                    return Err(Error::Option(format!(
+                        "INT8 weights of {} do not match the layer shape",
+                        layer.name()
+                    )));
+                }
+            }
+        }
+        Ok(Model { inner: Arc::new(Inner { network, weights, limits, description, layers, held_bytes, quant }) })
     }
 
     /// A model with deterministic synthetic weights (the embedded default of `repvgg bench`),
@@ -186,6 +229,11 @@ impl Model {
         Ok(self.prepare(layer)?.bytes())
     }
 
+    /// The model's INT8 parameters, if it is quantized.
+    pub(crate) fn quant(&self) -> Option<&Quantization> {
+        self.inner.quant.as_ref()
+    }
+
     /// Padded bias of layer `index`.
     pub(crate) fn bias(&self, index: usize) -> &[f32] {
         &self.inner.layers[index].bias
@@ -217,7 +265,9 @@ impl Model {
         let prepared = slot
             .get_or_init(|| {
                 built = true;
-                Arc::from(executor.pack(&shape, &self.weights().layers[lp.index].conv.weight))
+                let int8 = self.quant().and_then(|q| q.layers[lp.index].as_ref());
+                let weights = LayerWeights { deploy: &self.weights().layers[lp.index].conv.weight, int8 };
+                Arc::from(executor.pack(&shape, weights))
             })
             .clone();
         if built {

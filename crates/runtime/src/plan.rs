@@ -49,19 +49,38 @@ impl fmt::Display for Algo {
     }
 }
 
-/// The arithmetic a layer runs in. FP32 is the only one so far; it keeps every guarantee
-/// (bitwise identical results for any thread count, the error bounds of the tests).
+/// The arithmetic a layer runs in. Both keep results bitwise identical for any thread
+/// count and, in INT8, for every kernel set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 pub enum Precision {
+    /// FP32 throughout: the error bounds of the tests against the f64 reference.
     #[default]
     F32,
+    /// u8 activations and per-channel s8 weights of a quantized model, summed exactly in
+    /// i32 (`repvgg quantize`, [`Model::quantize`](crate::Model::quantize)); the stem and
+    /// the layers the model keeps in FP32 run FP32.
+    Int8,
 }
 
 impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
+            Precision::Int8 => "int8",
         }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let name = s.trim().to_ascii_lowercase();
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::Option(format!("unknown precision `{s}` (f32, int8)")))
     }
 }
 
@@ -233,6 +252,20 @@ impl Plan {
         let mut plan = Plan { n, h, w, layers, activation_len: 0, transformed_len: 0, scratch_len: 0, pooled_len: 0 };
         plan.size_buffers(network);
         plan
+    }
+
+    /// Runs the layers marked in `int8` (by network index) in INT8 where the INT8
+    /// executor can (the stem cannot: it reads signed RGB), the others as planned.
+    pub(crate) fn with_int8(mut self, network: &Network, int8: &[bool], isa: Isa) -> Plan {
+        let executor = exec::lookup(Algo::Direct, Precision::Int8).1;
+        for lp in &mut self.layers {
+            if int8.get(lp.index).copied().unwrap_or(false) && executor.supports(&lp.shape(self.n), isa) {
+                (lp.algo, lp.precision) = (executor.algo(), executor.precision());
+            }
+        }
+        (self.activation_len, self.transformed_len, self.scratch_len, self.pooled_len) = (0, 0, 0, 0);
+        self.size_buffers(network);
+        self
     }
 
     fn size_buffers(&mut self, network: &Network) {

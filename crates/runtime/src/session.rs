@@ -40,6 +40,10 @@ pub struct SessionOptions {
     /// inference thread, because its helpers spin between the network's loops instead of
     /// sleeping (docs/library.md).
     pub pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    /// Arithmetic: `None` runs the model's own ([`Model::precision`]: INT8 for a quantized
+    /// model, else FP32). FP32 on a quantized model runs its dequantized weights; INT8 on
+    /// a float model is refused (quantize it first).
+    pub precision: Option<Precision>,
 }
 
 /// Default [`SessionOptions::spin`].
@@ -54,6 +58,7 @@ impl Default for SessionOptions {
             spin: DEFAULT_SPIN,
             isa: IsaChoice::Auto,
             pool: None,
+            precision: None,
         }
     }
 }
@@ -161,6 +166,9 @@ impl Arena {
     }
 }
 
+/// What [`Session::run_observed`] calls with each layer's output.
+pub(crate) type Observer<'a> = dyn FnMut(&LayerPlan, &[f32]) + 'a;
+
 /// A thread team, cached plans and working memory for running one model.
 ///
 /// Sessions are `Send`: give each serving thread its own, or share one behind a mutex.
@@ -173,6 +181,10 @@ pub struct Session {
     workers: usize,
     plans: PlanCache,
     arena: Arena,
+    /// The arithmetic this session runs in.
+    precision: Precision,
+    /// Layers (by network index) this session runs in INT8.
+    int8: Vec<bool>,
 }
 
 /// Plans a session keeps, least recently used evicted first. A plan is a few kilobytes,
@@ -245,11 +257,45 @@ impl Session {
                 (team, workers)
             }
         };
-        Ok(Session { model, options, isa, team, workers, plans: PlanCache::new(), arena: Arena::new(workers) })
+        let precision = options.precision.unwrap_or(model.precision());
+        let int8 = match precision {
+            Precision::F32 => Vec::new(),
+            Precision::Int8 => match model.int8_layers() {
+                Some(layers) => layers,
+                None => {
+                    return Err(Error::Option(
+                        "INT8 needs a quantized model (repvgg quantize, Model::quantize); this one has float weights"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        Ok(Session {
+            model,
+            options,
+            isa,
+            team,
+            workers,
+            plans: PlanCache::new(),
+            arena: Arena::new(workers),
+            precision,
+            int8,
+        })
     }
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// The arithmetic this session runs in (INT8 runs the stem, and the layers a quantized
+    /// model keeps in FP32, in FP32).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The int8 kernel set this session's INT8 layers run, if it runs any.
+    pub fn int8_kernels(&self) -> Option<crate::Int8Set> {
+        (self.precision == Precision::Int8).then(|| crate::kernels::int8::Int8Kernels::for_dispatch(self.isa).set())
     }
 
     /// Worker threads of this session.
@@ -326,7 +372,7 @@ impl Session {
     pub fn run_slice(&mut self, input: &[f32], shape: &[usize], logits: &mut [f32]) -> Result<()> {
         let shape = self.check_slices(input, shape, logits)?;
         check_finite(input, shape)?;
-        self.forward(input, shape, logits, None, None)?;
+        self.forward(input, shape, logits, None, None, None)?;
         check_output("logits", logits, &[shape[0], self.model.network().num_classes])
     }
 
@@ -341,7 +387,7 @@ impl Session {
     pub fn run_rows(&mut self, input: &[f32], shape: &[usize], logits: &mut [f32]) -> Result<Vec<Option<Error>>> {
         let shape = self.check_slices(input, shape, logits)?;
         let [n, c, h, w] = shape;
-        self.forward(input, shape, logits, None, None)?;
+        self.forward(input, shape, logits, None, None, None)?;
         let classes = self.model.network().num_classes;
         Ok((0..n)
             .map(|i| {
@@ -361,6 +407,21 @@ impl Session {
             .collect())
     }
 
+    /// Runs a checked batch and shows `observe` every layer's output (channel-blocked, as
+    /// the next layer reads it) as soon as it is computed; returns the logits.
+    pub(crate) fn run_observed(
+        &mut self,
+        input: &Tensor,
+        observe: &mut dyn FnMut(&LayerPlan, &[f32]),
+    ) -> Result<Tensor> {
+        let mut logits = Tensor::zeros(vec![input.shape()[0], self.model.network().num_classes]);
+        let shape = self.check_slices(input.data(), input.shape(), logits.data())?;
+        check_finite(input.data(), shape)?;
+        self.forward(input.data(), shape, logits.data_mut(), None, None, Some(observe))?;
+        check_output("logits", logits.data(), logits.shape())?;
+        Ok(logits)
+    }
+
     /// Runs a batch and returns the logits and the four stage outputs (for backbone use).
     pub fn features(&mut self, input: &Tensor) -> Result<Features> {
         self.features_slice(input.data(), input.shape())
@@ -375,7 +436,7 @@ impl Session {
         let shape = self.check_slices(input, shape, logits.data())?;
         check_finite(input, shape)?;
         let mut stages = Vec::with_capacity(4);
-        self.forward(input, shape, logits.data_mut(), Some(&mut stages), None)?;
+        self.forward(input, shape, logits.data_mut(), Some(&mut stages), None, None)?;
         check_output("logits", logits.data(), logits.shape())?;
         for (s, stage) in stages.iter().enumerate() {
             check_output(&format!("stage {} output", s + 1), stage.data(), stage.shape())?;
@@ -415,7 +476,7 @@ impl Session {
         let mut times = vec![Duration::ZERO; layers + 1];
         for _ in 0..repeats {
             let start = Instant::now();
-            self.forward(input.data(), [n, 3, h, w], &mut logits, None, Some(&mut times))?;
+            self.forward(input.data(), [n, 3, h, w], &mut logits, None, Some(&mut times), None)?;
             profile.total.push(start.elapsed());
             check_output("logits", &logits, &[n, classes])?;
             for (l, t) in times[..layers].iter().enumerate() {
@@ -437,7 +498,12 @@ impl Session {
         if self.plans.contains((n, h, w)) {
             return Ok(());
         }
-        let mut plan = Plan::for_choice(self.model.network(), n, h, w, self.options.algo, self.isa.isa());
+        let network = self.model.network();
+        let mut plan = Plan::for_choice(network, n, h, w, self.options.algo, self.isa.isa()).with_int8(
+            network,
+            &self.int8,
+            self.isa.isa(),
+        );
         self.reserve(&plan)?;
         if self.options.autotune && self.options.algo == AlgoChoice::Auto {
             plan = self.autotune(plan)?;
@@ -464,6 +530,9 @@ impl Session {
         let network = self.model.network().clone();
         let mut chosen: Vec<_> = plan.layers.iter().map(|lp| lp.executor().1).collect();
         for i in 0..plan.layers.len() {
+            if plan.layers[i].precision != Precision::F32 {
+                continue;
+            }
             let shape = plan.layers[i].shape(n);
             let candidates: Vec<_> = REGISTRY
                 .iter()
@@ -476,7 +545,8 @@ impl Session {
             let mut best = (Duration::MAX, chosen[i]);
             for executor in candidates {
                 // The other layers take the fallback: only this one's packing matters.
-                let trial = Plan::new(&network, n, h, w, isa, |lp| (lp.index == i).then_some(executor));
+                let trial = Plan::new(&network, n, h, w, isa, |lp| (lp.index == i).then_some(executor))
+                    .with_int8(&network, &self.int8, isa);
                 self.reserve(&trial)?;
                 let lp = trial.layers[i].clone();
                 let mut fastest = Duration::MAX;
@@ -492,7 +562,7 @@ impl Session {
             chosen[i] = best.1;
         }
         // Re-derive buffer sizes for the chosen mix.
-        plan = Plan::new(&network, n, h, w, isa, |lp| Some(chosen[lp.index]));
+        plan = Plan::new(&network, n, h, w, isa, |lp| Some(chosen[lp.index])).with_int8(&network, &self.int8, isa);
         self.reserve(&plan)?;
         Ok(plan)
     }
@@ -521,6 +591,7 @@ impl Session {
         logits: &mut [f32],
         mut stages: Option<&mut Vec<Tensor>>,
         mut times: Option<&mut Vec<Duration>>,
+        mut observe: Option<&mut Observer<'_>>,
     ) -> Result<()> {
         let [n, _, h, w] = shape;
         self.ensure_plan(n, h, w)?;
@@ -543,6 +614,9 @@ impl Session {
                 conv_layer(isa, model, lp, n, src, dst, &mut buffers);
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
+                }
+                if let Some(observe) = observe.as_deref_mut() {
+                    observe(lp, dst);
                 }
                 if let Some(stages) = stages.as_deref_mut()
                     && lp.index > 0

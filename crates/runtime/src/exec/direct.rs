@@ -15,7 +15,7 @@
 use repvgg_simd::{Isa, dispatch};
 
 use super::schedule::{Schedule, Work};
-use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunContext, downcast};
+use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
 use crate::buffers::SharedMut;
 use crate::kernels::gemm::{Epilogue, Gemm, MR, NR};
 use crate::kernels::im2col::{self, Geometry, PLANAR_MAX_KD};
@@ -49,7 +49,8 @@ impl ConvExecutor for Direct {
         DirectWeights::len(s.input, s.kernel, s.out_channels, s.in_per_group(), s.groups)
     }
 
-    fn pack(&self, s: &ConvShape, weight: &[f32]) -> Box<dyn PackedWeights> {
+    fn pack(&self, s: &ConvShape, weights: LayerWeights<'_>) -> Box<dyn PackedWeights> {
+        let weight = weights.deploy;
         assert!(self.supports(s, Isa::Portable), "unsupported direct layer");
         Box::new(DirectWeights::pack(s.input, s.kernel, weight, s.out_channels, s.in_per_group(), s.groups))
     }
@@ -176,7 +177,7 @@ fn geometry(s: &ConvShape) -> Geometry {
 }
 
 /// Target size of one chunk of panels, in floats (1 MiB).
-const CHUNK_FLOATS: usize = 1 << 18;
+pub const CHUNK_FLOATS: usize = 1 << 18;
 
 /// Layers whose packed weights fit in this many bytes run fused (`exec::schedule`); the
 /// network input always does.
@@ -298,16 +299,16 @@ fn run(ctx: RunContext<'_>) {
 /// The output pixels of one column panel: how many exist and where each one's first
 /// channel block starts, computed once per panel (the divisions would otherwise dominate
 /// small reductions such as the stem's 27).
-struct PanelPixels {
-    count: usize,
+pub(super) struct PanelPixels {
+    pub count: usize,
     /// Offset of pixel j in output channel block 0; block kb adds `kb * plane * 16`.
-    base: [usize; NR],
+    pub base: [usize; NR],
     /// Floats of one output channel block (`plane * 16`).
-    block_stride: usize,
+    pub block_stride: usize,
 }
 
 impl PanelPixels {
-    fn new(s: &ConvShape, panel: usize) -> PanelPixels {
+    pub fn new(s: &ConvShape, panel: usize) -> PanelPixels {
         let plane = s.oh * s.ow;
         let out_blocks = channel_blocks(s.out_channels);
         let count = NR.min(s.n * plane - panel * NR);
@@ -387,7 +388,7 @@ mod tests {
         input: &[f32],
     ) -> Vec<f32> {
         let mut output = vec![0f32; shape.n * channel_blocks(shape.out_channels) * shape.oh * shape.ow * CHANNEL_BLOCK];
-        let packed = Direct.pack(shape, weights);
+        let packed = Direct.pack(shape, LayerWeights::f32(weights));
         let mut shared = vec![f32::NAN; Direct.shared_len(shape)];
         let scratch = Scratch::new(team.threads(), Direct.scratch_len(shape));
         let ctx = RunContext {

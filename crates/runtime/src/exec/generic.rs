@@ -5,7 +5,7 @@
 
 use repvgg_simd::{Dispatch, Isa, Simd, dispatch};
 
-use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunContext};
+use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext};
 use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
@@ -52,8 +52,8 @@ impl ConvExecutor for Generic {
         0
     }
 
-    fn pack(&self, _: &ConvShape, weight: &[f32]) -> Box<dyn PackedWeights> {
-        Box::new(DeployKernel { bytes: std::mem::size_of_val(weight) })
+    fn pack(&self, _: &ConvShape, weights: LayerWeights<'_>) -> Box<dyn PackedWeights> {
+        Box::new(DeployKernel { bytes: std::mem::size_of_val(weights.deploy) })
     }
 
     fn shared_len(&self, _: &ConvShape) -> usize {

@@ -5,6 +5,8 @@
 //!
 //! - [`direct`]: implicit-im2col GEMM (stride-2 layers, the stem, small maps; kernel
 //!   sides 1, 3, 5 and 7 on the channel-blocked layout);
+//! - [`direct_int8`]: the same GEMM in INT8 (u8 activations, s8 weights, i32 sums), for
+//!   the layers of a quantized model;
 //! - [`winograd`]: Winograd F(m,3) for stride-1 layers, one executor per variant;
 //! - [`generic`]: a plain loop for group shapes without whole channel blocks;
 //! - [`schedule`]: the fused and two-phase schedules direct and Winograd share;
@@ -26,9 +28,11 @@ use repvgg_simd::{Dispatch, Isa};
 
 use crate::buffers::Scratch;
 use crate::plan::{Algo, Precision};
+use crate::quant::Int8Layer;
 
 pub(crate) mod depthwise;
 pub(crate) mod direct;
+pub(crate) mod direct_int8;
 pub(crate) mod generic;
 pub(crate) mod pointwise;
 pub(crate) mod schedule;
@@ -39,7 +43,7 @@ pub(crate) mod winograd;
 /// it (direct for stride-2 layers and the stem, generic for group shapes without whole
 /// channel blocks). The automatic choice also breaks cost ties in this order.
 pub(crate) static REGISTRY: &[&dyn ConvExecutor] =
-    &[&direct::Direct, &winograd::F2, &winograd::F4, &winograd::F6, &generic::Generic];
+    &[&direct::Direct, &winograd::F2, &winograd::F4, &winograd::F6, &generic::Generic, &direct_int8::DirectInt8];
 
 /// The registry entry that runs `algo` in `precision`, and its index (the key of the
 /// model's weight cache).
@@ -93,6 +97,22 @@ pub(crate) trait PackedWeights: Any + Send + Sync + fmt::Debug {
     /// Bytes read per run (at batch 1 a network's Winograd filters exceed the L3, so this
     /// is the layer's DRAM stream).
     fn bytes(&self) -> usize;
+}
+
+/// A layer's weights as the model holds them, for [`ConvExecutor::pack`].
+#[derive(Clone, Copy)]
+pub(crate) struct LayerWeights<'a> {
+    /// The deploy kernel `[K][C/groups][k][k]` (of an INT8 model: its weights dequantized).
+    pub deploy: &'a [f32],
+    /// The layer's INT8 parameters, where the model has them.
+    pub int8: Option<&'a Int8Layer>,
+}
+
+impl<'a> LayerWeights<'a> {
+    /// Float weights only.
+    pub fn f32(deploy: &'a [f32]) -> LayerWeights<'a> {
+        LayerWeights { deploy, int8: None }
+    }
 }
 
 /// The constants of the cost model that depend on the machine rather than on an
@@ -163,8 +183,9 @@ pub(crate) trait ConvExecutor: Sync {
     /// building it (for the weight limit).
     fn packed_len(&self, shape: &ConvShape) -> usize;
 
-    /// Packs the deploy kernel `[K][C/groups][k][k]` of a supported layer.
-    fn pack(&self, shape: &ConvShape, weight: &[f32]) -> Box<dyn PackedWeights>;
+    /// Packs a supported layer's weights (the deploy kernel `[K][C/groups][k][k]`, or its
+    /// INT8 form for an INT8 executor).
+    fn pack(&self, shape: &ConvShape, weights: LayerWeights<'_>) -> Box<dyn PackedWeights>;
 
     /// Floats of the shared buffer `run` needs for this shape (and batch).
     fn shared_len(&self, shape: &ConvShape) -> usize;

@@ -19,7 +19,7 @@ use repvgg_simd::{Isa, Simd, dispatch};
 use repvgg_winograd::{FilterPanel, PackedFilters, Variant, input_tile, output_tile_raw};
 
 use super::schedule::{Schedule, Work};
-use super::{ConvExecutor, ConvShape, CostModel, InputLayout, PackedWeights, RunContext, downcast};
+use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
 use crate::buffers::SharedMut;
 use crate::kernels::gemm::{Gemm, MR, NR, StoreBlocked};
 use crate::plan::{Algo, Precision};
@@ -71,7 +71,8 @@ impl ConvExecutor for Winograd {
     }
 
     /// The filter transform `U = G g G^T`, packed in weight panels of `MR` output channels.
-    fn pack(&self, s: &ConvShape, weight: &[f32]) -> Box<dyn PackedWeights> {
+    fn pack(&self, s: &ConvShape, weights: LayerWeights<'_>) -> Box<dyn PackedWeights> {
+        let weight = weights.deploy;
         Box::new(
             PackedFilters::new(self.variant, weight, s.out_channels, s.in_per_group(), s.groups, MR)
                 .expect("layer shapes were validated"),

@@ -5,6 +5,8 @@
 //! - [`gemm`]: the register-blocked GEMM microkernel, with each instruction set's own
 //!   register blocking;
 //! - [`im2col`]: packing of the direct path's column panels;
+//! - [`int8`]: the INT8 panel product (u8 x s8 -> i32) per int8 kernel set, activation
+//!   quantization and requantization;
 //! - [`depthwise`]: the depthwise 3x3 plane (for `repvgg density`);
 //! - [`pointwise`]: pooling, squeeze-and-excitation and the classifier's dot products;
 //! - [`probe`]: the FMA-peak and DRAM-bandwidth probes that `repvgg bench` sets times
@@ -18,6 +20,7 @@
 pub mod depthwise;
 pub mod gemm;
 pub mod im2col;
+pub mod int8;
 pub mod pointwise;
 pub mod probe;
 pub mod probe_mixed;

@@ -1,0 +1,422 @@
+//! Direct convolution in INT8: the FP32 direct path's implicit-im2col GEMM with u8
+//! activations, s8 weights and exact i32 sums (`kernels::int8`).
+//!
+//! A layer runs in three steps, all inside its one call:
+//!
+//! 1. the channel-blocked FP32 input is quantized once to u8 (`x / s_x`, rounded, clamped
+//!    to `[0, 255]`) into the front of the shared buffer, in parallel chunks;
+//! 2. column panels of `NR` output pixels are packed from those bytes (16 channels of one
+//!    pixel per copy), as the FP32 path packs floats;
+//! 3. each (weight panel, column panel) product sums in i32 and its epilogue writes
+//!    `relu?(acc * s_x s_w[k] + bias[k])` as floats, channel-blocked, for the next layer.
+//!
+//! The schedule (fused or two-phase) is `exec::schedule`'s, with the panels' bytes held in
+//! its float buffers. Activations stay FP32 between layers, so INT8 and FP32 layers mix
+//! freely (the stem, SE blocks and the layers a quantized file keeps in FP32).
+
+use super::direct::{CHUNK_FLOATS, FUSED_WEIGHT_BYTES, PanelPixels, SIDES};
+use super::schedule::{Schedule, Work};
+use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
+use crate::buffers::SharedMut;
+use crate::kernels::gemm::{MR, NR};
+use crate::kernels::int8::{self, Int8Kernels, MAX_DEPTH, Tile};
+use crate::plan::{Algo, Precision};
+use crate::team::for_each_chunk_mut;
+use repvgg_simd::Isa;
+use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
+
+/// The direct executor (INT8).
+pub(crate) struct DirectInt8;
+
+/// Reduction depth of one group: whole channel blocks times the kernel's taps.
+fn depth(s: &ConvShape) -> usize {
+    channel_blocks(s.in_per_group()) * s.kernel * s.kernel * CHANNEL_BLOCK
+}
+
+/// Bytes of the quantized input, rounded up to whole floats of the shared buffer.
+fn quantized_floats(s: &ConvShape) -> usize {
+    (s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK).div_ceil(4)
+}
+
+/// The layer's panels and schedule (the FP32 direct path's, for bytes).
+fn work(s: &ConvShape) -> Work {
+    let (kd, k_pad) = (depth(s), channel_blocks(s.out_channels / s.groups) * CHANNEL_BLOCK);
+    let weight_bytes = s.groups * kd * k_pad;
+    // A column panel holds every group's reduction: NR columns of `groups * kd` bytes.
+    let panel_floats = s.groups * kd * NR / 4;
+    let schedule = if weight_bytes <= FUSED_WEIGHT_BYTES {
+        Schedule::Fused
+    } else {
+        Schedule::TwoPhase { chunk: (CHUNK_FLOATS / panel_floats).max(1) }
+    };
+    Work {
+        column_panels: (s.n * s.oh * s.ow).div_ceil(NR),
+        weight_panels: s.groups * k_pad.div_ceil(MR),
+        panel_floats,
+        schedule,
+    }
+}
+
+impl ConvExecutor for DirectInt8 {
+    fn algo(&self) -> Algo {
+        Algo::Direct
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::Int8
+    }
+
+    /// Channel-blocked input (the stem reads signed RGB and stays FP32), kernel sides in
+    /// [`SIDES`], whole channel blocks per group when there are groups, and a reduction
+    /// within [`MAX_DEPTH`].
+    fn supports(&self, s: &ConvShape, _: Isa) -> bool {
+        let whole_blocks = s.groups == 1
+            || (s.in_per_group().is_multiple_of(CHANNEL_BLOCK)
+                && (s.out_channels / s.groups).is_multiple_of(CHANNEL_BLOCK));
+        s.input == InputLayout::Blocked && SIDES.contains(&s.kernel) && whole_blocks && depth(s) <= MAX_DEPTH
+    }
+
+    /// The s8 weights and one f32 scale per padded output channel, in floats.
+    fn packed_len(&self, s: &ConvShape) -> usize {
+        let k_pad = channel_blocks(s.out_channels / s.groups) * CHANNEL_BLOCK;
+        s.groups * (depth(s) * k_pad).div_ceil(4) + s.groups * k_pad
+    }
+
+    fn pack(&self, s: &ConvShape, weights: LayerWeights<'_>) -> Box<dyn PackedWeights> {
+        assert!(self.supports(s, Isa::Portable), "unsupported INT8 direct layer");
+        let layer = weights.int8.expect("the INT8 executor runs only layers with INT8 weights");
+        Box::new(Int8Weights::pack(s, layer))
+    }
+
+    fn shared_len(&self, s: &ConvShape) -> usize {
+        quantized_floats(s) + work(s).shared_len()
+    }
+
+    fn scratch_len(&self, s: &ConvShape) -> usize {
+        work(s).scratch_len(0)
+    }
+
+    /// The FP32 direct path's cost at a quarter of the slots per multiply-add (`vpdpbusd`
+    /// does four per lane), plus a quarter of its weight stream.
+    fn cost(&self, s: &ConvShape, model: &CostModel) -> f64 {
+        let (cb, kb) = (channel_blocks(s.in_per_group()) as f64, channel_blocks(s.out_channels / s.groups) as f64);
+        let groups = s.groups as f64;
+        let weight_floats = groups * kb * cb * 256.0 * (s.kernel * s.kernel) as f64 / 4.0;
+        let pixels = (s.n * s.oh * s.ow) as f64;
+        groups * kb * cb * 4.0 * (s.kernel * s.kernel) as f64 * pixels / 0.9 + model.stream * weight_floats
+    }
+
+    fn run(&self, ctx: RunContext<'_>) {
+        run(ctx)
+    }
+}
+
+/// A layer's INT8 weights packed in panels of up to `MR` output channels, `[kd / 4][width]
+/// [4]` each (`kernels::int8`), with each output channel's combined scale `s_x s_w[k]`.
+#[derive(Debug)]
+struct Int8Weights {
+    kernel: usize,
+    groups: usize,
+    out_per_group: usize,
+    kd: usize,
+    k_pad: usize,
+    panels_per_group: usize,
+    data: Vec<i8>,
+    /// `s_x s_w[k]` per padded output channel (0 on padding), group-major.
+    scale: Vec<f32>,
+    /// `1 / s_x`.
+    inv_input_scale: f32,
+}
+
+impl PackedWeights for Int8Weights {
+    fn bytes(&self) -> usize {
+        self.data.len() + 4 * self.scale.len()
+    }
+}
+
+impl Int8Weights {
+    fn pack(s: &ConvShape, layer: &crate::quant::Int8Layer) -> Int8Weights {
+        let (cg, taps) = (s.in_per_group(), s.kernel * s.kernel);
+        assert_eq!(layer.weight.len(), s.out_channels * cg * taps, "INT8 weights do not match the layer");
+        assert_eq!(layer.weight_scale.len(), s.out_channels, "INT8 scales do not match the layer");
+        let out_per_group = s.out_channels / s.groups;
+        let (kd, k_pad) = (depth(s), channel_blocks(out_per_group) * CHANNEL_BLOCK);
+        let panels_per_group = k_pad.div_ceil(MR);
+        let mut data = vec![0i8; s.groups * kd * k_pad];
+        let mut scale = vec![0f32; s.groups * k_pad];
+        for g in 0..s.groups {
+            for b in 0..panels_per_group {
+                let k0 = b * MR;
+                let width = MR.min(k_pad - k0);
+                let base = g * kd * k_pad + k0 * kd;
+                for lane in 0..width.min(out_per_group.saturating_sub(k0)) {
+                    let k = g * out_per_group + k0 + lane;
+                    scale[g * k_pad + k0 + lane] = layer.input_scale * layer.weight_scale[k];
+                    for c in 0..cg {
+                        for tap in 0..taps {
+                            let row = ((c / CHANNEL_BLOCK) * taps + tap) * CHANNEL_BLOCK + c % CHANNEL_BLOCK;
+                            data[base + (row / 4) * width * 4 + lane * 4 + row % 4] =
+                                layer.weight[(k * cg + c) * taps + tap];
+                        }
+                    }
+                }
+            }
+        }
+        Int8Weights {
+            kernel: s.kernel,
+            groups: s.groups,
+            out_per_group,
+            kd,
+            k_pad,
+            panels_per_group,
+            data,
+            scale,
+            inv_input_scale: 1.0 / layer.input_scale,
+        }
+    }
+
+    /// Panel `b` of group `g`: its first output channel within the group, its width and data.
+    fn panel(&self, g: usize, b: usize) -> (usize, usize, &[i8]) {
+        let k0 = b * MR;
+        let width = MR.min(self.k_pad - k0);
+        let start = g * self.kd * self.k_pad + k0 * self.kd;
+        (k0, width, &self.data[start..start + self.kd * width])
+    }
+}
+
+/// Packs column panel `index` (`[groups * kd / 16][NR][16]` bytes) from the quantized
+/// channel-blocked input; pixels of the padding border and past the last pixel are 0.
+fn pack_panel(s: &ConvShape, input: &[u8], index: usize, panel: &mut [u8]) {
+    let (cb, taps, pad) = (channel_blocks(s.in_channels), s.kernel * s.kernel, s.kernel / 2);
+    let pixels = s.n * s.oh * s.ow;
+    for j in 0..NR {
+        let p = index * NR + j;
+        let at = |block: usize, tap: usize| ((block * taps + tap) * NR + j) * CHANNEL_BLOCK;
+        if p >= pixels {
+            for block in 0..cb {
+                for tap in 0..taps {
+                    panel[at(block, tap)..][..CHANNEL_BLOCK].fill(0);
+                }
+            }
+            continue;
+        }
+        let (image, oy, ox) = (p / (s.oh * s.ow), p / s.ow % s.oh, p % s.ow);
+        for block in 0..cb {
+            let plane = &input[(image * cb + block) * s.h * s.w * CHANNEL_BLOCK..][..s.h * s.w * CHANNEL_BLOCK];
+            for ky in 0..s.kernel {
+                let iy = (oy * s.stride + ky).wrapping_sub(pad);
+                for kx in 0..s.kernel {
+                    let ix = (ox * s.stride + kx).wrapping_sub(pad);
+                    let dst = &mut panel[at(block, ky * s.kernel + kx)..][..CHANNEL_BLOCK];
+                    if iy < s.h && ix < s.w {
+                        dst.copy_from_slice(&plane[(iy * s.w + ix) * CHANNEL_BLOCK..][..CHANNEL_BLOCK]);
+                    } else {
+                        dst.fill(0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Floats of the input quantized per parallel item (64 KiB of bytes).
+const QUANTIZE_CHUNK_FLOATS: usize = 1 << 14;
+
+/// Runs the convolution: `output = relu?(conv(input) + bias)`, channel-blocked out.
+fn run(ctx: RunContext<'_>) {
+    let RunContext { isa, shape, weights, bias, relu, input, output, shared, scratch, .. } = ctx;
+    let weights: &Int8Weights = downcast(weights);
+    let s = *shape;
+    let kernels = Int8Kernels::for_dispatch(isa);
+    let out_blocks = channel_blocks(s.out_channels);
+    assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
+    assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
+    let in_len = s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK;
+    assert!(input.len() >= in_len, "input buffer too small");
+    assert!(shared.len() >= DirectInt8.shared_len(shape), "shared panel buffer too small");
+    assert_eq!((weights.groups, weights.kernel), (s.groups, s.kernel), "weights packed for another layer");
+
+    let (quantized, shared) = shared.split_at_mut(quantized_floats(shape));
+    let inv = weights.inv_input_scale;
+    for_each_chunk_mut(quantized, QUANTIZE_CHUNK_FLOATS, |i, chunk| {
+        let start = i * QUANTIZE_CHUNK_FLOATS * 4;
+        let len = (in_len - start).min(chunk.len() * 4);
+        let bytes = &mut bytemuck::cast_slice_mut::<f32, u8>(chunk)[..len];
+        int8::quantize(kernels, &input[start..start + bytes.len()], inv, bytes);
+    });
+    let quantized: &[u8] = &bytemuck::cast_slice::<f32, u8>(quantized)[..in_len];
+
+    let out = SharedMut::new(output);
+    let pack = |col: usize, _: &PanelPixels, panel: &mut [f32]| {
+        pack_panel(&s, quantized, col, bytemuck::cast_slice_mut(panel));
+    };
+    let product = |weight_panel: usize, pixels: &PanelPixels, panel: &[f32], _: &mut [f32]| {
+        let (g, b) = (weight_panel / weights.panels_per_group, weight_panel % weights.panels_per_group);
+        let (k0, width, a) = weights.panel(g, b);
+        let panel = &bytemuck::cast_slice::<f32, u8>(panel)[g * weights.kd * NR..];
+        let mut tile: Tile = [0; MR * NR];
+        int8::panel_product(kernels, weights.kd, a, width, panel, pixels.count, &mut tile);
+        let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
+        let scale = &weights.scale[g * weights.k_pad + k0..];
+        let bias = &bias[first_block * CHANNEL_BLOCK..];
+        let first = first_block * pixels.block_stride;
+        let blocks = width / CHANNEL_BLOCK;
+        let end = first + pixels.base[pixels.count - 1] + (blocks - 1) * pixels.block_stride + CHANNEL_BLOCK;
+        // Each (pixel, channel block) is written by exactly one item: column panels
+        // partition the pixels and weight panels the channel blocks.
+        let region = out.raw(first, end - first);
+        for j in 0..pixels.count {
+            for blk in 0..blocks {
+                let at = pixels.base[j] + blk * pixels.block_stride;
+                // SAFETY: `at + 16 <= end - first` (the last pixel and block bound the
+                // region, and offsets grow with both), and no other item writes here.
+                let dst = unsafe { std::slice::from_raw_parts_mut(region.add(at), CHANNEL_BLOCK) };
+                let c = blk * CHANNEL_BLOCK;
+                int8::dequantize_block(&tile[j * MR + c..], &scale[c..], &bias[c..], relu, dst);
+            }
+        }
+    };
+    work(shape).run(shared, scratch, 0, |col| PanelPixels::new(&s, col), pack, product);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffers::Scratch;
+    use crate::kernels::int8::quantize_one;
+    use crate::quant::{Int8Layer, quantize_weights};
+    use crate::team::Team;
+    use repvgg_simd::Dispatch;
+
+    /// The layer by definition: codes of the channel-blocked input, i64 sums over the
+    /// zero-padded window, then the same float requantization (`dequantize_block`).
+    fn reference(s: &ConvShape, layer: &Int8Layer, bias: &[f32], relu: bool, input: &[f32]) -> Vec<f32> {
+        let (cb, kb) = (channel_blocks(s.in_channels), channel_blocks(s.out_channels));
+        let (cg, kg, pad) = (s.in_per_group(), s.out_channels / s.groups, s.kernel / 2);
+        let inv = 1.0 / layer.input_scale;
+        let at = |b: usize, c: usize, y: usize, x: usize| {
+            ((b * cb + c / CHANNEL_BLOCK) * s.h * s.w + y * s.w + x) * CHANNEL_BLOCK + c % CHANNEL_BLOCK
+        };
+        let mut out = vec![0f32; s.n * kb * s.oh * s.ow * CHANNEL_BLOCK];
+        for b in 0..s.n {
+            for k in 0..s.out_channels {
+                let g = k / kg;
+                let scale = layer.input_scale * layer.weight_scale[k];
+                for oy in 0..s.oh {
+                    for ox in 0..s.ow {
+                        let mut acc = 0i64;
+                        for c in 0..cg {
+                            for ky in 0..s.kernel {
+                                for kx in 0..s.kernel {
+                                    let (iy, ix) = (
+                                        (oy * s.stride + ky).wrapping_sub(pad),
+                                        (ox * s.stride + kx).wrapping_sub(pad),
+                                    );
+                                    if iy < s.h && ix < s.w {
+                                        let x = quantize_one(input[at(b, g * cg + c, iy, ix)], inv) as i64;
+                                        let w = layer.weight[((k * cg + c) * s.kernel + ky) * s.kernel + kx] as i64;
+                                        acc += x * w;
+                                    }
+                                }
+                            }
+                        }
+                        let mut y = [0f32; 16];
+                        let mut a = [0i32; 16];
+                        a[0] = acc as i32;
+                        let mut sc = [0f32; 16];
+                        sc[0] = scale;
+                        let mut bi = [0f32; 16];
+                        bi[0] = bias[k];
+                        int8::dequantize_block(&a, &sc, &bi, relu, &mut y);
+                        out[((b * kb + k / CHANNEL_BLOCK) * s.oh * s.ow + oy * s.ow + ox) * CHANNEL_BLOCK
+                            + k % CHANNEL_BLOCK] = y[0];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every kernel set this CPU runs (through the executor, with its packing, schedule
+    /// and epilogue) against the definition, bitwise: kernel sides 1 and 3, both strides,
+    /// groups, padded channels, odd sizes, panels across images, the fused and two-phase
+    /// schedules (the last shape's weights exceed `FUSED_WEIGHT_BYTES`), thread counts 1
+    /// and 2. The inputs include values past the clipping threshold (code 255) and the
+    /// shared buffer starts as NaN.
+    #[test]
+    fn every_set_matches_the_integer_definition_bitwise() {
+        for (kernel, c, k, groups, stride, n, h, w) in [
+            (3, 16, 16, 1, 1, 1, 7, 9),
+            (3, 40, 24, 1, 2, 2, 11, 8),
+            (1, 48, 40, 1, 1, 2, 5, 7),
+            (3, 32, 64, 2, 1, 1, 9, 9),
+            (3, 48, 48, 1, 1, 2, 14, 13),
+            (3, 640, 256, 1, 2, 1, 6, 6),
+        ] {
+            let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+            let s = ConvShape {
+                n,
+                kernel,
+                in_channels: c,
+                out_channels: k,
+                groups,
+                stride,
+                h,
+                w,
+                oh,
+                ow,
+                input: InputLayout::Blocked,
+            };
+            let mut seed = (kernel * 7919 + c * 1000 + k * 10 + stride) as u32;
+            let mut next = move || {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            };
+            let cg = c / groups;
+            let deploy: Vec<f32> = (0..k * cg * kernel * kernel).map(|_| next()).collect();
+            let (weight, weight_scale) = quantize_weights(&deploy, k, false);
+            let layer = Int8Layer { input_scale: 1.0 / 200.0, weight_scale, weight };
+            let mut bias: Vec<f32> = (0..k).map(|_| next()).collect();
+            bias.resize(channel_blocks(k) * CHANNEL_BLOCK, 0.0);
+            let cb = channel_blocks(c);
+            let mut input = vec![0f32; n * cb * h * w * CHANNEL_BLOCK];
+            for (i, v) in input.iter_mut().enumerate() {
+                if (i % CHANNEL_BLOCK) + (i / (h * w * CHANNEL_BLOCK) % cb) * CHANNEL_BLOCK < c {
+                    *v = (next() + 1.0) * 0.7;
+                }
+            }
+            assert!(DirectInt8.supports(&s, Isa::Portable));
+            let want = reference(&s, &layer, &bias, true, &input);
+            let packed = DirectInt8.pack(&s, LayerWeights { deploy: &deploy, int8: Some(&layer) });
+            for threads in [1, 2] {
+                let team = Team::new(threads, std::time::Duration::ZERO).unwrap();
+                for isa in Dispatch::all_supported() {
+                    let mut output = vec![f32::NAN; want.len()];
+                    let mut shared = vec![f32::NAN; DirectInt8.shared_len(&s)];
+                    let scratch = Scratch::new(team.threads(), DirectInt8.scratch_len(&s));
+                    let ctx = RunContext {
+                        isa,
+                        shape: &s,
+                        weights: &*packed,
+                        deploy: &deploy,
+                        bias: &bias,
+                        relu: true,
+                        input: &input,
+                        output: &mut output,
+                        shared: &mut shared,
+                        scratch: &scratch,
+                    };
+                    team.install(|| DirectInt8.run(ctx));
+                    for (i, (g, e)) in output.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            e.to_bits(),
+                            "{:?} threads {threads} {kernel}x{kernel} c{c} k{k} g{groups} s{stride}: element {i}: {g} vs {e}",
+                            isa.isa()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

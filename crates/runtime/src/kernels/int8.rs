@@ -1,0 +1,521 @@
+//! INT8 kernels: u8 activations times s8 weights, summed exactly in i32, then scaled back
+//! to floats. One kernel set per CPU feature level, each with the portable code as its
+//! scalar twin: integer sums are exact, so every set computes the same bits.
+//!
+//! The quantized layer (QARepVGG, Chu et al. 2022, section 3, for why RepVGG needs
+//! per-channel weights; the affine scheme is Jacob et al. 2018) is
+//!
+//! ```text
+//! x_q[c]    = clamp(round_half_even(x[c] / s_x), 0, 255)          (u8, zero point 0)
+//! w_q[k][c] = clamp(round_half_even(w[k][c] / s_w[k]), -127, 127) (s8, per output channel)
+//! acc[k]    = sum_c w_q[k][c] x_q[c]                              (i32, exact)
+//! y[k]      = relu?(f32(acc[k]) * (s_x s_w[k]) + bias[k])          (one product, one sum)
+//! ```
+//!
+//! Every RepVGG layer after the stem reads the output of a ReLU, so the activation's zero
+//! point is 0 and u8 spends all its 256 steps on the values that occur.
+//!
+//! # Layouts
+//!
+//! - Column panel (as the FP32 direct path's, in bytes): `[kd / 16][NR][16]` u8, so the 16
+//!   reduction values of column `j` in each 16-deep slice are contiguous and each 4-deep
+//!   group is one 32-bit word.
+//! - Weight panel: `[kd / 4][width][4]` s8, `width` 16 or 32 output channels: one 64-byte
+//!   row holds 16 channels' 4-deep groups, which is what `VPDPBUSD` multiplies a
+//!   broadcast 4-byte group with.
+//!
+//! # Kernel sets
+//!
+//! | set | needs | per instruction |
+//! |---|---|---|
+//! | `avx512-vnni` | avx512f, avx512bw, avx512vnni | `vpdpbusd zmm`: 16 channels x 4 deep, into i32 |
+//! | `avx2` | avx2 | `vpmaddwd ymm` on widened values: 4 channels x 4 deep, pairs into i32 |
+//! | `portable` | nothing | scalar i32 multiply-adds |
+//!
+//! The AVX2 set (also the one for AVX-512 CPUs without VNNI) widens both operands to
+//! 16 bits and uses `vpmaddwd`, whose pair sums cannot overflow (2 x 255 x 128 < 2^31),
+//! rather than `vpmaddubsw`, whose u8 x s8 pair sum saturates at 16 bits (2 x 255 x 127 =
+//! 64770 > 32767): the only ways around that saturation are 7-bit weights or inputs
+//! (ONNX Runtime's `reduce_range`), which would change the quantization for every set,
+//! or for this set alone, and break the bitwise agreement between sets.
+//!
+//! A sum of `kd` products is at most `kd x 255 x 128` in magnitude: [`MAX_DEPTH`] keeps it
+//! inside i32.
+
+use crate::kernels::gemm::{MR, NR};
+use repvgg_simd::layout::CHANNEL_BLOCK;
+use repvgg_simd::{Dispatch, Isa};
+
+/// Largest reduction depth whose sums fit i32 whatever the values: `kd x 255 x 128 <=
+/// i32::MAX`.
+pub const MAX_DEPTH: usize = i32::MAX as usize / (255 * 128);
+
+/// Bound of the symmetric weight range, `[-127, 127]` (-128 is never produced, so negating
+/// a weight channel cannot overflow).
+pub const WEIGHT_MAX: i32 = 127;
+
+/// Largest activation code.
+pub const ACTIVATION_MAX: f32 = 255.0;
+
+/// The int8 kernel sets, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Int8Set {
+    Vnni512,
+    Avx2,
+    Portable,
+}
+
+impl Int8Set {
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Set::Vnni512 => "avx512-vnni",
+            Int8Set::Avx2 => "avx2",
+            Int8Set::Portable => "portable",
+        }
+    }
+}
+
+/// An int8 kernel set this CPU was checked to run (the int8 counterpart of
+/// [`Dispatch`]): made only by [`Int8Kernels::for_dispatch`] and
+/// [`Int8Kernels::all_supported`], which check the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Int8Kernels(Int8Set);
+
+#[cfg(target_arch = "x86_64")]
+fn has_vnni512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+impl Int8Kernels {
+    /// The int8 set that goes with the float kernel set `dispatch`: forcing `avx2` or
+    /// `portable` (`--isa`, `REPVGG_ISA`) forces the same level here.
+    pub fn for_dispatch(dispatch: Dispatch) -> Int8Kernels {
+        match dispatch.isa() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if has_vnni512() => Int8Kernels(Int8Set::Vnni512),
+            // A Dispatch for either proves AVX2.
+            Isa::Avx512 | Isa::Avx2 => Int8Kernels(Int8Set::Avx2),
+            Isa::Portable => Int8Kernels(Int8Set::Portable),
+        }
+    }
+
+    /// Every int8 set this CPU runs, best first (for tests that cover them all).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn all_supported() -> Vec<Int8Kernels> {
+        let mut sets = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_vnni512() {
+                sets.push(Int8Kernels(Int8Set::Vnni512));
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                sets.push(Int8Kernels(Int8Set::Avx2));
+            }
+        }
+        sets.push(Int8Kernels(Int8Set::Portable));
+        sets
+    }
+
+    pub fn set(self) -> Int8Set {
+        self.0
+    }
+}
+
+/// The activation code of one value: `clamp(round_half_even(v * inv_scale), 0, 255)`,
+/// NaN to 0. The rounding adds and subtracts 2^23, which rounds a float in `[0, 2^23)` to
+/// an integer, ties to even, with two exact operations every vector set has; the clamps
+/// come first, in the order `vmaxps`/`vminps` evaluate them, so that every set computes
+/// the same code.
+#[inline(always)]
+pub fn quantize_one(v: f32, inv_scale: f32) -> u8 {
+    const MAGIC: f32 = 8_388_608.0;
+    let y = v * inv_scale;
+    let y = if y > 0.0 { y } else { 0.0 };
+    let y = if y < ACTIVATION_MAX { y } else { ACTIVATION_MAX };
+    ((y + MAGIC) - MAGIC) as u8
+}
+
+/// `dst[i] = quantize_one(src[i], inv_scale)`.
+pub fn quantize(k: Int8Kernels, src: &[f32], inv_scale: f32, dst: &mut [u8]) {
+    assert_eq!(src.len(), dst.len(), "quantize: source and destination lengths differ");
+    match k.0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an Int8Kernels of this set is made only after checking the CPU.
+        Int8Set::Vnni512 => unsafe { x86::quantize_avx512(src, inv_scale, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above (AVX2).
+        Int8Set::Avx2 => unsafe { x86::quantize_avx2(src, inv_scale, dst) },
+        _ => src.iter().zip(dst).for_each(|(v, q)| *q = quantize_one(*v, inv_scale)),
+    }
+}
+
+/// The accumulators of one panel product: `acc[j * MR + k]` for column `j` and output
+/// channel `k` of the weight panel.
+pub type Tile = [i32; MR * NR];
+
+/// `acc[j][k] = sum_d a[d][k] b[d][j]` for the first `cols` columns of the column panel `b`
+/// (`[kd / 16][NR][16]` u8) and the `width` channels of the weight panel `a` (`[kd / 4]
+/// [width][4]` s8). Columns from `cols` on are left as they were.
+pub fn panel_product(k: Int8Kernels, kd: usize, a: &[i8], width: usize, b: &[u8], cols: usize, acc: &mut Tile) {
+    assert!(kd.is_multiple_of(CHANNEL_BLOCK) && kd <= MAX_DEPTH, "reduction depth {kd}");
+    assert!(width == MR || width == CHANNEL_BLOCK, "weight panel width {width}");
+    assert!((1..=NR).contains(&cols), "{cols} columns");
+    assert!(a.len() >= kd * width && b.len() >= kd * NR, "panels shorter than their depth");
+    match k.0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the set's features (Int8Kernels), and the asserts above cover
+        // every read (kd * width weights, kd * NR panel bytes) and the tile's writes.
+        Int8Set::Vnni512 => unsafe {
+            match width {
+                MR => x86::vnni_panel::<2>(kd, a.as_ptr(), b.as_ptr(), cols, acc),
+                _ => x86::vnni_panel::<1>(kd, a.as_ptr(), b.as_ptr(), cols, acc),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above (AVX2).
+        Int8Set::Avx2 => unsafe {
+            for half in 0..width / CHANNEL_BLOCK {
+                x86::avx2_panel(kd, a.as_ptr(), width, half * CHANNEL_BLOCK, b.as_ptr(), cols, acc)
+            }
+        },
+        _ => portable_panel(kd, a, width, b, cols, acc),
+    }
+}
+
+/// The scalar twin of the panel product.
+fn portable_panel(kd: usize, a: &[i8], width: usize, b: &[u8], cols: usize, acc: &mut Tile) {
+    for j in 0..cols {
+        let row = &mut acc[j * MR..j * MR + width];
+        row.fill(0);
+        for q in 0..kd / 4 {
+            let x = &b[(q / 4) * NR * 16 + j * 16 + (q % 4) * 4..][..4];
+            let w = &a[q * width * 4..(q + 1) * width * 4];
+            for (k, sum) in row.iter_mut().enumerate() {
+                let w = &w[k * 4..k * 4 + 4];
+                *sum += (0..4).map(|t| x[t] as i32 * w[t] as i32).sum::<i32>();
+            }
+        }
+    }
+}
+
+/// `out[c] = relu?(f32(acc[c]) * scale[c] + bias[c])` for the 16 channels of one block:
+/// the requantization every set runs as this one loop, so it rounds the same everywhere
+/// (a product then a sum, never fused).
+#[inline(always)]
+pub fn dequantize_block(acc: &[i32], scale: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
+    let (acc, scale, bias, out) = (&acc[..16], &scale[..16], &bias[..16], &mut out[..16]);
+    for c in 0..16 {
+        let y = acc[c] as f32 * scale[c] + bias[c];
+        out[c] = if relu { repvgg_simd::relu(y) } else { y };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR, Tile};
+
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F and AVX-512BW; the slices have equal lengths.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_avx512(src: &[f32], inv_scale: f32, dst: &mut [u8]) {
+        let n = src.len() / 16 * 16;
+        let (inv, zero, top, magic) =
+            (_mm512_set1_ps(inv_scale), _mm512_setzero_ps(), _mm512_set1_ps(255.0), _mm512_set1_ps(8_388_608.0));
+        for i in (0..n).step_by(16) {
+            // SAFETY: i + 16 <= n <= both lengths.
+            unsafe {
+                let y = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), inv);
+                // max(y, 0) gives 0 for NaN (the second operand), as `quantize_one`.
+                let y = _mm512_min_ps(_mm512_max_ps(y, zero), top);
+                let y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y)));
+            }
+        }
+        for i in n..src.len() {
+            dst[i] = super::quantize_one(src[i], inv_scale);
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The CPU must have AVX2; the slices have equal lengths.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_avx2(src: &[f32], inv_scale: f32, dst: &mut [u8]) {
+        let n = src.len() / 8 * 8;
+        let (inv, zero, top, magic) =
+            (_mm256_set1_ps(inv_scale), _mm256_setzero_ps(), _mm256_set1_ps(255.0), _mm256_set1_ps(8_388_608.0));
+        for i in (0..n).step_by(8) {
+            // SAFETY: i + 8 <= n <= both lengths.
+            unsafe {
+                let y = _mm256_mul_ps(_mm256_loadu_ps(src.as_ptr().add(i)), inv);
+                let y = _mm256_min_ps(_mm256_max_ps(y, zero), top);
+                let y = _mm256_sub_ps(_mm256_add_ps(y, magic), magic);
+                let q = _mm256_cvttps_epi32(y);
+                let words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+                _mm_storel_epi64(dst.as_mut_ptr().add(i).cast(), _mm_packus_epi16(words, words));
+            }
+        }
+        for i in n..src.len() {
+            dst[i] = super::quantize_one(src[i], inv_scale);
+        }
+    }
+
+    /// The VNNI panel product for `16 MRV` channels: `2 MRV` accumulators per column.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512F/BW/VNNI; `a` valid for `kd * 16 MRV` reads, `b` for `kd * NR`;
+    /// `kd % 16 == 0`; `1 <= cols <= NR`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn vnni_panel<const MRV: usize>(kd: usize, a: *const i8, b: *const u8, cols: usize, acc: &mut Tile) {
+        // SAFETY: forwarded; each arm's C equals cols.
+        unsafe {
+            match cols {
+                1 => vnni_tile::<MRV, 1>(kd, a, b, acc),
+                2 => vnni_tile::<MRV, 2>(kd, a, b, acc),
+                3 => vnni_tile::<MRV, 3>(kd, a, b, acc),
+                4 => vnni_tile::<MRV, 4>(kd, a, b, acc),
+                5 => vnni_tile::<MRV, 5>(kd, a, b, acc),
+                6 => vnni_tile::<MRV, 6>(kd, a, b, acc),
+                7 => vnni_tile::<MRV, 7>(kd, a, b, acc),
+                8 => vnni_tile::<MRV, 8>(kd, a, b, acc),
+                9 => vnni_tile::<MRV, 9>(kd, a, b, acc),
+                10 => vnni_tile::<MRV, 10>(kd, a, b, acc),
+                11 => vnni_tile::<MRV, 11>(kd, a, b, acc),
+                _ => vnni_tile::<MRV, NR>(kd, a, b, acc),
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As [`vnni_panel`], with `C` columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn vnni_tile<const MRV: usize, const C: usize>(kd: usize, a: *const i8, b: *const u8, acc: &mut Tile) {
+        let mut sums = [[_mm512_setzero_si512(); MRV]; C];
+        for q in 0..kd / 4 {
+            // SAFETY: q < kd / 4, so the weight row (64 MRV bytes at q * 64 MRV) and the
+            // column words (4 bytes at slice q / 4, column j < C <= NR, group q % 4) are
+            // inside the panels.
+            unsafe {
+                let w: [__m512i; MRV] = std::array::from_fn(|r| _mm512_loadu_si512(a.add((q * MRV + r) * 64).cast()));
+                let x = b.add((q / 4) * NR * 16 + (q % 4) * 4);
+                for (j, sum) in sums.iter_mut().enumerate() {
+                    let xj = _mm512_set1_epi32(x.add(j * 16).cast::<i32>().read_unaligned());
+                    for r in 0..MRV {
+                        sum[r] = _mm512_dpbusd_epi32(sum[r], xj, w[r]);
+                    }
+                }
+            }
+        }
+        for (j, sum) in sums.iter().enumerate() {
+            for (r, v) in sum.iter().enumerate() {
+                // SAFETY: j < NR and r * 16 + 16 <= MR: inside the tile.
+                unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(j * MR + r * 16).cast(), *v) };
+            }
+        }
+    }
+
+    /// The AVX2 panel product for the 16 channels `ch0..ch0 + 16` of a `width`-wide panel,
+    /// two columns at a time: the four 4-channel groups' weights are widened to 16 bits
+    /// once per step and shared by both columns; `vpmaddwd` leaves each channel as two
+    /// partial sums, added at the end.
+    ///
+    /// # Safety
+    ///
+    /// AVX2; `a` valid for `kd * width` reads, `b` for `kd * NR`; `kd % 16 == 0`;
+    /// `ch0 + 16 <= width`; `1 <= cols <= NR`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn avx2_panel(
+        kd: usize,
+        a: *const i8,
+        width: usize,
+        ch0: usize,
+        b: *const u8,
+        cols: usize,
+        acc: &mut Tile,
+    ) {
+        let mut j = 0;
+        while j < cols {
+            // SAFETY: forwarded; columns j, j + 1 (when two) are below cols.
+            unsafe {
+                if cols - j >= 2 {
+                    avx2_tile::<2>(kd, a, width, ch0, b, j, acc)
+                } else {
+                    avx2_tile::<1>(kd, a, width, ch0, b, j, acc)
+                }
+            }
+            j += 2;
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As [`avx2_panel`], for columns `j0..j0 + C`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn avx2_tile<const C: usize>(
+        kd: usize,
+        a: *const i8,
+        width: usize,
+        ch0: usize,
+        b: *const u8,
+        j0: usize,
+        acc: &mut Tile,
+    ) {
+        let mut sums = [[_mm256_setzero_si256(); 4]; C];
+        for q in 0..kd / 4 {
+            // SAFETY: row q of the weight panel holds `width * 4` bytes and the 64 read
+            // start at ch0 * 4 <= (width - 16) * 4; the column words are in the panel as in
+            // the VNNI kernel.
+            unsafe {
+                let row = a.add(q * width * 4 + ch0 * 4);
+                let w: [__m256i; 4] =
+                    std::array::from_fn(|g| _mm256_cvtepi8_epi16(_mm_loadu_si128(row.add(g * 16).cast())));
+                let x = b.add((q / 4) * NR * 16 + (q % 4) * 4);
+                for (c, sum) in sums.iter_mut().enumerate() {
+                    let word = x.add((j0 + c) * 16).cast::<i32>().read_unaligned();
+                    let xj = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(word)));
+                    for g in 0..4 {
+                        sum[g] = _mm256_add_epi32(sum[g], _mm256_madd_epi16(w[g], xj));
+                    }
+                }
+            }
+        }
+        for (c, sum) in sums.iter().enumerate() {
+            // hadd leaves [k0 k1 k4 k5 | k2 k3 k6 k7]; the permute restores channel order.
+            let low = _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(sum[0], sum[1]));
+            let high = _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(sum[2], sum[3]));
+            let at = (j0 + c) * MR + ch0;
+            // SAFETY: column j0 + c < NR and ch0 + 16 <= MR: inside the tile.
+            unsafe {
+                _mm256_storeu_si256(acc.as_mut_ptr().add(at).cast(), low);
+                _mm256_storeu_si256(acc.as_mut_ptr().add(at + 8).cast(), high);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u32) -> impl FnMut() -> u32 {
+        let mut s = seed;
+        move || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            s >> 8
+        }
+    }
+
+    /// The plain definition, `sum_d a[d][k] b[d][j]` in i64, for the twins to match.
+    fn naive(kd: usize, a: &[i8], width: usize, b: &[u8], cols: usize) -> Vec<i64> {
+        let mut out = vec![0i64; cols * width];
+        for j in 0..cols {
+            for k in 0..width {
+                out[j * width + k] = (0..kd)
+                    .map(|d| {
+                        b[(d / 16) * NR * 16 + j * 16 + d % 16] as i64 * a[(d / 4) * width * 4 + k * 4 + d % 4] as i64
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// Every set against the i64 definition, bitwise: every column count, both widths,
+    /// depths from 16 to a 2048-channel 3x3 layer's; random values, then the saturation
+    /// corners (255 x 127 and 255 x -128 everywhere, the largest sums in magnitude).
+    #[test]
+    fn every_set_matches_the_definition_bitwise() {
+        let mut next = lcg(7);
+        for kd in [16, 32, 48, 144, 432, 1728, 2048 * 9] {
+            for width in [CHANNEL_BLOCK, MR] {
+                for fill in ["random", "255x127", "255x-128"] {
+                    let a: Vec<i8> = (0..kd * width)
+                        .map(|_| match fill {
+                            "random" => (next() % 255) as i32 - 127,
+                            "255x127" => 127,
+                            _ => -128,
+                        } as i8)
+                        .collect();
+                    let b: Vec<u8> =
+                        (0..kd * NR).map(|_| if fill == "random" { (next() % 256) as u8 } else { 255 }).collect();
+                    for cols in 1..=NR {
+                        let want = naive(kd, &a, width, &b, cols);
+                        for k in Int8Kernels::all_supported() {
+                            let mut tile = [i32::MIN; MR * NR];
+                            panel_product(k, kd, &a, width, &b, cols, &mut tile);
+                            for j in 0..cols {
+                                for c in 0..width {
+                                    assert_eq!(
+                                        tile[j * MR + c] as i64,
+                                        want[j * width + c],
+                                        "{:?} kd {kd} width {width} {fill} cols {cols}: column {j} channel {c}",
+                                        k.set()
+                                    );
+                                }
+                            }
+                            // Columns past `cols` are not written.
+                            assert!(tile[cols * MR..].iter().all(|&v| v == i32::MIN), "{:?}", k.set());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The largest depth keeps the worst-case sum inside i32.
+    #[test]
+    fn the_depth_bound_keeps_sums_in_i32() {
+        assert!(MAX_DEPTH as i64 * 255 * 128 <= i32::MAX as i64);
+        assert!((MAX_DEPTH as i64 + 1) * 255 * 128 > i32::MAX as i64);
+    }
+
+    /// Quantization: every set against `quantize_one`, bitwise, on ties (x.5 rounds to
+    /// even), the clamps, NaN, infinities, -0, denormals and random values, with lengths
+    /// that leave vector tails.
+    #[test]
+    fn every_set_quantizes_as_the_scalar_twin() {
+        let mut next = lcg(3);
+        let mut values: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            2.5,
+            254.5,
+            255.0,
+            255.49,
+            255.5,
+            256.0,
+            1e30,
+            -1.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE / 2.0,
+        ];
+        values.extend((0..1000).map(|_| (next() % 70_000) as f32 / 256.0 - 10.0));
+        for inv_scale in [1.0, 0.37, 3.0] {
+            for len in [values.len(), values.len() - 1, 15, 7, 1] {
+                let want: Vec<u8> = values[..len].iter().map(|v| quantize_one(*v, inv_scale)).collect();
+                for k in Int8Kernels::all_supported() {
+                    let mut got = vec![0u8; len];
+                    quantize(k, &values[..len], inv_scale, &mut got);
+                    assert_eq!(got, want, "{:?} inv_scale {inv_scale} len {len}", k.set());
+                }
+            }
+        }
+        assert_eq!(
+            [0.5, 1.5, 2.5, 3.5, 254.5, 255.5, -3.0, f32::NAN].map(|v| quantize_one(v, 1.0)),
+            [0, 2, 2, 4, 254, 255, 0, 0]
+        );
+    }
+}
