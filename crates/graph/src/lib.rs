@@ -17,7 +17,7 @@ pub use arch::ArchSpec;
 pub use error::{Error, Result};
 pub use network::{ConvLayer, Cost, LayerShape, Network};
 pub use weights::{
-    BatchNorm, BlockForm, ConvParams, Convention, DeployWeights, LayerParams, Resolved, Role, SeParams, TensorMap,
-    TensorSource, TensorSpec, TrainingBlock, TrainingWeights, expected_tensors, fuse_block, infer_arch, resolve,
-    resolve_training,
+    BatchNorm, BlockForm, ConvParams, Convention, DeployWeights, LayerParams, QaRepBlock, QaRepVariant, ResolveOptions,
+    Resolved, Role, SeParams, TensorMap, TensorSource, TensorSpec, TrainingBlock, TrainingWeights, expected_tensors,
+    fuse_block, fuse_qarep_block, infer_arch, resolve, resolve_training, resolve_with,
 };

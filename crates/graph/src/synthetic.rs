@@ -59,7 +59,8 @@ pub fn checkpoint(network: &Network, convention: Convention, form: BlockForm, se
     let mut map = TensorMap::new();
     let branch_scale = match form {
         BlockForm::Deploy => 1.0,
-        BlockForm::Training => 0.6,
+        BlockForm::Training | BlockForm::QaRep | BlockForm::QaRepV2 => 0.6,
+        BlockForm::QaRepDeploy => 1.0,
     };
     for spec in expected_tensors(network, convention, form) {
         let n: usize = spec.shape.iter().product();

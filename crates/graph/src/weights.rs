@@ -7,8 +7,23 @@
 //! | official | `stage0`, `stageS.J` | `rbr_reparam` | `rbr_dense`, `rbr_1x1`, `rbr_identity` | `se.down`, `se.up` | `linear` |
 //! | timm | `stem`, `stages.{S-1}.J` | `reparam_conv` | `conv_kxk`, `conv_1x1`, `identity` | `attn.fc1`, `attn.fc2` | `head.fc` |
 //!
+//! Under the official prefixes a block may also be a QARepVGG block (Chu et al., "Make
+//! RepVGG Greater Again: A Quantization-aware Approach", arXiv 2212.01593, in the form of
+//! YOLOv6's `QARepVGGBlock` / `QARepVGGBlockV2`, `yolov6/layers/common.py`):
+//!
+//! | form | tensors under the block prefix |
+//! |---|---|
+//! | QARepVGG training | `rbr_dense.conv.weight`, `rbr_dense.bn.*`, `rbr_1x1.weight` (no BN, no bias), `bn.*` |
+//! | QARepVGG deploy (YOLOv6 keeps the BN "for QAT") | `rbr_reparam.{weight,bias}`, `bn.*` |
+//!
+//! Only the block naming is supported, under our stage names: YOLOv6's own networks put
+//! these blocks under detector prefixes (`backbone.stem`, `backbone.ERBlock_2.0`, ...)
+//! that are not RepVGG classifiers.
+//!
 //! Each block is read in deploy form if its deploy kernel is present and in training form
-//! otherwise, so partially converted checkpoints load too.
+//! otherwise, so partially converted checkpoints load too. A block is QARepVGG if it has
+//! `rbr_1x1.weight` or any `bn.*` tensor directly under its prefix (then every QARepVGG
+//! tensor must be there, so a missing one is reported by name).
 //!
 //! # Re-parameterization (Ding et al. 2021, Sec. 3.3)
 //!
@@ -19,6 +34,31 @@
 //! and the deploy kernel and bias are the sums over the three branches. The arithmetic is
 //! done in f64 and rounded to f32 once, so the fused kernel is within one rounding of the
 //! exact sum.
+//!
+//! # QARepVGG (Chu et al. 2022; YOLOv6 `QARepVGGBlock`, `QARepVGGBlockV2`)
+//!
+//! A QARepVGG block computes `BN(BN_d(K3 * x) + K1 * x + x + avg3(x))`: only the dense
+//! branch has its own BN, the 1x1 conv has neither BN nor bias, the identity (in == out,
+//! stride 1 only) has no BN, and one BN follows the sum. V2 adds `avg3`, a 3x3 average
+//! pool with stride 1 and padding 1 that YOLOv6 creates under the same condition as the
+//! identity (in == out, stride 1), so stride-2 and width-changing blocks of V1 and V2 are
+//! identical. PyTorch's `AvgPool2d` counts the zero padding (`count_include_pad=True`,
+//! YOLOv6 keeps the default), so `avg3` is exactly a 3x3 conv holding 1/9 at every tap of
+//! `[i, i mod (C_in / groups)]`. The branch sum is the kernel
+//! `K = K3 t_d + pad(K1) + I + A` with bias `b = beta_d - mean_d t_d`, and the outer BN
+//! (`t = gamma / sqrt(var + eps)`) gives `K' = K t`, `b' = (b - mean) t + beta`, which is
+//! YOLOv6's `_fuse_extra_bn_tensor`. YOLOv6's `switch_to_deploy` keeps that outer BN after
+//! `rbr_reparam`; such a block is folded the same way with `K` and `b` read from the file.
+//!
+//! The state dict cannot tell V1 from V2 (the average pool and identity hold no tensors)
+//! nor carry eps (a module attribute, not a tensor): both come from [`ResolveOptions`],
+//! by default V1 and eps = 1e-5 (PyTorch's `BatchNorm2d` default, which the block classes
+//! use). YOLOv6's detector `Model` sets eps = 1e-3 on every BN (`initialize_weights` in
+//! `yolov6/utils/torch_utils.py`) and its QARepVGG configs use V2: weights trained that way
+//! need `ResolveOptions { qarep_variant: QaRepVariant::V2, qarep_eps: 1e-3 }`. The eps
+//! option applies to both BNs of QARepVGG blocks only; the other forms keep [`BN_EPS`].
+//! A QARepVGG block cannot carry squeeze-and-excitation: YOLOv6 does not implement it, and
+//! a BN after SE (where its `forward` would put it) does not fold into the conv.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -110,6 +150,46 @@ pub enum Convention {
 pub enum BlockForm {
     Deploy,
     Training,
+    /// YOLOv6's `QARepVGGBlock` in training form (see the module docs).
+    QaRep,
+    /// YOLOv6's `QARepVGGBlockV2` in training form: [`BlockForm::QaRep`] plus a 3x3
+    /// average-pool branch where the identity exists.
+    QaRepV2,
+    /// YOLOv6's QARepVGG deploy form: `rbr_reparam` followed by the kept outer BN `bn`.
+    QaRepDeploy,
+}
+
+impl BlockForm {
+    /// True for the three QARepVGG forms.
+    pub fn is_qarep(self) -> bool {
+        matches!(self, BlockForm::QaRep | BlockForm::QaRepV2 | BlockForm::QaRepDeploy)
+    }
+}
+
+/// Which YOLOv6 QARepVGG block a checkpoint's training-form QARepVGG blocks are; their
+/// state dicts are identical, since the V2 average pool holds no tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum QaRepVariant {
+    /// `QARepVGGBlock`: dense + 1x1 + identity.
+    #[default]
+    V1,
+    /// `QARepVGGBlockV2`: dense + 1x1 + identity + 3x3 average pool.
+    V2,
+}
+
+/// What a checkpoint cannot say about itself; see the module docs on QARepVGG.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResolveOptions {
+    /// Variant of the training-form QARepVGG blocks.
+    pub qarep_variant: QaRepVariant,
+    /// BatchNorm eps of the QARepVGG blocks (both the dense and the outer BN).
+    pub qarep_eps: f64,
+}
+
+impl Default for ResolveOptions {
+    fn default() -> Self {
+        Self { qarep_variant: QaRepVariant::V1, qarep_eps: BN_EPS }
+    }
 }
 
 impl Convention {
@@ -258,7 +338,12 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// The per-channel affine map `x -> x t + shift` this BN applies in eval mode, in f64.
     pub fn scale_shift(&self, channel: usize) -> (f64, f64) {
-        let t = self.gamma[channel] as f64 / (self.var[channel] as f64 + BN_EPS).sqrt();
+        self.scale_shift_eps(channel, BN_EPS)
+    }
+
+    /// [`BatchNorm::scale_shift`] with `t = gamma / sqrt(var + eps)` for a given eps.
+    pub fn scale_shift_eps(&self, channel: usize, eps: f64) -> (f64, f64) {
+        let t = self.gamma[channel] as f64 / (self.var[channel] as f64 + eps).sqrt();
         (t, self.beta[channel] as f64 - self.mean[channel] as f64 * t)
     }
 }
@@ -310,6 +395,24 @@ pub struct TrainingBlock {
     pub se: Option<SeParams>,
 }
 
+/// One QARepVGG block before fusion (Chu et al. 2022; YOLOv6 `QARepVGGBlock[V2]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QaRepBlock {
+    /// `[out][in/groups][3][3]`, followed by `dense_bn`.
+    pub dense: Vec<f32>,
+    pub dense_bn: BatchNorm,
+    /// `[out][in/groups]` 1x1 kernel without BN or bias.
+    pub one_by_one: Vec<f32>,
+    /// The identity branch (no BN); YOLOv6 has it iff in == out and stride 1.
+    pub identity: bool,
+    /// The V2 3x3 average-pool branch (stride 1, padding 1, zero padding counted).
+    pub avg_pool: bool,
+    /// The BN after the branch sum.
+    pub bn: BatchNorm,
+    /// eps of `dense_bn` and `bn`.
+    pub eps: f64,
+}
+
 /// Training-form weights of a whole network (every block multi-branch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingWeights {
@@ -329,13 +432,19 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// `deploy`, `training` or `mixed`, for reports.
+    /// `deploy`, `training`, `qarepvgg`, `qarepvgg-v2`, `qarepvgg-deploy` when every block
+    /// has that form, `mixed` otherwise, for reports.
     pub fn form_summary(&self) -> &'static str {
-        let deploy = self.forms.iter().filter(|f| **f == BlockForm::Deploy).count();
-        match deploy {
-            0 => "training",
-            d if d == self.forms.len() => "deploy",
-            _ => "mixed",
+        let Some(&first) = self.forms.first() else { return "deploy" };
+        if self.forms.iter().any(|f| *f != first) {
+            return "mixed";
+        }
+        match first {
+            BlockForm::Deploy => "deploy",
+            BlockForm::Training => "training",
+            BlockForm::QaRep => "qarepvgg",
+            BlockForm::QaRepV2 => "qarepvgg-v2",
+            BlockForm::QaRepDeploy => "qarepvgg-deploy",
         }
     }
 }
@@ -416,6 +525,17 @@ fn block_tensors(c: Convention, layer: &ConvLayer, form: BlockForm) -> Vec<Tenso
                 bn(&mut out, format!("{p}.{}", c.identity()), layer.in_channels);
             }
         }
+        BlockForm::QaRep | BlockForm::QaRepV2 => {
+            out.push(TensorSpec::new(format!("{p}.{}.conv.weight", c.dense()), vec![o, i, 3, 3], Role::Kernel));
+            bn(&mut out, format!("{p}.{}.bn", c.dense()), o);
+            out.push(TensorSpec::pointwise(format!("{p}.{}.weight", c.one_by_one()), o, i, Role::Kernel));
+            bn(&mut out, format!("{p}.bn"), o);
+        }
+        BlockForm::QaRepDeploy => {
+            out.push(TensorSpec::new(format!("{p}.{}.weight", c.deploy()), vec![o, i, 3, 3], Role::Kernel));
+            out.push(TensorSpec::new(format!("{p}.{}.bias", c.deploy()), vec![o], Role::Bias));
+            bn(&mut out, format!("{p}.bn"), o);
+        }
     }
     if let Some(r) = layer.se_channels {
         out.push(TensorSpec::pointwise(format!("{p}.{}.weight", c.se_down()), r, o, Role::SeKernel));
@@ -441,12 +561,27 @@ struct Reader<'a, S: TensorSource + ?Sized> {
     arch_name: String,
     /// Appended to missing-tensor errors when the weights look like another architecture.
     hint: String,
+    options: ResolveOptions,
 }
 
 impl<S: TensorSource + ?Sized> Reader<'_, S> {
     fn form(&self, layer: &ConvLayer) -> BlockForm {
-        let name = format!("{}.{}.weight", self.convention.block_prefix(layer), self.convention.deploy());
-        if self.source.shape(&name).is_some() { BlockForm::Deploy } else { BlockForm::Training }
+        let c = self.convention;
+        let p = c.block_prefix(layer);
+        let has = |name: String| self.source.shape(&name).is_some();
+        // QARepVGG names exist only in the official convention (YOLOv6 follows it).
+        let qarep = c == Convention::Official
+            && (has(format!("{p}.{}.weight", c.one_by_one()))
+                || ["weight", "bias", "running_mean", "running_var"].iter().any(|f| has(format!("{p}.bn.{f}"))));
+        match (has(format!("{p}.{}.weight", c.deploy())), qarep) {
+            (true, false) => BlockForm::Deploy,
+            (true, true) => BlockForm::QaRepDeploy,
+            (false, false) => BlockForm::Training,
+            (false, true) => match self.options.qarep_variant {
+                QaRepVariant::V1 => BlockForm::QaRep,
+                QaRepVariant::V2 => BlockForm::QaRepV2,
+            },
+        }
     }
 
     fn check(&self, expect: &TensorSpec) -> Result<()> {
@@ -517,22 +652,44 @@ impl<S: TensorSource + ?Sized> Reader<'_, S> {
         })
     }
 
+    fn qarep_block(&self, layer: &ConvLayer, avg_pool: bool) -> Result<QaRepBlock> {
+        let c = self.convention;
+        let p = c.block_prefix(layer);
+        Ok(QaRepBlock {
+            dense: self.load(&format!("{p}.{}.conv.weight", c.dense()))?,
+            dense_bn: self.batch_norm(&format!("{p}.{}.bn", c.dense()))?,
+            one_by_one: self.load(&format!("{p}.{}.weight", c.one_by_one()))?,
+            identity: layer.has_identity(),
+            // YOLOv6 creates `rbr_avg` under the identity's condition.
+            avg_pool: avg_pool && layer.has_identity(),
+            bn: self.batch_norm(&format!("{p}.bn"))?,
+            eps: self.options.qarep_eps,
+        })
+    }
+
+    fn deploy_conv(&self, layer: &ConvLayer) -> Result<ConvParams> {
+        let p = self.convention.block_prefix(layer);
+        let d = self.convention.deploy();
+        Ok(ConvParams { weight: self.load(&format!("{p}.{d}.weight"))?, bias: self.load(&format!("{p}.{d}.bias"))? })
+    }
+
     fn deploy_layer(&self, layer: &ConvLayer, form: BlockForm) -> Result<LayerParams> {
         match form {
-            BlockForm::Deploy => {
-                let p = self.convention.block_prefix(layer);
-                let d = self.convention.deploy();
-                Ok(LayerParams {
-                    conv: ConvParams {
-                        weight: self.load(&format!("{p}.{d}.weight"))?,
-                        bias: self.load(&format!("{p}.{d}.bias"))?,
-                    },
-                    se: self.se(layer)?,
-                })
-            }
+            BlockForm::Deploy => Ok(LayerParams { conv: self.deploy_conv(layer)?, se: self.se(layer)? }),
             BlockForm::Training => {
                 let block = self.training_block(layer)?;
                 Ok(LayerParams { conv: fuse_block(layer, &block)?, se: block.se })
+            }
+            BlockForm::QaRep | BlockForm::QaRepV2 => {
+                let block = self.qarep_block(layer, form == BlockForm::QaRepV2)?;
+                Ok(LayerParams { conv: fuse_qarep_block(layer, &block)?, se: None })
+            }
+            BlockForm::QaRepDeploy => {
+                let conv = self.deploy_conv(layer)?;
+                let bn = self.batch_norm(&format!("{}.bn", self.convention.block_prefix(layer)))?;
+                let kernel = conv.weight.iter().map(|&v| v as f64).collect();
+                let bias = conv.bias.iter().map(|&v| v as f64).collect();
+                Ok(LayerParams { conv: fold_outer_bn(layer, kernel, bias, &bn, self.options.qarep_eps)?, se: None })
             }
         }
     }
@@ -541,6 +698,15 @@ impl<S: TensorSource + ?Sized> Reader<'_, S> {
     /// checkpoint holds no block the network lacks.
     fn check_network(&self, network: &Network, forms: &[BlockForm]) -> Result<()> {
         for (layer, &form) in network.layers.iter().zip(forms) {
+            if form.is_qarep() && layer.se_channels.is_some() {
+                return Err(Error::BadWeights(format!(
+                    "block `{}` is a QARepVGG block (it has `{p}.bn.*` or `{p}.rbr_1x1.weight`) in a network with \
+                     squeeze-and-excitation; QARepVGG blocks have no SE here (YOLOv6 does not implement it, and a \
+                     BN after SE does not fold into the conv)",
+                    layer.name(),
+                    p = self.convention.block_prefix(layer)
+                )));
+            }
             for e in block_tensors(self.convention, layer, form) {
                 self.check(&e)?;
             }
@@ -667,6 +833,15 @@ fn infer_arch_with<S: TensorSource + ?Sized>(source: &S, convention: Convention)
 /// reported by tensor name with expected and found shapes; without it, the architecture
 /// is inferred from the shapes. The class count always comes from the checkpoint.
 pub fn resolve<S: TensorSource + ?Sized>(source: &S, arch: Option<&ArchSpec>) -> Result<Resolved> {
+    resolve_with(source, arch, &ResolveOptions::default())
+}
+
+/// [`resolve`] with what the checkpoint cannot say (QARepVGG variant and eps) given.
+pub fn resolve_with<S: TensorSource + ?Sized>(
+    source: &S,
+    arch: Option<&ArchSpec>,
+    options: &ResolveOptions,
+) -> Result<Resolved> {
     let names = source.names();
     let convention = Convention::detect(&names)?;
     let inferred = infer_arch_with(source, convention);
@@ -682,7 +857,7 @@ pub fn resolve<S: TensorSource + ?Sized>(source: &S, arch: Option<&ArchSpec>) ->
             (Network::new(ArchSpec { num_classes: classes, ..given.clone() }), hint)
         }
     };
-    let reader = Reader { source, convention, arch_name: network.arch.name.clone(), hint };
+    let reader = Reader { source, convention, arch_name: network.arch.name.clone(), hint, options: *options };
     let forms: Vec<BlockForm> = network.layers.iter().map(|l| reader.form(l)).collect();
     reader.check_network(&network, &forms)?;
     let layers = network
@@ -703,7 +878,13 @@ pub fn resolve<S: TensorSource + ?Sized>(source: &S, arch: Option<&ArchSpec>) ->
 /// Reads a checkpoint whose blocks are all in training form, without fusing them.
 pub fn resolve_training<S: TensorSource + ?Sized>(source: &S, network: &Network) -> Result<TrainingWeights> {
     let convention = Convention::detect(&source.names())?;
-    let reader = Reader { source, convention, arch_name: network.arch.name.clone(), hint: String::new() };
+    let reader = Reader {
+        source,
+        convention,
+        arch_name: network.arch.name.clone(),
+        hint: String::new(),
+        options: ResolveOptions::default(),
+    };
     let forms = vec![BlockForm::Training; network.layers.len()];
     reader.check_network(network, &forms)?;
     let blocks = network.layers.iter().map(|l| reader.training_block(l)).collect::<Result<Vec<_>>>()?;
@@ -758,6 +939,75 @@ pub fn fuse_block(layer: &ConvLayer, block: &TrainingBlock) -> Result<ConvParams
         }
     }
     Ok(ConvParams { weight, bias })
+}
+
+/// Fuses a QARepVGG block into one 3x3 kernel and bias (see the module docs): the branch
+/// sum `K3 t_d + pad(K1) + I + A`, bias `beta_d - mean_d t_d`, then the outer BN.
+///
+/// `dense` must hold `out * in/groups * 9` values, `one_by_one` `out * in/groups` and
+/// both BNs `out` (as [`resolve`] checks by name); other lengths are refused.
+pub fn fuse_qarep_block(layer: &ConvLayer, block: &QaRepBlock) -> Result<ConvParams> {
+    let out = layer.out_channels;
+    let per_group = layer.in_channels / layer.groups;
+    let bns = [&block.dense_bn, &block.bn];
+    if block.dense.len() != out * per_group * 9
+        || block.one_by_one.len() != out * per_group
+        || bns.iter().any(|bn| [&bn.gamma, &bn.beta, &bn.mean, &bn.var].iter().any(|v| v.len() != out))
+    {
+        return Err(Error::BadWeights(format!(
+            "QARepVGG block {} has tensors of the wrong lengths for {} -> {out} channels in {} groups",
+            layer.name(),
+            layer.in_channels,
+            layer.groups
+        )));
+    }
+    let mut kernel = vec![0f64; out * per_group * 9];
+    let mut bias = vec![0f64; out];
+    for k in 0..out {
+        let (t_dense, b_dense) = block.dense_bn.scale_shift_eps(k, block.eps);
+        for c in 0..per_group {
+            // Identity and average pool map input channel k to output k (in == out).
+            let diagonal = c == k % per_group;
+            for tap in 0..9 {
+                let i = (k * per_group + c) * 9 + tap;
+                let mut v = block.dense[i] as f64 * t_dense;
+                if tap == 4 {
+                    v += block.one_by_one[k * per_group + c] as f64;
+                    if block.identity && diagonal {
+                        v += 1.0;
+                    }
+                }
+                if block.avg_pool && diagonal {
+                    v += 1.0 / 9.0;
+                }
+                kernel[i] = v;
+            }
+        }
+        bias[k] = b_dense;
+    }
+    fold_outer_bn(layer, kernel, bias, &block.bn, block.eps)
+}
+
+/// Applies a BN that follows a conv: `K' = K t`, `b' = (b - mean) t + beta`, rounding to
+/// f32 once and refusing values beyond f32.
+fn fold_outer_bn(layer: &ConvLayer, kernel: Vec<f64>, bias: Vec<f64>, bn: &BatchNorm, eps: f64) -> Result<ConvParams> {
+    let per_output = kernel.len() / bias.len().max(1);
+    let mut weight = vec![0f32; kernel.len()];
+    let mut fused_bias = vec![0f32; bias.len()];
+    for (k, &b) in bias.iter().enumerate() {
+        let (t, shift) = bn.scale_shift_eps(k, eps);
+        for (w, &v) in weight[k * per_output..(k + 1) * per_output].iter_mut().zip(&kernel[k * per_output..]) {
+            *w = (v * t) as f32;
+        }
+        // (b - mean) t + beta = b t + (beta - mean t).
+        fused_bias[k] = (b * t + shift) as f32;
+    }
+    for (tensor, values) in [("kernel", &weight), ("bias", &fused_bias)] {
+        if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::FusedNonFinite { layer: layer.name(), tensor, index, value });
+        }
+    }
+    Ok(ConvParams { weight, bias: fused_bias })
 }
 
 impl DeployWeights {
