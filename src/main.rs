@@ -71,6 +71,10 @@ struct RunArgs {
     /// `repvgg quantize`, except in `bench`, which calibrates on synthetic inputs).
     #[arg(long)]
     precision: Option<String>,
+    /// Int8 kernel set of INT8 layers: auto (the best that goes with --isa), amx,
+    /// avx512-vnni, avx2, portable.
+    #[arg(long, default_value = "auto")]
+    int8_kernels: String,
 }
 
 impl RunArgs {
@@ -94,6 +98,10 @@ impl RunArgs {
             .map(str::parse::<Precision>)
             .transpose()
             .map_err(|e| repvgg::Error::Option(format!("--precision: {e}")))?;
+        let int8_kernels = match self.int8_kernels.trim() {
+            "auto" => None,
+            name => Some(name.parse().map_err(|e| repvgg::Error::Option(format!("--int8-kernels: {e}")))?),
+        };
         Ok(SessionOptions {
             threads,
             algo,
@@ -101,6 +109,7 @@ impl RunArgs {
             isa: isa_choice(&self.isa)?,
             pool,
             precision,
+            int8_kernels,
             ..Default::default()
         })
     }

@@ -150,6 +150,7 @@ impl Conv {
     pub fn run(&mut self, team: &Team, isa: Dispatch, input: &[f32], output: &mut [f32]) {
         let ctx = RunContext {
             isa,
+            int8: crate::kernels::int8::Int8Kernels::for_dispatch(isa),
             shape: &self.shape,
             weights: &*self.packed,
             deploy: &self.deploy,

@@ -8,6 +8,7 @@ use repvgg_simd::{Dispatch, IsaChoice};
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
 use crate::exec::{InputLayout, REGISTRY, RunContext, pointwise};
+use crate::kernels::int8::{Int8Kernels, Int8Set};
 use crate::limits::{check_finite, check_output};
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
@@ -44,6 +45,10 @@ pub struct SessionOptions {
     /// model, else FP32). FP32 on a quantized model runs its dequantized weights; INT8 on
     /// a float model is refused (quantize it first).
     pub precision: Option<Precision>,
+    /// The int8 kernel set of INT8 layers: `None` is the best that goes with `isa` (AMX
+    /// where the CPU and OS allow it, else AVX512-VNNI, else AVX2); forcing one the CPU
+    /// lacks is refused ([`Error::Cpu`]).
+    pub int8_kernels: Option<Int8Set>,
 }
 
 /// Default [`SessionOptions::spin`].
@@ -59,6 +64,7 @@ impl Default for SessionOptions {
             isa: IsaChoice::Auto,
             pool: None,
             precision: None,
+            int8_kernels: None,
         }
     }
 }
@@ -185,6 +191,7 @@ pub struct Session {
     precision: Precision,
     /// Layers (by network index) this session runs in INT8.
     int8: Vec<bool>,
+    int8_kernels: Int8Kernels,
 }
 
 /// Plans a session keeps, least recently used evicted first. A plan is a few kilobytes,
@@ -257,6 +264,17 @@ impl Session {
                 (team, workers)
             }
         };
+        let int8_kernels = match options.int8_kernels {
+            None => Int8Kernels::for_dispatch(isa),
+            Some(set) => Int8Kernels::new(set).ok_or_else(|| {
+                let available: Vec<&str> = Int8Kernels::all_supported().iter().map(|k| k.set().name()).collect();
+                Error::Cpu(format!(
+                    "int8 kernel set {} needs what this CPU (or OS) lacks (it runs: {})",
+                    set.name(),
+                    available.join(", ")
+                ))
+            })?,
+        };
         let precision = options.precision.unwrap_or(model.precision());
         let int8 = match precision {
             Precision::F32 => Vec::new(),
@@ -280,6 +298,7 @@ impl Session {
             arena: Arena::new(workers),
             precision,
             int8,
+            int8_kernels,
         })
     }
 
@@ -295,7 +314,7 @@ impl Session {
 
     /// The int8 kernel set this session's INT8 layers run, if it runs any.
     pub fn int8_kernels(&self) -> Option<crate::Int8Set> {
-        (self.precision == Precision::Int8).then(|| crate::kernels::int8::Int8Kernels::for_dispatch(self.isa).set())
+        (self.precision == Precision::Int8).then_some(self.int8_kernels.set())
     }
 
     /// Worker threads of this session.
@@ -578,9 +597,9 @@ impl Session {
         };
         let input = &first[0][..input_len];
         let output = &mut second[0];
-        let isa = self.isa;
+        let (isa, int8) = (self.isa, self.int8_kernels);
         let mut buffers = LayerBuffers { transformed, scratch, pooled };
-        self.team.install(|| conv_layer(isa, &model, lp, n, input, output, &mut buffers));
+        self.team.install(|| conv_layer(isa, int8, &model, lp, n, input, output, &mut buffers));
     }
 
     /// One forward pass over `input` of the checked `shape`.
@@ -603,7 +622,7 @@ impl Session {
         let stage_ends = network.stage_ends();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
         let mut buffers = LayerBuffers { transformed, scratch, pooled };
-        let isa = self.isa;
+        let (isa, int8) = (self.isa, self.int8_kernels);
         self.team.install(|| {
             let mut current = 0;
             for lp in &plan.layers {
@@ -611,7 +630,7 @@ impl Session {
                 let (a, b) = act.split_at_mut(1);
                 let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
                 let src: &[f32] = if lp.input == InputLayout::Planar { input } else { src };
-                conv_layer(isa, model, lp, n, src, dst, &mut buffers);
+                conv_layer(isa, int8, model, lp, n, src, dst, &mut buffers);
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
                 }
@@ -673,8 +692,10 @@ struct LayerBuffers<'a> {
 
 /// One RepVGG block: convolution + bias by the layer's executor (one call per layer), then
 /// SE and ReLU (or ReLU fused into the convolution).
+#[allow(clippy::too_many_arguments)] // the kernel sets, the layer, its data and buffers
 fn conv_layer(
     isa: Dispatch,
+    int8: Int8Kernels,
     model: &Model,
     lp: &LayerPlan,
     n: usize,
@@ -688,6 +709,7 @@ fn conv_layer(
     let layer = &model.weights().layers[lp.index];
     lp.executor().1.run(RunContext {
         isa,
+        int8,
         shape: &shape,
         weights: &*prepared,
         deploy: &layer.conv.weight,

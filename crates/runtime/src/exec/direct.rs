@@ -299,16 +299,16 @@ fn run(ctx: RunContext<'_>) {
 /// The output pixels of one column panel: how many exist and where each one's first
 /// channel block starts, computed once per panel (the divisions would otherwise dominate
 /// small reductions such as the stem's 27).
-pub(super) struct PanelPixels {
-    pub count: usize,
+struct PanelPixels {
+    count: usize,
     /// Offset of pixel j in output channel block 0; block kb adds `kb * plane * 16`.
-    pub base: [usize; NR],
+    base: [usize; NR],
     /// Floats of one output channel block (`plane * 16`).
-    pub block_stride: usize,
+    block_stride: usize,
 }
 
 impl PanelPixels {
-    pub fn new(s: &ConvShape, panel: usize) -> PanelPixels {
+    fn new(s: &ConvShape, panel: usize) -> PanelPixels {
         let plane = s.oh * s.ow;
         let out_blocks = channel_blocks(s.out_channels);
         let count = NR.min(s.n * plane - panel * NR);
@@ -393,6 +393,7 @@ mod tests {
         let scratch = Scratch::new(team.threads(), Direct.scratch_len(shape));
         let ctx = RunContext {
             isa,
+            int8: crate::kernels::int8::Int8Kernels::for_dispatch(isa),
             shape,
             weights: &*packed,
             deploy: weights,

@@ -14,12 +14,12 @@
 //! its float buffers. Activations stay FP32 between layers, so INT8 and FP32 layers mix
 //! freely (the stem, SE blocks and the layers a quantized file keeps in FP32).
 
-use super::direct::{CHUNK_FLOATS, FUSED_WEIGHT_BYTES, PanelPixels, SIDES};
+use super::direct::{CHUNK_FLOATS, FUSED_WEIGHT_BYTES, SIDES};
 use super::schedule::{Schedule, Work};
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
 use crate::buffers::SharedMut;
 use crate::kernels::gemm::{MR, NR};
-use crate::kernels::int8::{self, Int8Kernels, MAX_DEPTH, Tile};
+use crate::kernels::int8::{self, MAX_COLUMNS, MAX_DEPTH, Tile};
 use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
 use repvgg_simd::Isa;
@@ -38,19 +38,21 @@ fn quantized_floats(s: &ConvShape) -> usize {
     (s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK).div_ceil(4)
 }
 
-/// The layer's panels and schedule (the FP32 direct path's, for bytes).
-fn work(s: &ConvShape) -> Work {
+/// The layer's panels of `columns` pixels and its schedule (the FP32 direct path's, for
+/// bytes). A packed panel has room for [`MAX_COLUMNS`] columns whatever the set, so the
+/// buffers' sizes do not depend on it.
+fn work(s: &ConvShape, columns: usize) -> Work {
     let (kd, k_pad) = (depth(s), channel_blocks(s.out_channels / s.groups) * CHANNEL_BLOCK);
     let weight_bytes = s.groups * kd * k_pad;
-    // A column panel holds every group's reduction: NR columns of `groups * kd` bytes.
-    let panel_floats = s.groups * kd * NR / 4;
+    // A column panel holds every group's reduction: columns of `groups * kd` bytes.
+    let panel_floats = s.groups * kd * MAX_COLUMNS / 4;
     let schedule = if weight_bytes <= FUSED_WEIGHT_BYTES {
         Schedule::Fused
     } else {
         Schedule::TwoPhase { chunk: (CHUNK_FLOATS / panel_floats).max(1) }
     };
     Work {
-        column_panels: (s.n * s.oh * s.ow).div_ceil(NR),
+        column_panels: (s.n * s.oh * s.ow).div_ceil(columns),
         weight_panels: s.groups * k_pad.div_ceil(MR),
         panel_floats,
         schedule,
@@ -88,12 +90,14 @@ impl ConvExecutor for DirectInt8 {
         Box::new(Int8Weights::pack(s, layer))
     }
 
+    /// The quantized input, then the two-phase schedule's chunk of panels (the most any
+    /// set's panel width needs).
     fn shared_len(&self, s: &ConvShape) -> usize {
-        quantized_floats(s) + work(s).shared_len()
+        quantized_floats(s) + work(s, NR).shared_len().max(work(s, MAX_COLUMNS).shared_len())
     }
 
     fn scratch_len(&self, s: &ConvShape) -> usize {
-        work(s).scratch_len(0)
+        work(s, NR).scratch_len(0).max(work(s, MAX_COLUMNS).scratch_len(0))
     }
 
     /// The FP32 direct path's cost at a quarter of the slots per multiply-add (`vpdpbusd`
@@ -184,14 +188,21 @@ impl Int8Weights {
     }
 }
 
-/// Packs column panel `index` (`[groups * kd / 16][NR][16]` bytes) from the quantized
-/// channel-blocked input; pixels of the padding border and past the last pixel are 0.
-fn pack_panel(s: &ConvShape, input: &[u8], index: usize, panel: &mut [u8]) {
+/// Packs column panel `index` of `columns` pixels in the set's layout (each group's
+/// reduction of `kd` bytes after the other's, runs of `run` bytes: `int8::column_offset`)
+/// from the quantized channel-blocked input; the padding border and the pixels past the
+/// last are 0.
+fn pack_panel(s: &ConvShape, input: &[u8], index: usize, columns: usize, run: usize, panel: &mut [u8]) {
     let (cb, taps, pad) = (channel_blocks(s.in_channels), s.kernel * s.kernel, s.kernel / 2);
     let pixels = s.n * s.oh * s.ow;
-    for j in 0..NR {
-        let p = index * NR + j;
-        let at = |block: usize, tap: usize| ((block * taps + tap) * NR + j) * CHANNEL_BLOCK;
+    let kd = depth(s);
+    for j in 0..columns {
+        let p = index * columns + j;
+        // Each 16-byte chunk (one channel block at one tap) stays within one run.
+        let at = |block: usize, tap: usize| {
+            let d = (block * taps + tap) * CHANNEL_BLOCK;
+            (d / kd) * kd * columns + int8::column_offset(columns, run, j, d % kd)
+        };
         if p >= pixels {
             for block in 0..cb {
                 for tap in 0..taps {
@@ -224,10 +235,9 @@ const QUANTIZE_CHUNK_FLOATS: usize = 1 << 14;
 
 /// Runs the convolution: `output = relu?(conv(input) + bias)`, channel-blocked out.
 fn run(ctx: RunContext<'_>) {
-    let RunContext { isa, shape, weights, bias, relu, input, output, shared, scratch, .. } = ctx;
+    let RunContext { int8: kernels, shape, weights, bias, relu, input, output, shared, scratch, .. } = ctx;
     let weights: &Int8Weights = downcast(weights);
     let s = *shape;
-    let kernels = Int8Kernels::for_dispatch(isa);
     let out_blocks = channel_blocks(s.out_channels);
     assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
     assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
@@ -247,14 +257,15 @@ fn run(ctx: RunContext<'_>) {
     let quantized: &[u8] = &bytemuck::cast_slice::<f32, u8>(quantized)[..in_len];
 
     let out = SharedMut::new(output);
-    let pack = |col: usize, _: &PanelPixels, panel: &mut [f32]| {
-        pack_panel(&s, quantized, col, bytemuck::cast_slice_mut(panel));
+    let (columns, run) = (kernels.columns(), kernels.run_bytes(weights.kd));
+    let pack = |col: usize, _: &Pixels, panel: &mut [f32]| {
+        pack_panel(&s, quantized, col, columns, run, bytemuck::cast_slice_mut(panel));
     };
-    let product = |weight_panel: usize, pixels: &PanelPixels, panel: &[f32], _: &mut [f32]| {
+    let product = |weight_panel: usize, pixels: &Pixels, panel: &[f32], _: &mut [f32]| {
         let (g, b) = (weight_panel / weights.panels_per_group, weight_panel % weights.panels_per_group);
         let (k0, width, a) = weights.panel(g, b);
-        let panel = &bytemuck::cast_slice::<f32, u8>(panel)[g * weights.kd * NR..];
-        let mut tile: Tile = [0; MR * NR];
+        let panel = &bytemuck::cast_slice::<f32, u8>(panel)[g * weights.kd * columns..];
+        let mut tile: Tile = [0; MR * MAX_COLUMNS];
         int8::panel_product(kernels, weights.kd, a, width, panel, pixels.count, &mut tile);
         let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
         let scale = &weights.scale[g * weights.k_pad + k0..];
@@ -276,13 +287,37 @@ fn run(ctx: RunContext<'_>) {
             }
         }
     };
-    work(shape).run(shared, scratch, 0, |col| PanelPixels::new(&s, col), pack, product);
+    work(shape, columns).run(shared, scratch, 0, |col| Pixels::new(&s, col, columns), pack, product);
+}
+
+/// The output pixels of one column panel: how many exist and where each one's first
+/// channel block starts (the FP32 direct path's bookkeeping, for up to [`MAX_COLUMNS`]).
+struct Pixels {
+    count: usize,
+    /// Offset of pixel j in output channel block 0; block kb adds `kb * plane * 16`.
+    base: [usize; MAX_COLUMNS],
+    /// Floats of one output channel block (`plane * 16`).
+    block_stride: usize,
+}
+
+impl Pixels {
+    fn new(s: &ConvShape, panel: usize, columns: usize) -> Pixels {
+        let plane = s.oh * s.ow;
+        let out_blocks = channel_blocks(s.out_channels);
+        let count = columns.min(s.n * plane - panel * columns);
+        let base = std::array::from_fn(|j| {
+            let p = panel * columns + j.min(count - 1);
+            ((p / plane) * out_blocks * plane + p % plane) * CHANNEL_BLOCK
+        });
+        Pixels { count, base, block_stride: plane * CHANNEL_BLOCK }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::buffers::Scratch;
+    use crate::kernels::int8::Int8Kernels;
     use crate::kernels::int8::quantize_one;
     use crate::quant::{Int8Layer, quantize_weights};
     use crate::team::Team;
@@ -390,12 +425,13 @@ mod tests {
             let packed = DirectInt8.pack(&s, LayerWeights { deploy: &deploy, int8: Some(&layer) });
             for threads in [1, 2] {
                 let team = Team::new(threads, std::time::Duration::ZERO).unwrap();
-                for isa in Dispatch::all_supported() {
+                for int8 in Int8Kernels::all_supported() {
                     let mut output = vec![f32::NAN; want.len()];
                     let mut shared = vec![f32::NAN; DirectInt8.shared_len(&s)];
                     let scratch = Scratch::new(team.threads(), DirectInt8.scratch_len(&s));
                     let ctx = RunContext {
-                        isa,
+                        isa: Dispatch::best(),
+                        int8,
                         shape: &s,
                         weights: &*packed,
                         deploy: &deploy,
@@ -412,7 +448,7 @@ mod tests {
                             g.to_bits(),
                             e.to_bits(),
                             "{:?} threads {threads} {kernel}x{kernel} c{c} k{k} g{groups} s{stride}: element {i}: {g} vs {e}",
-                            isa.isa()
+                            int8.set()
                         );
                     }
                 }

@@ -27,6 +27,7 @@ use std::fmt;
 use repvgg_simd::{Dispatch, Isa};
 
 use crate::buffers::Scratch;
+use crate::kernels::int8::Int8Kernels;
 use crate::plan::{Algo, Precision};
 use crate::quant::Int8Layer;
 
@@ -128,6 +129,8 @@ pub(crate) struct RunContext<'a> {
     /// The kernel set (each work item enters it through `dispatch!`). The thread team is
     /// the one the caller installed (`Team::install`).
     pub isa: Dispatch,
+    /// The int8 kernel set, for INT8 executors.
+    pub int8: Int8Kernels,
     pub shape: &'a ConvShape,
     /// What [`ConvExecutor::pack`] built for this layer.
     pub weights: &'a dyn PackedWeights,

@@ -450,6 +450,7 @@ mod tests {
                     let mut output = vec![f32::NAN; blocked.len()];
                     let ctx = RunContext {
                         isa,
+                        int8: crate::kernels::int8::Int8Kernels::for_dispatch(isa),
                         shape: &conv,
                         weights: &filters,
                         deploy: &weights,

@@ -17,17 +17,20 @@
 //!
 //! # Layouts
 //!
-//! - Column panel (as the FP32 direct path's, in bytes): `[kd / 16][NR][16]` u8, so the 16
-//!   reduction values of column `j` in each 16-deep slice are contiguous and each 4-deep
-//!   group is one 32-bit word.
+//! - Column panel: `[kd / r][columns][r]` u8 ([`Int8Kernels::columns`],
+//!   [`Int8Kernels::run_bytes`]): each column's reduction in runs of `r` contiguous bytes.
+//!   The vector sets use `NR` = 12 columns and `r` = 16 (the FP32 direct path's layout, in
+//!   bytes), so each 4-deep group is one 32-bit word to broadcast; AMX uses 16 columns
+//!   (a tile's rows) and `r` up to 64 (a tile row's bytes).
 //! - Weight panel: `[kd / 4][width][4]` s8, `width` 16 or 32 output channels: one 64-byte
 //!   row holds 16 channels' 4-deep groups, which is what `VPDPBUSD` multiplies a
-//!   broadcast 4-byte group with.
+//!   broadcast 4-byte group with, and what an AMX `B` tile row holds.
 //!
 //! # Kernel sets
 //!
 //! | set | needs | per instruction |
 //! |---|---|---|
+//! | `amx` | amx-tile, amx-int8, the OS's permission | `tdpbusd`: 16 columns x 16 channels x up to 64 deep |
 //! | `avx512-vnni` | avx512f, avx512bw, avx512vnni | `vpdpbusd zmm`: 16 channels x 4 deep, into i32 |
 //! | `avx2` | avx2 | `vpmaddwd ymm` on widened values: 4 channels x 4 deep, pairs into i32 |
 //! | `portable` | nothing | scalar i32 multiply-adds |
@@ -60,14 +63,28 @@ pub const ACTIVATION_MAX: f32 = 255.0;
 /// The int8 kernel sets, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Int8Set {
+    Amx,
     Vnni512,
     Avx2,
     Portable,
 }
 
+impl std::str::FromStr for Int8Set {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Int8Set, Self::Err> {
+        let name = s.trim().to_ascii_lowercase();
+        Int8Set::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            crate::error::Error::Option(format!("unknown int8 kernel set `{s}` (amx, avx512-vnni, avx2, portable)"))
+        })
+    }
+}
+
 impl Int8Set {
+    pub const ALL: [Int8Set; 4] = [Int8Set::Amx, Int8Set::Vnni512, Int8Set::Avx2, Int8Set::Portable];
+
     pub fn name(self) -> &'static str {
         match self {
+            Int8Set::Amx => "amx",
             Int8Set::Vnni512 => "avx512-vnni",
             Int8Set::Avx2 => "avx2",
             Int8Set::Portable => "portable",
@@ -94,6 +111,8 @@ impl Int8Kernels {
     pub fn for_dispatch(dispatch: Dispatch) -> Int8Kernels {
         match dispatch.isa() {
             #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if has_amx() => Int8Kernels(Int8Set::Amx),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if has_vnni512() => Int8Kernels(Int8Set::Vnni512),
             // A Dispatch for either proves AVX2.
             Isa::Avx512 | Isa::Avx2 => Int8Kernels(Int8Set::Avx2),
@@ -102,11 +121,13 @@ impl Int8Kernels {
     }
 
     /// Every int8 set this CPU runs, best first (for tests that cover them all).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn all_supported() -> Vec<Int8Kernels> {
         let mut sets = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
+            if has_amx() {
+                sets.push(Int8Kernels(Int8Set::Amx));
+            }
             if has_vnni512() {
                 sets.push(Int8Kernels(Int8Set::Vnni512));
             }
@@ -118,9 +139,53 @@ impl Int8Kernels {
         sets
     }
 
+    /// `set`, if this CPU (and OS, for AMX) runs it.
+    pub fn new(set: Int8Set) -> Option<Int8Kernels> {
+        Int8Kernels::all_supported().into_iter().find(|k| k.0 == set)
+    }
+
     pub fn set(self) -> Int8Set {
         self.0
     }
+
+    /// Columns of a column panel.
+    pub fn columns(self) -> usize {
+        match self.0 {
+            Int8Set::Amx => MAX_COLUMNS,
+            _ => NR,
+        }
+    }
+
+    /// Bytes of one column's reduction stored contiguously in a panel of depth `kd` (a
+    /// multiple of 16): 16 for the vector sets; for AMX the deepest tile row (64, 48, 32
+    /// or 16 bytes) that divides `kd`, so every product step is one full tile.
+    pub fn run_bytes(self, kd: usize) -> usize {
+        match self.0 {
+            Int8Set::Amx => [64, 48, 32, 16].into_iter().find(|r| kd.is_multiple_of(*r)).unwrap_or(16),
+            _ => CHANNEL_BLOCK,
+        }
+    }
+}
+
+/// Most columns of a column panel in any set (AMX's 16 tile rows).
+pub const MAX_COLUMNS: usize = 16;
+
+/// Byte offset of column `j`, reduction index `d` in a column panel of `columns` columns
+/// stored in runs of `run` bytes.
+#[inline(always)]
+pub fn column_offset(columns: usize, run: usize, j: usize, d: usize) -> usize {
+    ((d / run) * columns + j) * run + d % run
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+fn has_amx() -> bool {
+    // Every AMX CPU has AVX-512 with VNNI; the quantization and epilogue use AVX-512.
+    has_vnni512() && crate::kernels::probe_mixed::amx_int8_available()
+}
+
+#[cfg(all(target_arch = "x86_64", not(all(target_os = "linux", target_env = "gnu"))))]
+fn has_amx() -> bool {
+    false
 }
 
 /// The activation code of one value: `clamp(round_half_even(v * inv_scale), 0, 255)`,
@@ -143,7 +208,7 @@ pub fn quantize(k: Int8Kernels, src: &[f32], inv_scale: f32, dst: &mut [u8]) {
     match k.0 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an Int8Kernels of this set is made only after checking the CPU.
-        Int8Set::Vnni512 => unsafe { x86::quantize_avx512(src, inv_scale, dst) },
+        Int8Set::Amx | Int8Set::Vnni512 => unsafe { x86::quantize_avx512(src, inv_scale, dst) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above (AVX2).
         Int8Set::Avx2 => unsafe { x86::quantize_avx2(src, inv_scale, dst) },
@@ -153,17 +218,22 @@ pub fn quantize(k: Int8Kernels, src: &[f32], inv_scale: f32, dst: &mut [u8]) {
 
 /// The accumulators of one panel product: `acc[j * MR + k]` for column `j` and output
 /// channel `k` of the weight panel.
-pub type Tile = [i32; MR * NR];
+pub type Tile = [i32; MR * MAX_COLUMNS];
 
 /// `acc[j][k] = sum_d a[d][k] b[d][j]` for the first `cols` columns of the column panel `b`
-/// (`[kd / 16][NR][16]` u8) and the `width` channels of the weight panel `a` (`[kd / 4]
-/// [width][4]` s8). Columns from `cols` on are left as they were.
+/// (the set's layout: [`column_offset`]) and the `width` channels of the weight panel `a`
+/// (`[kd / 4][width][4]` s8). The vector sets leave columns from `cols` on as they were;
+/// AMX computes all 16 (a panel's unused columns are zeros).
 pub fn panel_product(k: Int8Kernels, kd: usize, a: &[i8], width: usize, b: &[u8], cols: usize, acc: &mut Tile) {
     assert!(kd.is_multiple_of(CHANNEL_BLOCK) && kd <= MAX_DEPTH, "reduction depth {kd}");
     assert!(width == MR || width == CHANNEL_BLOCK, "weight panel width {width}");
-    assert!((1..=NR).contains(&cols), "{cols} columns");
-    assert!(a.len() >= kd * width && b.len() >= kd * NR, "panels shorter than their depth");
+    assert!((1..=k.columns()).contains(&cols), "{cols} columns");
+    assert!(a.len() >= kd * width && b.len() >= kd * k.columns(), "panels shorter than their depth");
     match k.0 {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        // SAFETY: AMX-TILE, AMX-INT8 and the OS permission (Int8Kernels); the asserts cover
+        // the tiles' reads (kd * width weights, kd * 16 panel bytes) and the tile's rows.
+        Int8Set::Amx => unsafe { amx::panel(kd, a.as_ptr(), width, b.as_ptr(), k.run_bytes(kd), acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has the set's features (Int8Kernels), and the asserts above cover
         // every read (kd * width weights, kd * NR panel bytes) and the tile's writes.
@@ -181,6 +251,117 @@ pub fn panel_product(k: Int8Kernels, kd: usize, a: &[i8], width: usize, b: &[u8]
             }
         },
         _ => portable_panel(kd, a, width, b, cols, acc),
+    }
+}
+
+/// AMX: the column panel's 16 columns are the rows of `A` tiles, the weight panel's rows
+/// those of `B` tiles (16 channels of 4-deep groups each), so one `tdpbusd` per 16
+/// channels and `run` bytes of reduction.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod amx {
+    use std::arch::asm;
+
+    use super::{MR, Tile};
+
+    /// The tile configuration (palette 1), 64-byte aligned as `ldtilecfg` wants: tmm0 and
+    /// tmm1 accumulate channels 0-15 and 16-31 (16 rows of 16 i32), tmm2 holds `A` (16 rows
+    /// of `run` bytes), tmm3 and tmm4 the two `B` tiles (`run / 4` rows of 64 bytes).
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    impl Config {
+        fn new(run: usize) -> Config {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            let mut tile = |t: usize, rows: usize, bytes: usize| {
+                c[16 + 2 * t..18 + 2 * t].copy_from_slice(&(bytes as u16).to_le_bytes());
+                c[48 + t] = rows as u8;
+            };
+            tile(0, 16, 64);
+            tile(1, 16, 64);
+            tile(2, 16, run);
+            tile(3, run / 4, 64);
+            tile(4, run / 4, 64);
+            Config(c)
+        }
+    }
+
+    /// # Safety
+    ///
+    /// AMX-TILE and AMX-INT8 with the OS's permission; `a` valid for `kd * width` reads
+    /// and `b` for `kd * 16`; `run` in {16, 32, 48, 64} divides `kd`; `width` 16 or 32.
+    pub unsafe fn panel(kd: usize, a: *const i8, width: usize, b: *const u8, run: usize, acc: &mut Tile) {
+        let config = Config::new(run);
+        let steps = kd / run;
+        // Bytes between one step's A tiles and B tiles and the next's.
+        let (a_step, b_step) = (16 * run, run / 4 * width * 4);
+        let (a_stride, b_stride, c_stride) = (run, width * 4, MR * 4);
+        // SAFETY: the caller guarantees CPU and OS support and the bounds: step s < steps
+        // loads A from b + s * 16 run (16 rows of `run` bytes, inside kd * 16 bytes) and B
+        // from a + s * run/4 * width * 4 (`run / 4` rows at a stride of `width * 4`, 64
+        // bytes each, plus 64 for the second tile when width is 32: inside kd * width).
+        // The stores write 16 rows of 64 bytes at a stride of MR * 4 into the tile (16 rows
+        // of MR i32). The configuration is valid and aligned, steps >= 1, and the tile
+        // state is released before the block ends.
+        unsafe {
+            if width == MR {
+                asm!(
+                    "ldtilecfg [{cfg}]",
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "2:",
+                    "tileloadd tmm2, [{pb} + {sa}*1]",
+                    "tileloadd tmm3, [{pa} + {sb}*1]",
+                    "tileloadd tmm4, [{pa} + {sb}*1 + 64]",
+                    "tdpbusd tmm0, tmm2, tmm3",
+                    "tdpbusd tmm1, tmm2, tmm4",
+                    "add {pb}, {ab}",
+                    "add {pa}, {bb}",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c} + {sc}*1], tmm0",
+                    "tilestored [{c} + {sc}*1 + 64], tmm1",
+                    "tilerelease",
+                    cfg = in(reg) config.0.as_ptr(),
+                    pb = inout(reg) b => _,
+                    pa = inout(reg) a => _,
+                    sa = in(reg) a_stride,
+                    sb = in(reg) b_stride,
+                    sc = in(reg) c_stride,
+                    ab = in(reg) a_step,
+                    bb = in(reg) b_step,
+                    c = in(reg) acc.as_mut_ptr(),
+                    n = inout(reg) steps => _,
+                    options(nostack),
+                );
+            } else {
+                asm!(
+                    "ldtilecfg [{cfg}]",
+                    "tilezero tmm0",
+                    "2:",
+                    "tileloadd tmm2, [{pb} + {sa}*1]",
+                    "tileloadd tmm3, [{pa} + {sb}*1]",
+                    "tdpbusd tmm0, tmm2, tmm3",
+                    "add {pb}, {ab}",
+                    "add {pa}, {bb}",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c} + {sc}*1], tmm0",
+                    "tilerelease",
+                    cfg = in(reg) config.0.as_ptr(),
+                    pb = inout(reg) b => _,
+                    pa = inout(reg) a => _,
+                    sa = in(reg) a_stride,
+                    sb = in(reg) b_stride,
+                    sc = in(reg) c_stride,
+                    ab = in(reg) a_step,
+                    bb = in(reg) b_step,
+                    c = in(reg) acc.as_mut_ptr(),
+                    n = inout(reg) steps => _,
+                    options(nostack),
+                );
+            }
+        }
     }
 }
 
@@ -445,13 +626,24 @@ mod tests {
                             _ => -128,
                         } as i8)
                         .collect();
+                    // Logical columns `[j][d]`, placed in each set's layout below.
+                    let logical: Vec<u8> = (0..MAX_COLUMNS * kd)
+                        .map(|_| if fill == "random" { (next() % 256) as u8 } else { 255 })
+                        .collect();
                     let b: Vec<u8> =
-                        (0..kd * NR).map(|_| if fill == "random" { (next() % 256) as u8 } else { 255 }).collect();
+                        (0..kd * NR).map(|i| logical[(i / 16 % NR) * kd + (i / (16 * NR)) * 16 + i % 16]).collect();
                     for cols in 1..=NR {
                         let want = naive(kd, &a, width, &b, cols);
                         for k in Int8Kernels::all_supported() {
-                            let mut tile = [i32::MIN; MR * NR];
-                            panel_product(k, kd, &a, width, &b, cols, &mut tile);
+                            let (columns, run) = (k.columns(), k.run_bytes(kd));
+                            let mut panel = vec![0u8; kd * columns];
+                            for j in 0..cols {
+                                for d in 0..kd {
+                                    panel[column_offset(columns, run, j, d)] = logical[j * kd + d];
+                                }
+                            }
+                            let mut tile = [i32::MIN; MR * MAX_COLUMNS];
+                            panel_product(k, kd, &a, width, &panel, cols, &mut tile);
                             for j in 0..cols {
                                 for c in 0..width {
                                     assert_eq!(
@@ -462,8 +654,10 @@ mod tests {
                                     );
                                 }
                             }
-                            // Columns past `cols` are not written.
-                            assert!(tile[cols * MR..].iter().all(|&v| v == i32::MIN), "{:?}", k.set());
+                            // The vector sets write only the columns asked for.
+                            if k.set() != Int8Set::Amx {
+                                assert!(tile[cols * MR..].iter().all(|&v| v == i32::MIN), "{:?}", k.set());
+                            }
                         }
                     }
                 }
