@@ -38,11 +38,42 @@ struct WeightsArgs {
     /// Architecture to check the weights against (inferred from shapes if omitted).
     #[arg(long)]
     arch: Option<String>,
+    #[command(flatten)]
+    forms: FormArgs,
+}
+
+/// What a QARepVGG training checkpoint cannot say about itself.
+#[derive(Args, Default)]
+struct FormArgs {
+    /// QARepVGG training blocks: v1 (`QARepVGGBlock`) or v2 (`QARepVGGBlockV2`, with the
+    /// average-pool branch); a state dict looks the same either way.
+    #[arg(long, default_value = "v1")]
+    qarep: String,
+    /// Batch-norm eps of QARepVGG blocks (YOLOv6's detectors train with 1e-3).
+    #[arg(long, default_value_t = repvgg::graph::weights::BN_EPS)]
+    bn_eps: f64,
+}
+
+impl FormArgs {
+    fn options(&self) -> Result<repvgg::graph::ResolveOptions> {
+        let qarep_variant = match self.qarep.trim().to_ascii_lowercase().as_str() {
+            "v1" => repvgg::graph::QaRepVariant::V1,
+            "v2" => repvgg::graph::QaRepVariant::V2,
+            other => return Err(repvgg::Error::Option(format!("--qarep: unknown variant `{other}` (v1, v2)")).into()),
+        };
+        if !(self.bn_eps.is_finite() && self.bn_eps > 0.0) {
+            return Err(
+                repvgg::Error::Option(format!("--bn-eps must be a positive number, not {}", self.bn_eps)).into()
+            );
+        }
+        Ok(repvgg::graph::ResolveOptions { qarep_variant, qarep_eps: self.bn_eps })
+    }
 }
 
 impl WeightsArgs {
     fn load(&self) -> Result<Model> {
-        Ok(Model::load(&self.weights, &model_options(self.arch.as_deref())?)?)
+        let options = ModelOptions { forms: self.forms.options()?, ..model_options(self.arch.as_deref())? };
+        Ok(Model::load(&self.weights, &options)?)
     }
 
     /// `--arch` as a path, in case it names a file.
@@ -244,6 +275,8 @@ enum Command {
         /// Architecture to check the weights against (inferred from shapes if omitted).
         #[arg(long)]
         arch: Option<String>,
+        #[command(flatten)]
+        forms: FormArgs,
     },
 }
 
@@ -554,11 +587,11 @@ fn density(config: density::Config, threads: Option<usize>, isa: &str, json: boo
     Ok(())
 }
 
-fn convert(train: &Path, deploy: &Path, arch: Option<&str>) -> Result<()> {
+fn convert(train: &Path, deploy: &Path, arch: Option<&str>, forms: &FormArgs) -> Result<()> {
     let output = Output::new(deploy, &inputs(&[Some(train), arch.map(Path::new)]))?;
-    let model = Model::load(train, &model_options(arch)?)?;
-    let tensors = model.weights().named_tensors(model.network());
-    loader::write_tensors(&output, tensors)?;
+    let options = ModelOptions { forms: forms.options()?, ..model_options(arch)? };
+    let model = Model::load(train, &options)?;
+    model.write(&output)?;
     eprintln!("{}: wrote deploy weights to {}", model.description(), output.path().display());
     Ok(())
 }
@@ -576,7 +609,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::serve(&args),
         Command::Time { model, input, run } => time_server(&model, &input, run.options(false)?),
         Command::Quantize(args) => quantize::run(&args),
-        Command::Convert { train, deploy, arch } => convert(&train, &deploy, arch.as_deref()),
+        Command::Convert { train, deploy, arch, forms } => convert(&train, &deploy, arch.as_deref(), &forms),
         Command::Density { channels, size, batch, threads, runs, isa, paper, json, plot } => {
             let config = if paper {
                 density::Config::PAPER

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network, TensorSource};
+use repvgg_graph::{ArchSpec, Convention, DeployWeights, Network, ResolveOptions, TensorSource};
 
 use crate::error::{Error, Result};
 use crate::exec::{LayerWeights, PackedWeights, REGISTRY};
@@ -23,6 +23,9 @@ pub struct ModelOptions {
     /// Architecture to check the weights against; inferred from the shapes if `None`.
     pub arch: Option<ArchSpec>,
     pub limits: Limits,
+    /// What a QARepVGG training checkpoint cannot say about itself (V1 or V2 blocks, the
+    /// batch-norm eps); other forms ignore it.
+    pub forms: ResolveOptions,
 }
 
 /// Per-layer data derived from the deploy weights.
@@ -76,13 +79,14 @@ impl Model {
         let quantized = quant::is_quantized(file);
         let dequantized = Dequantized::new(file);
         let source: &dyn TensorSource = if quantized { &dequantized } else { file };
-        let resolved = repvgg_graph::resolve(source, options.arch.as_ref()).map_err(|e| match e {
-            // Name the file for errors that come from the names and shapes inside it.
-            repvgg_graph::Error::BadWeights(msg) => {
-                Error::Graph(repvgg_graph::Error::BadWeights(format!("{}: {msg}", path.display())))
-            }
-            other => Error::Graph(other),
-        })?;
+        let resolved =
+            repvgg_graph::resolve_with(source, options.arch.as_ref(), &options.forms).map_err(|e| match e {
+                // Name the file for errors that come from the names and shapes inside it.
+                repvgg_graph::Error::BadWeights(msg) => {
+                    Error::Graph(repvgg_graph::Error::BadWeights(format!("{}: {msg}", path.display())))
+                }
+                other => Error::Graph(other),
+            })?;
         let convention = match resolved.convention {
             Convention::Official => "official",
             Convention::Timm => "timm",

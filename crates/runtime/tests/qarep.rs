@@ -52,12 +52,10 @@ fn reference_error(model: &Model, want: &[Tensor]) -> f32 {
     err
 }
 
-/// Loads the V2 file through the graph crate with `options`, as `Model::load` would.
+/// Loads the V2 file through `Model::load` with `options` (the file cannot say them).
 fn load_v2(options: &ResolveOptions) -> Model {
-    let file = SafetensorsFile::open(&dir().join("train-v2.safetensors"), "weights file", 1 << 30).unwrap();
-    let resolved = repvgg_graph::resolve_with(&file, Some(&arch()), options).unwrap();
-    let description = format!("tiny-qarep ({} form)", resolved.form_summary());
-    Model::from_parts(resolved.network, resolved.weights, Limits::default(), description).unwrap()
+    let options = ModelOptions { arch: Some(arch()), forms: *options, ..Default::default() };
+    Model::load(&dir().join("train-v2.safetensors"), &options).unwrap()
 }
 
 #[test]
