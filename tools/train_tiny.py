@@ -14,6 +14,10 @@ PyTorch's logits, the labels and the accuracy.
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch scikit-learn safetensors numpy
     /tmp/torchenv/bin/python tools/train_tiny.py
+    /tmp/torchenv/bin/python tools/train_tiny.py --calibration-only   # calibration split only
+
+The calibration split (calibration.safetensors, for INT8 post-training quantization:
+tools/int8_study.py) is drawn from the training images only, see calibration().
 """
 
 from __future__ import annotations
@@ -91,6 +95,32 @@ def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return images[train], labels[train], test_images, labels[test]
 
 
+CALIBRATION = 128
+CALIBRATION_SEED = 1
+
+
+def calibration(train_x: torch.Tensor, train_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The calibration split for post-training quantization: CALIBRATION training images
+    (never held-out ones), the first of a permutation of the training split drawn from its
+    own generator (seed CALIBRATION_SEED: training's random state is not touched), without
+    augmentation, rounded to F16 like the held-out input. Returns the images, their labels
+    and their positions in the training split."""
+    pick = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(CALIBRATION_SEED))[:CALIBRATION]
+    return train_x[pick].half().float(), train_y[pick], pick
+
+
+def write_calibration(out: Path) -> None:
+    """Writes out/calibration.safetensors: `input` [N, 3, SIDE, SIDE] F16 (as input.safetensors),
+    `labels` F32 (as expected.safetensors) and `train_index` F32 (positions in the training
+    split, i.e. in load_digits() order `order[297:][train_index]` of data()). No training:
+    the fixture's weights are untouched."""
+    train_x, train_y, _, _ = data()
+    x, y, pick = calibration(train_x, train_y)
+    save_file({"input": x.half().contiguous(), "labels": y.float().contiguous(), "train_index": pick.float().contiguous()},
+              str(out / "calibration.safetensors"))
+    print(f"wrote {out / 'calibration.safetensors'} ({len(y)} training images, classes {torch.bincount(y, minlength=10).tolist()})")
+
+
 def main() -> None:
     torch.manual_seed(SEED)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,8 +167,17 @@ def main() -> None:
         "accuracy": accuracy, "correct": correct, "total": len(test_y), "epochs": epochs,
         "torch": torch.__version__, "device": device, "side": SIDE,
     }, indent=1) + "\n")
+    write_calibration(OUT)
     print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Trains and exports models/fixtures/trained-digits/.")
+    ap.add_argument("--calibration-only", action="store_true",
+                    help="write only calibration.safetensors for the committed weights (no training)")
+    if ap.parse_args().calibration_only:
+        write_calibration(OUT)
+    else:
+        main()
