@@ -18,7 +18,9 @@ measures that on our trained fixtures, as the runtime's INT8 path will compute i
 
 The stem (its input is the signed normalized image) and the classifier (global average
 pool + linear) stay FP32 in every variant. Variants: naive (per-tensor weights, min-max),
-per-channel + min-max, per-channel + percentile. Reports held-out accuracy, per-layer
+per-channel + min-max, per-channel + percentile; and, for information, naive and
+per-channel + min-max with the weights that read a dead input channel (max 0 on the
+calibration split) zeroed before the scales are chosen. Reports held-out accuracy, per-layer
 output SQNR against FP32 on the calibration split (errors accumulated from the layers
 before, and each layer alone on FP32 inputs), the spread of the per-output-channel max|w|,
 and writes int8_study.json next to the fixture.
@@ -214,13 +216,25 @@ def study(fixture: Path) -> dict:
             entry["input_dead_channels"] = int((ch == 0).sum())
         result["layers"].append(entry)
 
+    # Extra variants: the same with the weights that read an input channel the calibration
+    # split never made nonzero ("dead": max 0 after the previous ReLU) set to 0 before the
+    # scales are chosen. Exact on the calibration split; an outlier there (an identity BN
+    # dividing by sqrt(running_var + eps) of a dead channel) no longer sets the scale.
+    dead_zeroed = [net[0]]
+    for layer, a in zip(net[1:], calib_inputs):
+        kernel = layer["kernel"].copy()
+        kernel[:, a.max(axis=(0, 2, 3)) == 0] = 0.0
+        dead_zeroed.append({**layer, "kernel": kernel})
+    variants["naive_dead_inputs_zeroed"] = (minmax, False, "naive, weights on dead input channels zeroed first")
+    variants["per_channel_minmax_dead_inputs_zeroed"] = (minmax, True, "per-channel + min-max, weights on dead input channels zeroed first")
     for key, (scales, per_channel, what) in variants.items():
-        q_held = forward_q(held, net, scales, per_channel)
+        net_v = dead_zeroed if key.endswith("dead_inputs_zeroed") else net
+        q_held = forward_q(held, net_v, scales, per_channel)
         correct = int((classifier(q_held[-1], lw, lb).argmax(1) == labels).sum())
-        q_calib = forward_q(calib, net, scales, per_channel)
+        q_calib = forward_q(calib, net_v, scales, per_channel)
         per_layer = []
         for i in range(1, len(net)):
-            alone = layer_q(calib_inputs[i - 1], net[i], scales[i - 1], per_channel)
+            alone = layer_q(calib_inputs[i - 1], net_v[i], scales[i - 1], per_channel)
             per_layer.append({"name": net[i]["name"], "input_scale": scales[i - 1],
                               "sqnr_db": sqnr(fp_calib[i], q_calib[i]), "sqnr_alone_db": sqnr(fp_calib[i], alone)})
         logits_sqnr = sqnr(classifier(fp_calib[-1], lw, lb), classifier(q_calib[-1], lw, lb))
@@ -248,13 +262,13 @@ def print_table(r: dict) -> None:
         print(f"{e['name']:10} {str(e['shape']):16} {s['max_over_min']:14.1f} {s['max_over_median']:10.2f} "
               f"{s['channels_under_16_levels_per_tensor']:>3}/{s['channels']:<4} {extra}")
     names = [e["name"] for e in r["layers"][1:]]
-    print(f"\n{'variant':24} {'held-out':>12} {'logits dB':>9}  " + " ".join(f"{n:>9}" for n in names) + "   (SQNR dB, accumulated / alone)")
-    print(f"{'fp32':24} {r['fp32']['correct']:>5}/{total} {100 * r['fp32']['accuracy']:5.1f}%")
+    print(f"\n{'variant':38} {'held-out':>12} {'logits dB':>9}  " + " ".join(f"{n:>9}" for n in names) + "   (SQNR dB, accumulated / alone)")
+    print(f"{'fp32':38} {r['fp32']['correct']:>5}/{total} {100 * r['fp32']['accuracy']:5.1f}%")
     for key, v in r["variants"].items():
         cells = " ".join(f"{p['sqnr_db']:9.1f}" for p in v["layers"])
         alone = " ".join(f"{p['sqnr_alone_db']:9.1f}" for p in v["layers"])
-        print(f"{key:24} {v['correct']:>5}/{total} {100 * v['accuracy']:5.1f}% {v['logits_sqnr_db']:9.1f}  {cells}")
-        print(f"{'':24} {'':14} {'(alone)':>9}  {alone}")
+        print(f"{key:38} {v['correct']:>5}/{total} {100 * v['accuracy']:5.1f}% {v['logits_sqnr_db']:9.1f}  {cells}")
+        print(f"{'':38} {'':14} {'(alone)':>9}  {alone}")
 
 
 def main() -> None:
