@@ -15,9 +15,13 @@ PyTorch's logits, the labels and the accuracy.
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch scikit-learn safetensors numpy
     /tmp/torchenv/bin/python tools/train_tiny.py
     /tmp/torchenv/bin/python tools/train_tiny.py --calibration-only   # calibration split only
+    /tmp/torchenv/bin/python tools/train_tiny.py --spread             # models/fixtures/spread-digits/
 
 The calibration split (calibration.safetensors, for INT8 post-training quantization:
 tools/int8_study.py) is drawn from the training images only, see calibration().
+--spread trains and exports a second fixture the same way (see SPREAD_RECIPE), whose fused
+kernels have the outlier that makes naive INT8 collapse (docs/precision.md, "INT8 accuracy
+on the digits fixtures"); trained-digits' code path and weights are untouched.
 """
 
 from __future__ import annotations
