@@ -25,8 +25,8 @@ struct Fixture {
     correct: usize,
 }
 
-fn fixture() -> Fixture {
-    let dir = common::models_dir().join("fixtures/trained-digits");
+fn fixture(name: &str) -> Fixture {
+    let dir = common::models_dir().join("fixtures").join(name);
     let arch = ArchSpec::from_file(&dir.join("arch.toml")).unwrap();
     let input = read_input(&dir.join("input.safetensors"), &Limits::default()).unwrap();
     let expected = SafetensorsFile::open(&dir.join("expected.safetensors"), "expected outputs", 1 << 24).unwrap();
@@ -72,7 +72,33 @@ fn check(model: &Model, f: &Fixture, what: &str) {
 
 #[test]
 fn trained_weights_reproduce_pytorch() {
-    let f = fixture();
+    reproduce("trained-digits");
+}
+
+/// The same network trained so that a dead channel gives an identity BN a fused weight of
+/// ~196 (the INT8 fixture: `tools/train_tiny.py --spread`, docs/precision.md).
+#[test]
+fn spread_weights_reproduce_pytorch() {
+    reproduce("spread-digits");
+}
+
+/// The calibration splits for INT8 are inputs our loader reads: training images, not the
+/// held-out ones.
+#[test]
+fn calibration_splits_load() {
+    for (name, n) in [("trained-digits", 128), ("spread-digits", 64)] {
+        let f = fixture(name);
+        let calib = read_input(&f.dir.join("calibration.safetensors"), &Limits::default()).unwrap();
+        assert_eq!(calib.shape(), &[n, 3, 24, 24], "{name}");
+        let image = 3 * 24 * 24;
+        for c in calib.data().chunks(image) {
+            assert!(f.input.data().chunks(image).all(|h| h != c), "{name}: a calibration image is a held-out one");
+        }
+    }
+}
+
+fn reproduce(name: &str) {
+    let f = fixture(name);
     assert!(f.correct * 10 > f.labels.len() * 9, "the fixture's network learned the digits ({} right)", f.correct);
     let options = ModelOptions { arch: Some(f.arch.clone()), ..Default::default() };
     let trained = Model::load(&f.dir.join("train.safetensors"), &options).unwrap();
