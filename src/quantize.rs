@@ -41,6 +41,11 @@ pub struct QuantizeArgs {
     /// loses RepVGG's accuracy; for comparison).
     #[arg(long)]
     per_tensor: bool,
+    /// Keep the weights that read input channels which were 0 on every calibration image
+    /// (by default they are zeroed before quantizing, which is exact where the channel is
+    /// 0 and keeps such weights from setting a channel's scale).
+    #[arg(long)]
+    keep_dead_inputs: bool,
     /// Print the per-layer error report.
     #[arg(long)]
     report: bool,
@@ -93,6 +98,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         keep_fp32: args.keep_fp32.parse::<KeepFp32>()?,
         auto_threshold: args.keep_threshold,
         per_tensor_weights: args.per_tensor,
+        prune_dead_inputs: !args.keep_dead_inputs,
         threads: thread_count(args.threads)?,
     };
     let model = args.model.load()?;
@@ -130,17 +136,18 @@ fn summary(report: &QuantReport, out: &mut dyn Write) -> std::io::Result<()> {
 fn print_report(report: &QuantReport, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<10} {:>9} {:>12} {:>10} {:>12} {:>9}",
-        "layer", "precision", "input scale", "w spread", "alone err", "SQNR dB"
+        "{:<10} {:>9} {:>12} {:>10} {:>5} {:>12} {:>9}",
+        "layer", "precision", "input scale", "w spread", "dead", "alone err", "SQNR dB"
     )?;
     for l in &report.layers {
         writeln!(
             out,
-            "{:<10} {:>9} {:>12} {:>10.1} {:>12} {:>9.1}",
+            "{:<10} {:>9} {:>12} {:>10.1} {:>5} {:>12} {:>9.1}",
             l.name,
             l.precision,
             l.input_scale.map_or("-".into(), |s| format!("{s:.4e}")),
             l.weight_spread,
+            l.dead_inputs,
             l.alone_logit_error.map_or("-".into(), |e| format!("{e:.2e}")),
             l.sqnr_db
         )?;

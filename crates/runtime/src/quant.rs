@@ -168,6 +168,9 @@ pub struct QuantizeOptions {
     pub auto_threshold: f64,
     /// Per-tensor weight scales instead of per-channel (the naive scheme, for comparison).
     pub per_tensor_weights: bool,
+    /// Zero the weights that read input channels which were 0 on every calibration image
+    /// (a ReLU that never fires) before quantizing ([`zero_inputs`]).
+    pub prune_dead_inputs: bool,
     /// Threads of the calibration sessions (0: one per core).
     pub threads: usize,
 }
@@ -179,6 +182,7 @@ impl Default for QuantizeOptions {
             keep_fp32: KeepFp32::default(),
             auto_threshold: DEFAULT_AUTO_THRESHOLD,
             per_tensor_weights: false,
+            prune_dead_inputs: true,
             threads: 0,
         }
     }
@@ -206,6 +210,9 @@ pub struct LayerReport {
     /// Largest over smallest per-channel `max |w|` of the deploy kernel (all-zero channels
     /// left out): how much one scale per tensor would waste.
     pub weight_spread: f64,
+    /// Input channels that were 0 on every calibration image (their weights are zeroed
+    /// when [`QuantizeOptions::prune_dead_inputs`] is on).
+    pub dead_inputs: usize,
     /// The relative L2 change of the logits when this layer alone runs INT8 (what
     /// `KeepFp32::Auto` decides on; `None` where it was not measured).
     pub alone_logit_error: Option<f64>,
@@ -230,11 +237,17 @@ pub struct QuantReport {
 /// Per-layer activation statistics on the calibration set.
 struct Stats {
     max: f32,
+    /// Largest value per channel.
+    channel_max: Vec<f32>,
+    /// Counts of the positive values over `[0, max]` (zeros, which code 0 represents
+    /// exactly, are left out: after a ReLU they are often most of the values, and would
+    /// pull a percentile or the KL choice towards clipping the rest).
     histogram: Vec<u64>,
 }
 
 /// Every value of a layer's real channels in its channel-blocked output.
-fn for_each_value(lp: &LayerPlan, n: usize, output: &[f32], mut f: impl FnMut(f32)) {
+/// Every value of a layer's real channels in its channel-blocked output, with its channel.
+fn for_each_value(lp: &LayerPlan, n: usize, output: &[f32], mut f: impl FnMut(usize, f32)) {
     let (c, plane) = (lp.out_channels, lp.oh * lp.ow);
     let blocks = channel_blocks(c);
     for b in 0..n {
@@ -242,7 +255,8 @@ fn for_each_value(lp: &LayerPlan, n: usize, output: &[f32], mut f: impl FnMut(f3
             let lanes = (c - blk * CHANNEL_BLOCK).min(CHANNEL_BLOCK);
             let base = (b * blocks + blk) * plane * CHANNEL_BLOCK;
             for p in 0..plane {
-                output[base + p * CHANNEL_BLOCK..][..lanes].iter().for_each(|v| f(*v));
+                let values = &output[base + p * CHANNEL_BLOCK..][..lanes];
+                values.iter().enumerate().for_each(|(l, v)| f(blk * CHANNEL_BLOCK + l, *v));
             }
         }
     }
@@ -351,6 +365,26 @@ pub(crate) fn quantize_weights(weight: &[f32], out_channels: usize, per_tensor: 
     (codes, scales)
 }
 
+/// The input channels that were 0 on every calibration image.
+fn dead_inputs(stats: &Stats) -> Vec<usize> {
+    stats.channel_max.iter().enumerate().filter(|(_, m)| **m <= 0.0).map(|(c, _)| c).collect()
+}
+
+/// Zeroes the weights of a `[K][C/groups][k][k]` kernel that read the input channels
+/// `dead`: exact wherever those channels are 0, and it keeps a dead channel's weights (an
+/// identity branch's batch norm over a channel of variance ~0 folds into a weight
+/// hundreds of times the others) from setting the scale of the output channels.
+fn zero_inputs(weight: &mut [f32], out_channels: usize, in_channels: usize, groups: usize, dead: &[usize]) {
+    let (cg, kg) = (in_channels / groups, out_channels / groups);
+    let taps = weight.len() / (out_channels * cg);
+    for &c in dead {
+        let (g, local) = (c / cg, c % cg);
+        for k in g * kg..(g + 1) * kg {
+            weight[(k * cg + local) * taps..][..taps].fill(0.0);
+        }
+    }
+}
+
 /// Largest over smallest nonzero per-channel `max |w|`.
 fn weight_spread(weight: &[f32], out_channels: usize) -> f64 {
     let per = weight.len() / out_channels;
@@ -451,13 +485,16 @@ impl Model {
         // Statistics of every layer's input (the previous layer's output), FP32 model.
         let mut fp32 =
             self.session(SessionOptions { threads, precision: Some(Precision::F32), ..Default::default() })?;
-        let mut stats: Vec<Stats> = (0..count).map(|_| Stats { max: 0.0, histogram: vec![0; BINS] }).collect();
+        let mut stats: Vec<Stats> =
+            (0..count).map(|_| Stats { max: 0.0, channel_max: Vec::new(), histogram: vec![0; BINS] }).collect();
         let mut reference = Vec::new();
         for batch in &batches {
             let n = batch.shape()[0];
             let logits = fp32.run_observed(batch, &mut |lp, out| {
                 if let Some(s) = stats.get_mut(lp.index + 1) {
-                    for_each_value(lp, n, out, |v| s.max = s.max.max(v));
+                    s.channel_max.resize(lp.out_channels, 0.0);
+                    for_each_value(lp, n, out, |c, v| s.channel_max[c] = s.channel_max[c].max(v));
+                    s.max = s.channel_max.iter().fold(0f32, |m, v| m.max(*v));
                 }
             })?;
             reference.extend_from_slice(logits.data());
@@ -470,8 +507,10 @@ impl Model {
                         && s.max > 0.0
                     {
                         let per_bin = BINS as f32 / s.max;
-                        for_each_value(lp, n, out, |v| {
-                            s.histogram[((v * per_bin) as usize).min(BINS - 1)] += 1;
+                        for_each_value(lp, n, out, |_, v| {
+                            if v > 0.0 {
+                                s.histogram[((v * per_bin) as usize).min(BINS - 1)] += 1;
+                            }
                         });
                     }
                 })?;
@@ -490,8 +529,12 @@ impl Model {
                 }
                 let t = threshold(options.calibration, &stats[lp.index]);
                 let input_scale = if t > 0.0 && (t / 255.0).is_normal() { t / 255.0 } else { 1.0 };
-                let deploy = &self.weights().layers[lp.index].conv.weight;
-                let (weight, weight_scale) = quantize_weights(deploy, lp.out_channels, options.per_tensor_weights);
+                let mut deploy = self.weights().layers[lp.index].conv.weight.clone();
+                if options.prune_dead_inputs {
+                    let dead = dead_inputs(&stats[lp.index]);
+                    zero_inputs(&mut deploy, lp.out_channels, lp.in_channels, lp.groups, &dead);
+                }
+                let (weight, weight_scale) = quantize_weights(&deploy, lp.out_channels, options.per_tensor_weights);
                 Some(Int8Layer { input_scale, weight_scale, weight })
             })
             .collect();
@@ -535,6 +578,13 @@ impl Model {
         };
         let layers: Vec<Option<Int8Layer>> =
             candidates.into_iter().zip(&keep).map(|(c, &k)| if k { None } else { c }).collect();
+        if layers.iter().all(Option::is_none) {
+            return Err(Error::Option(format!(
+                "no layer is left to run in INT8 (each moves the calibration logits by more than the threshold of \
+                 {}; raise it or keep fewer layers in FP32)",
+                options.auto_threshold
+            )));
+        }
         let fp32_layers: Vec<String> =
             names.iter().zip(&layers).skip(1).filter(|(_, l)| l.is_none()).map(|(n, _)| n.clone()).collect();
         let quantized = self.with_int8(layers.clone(), info(fp32_layers))?;
@@ -567,6 +617,7 @@ impl Model {
                 precision: if layers[lp.index].is_some() { Precision::Int8 } else { Precision::F32 },
                 input_scale: layers[lp.index].as_ref().map(|l| l.input_scale),
                 weight_spread: weight_spread(&self.weights().layers[lp.index].conv.weight, lp.out_channels),
+                dead_inputs: if lp.index == 0 { 0 } else { dead_inputs(&stats[lp.index]).len() },
                 alone_logit_error: alone[lp.index],
                 sqnr_db: if noise[lp.index] > 0.0 {
                     10.0 * (signal[lp.index] / noise[lp.index]).log10()
@@ -774,10 +825,10 @@ mod tests {
     fn stats_of(values: &[f32]) -> Stats {
         let max = values.iter().fold(0f32, |m, v| m.max(*v));
         let mut histogram = vec![0u64; BINS];
-        for v in values {
+        for v in values.iter().filter(|v| **v > 0.0) {
             histogram[((v * (BINS as f32 / max)) as usize).min(BINS - 1)] += 1;
         }
-        Stats { max, histogram }
+        Stats { max, channel_max: vec![max], histogram }
     }
 
     /// Calibration on known distributions: uniform values keep their maximum under every
@@ -800,6 +851,16 @@ mod tests {
         assert!((3.9..4.1).contains(&percentile), "percentile: {percentile}");
         let entropy = threshold(Calibration::Entropy, &s);
         assert!((3.0..10.0).contains(&entropy), "entropy: {entropy}");
+    }
+
+    #[test]
+    fn dead_inputs_are_zeroed_in_their_group_only() {
+        // K = 4, C = 4, two groups (2 channels each), 1x1: input channel 3 is dead.
+        let mut w: Vec<f32> = (1..=8).map(|v| v as f32).collect();
+        let stats = Stats { max: 1.0, channel_max: vec![1.0, 2.0, 0.5, 0.0], histogram: vec![] };
+        zero_inputs(&mut w, 4, 4, 2, &dead_inputs(&stats));
+        // Group 1's outputs (k = 2, 3) read channels 2 and 3 as their locals 0 and 1.
+        assert_eq!(w, vec![1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 7.0, 0.0]);
     }
 
     #[test]
