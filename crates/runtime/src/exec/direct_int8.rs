@@ -19,7 +19,7 @@ use super::schedule::{Schedule, Work};
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
 use crate::buffers::SharedMut;
 use crate::kernels::gemm::{MR, NR};
-use crate::kernels::int8::{self, MAX_COLUMNS, MAX_DEPTH, Tile};
+use crate::kernels::int8::{self, Int8Kernels, Int8Set, MAX_COLUMNS, MAX_DEPTH, Tile};
 use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
 use repvgg_simd::Isa;
@@ -91,9 +91,10 @@ impl ConvExecutor for DirectInt8 {
     }
 
     /// The quantized input, then the two-phase schedule's chunk of panels (the most any
-    /// set's panel width needs).
+    /// set's panel width needs); or AMX's zero-bordered input.
     fn shared_len(&self, s: &ConvShape) -> usize {
-        quantized_floats(s) + work(s, NR).shared_len().max(work(s, MAX_COLUMNS).shared_len())
+        let panels = quantized_floats(s) + work(s, NR).shared_len().max(work(s, MAX_COLUMNS).shared_len());
+        panels.max(Bordered::new(s).bytes.div_ceil(4))
     }
 
     fn scratch_len(&self, s: &ConvShape) -> usize {
@@ -233,10 +234,117 @@ fn pack_panel(s: &ConvShape, input: &[u8], index: usize, columns: usize, run: us
 /// Floats of the input quantized per parallel item (64 KiB of bytes).
 const QUANTIZE_CHUNK_FLOATS: usize = 1 << 14;
 
+/// The u8 input with a zero border of one pixel, channel-blocked: what the AMX path of
+/// 3x3 layers reads its tiles from without packing (`int8::segment_product`).
+struct Bordered {
+    /// Pixels per side of the bordered plane.
+    ph: usize,
+    pw: usize,
+    /// Bytes of one (image, channel block) plane.
+    plane: usize,
+    /// Bytes of the buffer: every plane, then slack for the tile rows past a plane's last
+    /// output pixel (their results are dropped).
+    bytes: usize,
+}
+
+impl Bordered {
+    fn new(s: &ConvShape) -> Bordered {
+        let (ph, pw) = (s.h + 2, s.w + 2);
+        let plane = ph * pw * CHANNEL_BLOCK;
+        let slack = (MAX_COLUMNS * s.stride + 4) * CHANNEL_BLOCK;
+        Bordered { ph, pw, plane, bytes: s.n * channel_blocks(s.in_channels) * plane + slack }
+    }
+}
+
+/// Whether the AMX path without packing runs this layer: 3x3 (the three taps of a kernel
+/// row are one 48-byte tile row) with the AMX set.
+fn reads_in_place(s: &ConvShape, kernels: Int8Kernels) -> bool {
+    kernels.set() == Int8Set::Amx && s.kernel == 3
+}
+
+/// The AMX path: quantize into the bordered layout, then for each segment of up to 16
+/// output pixels of one row, every weight panel's tile product read in place.
+fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
+    let RunContext { int8: kernels, shape, bias, relu, input, output, shared, .. } = ctx;
+    let s = *shape;
+    let layout = Bordered::new(shape);
+    let cb = channel_blocks(s.in_channels);
+    let cbg = channel_blocks(s.in_per_group());
+    let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<f32, u8>(shared)[..layout.bytes];
+    let row_bytes = layout.pw * CHANNEL_BLOCK;
+    let inv = weights.inv_input_scale;
+    let (planes, slack) = bytes.split_at_mut(s.n * cb * layout.plane);
+    slack.fill(0);
+    // One item per bordered row (a whole number of floats: 16 bytes per pixel).
+    let rows: &mut [f32] = bytemuck::cast_slice_mut(planes);
+    for_each_chunk_mut(rows, row_bytes / 4, |r, row| {
+        let row: &mut [u8] = bytemuck::cast_slice_mut(row);
+        let (plane, py) = (r / layout.ph, r % layout.ph);
+        if py == 0 || py == layout.ph - 1 {
+            row.fill(0);
+            return;
+        }
+        row[..CHANNEL_BLOCK].fill(0);
+        row[row_bytes - CHANNEL_BLOCK..].fill(0);
+        let src = &input[(plane * s.h + py - 1) * s.w * CHANNEL_BLOCK..][..s.w * CHANNEL_BLOCK];
+        int8::quantize(kernels, src, inv, &mut row[CHANNEL_BLOCK..row_bytes - CHANNEL_BLOCK]);
+    });
+    let bordered: &[u8] = bytes;
+
+    // Step (channel block, kernel row) of a group reads 48 bytes per pixel here; the
+    // weights' reduction order puts the same 48 values in one run of 12 rows.
+    let offsets: Vec<usize> =
+        (0..cbg).flat_map(|blk| (0..3).map(move |ky| blk * layout.plane + ky * row_bytes)).collect();
+    let segments = s.ow.div_ceil(MAX_COLUMNS);
+    let plane_out = s.oh * s.ow;
+    let out = SharedMut::new(output);
+    crate::team::for_each(s.n * s.oh * segments, |item| {
+        let (image, oy, x0) = (item / (s.oh * segments), item / segments % s.oh, item % segments * MAX_COLUMNS);
+        let count = MAX_COLUMNS.min(s.ow - x0);
+        let mut tile: Tile = [0; MR * MAX_COLUMNS];
+        for wp in 0..s.groups * weights.panels_per_group {
+            let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
+            let (k0, width, a) = weights.panel(g, b);
+            let base =
+                (image * cb + g * cbg) * layout.plane + (oy * s.stride * layout.pw + x0 * s.stride) * CHANNEL_BLOCK;
+            int8::segment_product(kernels, bordered, base, &offsets, s.stride * CHANNEL_BLOCK, 48, a, width, &mut tile);
+            let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
+            let scale = &weights.scale[g * weights.k_pad + k0..];
+            let bias = &bias[first_block * CHANNEL_BLOCK..];
+            for blk in 0..width / CHANNEL_BLOCK {
+                let start =
+                    (((image * channel_blocks(s.out_channels) + first_block + blk) * plane_out) + oy * s.ow + x0)
+                        * CHANNEL_BLOCK;
+                // Each item writes its own pixels (one row segment) of every channel block.
+                let region = out.raw(start, count * CHANNEL_BLOCK);
+                let c = blk * CHANNEL_BLOCK;
+                for j in 0..count {
+                    // SAFETY: pixel j < count of this segment lies inside `region`, and no
+                    // other item writes these pixels.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(region.add(j * CHANNEL_BLOCK), CHANNEL_BLOCK) };
+                    int8::dequantize_block(&tile[j * MR + c..], &scale[c..], &bias[c..], relu, dst);
+                }
+            }
+        }
+    });
+}
+
 /// Runs the convolution: `output = relu?(conv(input) + bias)`, channel-blocked out.
 fn run(ctx: RunContext<'_>) {
-    let RunContext { int8: kernels, shape, weights, bias, relu, input, output, shared, scratch, .. } = ctx;
-    let weights: &Int8Weights = downcast(weights);
+    let RunContext {
+        isa,
+        int8: kernels,
+        shape,
+        weights: ctx_weights,
+        deploy,
+        bias,
+        relu,
+        input,
+        output,
+        shared,
+        scratch,
+    } = ctx;
+    let weights: &Int8Weights = downcast(ctx_weights);
     let s = *shape;
     let out_blocks = channel_blocks(s.out_channels);
     assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
@@ -245,6 +353,24 @@ fn run(ctx: RunContext<'_>) {
     assert!(input.len() >= in_len, "input buffer too small");
     assert!(shared.len() >= DirectInt8.shared_len(shape), "shared panel buffer too small");
     assert_eq!((weights.groups, weights.kernel), (s.groups, s.kernel), "weights packed for another layer");
+    if reads_in_place(shape, kernels) {
+        return run_in_place(
+            RunContext {
+                int8: kernels,
+                shape,
+                weights: ctx_weights,
+                bias,
+                relu,
+                input,
+                output,
+                shared,
+                scratch,
+                isa,
+                deploy,
+            },
+            weights,
+        );
+    }
 
     let (quantized, shared) = shared.split_at_mut(quantized_floats(shape));
     let inv = weights.inv_input_scale;
@@ -317,7 +443,6 @@ impl Pixels {
 mod tests {
     use super::*;
     use crate::buffers::Scratch;
-    use crate::kernels::int8::Int8Kernels;
     use crate::kernels::int8::quantize_one;
     use crate::quant::{Int8Layer, quantize_weights};
     use crate::team::Team;

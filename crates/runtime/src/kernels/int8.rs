@@ -288,6 +288,96 @@ mod amx {
 
     /// # Safety
     ///
+    /// AMX-TILE and AMX-INT8 with the OS's permission; for every step `i`, 16 rows of
+    /// `run` bytes at `input + offsets[i] + r * stride` are readable, and so are the
+    /// `offsets.len() * run * width` bytes of `a`; `run` in {16, 32, 48, 64}; `width` 16 or
+    /// 32; `offsets` not empty.
+    pub unsafe fn segment(
+        input: *const u8,
+        offsets: &[usize],
+        stride: usize,
+        run: usize,
+        a: *const i8,
+        width: usize,
+        acc: &mut Tile,
+    ) {
+        let config = Config::new(run);
+        let b_step = run / 4 * width * 4;
+        let (b_stride, c_stride) = (width * 4, MR * 4);
+        // SAFETY: the caller guarantees CPU and OS support and that every tile load (step i:
+        // A at input + offsets[i], 16 rows at `stride`; B at a + i * b_step, `run / 4` rows
+        // at `width * 4`, plus 64 for the second tile when width is 32) is readable. The
+        // stores write 16 rows of 64 bytes at a stride of MR * 4 into the tile. The
+        // configuration is valid and aligned; the state is released before the block ends.
+        unsafe {
+            if width == MR {
+                asm!(
+                    "ldtilecfg [{cfg}]",
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "2:",
+                    "mov {t}, [{offs}]",
+                    "add {t}, {input}",
+                    "tileloadd tmm2, [{t} + {sa}*1]",
+                    "tileloadd tmm3, [{pa} + {sb}*1]",
+                    "tileloadd tmm4, [{pa} + {sb}*1 + 64]",
+                    "tdpbusd tmm0, tmm2, tmm3",
+                    "tdpbusd tmm1, tmm2, tmm4",
+                    "add {offs}, 8",
+                    "add {pa}, {bb}",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c} + {sc}*1], tmm0",
+                    "tilestored [{c} + {sc}*1 + 64], tmm1",
+                    "tilerelease",
+                    cfg = in(reg) config.0.as_ptr(),
+                    input = in(reg) input,
+                    offs = inout(reg) offsets.as_ptr() => _,
+                    t = out(reg) _,
+                    pa = inout(reg) a => _,
+                    sa = in(reg) stride,
+                    sb = in(reg) b_stride,
+                    sc = in(reg) c_stride,
+                    bb = in(reg) b_step,
+                    c = in(reg) acc.as_mut_ptr(),
+                    n = inout(reg) offsets.len() => _,
+                    options(nostack),
+                );
+            } else {
+                asm!(
+                    "ldtilecfg [{cfg}]",
+                    "tilezero tmm0",
+                    "2:",
+                    "mov {t}, [{offs}]",
+                    "add {t}, {input}",
+                    "tileloadd tmm2, [{t} + {sa}*1]",
+                    "tileloadd tmm3, [{pa} + {sb}*1]",
+                    "tdpbusd tmm0, tmm2, tmm3",
+                    "add {offs}, 8",
+                    "add {pa}, {bb}",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c} + {sc}*1], tmm0",
+                    "tilerelease",
+                    cfg = in(reg) config.0.as_ptr(),
+                    input = in(reg) input,
+                    offs = inout(reg) offsets.as_ptr() => _,
+                    t = out(reg) _,
+                    pa = inout(reg) a => _,
+                    sa = in(reg) stride,
+                    sb = in(reg) b_stride,
+                    sc = in(reg) c_stride,
+                    bb = in(reg) b_step,
+                    c = in(reg) acc.as_mut_ptr(),
+                    n = inout(reg) offsets.len() => _,
+                    options(nostack),
+                );
+            }
+        }
+    }
+
+    /// # Safety
+    ///
     /// AMX-TILE and AMX-INT8 with the OS's permission; `a` valid for `kd * width` reads
     /// and `b` for `kd * 16`; `run` in {16, 32, 48, 64} divides `kd`; `width` 16 or 32.
     pub unsafe fn panel(kd: usize, a: *const i8, width: usize, b: *const u8, run: usize, acc: &mut Tile) {
@@ -363,6 +453,45 @@ mod amx {
             }
         }
     }
+}
+
+/// One AMX product without a packed panel: for `steps` = `offsets.len()`, `A_i` is 16 rows
+/// of `run` bytes read from `input[base + offsets[i]..]` at a stride of `stride` bytes
+/// (rows may overlap), `B_i` the `run / 4` weight rows `i * run / 4 ..` of the panel `a`
+/// (`[.. / 4][width][4]` s8), and `acc[j][k] = sum_i (A_i B_i)[j][k]` for all 16 rows.
+///
+/// This is how the INT8 executor runs a 3x3 layer on AMX: on a zero-bordered
+/// channel-blocked input, the 3 taps of one kernel row are 48 contiguous bytes per
+/// channel block, and 16 output pixels of a row are 16 tile rows `16 x stride` bytes apart,
+/// so the tile loads read the activations where they are.
+#[allow(clippy::too_many_arguments)] // a kernel entry point: buffers, offsets and strides
+pub fn segment_product(
+    k: Int8Kernels,
+    input: &[u8],
+    base: usize,
+    offsets: &[usize],
+    stride: usize,
+    run: usize,
+    a: &[i8],
+    width: usize,
+    acc: &mut Tile,
+) {
+    assert_eq!(k.0, Int8Set::Amx, "segment products are AMX's");
+    assert!(width == MR || width == CHANNEL_BLOCK, "weight panel width {width}");
+    assert!([16, 32, 48, 64].contains(&run) && !offsets.is_empty(), "run of {run} bytes");
+    assert!(a.len() >= offsets.len() * run * width, "weight panel shorter than its steps");
+    let reach = base + offsets.iter().max().expect("steps") + 15 * stride + run;
+    assert!(reach <= input.len(), "tile rows reach byte {reach} of {}", input.len());
+    assert!(stride <= 1 << 16, "tile stride {stride}");
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    // SAFETY: AMX with the OS permission (Int8Kernels of set Amx); every tile read is inside
+    // `input` (the `reach` assert) or `a` (the weight-length assert), and the stores fill
+    // the tile's 16 rows.
+    unsafe {
+        amx::segment(input.as_ptr().add(base), offsets, stride, run, a.as_ptr(), width, acc)
+    };
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+    let _ = (input, base, offsets, stride, run, a, acc);
 }
 
 /// The scalar twin of the panel product.
