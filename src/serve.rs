@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use repvgg::runtime::{AlgoChoice, Model};
+use repvgg::runtime::{AlgoChoice, Model, Precision};
 use repvgg_serve::{Config, Level, Server};
 
 /// `repvgg serve` flags; defaults are [`Config::default`]'s.
@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Kernel set: auto, avx512, avx2, portable.
     #[arg(long, default_value = "auto")]
     isa: String,
+    /// Arithmetic: f32 or int8 (default: the weights file's, int8 for a file written by
+    /// `repvgg quantize`); int8 needs such a file.
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 impl ServeArgs {
@@ -130,6 +134,12 @@ impl ServeArgs {
             warmup: self.warmup.clone(),
             algo: self.algo.parse::<AlgoChoice>()?,
             isa: crate::isa_choice(&self.isa)?,
+            precision: self
+                .precision
+                .as_deref()
+                .map(str::parse::<Precision>)
+                .transpose()
+                .map_err(|e| repvgg::Error::Option(format!("--precision: {e}")))?,
             log_level: self.log_level.parse::<Level>()?,
             handle_signals: true,
         })

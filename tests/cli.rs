@@ -1183,6 +1183,62 @@ fn serve_listens_answers_and_exits_0_on_sigterm() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
+/// `repvgg serve` on a file written by `repvgg quantize` serves INT8 and says so (its
+/// `listening` line and model metadata name the precision and the int8 kernels);
+/// `--precision f32` serves it in FP32; `--precision int8` on float weights and an
+/// unknown precision are usage errors (exit 2).
+#[test]
+fn serve_runs_a_quantized_file_in_its_precision() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, arch) = (fixture("trained-digits", "train.safetensors"), fixture("trained-digits", "arch.toml"));
+    let q = dir.path().join("digits-int8.safetensors");
+    let q = q.to_str().unwrap();
+    let calibration = fixture("trained-digits", "input.safetensors");
+    let out = repvgg(&[
+        "quantize",
+        "--weights",
+        &weights,
+        "--arch",
+        &arch,
+        "--calibration",
+        &calibration,
+        "--samples",
+        "16",
+        "--out",
+        q,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (flags, precision) in [(&[][..], "int8"), (&["--precision", "f32"][..], "f32")] {
+        let mut args = vec!["--weights", q, "--arch", &arch, "--model-name", "d"];
+        args.extend_from_slice(flags);
+        let (mut child, _log, line) = start_serve(&args);
+        let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(listening["precision"], precision, "{line}");
+        assert_eq!(listening.get("int8_kernels").is_some(), precision == "int8", "{line}");
+        let mut s = std::net::TcpStream::connect(listening["http"].as_str().unwrap()).unwrap();
+        write!(s, "GET /v2/models/d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let body: serde_json::Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["parameters"]["precision"], precision, "{reply}");
+        assert_eq!(body["parameters"]["int8_kernels"], listening["int8_kernels"], "{reply}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let base = ["serve", "--weights", &weights, "--arch", &arch, "--http-port", "0", "--grpc-port", "0"];
+    let out = repvgg(&[&base[..], &["--precision", "int8"]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("INT8 needs a quantized model"), "{}", stderr(&out));
+    let out = repvgg(&[&base[..], &["--precision", "fp16"]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--precision: invalid option: unknown precision `fp16` (f32, int8)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `repvgg serve` with its standard error piped and never read (past the first line) keeps
 /// answering: log lines that do not fit the pipe and the log queue are dropped and counted
 /// in `/metrics`, never waited for; SIGTERM still drains it and it exits 0.

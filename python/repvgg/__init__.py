@@ -1,4 +1,4 @@
-"""repvgg: fast FP32 CPU inference for RepVGG networks (Ding et al., CVPR 2021).
+"""repvgg: fast FP32 and INT8 CPU inference for RepVGG networks (Ding et al., CVPR 2021).
 
 Python bindings of repvgg-rs. A model loads PyTorch's safetensors weights in any naming
 form (official or timm), dtype (F32, F16, BF16) and form (deploy, or training, fused at
@@ -10,6 +10,8 @@ load); a session runs batches of ``[N, 3, H, W]`` float32 images::
     logits = sess.run(np.zeros((1, 3, 224, 224), np.float32))   # [1, classes]
     stages = sess.features(x)                                    # the four stage outputs
     top5 = sess.classify(repvgg.preprocess("cat.jpg"))           # [[(index, prob, label), ...]]
+    q, report = repvgg.quantize(model, calibration)              # INT8 (model.precision == "int8")
+    q.save("w-int8.safetensors")                                 # Model.load runs it as INT8
 
 An input's shape is checked against the model's limits from its metadata before anything
 is converted, so a broadcast view or memory map describing gigabytes is refused with
@@ -25,7 +27,7 @@ while a session runs. Errors are exceptions with the CLI's one-line messages:
 or architectures that cannot be used, ``InputError`` (``ValueError``) for bad inputs,
 ``LimitError`` (``ValueError``) for requests beyond the limits, ``UsageError``
 (``ValueError``) for an option out of range (``threads=-1``, an unknown ``isa``,
-``top_k``), ``CpuError``
+``precision`` or calibration method, ``top_k``, INT8 asked of a float model), ``CpuError``
 (``RuntimeError``) for an instruction set the CPU lacks, ``NonFiniteError``
 (``FloatingPointError``) when finite weights and input overflow float32.
 """
@@ -51,6 +53,7 @@ from ._native import (
     imagenet_labels,
     info,
     preprocess_file,
+    quantize,
     preprocess_rgb,
     write_safetensors,
 )
@@ -71,6 +74,7 @@ __all__ = [
     "imagenet_labels",
     "info",
     "preprocess",
+    "quantize",
 ]
 
 # Keys a PyTorch BatchNorm keeps that are not weights.

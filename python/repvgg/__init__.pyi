@@ -17,6 +17,7 @@ from ._native import (
     convert as convert,
     imagenet_labels as imagenet_labels,
     info as info,
+    quantize as quantize,
     write_safetensors as write_safetensors,
 )
 

@@ -22,8 +22,19 @@ class Model:
     @staticmethod
     def synthetic(arch: str = "A0", seed: int = 0) -> Model:
         """Deterministic synthetic weights (what `repvgg bench` runs by default)."""
-    def session(self, threads: int = 0, isa: str = "auto") -> Session:
-        """A session with `threads` workers (0: one per core) and a kernel set (auto, avx512, avx2, portable)."""
+    def session(self, threads: int = 0, isa: str = "auto", precision: str | None = None) -> Session:
+        """A session with `threads` workers (0: one per core), a kernel set (auto, avx512, avx2, portable)
+        and an arithmetic: None (the model's own), "f32", or "int8" (a quantized model only; UsageError
+        on a float one)."""
+    @property
+    def precision(self) -> str:
+        """"int8" for a quantized model (`quantize`, `repvgg quantize`), else "f32"."""
+    @property
+    def quantization(self) -> dict[str, Any] | None:
+        """How the model was quantized (calibration, samples, calibration_sha256, fp32_layers), or None."""
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the model as safetensors, atomically: the quantized format for an INT8 model
+        (what `Model.load` and `repvgg serve` run as INT8), deploy weights for a float one."""
     @property
     def num_classes(self) -> int: ...
     @property
@@ -48,9 +59,30 @@ class Session:
     def threads(self) -> int: ...
     @property
     def isa(self) -> str: ...
+    @property
+    def precision(self) -> str:
+        """The arithmetic the session runs in: "f32" or "int8"."""
+    @property
+    def int8_kernels(self) -> str | None:
+        """The int8 kernel set of an INT8 session ("avx512-vnni", "avx2", "portable"); None for FP32."""
 
 def convert(train: str | os.PathLike[str], deploy: str | os.PathLike[str], arch: str | None = None) -> None:
     """Writes the deploy form (official names, F32) of training-form weights."""
+
+def quantize(
+    model: Model,
+    calibration: npt.ArrayLike,
+    method: str = "percentile",
+    keep_fp32: str | list[str] = "auto",
+    samples: int | None = None,
+    per_tensor: bool = False,
+    threads: int | None = None,
+) -> tuple[Model, dict[str, Any]]:
+    """Quantizes `model` to INT8 on calibration images (float [N, 3, H, W], the first `samples`
+    if given): per-channel s8 weights, u8 activations calibrated with `method` (minmax,
+    percentile, entropy), the layers `keep_fp32` names ("auto", "none", or layer names) kept in
+    FP32. Returns the INT8 model and the report (per-layer scales and errors, top1_agreement,
+    cosine, max_rel_error against FP32)."""
 
 def info(arch: str = "A0", size: int = 224) -> list[dict[str, Any]]:
     """The `repvgg info` table: one dict per layer and one for the classifier."""

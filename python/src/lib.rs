@@ -22,12 +22,18 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList};
 use repvgg::files::Output;
 use repvgg::runtime::loader;
+use repvgg::runtime::{Calibration, KeepFp32, Precision, QuantizeOptions};
 use repvgg::{ArchSpec, ErrorKind, IsaChoice, ModelOptions, Network, SessionOptions};
 
 create_exception!(_native, ModelError, PyValueError, "Weights or an architecture that cannot be used.");
 create_exception!(_native, InputError, PyValueError, "An input the model cannot take.");
 create_exception!(_native, LimitError, PyValueError, "A request beyond a resource limit (refused before allocating).");
-create_exception!(_native, UsageError, PyValueError, "An option out of its range or unknown (threads, isa, top_k).");
+create_exception!(
+    _native,
+    UsageError,
+    PyValueError,
+    "An option out of its range or unknown (threads, isa, precision, top_k, a calibration method)."
+);
 create_exception!(_native, CpuError, PyRuntimeError, "The CPU lacks an instruction set that was asked for.");
 create_exception!(
     _native,
@@ -109,15 +115,41 @@ impl Model {
         Ok(Model { inner: repvgg::Model::synthetic(spec, seed).map_err(exception)? })
     }
 
-    /// A session with `threads` workers (0: one per core) and a kernel set (`"auto"`,
-    /// `"avx512"`, `"avx2"`, `"portable"`).
-    #[pyo3(signature = (threads=None, isa="auto"))]
-    fn session(&self, threads: Option<&Bound<'_, PyAny>>, isa: &str) -> PyResult<Session> {
+    /// A session with `threads` workers (0: one per core), a kernel set (`"auto"`,
+    /// `"avx512"`, `"avx2"`, `"portable"`) and an arithmetic (`None`: the model's own,
+    /// `"f32"`, or `"int8"`, which needs a quantized model).
+    #[pyo3(signature = (threads=None, isa="auto", precision=None))]
+    fn session(&self, threads: Option<&Bound<'_, PyAny>>, isa: &str, precision: Option<&str>) -> PyResult<Session> {
         let threads = threads.map_or(Ok(0), thread_count)?;
         let isa: IsaChoice = isa.parse().map_err(|e| UsageError::new_err(format!("isa: {e}")))?;
-        let options = SessionOptions { threads, isa, ..SessionOptions::default() };
+        let precision = precision
+            .map(str::parse::<Precision>)
+            .transpose()
+            .map_err(|e| UsageError::new_err(format!("precision: {e}")))?;
+        let options = SessionOptions { threads, isa, precision, ..SessionOptions::default() };
         let inner = self.inner.session(options).map_err(exception)?;
         Ok(Session { inner: Mutex::new(inner), model: self.inner.clone() })
+    }
+
+    /// The arithmetic the model runs in by default: `"int8"` for a quantized model
+    /// (`repvgg.quantize`, `repvgg quantize`), else `"f32"`.
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.inner.precision().name()
+    }
+
+    /// How a quantized model was quantized (calibration method, samples, the calibration
+    /// tensor's SHA-256, the layers kept in FP32), or None for a float model.
+    #[getter]
+    fn quantization<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.inner.quantization().map(|info| to_python(py, info)).transpose()
+    }
+
+    /// Writes the model as a safetensors file, atomically: a quantized model in the
+    /// quantized format (what `Model.load` and `repvgg serve` read as INT8), a float one
+    /// as deploy weights (official names, F32).
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| -> repvgg::Result<()> { self.inner.write(&Output::new(&path, &[])?) }).map_err(exception)
     }
 
     #[getter]
@@ -214,6 +246,19 @@ impl Session {
     #[getter]
     fn isa(&self, py: Python<'_>) -> PyResult<String> {
         py.detach(|| Ok(self.lock()?.isa().to_string())).map_err(exception)
+    }
+
+    /// The arithmetic this session runs in: `"f32"` or `"int8"`.
+    #[getter]
+    fn precision(&self, py: Python<'_>) -> PyResult<&'static str> {
+        py.detach(|| Ok(self.lock()?.precision().name())).map_err(exception)
+    }
+
+    /// The int8 kernel set of an INT8 session (`"avx512-vnni"`, `"avx2"`, `"portable"`);
+    /// None for an FP32 one.
+    #[getter]
+    fn int8_kernels(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {
+        py.detach(|| Ok(self.lock()?.int8_kernels().map(|k| k.name()))).map_err(exception)
     }
 }
 
@@ -313,6 +358,102 @@ fn top_k_softmax(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
     order.into_iter().take(k).map(|i| (i, exp[i] / sum)).collect()
+}
+
+/// A serializable runtime value (a report) as Python objects, through JSON.
+fn to_python<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
+    let text = serde_json::to_string(value).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    py.import("json")?.call_method1("loads", (text,))
+}
+
+/// `keep_fp32` as Python gives it: `"auto"`, `"none"` or comma-separated layer names, or
+/// a list of names.
+#[derive(FromPyObject)]
+enum KeepArg {
+    Text(String),
+    Names(Vec<String>),
+}
+
+impl KeepArg {
+    fn parse(self) -> PyResult<KeepFp32> {
+        match self {
+            KeepArg::Text(text) => text.parse::<KeepFp32>().map_err(exception),
+            KeepArg::Names(names) => Ok(KeepFp32::Layers(names)),
+        }
+    }
+}
+
+/// Quantizes a model to INT8 on calibration images, as `repvgg quantize` does: per-channel
+/// s8 weights, u8 activations whose scales are calibrated on `calibration` (float
+/// `[N, 3, H, W]`, preprocessed as the network's input; the first `samples` images if
+/// given) with `method` (`"minmax"`, `"percentile"`, `"entropy"`), and the layers
+/// `keep_fp32` names (`"auto"`: those whose INT8 alone moves the logits most) kept in
+/// FP32. Returns the quantized model and the report (a dict: per-layer scales and errors,
+/// top-1 agreement, cosine and largest relative error of the logits against FP32).
+#[pyfunction]
+#[pyo3(signature = (
+    model, calibration, method="percentile", keep_fp32=KeepArg::Text("auto".into()), samples=None, per_tensor=false,
+    threads=None,
+))]
+#[allow(clippy::too_many_arguments)]
+fn quantize<'py>(
+    py: Python<'py>,
+    model: &Model,
+    calibration: &Bound<'py, PyAny>,
+    method: &str,
+    keep_fp32: KeepArg,
+    samples: Option<i64>,
+    per_tensor: bool,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<(Model, Bound<'py, PyAny>)> {
+    let calibration_method = method.parse::<Calibration>().map_err(exception)?;
+    let keep = keep_fp32.parse()?;
+    let threads = threads.map_or(Ok(0), thread_count)?;
+    let samples = samples
+        .map(|n| {
+            usize::try_from(n)
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| UsageError::new_err(format!("samples must be at least 1, not {n}")))
+        })
+        .transpose()?;
+    let array = as_array(calibration)?;
+    check_dtype(&array)?;
+    let inner = &model.inner;
+    let mut shape = inner.limits().check_input(inner.network(), array.shape()).map_err(exception)?.to_vec();
+    let keywords = PyDict::new(py);
+    keywords.set_item("dtype", py.import("numpy")?.getattr("float32")?)?;
+    let contiguous = py.import("numpy")?.getattr("ascontiguousarray")?.call((&array,), Some(&keywords))?;
+    let contiguous = contiguous.cast_into::<PyArray4<f32>>()?.readonly();
+    let image: usize = shape[1..].iter().product();
+    if let Some(n) = samples {
+        shape[0] = shape[0].min(n);
+    }
+    let values = contiguous.as_slice()?[..shape[0] * image].to_vec();
+    let options = QuantizeOptions {
+        calibration: calibration_method,
+        keep_fp32: keep,
+        per_tensor_weights: per_tensor,
+        threads,
+        ..QuantizeOptions::default()
+    };
+    let (quantized, report) = py
+        .detach(|| -> repvgg::Result<_> {
+            let tensor = repvgg::Tensor::new(shape, values)?;
+            inner.quantize(&tensor, &options)
+        })
+        .map_err(exception)?;
+    // The runtime serializes a layer's precision by its variant ("F32", "Int8"); the
+    // report says it as everything else in the package does (`Precision::name`).
+    let mut report = serde_json::to_value(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    for layer in report.get_mut("layers").and_then(|l| l.as_array_mut()).into_iter().flatten() {
+        if let Some(precision) =
+            layer.get("precision").and_then(|p| p.as_str()).and_then(|p| p.parse::<Precision>().ok())
+        {
+            layer["precision"] = precision.name().into();
+        }
+    }
+    Ok((Model { inner: quantized }, to_python(py, &report)?))
 }
 
 /// Converts training-form weights to the deploy form (official names, F32), as
@@ -429,6 +570,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_class::<Session>()?;
     m.add_function(wrap_pyfunction!(convert, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess, m)?)?;

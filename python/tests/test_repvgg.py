@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "models" / "fixtures"
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """A minimal safetensors reader (F32, I64), so the tests need nothing beyond numpy."""
+    """A minimal safetensors reader (F32, F16, I64), so the tests need nothing beyond numpy."""
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
@@ -28,7 +28,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = {"F32": "<f4", "I64": "<i8"}[info["dtype"]]
+        dtype = {"F32": "<f4", "F16": "<f2", "I64": "<i8"}[info["dtype"]]
         start, end = info["data_offsets"]
         out[name] = np.frombuffer(data[8 + n + start : 8 + n + end], dtype=dtype).reshape(info["shape"])
     return out
@@ -359,3 +359,81 @@ def test_the_gil_is_released_while_a_session_runs():
     inside = [s for s in stamps for a, b in windows if a + margin < s < b - margin]
     assert any(b - a > 3 * margin for a, b in windows), "runs too short to tell"
     assert inside, "no other thread ran while the session ran: the GIL was held"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The trained-digits fixture (a small RepVGG trained on 24x24 digits): its float
+    model, its images as float32 and its architecture file."""
+    d = FIXTURES / "trained-digits"
+    arch = str(d / "arch.toml")
+    x = np.ascontiguousarray(read_safetensors(d / "input.safetensors")["input"], dtype=np.float32)
+    return repvgg.Model.load(d / "train.safetensors", arch=arch), x, arch
+
+
+def test_quantize_gives_an_int8_model_that_classifies_like_fp32(digits, tmp_path):
+    model, x, arch = digits
+    assert model.precision == "f32" and model.quantization is None
+    q, report = repvgg.quantize(model, x[:64], threads=1)
+    assert q.precision == "int8" and q.num_classes == model.num_classes
+    assert report["info"]["calibration"] == "percentile" and report["info"]["samples"] == 64
+    assert q.quantization == report["info"]
+    assert 0.9 <= report["top1_agreement"] <= 1.0 and report["cosine"] > 0.99
+    assert {layer["precision"] for layer in report["layers"]} <= {"f32", "int8"}
+
+    int8 = q.session(threads=1)
+    assert int8.precision == "int8" and int8.int8_kernels in ("avx512-vnni", "avx2", "portable")
+    fp32 = model.session(threads=1)
+    assert fp32.precision == "f32" and fp32.int8_kernels is None
+    got, want = int8.run(x), fp32.run(x)
+    # Every image of the fixture (not only the 64 calibrated on) classified as FP32 does,
+    # but for at most 1%.
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+    assert not np.array_equal(got, want)
+
+    # FP32 on the quantized model runs its dequantized weights.
+    dequantized = q.session(threads=1, precision="f32")
+    assert dequantized.precision == "f32" and dequantized.int8_kernels is None
+    assert (dequantized.run(x).argmax(1) == want.argmax(1)).mean() >= 0.99
+
+    # Saved and loaded, it is the same INT8 model.
+    path = tmp_path / "digits-int8.safetensors"
+    q.save(path)
+    loaded = repvgg.Model.load(path, arch=arch)
+    assert loaded.precision == "int8" and loaded.quantization == q.quantization
+    assert np.array_equal(loaded.session(threads=1, precision="int8").run(x), got)
+
+
+def test_quantize_options(digits):
+    model, x, _ = digits
+    q, report = repvgg.quantize(model, x, method="minmax", keep_fp32="none", samples=8, threads=1)
+    assert report["info"] == {**report["info"], "calibration": "minmax", "samples": 8, "fp32_layers": []}
+    assert q.quantization["samples"] == 8
+    _, report = repvgg.quantize(model, x[:8], method="Entropy", keep_fp32=["stage1.0"], per_tensor=True, threads=1)
+    assert report["info"]["calibration"] == "entropy" and report["info"]["fp32_layers"] == ["stage1.0"]
+    assert [layer["precision"] for layer in report["layers"] if layer["name"] == "stage1.0"] == ["f32"]
+    _, report = repvgg.quantize(model, x[:8].astype(np.float64), keep_fp32="stage1.0,stage2.0", threads=1)
+    assert report["info"]["fp32_layers"] == ["stage1.0", "stage2.0"]
+
+
+def test_precision_errors_are_the_package_exceptions(digits):
+    model, x, _ = digits
+    with pytest.raises(repvgg.UsageError, match="INT8 needs a quantized model"):
+        model.session(precision="int8")
+    with pytest.raises(repvgg.UsageError, match=r"precision: .*unknown precision `fp16` \(f32, int8\)"):
+        model.session(precision="fp16")
+    with pytest.raises(repvgg.UsageError, match="unknown calibration method `kl`"):
+        repvgg.quantize(model, x[:4], method="kl")
+    with pytest.raises(repvgg.UsageError, match="samples must be at least 1, not 0"):
+        repvgg.quantize(model, x[:4], samples=0)
+    with pytest.raises(repvgg.UsageError, match="`stage9.9`, which is not a layer"):
+        repvgg.quantize(model, x[:4], keep_fp32=["stage9.9"])
+    with pytest.raises(repvgg.InputError, match="dtype"):
+        repvgg.quantize(model, (x[:4] * 100).astype(np.int32))
+    with pytest.raises(repvgg.InputError):
+        repvgg.quantize(model, x[:4, :1])
+    with pytest.raises(repvgg.UsageError, match="threads must be 0"):
+        repvgg.quantize(model, x[:4], threads=-1)
+    q, _ = repvgg.quantize(model, x[:4], threads=1)
+    with pytest.raises(repvgg.UsageError, match="already quantized"):
+        repvgg.quantize(q, x[:4])

@@ -1,5 +1,5 @@
 /*
- * repvgg-rs C ABI: FP32 CPU inference for RepVGG networks.
+ * repvgg-rs C ABI: FP32 and INT8 CPU inference for RepVGG networks.
  *
  * Link with the static library (`target/release/librepvgg_capi.a`) and the system
  * libraries Rust's standard library needs:
@@ -22,10 +22,12 @@
 
 #include <stddef.h>
 
-/* The version of the ABI this header declares. 2 added repvgg_session_run2, which takes
- * the input's length (1: the first release). Compare with repvgg_abi_version(), the
- * library's, when the library is loaded at run time. */
-#define REPVGG_ABI_VERSION 2
+/* The version of the ABI this header declares. 3 added repvgg_model_precision,
+ * repvgg_session_new2 (which takes a precision), repvgg_session_precision and
+ * repvgg_session_int8_kernels; 2 added repvgg_session_run2, which takes the input's
+ * length (1: the first release). Compare with repvgg_abi_version(), the library's, when
+ * the library is loaded at run time. */
+#define REPVGG_ABI_VERSION 3
 
 #ifdef __cplusplus
 extern "C" {
@@ -56,11 +58,29 @@ int repvgg_model_load(const char *weights_path, const char *arch, RepvggModel **
 /* Classes per image (the logits' row length), or -1 if model is NULL. */
 int repvgg_model_num_classes(const RepvggModel *model);
 
+/* The arithmetic the model runs in by default: "int8" for a file written by
+ * `repvgg quantize`, else "f32" (a static string); NULL if model is NULL. */
+const char *repvgg_model_precision(const RepvggModel *model);
+
 /* Frees a model (NULL is ignored). Sessions made from it stay valid. */
 void repvgg_model_free(RepvggModel *model);
 
-/* Starts a session with `threads` workers (0: one per core). */
+/* Starts a session with `threads` workers (0: one per core), in the model's own
+ * precision. */
 int repvgg_session_new(const RepvggModel *model, int threads, RepvggSession **out);
+
+/* repvgg_session_new with a precision: "f32", "int8" (a quantized model only; a quantized
+ * model's "f32" runs its dequantized weights), or NULL for the model's own. An unknown
+ * name, and "int8" on a float model, are REPVGG_USAGE with a message. */
+int repvgg_session_new2(const RepvggModel *model, int threads, const char *precision, RepvggSession **out);
+
+/* The arithmetic the session runs in: "f32" or "int8" (a static string); NULL if s is
+ * NULL. */
+const char *repvgg_session_precision(const RepvggSession *s);
+
+/* The int8 kernel set of an INT8 session: "avx512-vnni", "avx2" or "portable"; "" for an
+ * FP32 session (static strings); NULL if s is NULL. */
+const char *repvgg_session_int8_kernels(const RepvggSession *s);
 
 /* Runs n images of 3 x h x w floats (NCHW, contiguous) from input, which holds
  * input_len floats, and writes n x classes logits to logits, which holds logits_len

@@ -13,7 +13,7 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use repvgg_runtime::{ErrorKind, Model, ModelOptions, Session, SessionOptions};
+use repvgg_runtime::{ErrorKind, Int8Set, Model, ModelOptions, Precision, Session, SessionOptions};
 
 /// A loaded model (`RepvggModel` in C).
 pub struct RepvggModel {
@@ -130,6 +130,31 @@ pub unsafe extern "C" fn repvgg_model_num_classes(model: *const RepvggModel) -> 
     if status == 0 { classes } else { -1 }
 }
 
+/// A precision's name as a static C string.
+fn precision_name(precision: Precision) -> *const c_char {
+    match precision {
+        Precision::F32 => c"f32".as_ptr(),
+        Precision::Int8 => c"int8".as_ptr(),
+    }
+}
+
+/// The arithmetic the model runs in by default, a static string: `"int8"` for a model
+/// quantized by `repvgg quantize`, else `"f32"`; NULL if `model` is NULL.
+///
+/// # Safety
+/// `model` is NULL or a pointer from [`repvgg_model_load`] not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_model_precision(model: *const RepvggModel) -> *const c_char {
+    let mut name = std::ptr::null();
+    guard(|| {
+        // SAFETY: NULL or a live model (the caller's contract).
+        let model = unsafe { model.as_ref() }.ok_or_else(|| usage("model is NULL"))?;
+        name = precision_name(model.model.precision());
+        Ok(())
+    });
+    name
+}
+
 /// Frees a model; NULL is ignored.
 ///
 /// # Safety
@@ -167,10 +192,90 @@ pub unsafe extern "C" fn repvgg_session_new(
     })
 }
 
-/// The ABI's version, `REPVGG_ABI_VERSION` in the header: 2 added
+/// Starts a session on `model` with `threads` workers (0: one per core) in `precision`:
+/// `"f32"`, `"int8"` (a quantized model only), or NULL for the model's own
+/// ([`repvgg_model_precision`]). An unknown name, and INT8 on a float model, are
+/// `REPVGG_USAGE` with a message.
+///
+/// # Safety
+/// `model` is NULL or a live model; `precision` is NULL or a NUL-terminated string; `out`
+/// is NULL or valid for one pointer write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_session_new2(
+    model: *const RepvggModel,
+    threads: c_int,
+    precision: *const c_char,
+    out: *mut *mut RepvggSession,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(usage("out is NULL"));
+        }
+        // SAFETY: NULL or a live model (the caller's contract).
+        let model = unsafe { model.as_ref() }.ok_or_else(|| usage("model is NULL"))?;
+        let threads = usize::try_from(threads).map_err(|_| usage(format!("threads is {threads}, not >= 0")))?;
+        let precision = if precision.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, NUL-terminated (the caller's contract).
+            Some(unsafe { text(precision, "precision") }?.parse::<Precision>()?)
+        };
+        let session = model.model.session(SessionOptions { threads, precision, ..SessionOptions::default() })?;
+        // SAFETY: `out` is non-NULL and valid for a write.
+        unsafe { *out = Box::into_raw(Box::new(RepvggSession { session })) };
+        Ok(())
+    })
+}
+
+/// The arithmetic the session runs in, a static string (`"f32"` or `"int8"`); NULL if `s`
+/// is NULL.
+///
+/// # Safety
+/// `s` is NULL or a live session.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_session_precision(s: *const RepvggSession) -> *const c_char {
+    let mut name = std::ptr::null();
+    guard(|| {
+        // SAFETY: NULL or a live session (the caller's contract).
+        let s = unsafe { s.as_ref() }.ok_or_else(|| usage("session is NULL"))?;
+        name = precision_name(s.session.precision());
+        Ok(())
+    });
+    name
+}
+
+/// The int8 kernel set an INT8 session runs, a static string (`"avx512-vnni"`, `"avx2"`
+/// or `"portable"`); `""` for an FP32 session; NULL if `s` is NULL.
+///
+/// # Safety
+/// `s` is NULL or a live session.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn repvgg_session_int8_kernels(s: *const RepvggSession) -> *const c_char {
+    let mut name = std::ptr::null();
+    guard(|| {
+        // SAFETY: NULL or a live session (the caller's contract).
+        let s = unsafe { s.as_ref() }.ok_or_else(|| usage("session is NULL"))?;
+        name = s.session.int8_kernels().map_or(c"".as_ptr(), |k| int8_set_name(k).as_ptr());
+        Ok(())
+    });
+    name
+}
+
+/// [`Int8Set::name`] as a static C string.
+fn int8_set_name(set: Int8Set) -> &'static CStr {
+    match set {
+        Int8Set::Vnni512 => c"avx512-vnni",
+        Int8Set::Avx2 => c"avx2",
+        Int8Set::Portable => c"portable",
+    }
+}
+
+/// The ABI's version, `REPVGG_ABI_VERSION` in the header: 3 added
+/// [`repvgg_model_precision`], [`repvgg_session_new2`] (which takes a precision),
+/// [`repvgg_session_precision`] and [`repvgg_session_int8_kernels`]; 2 added
 /// [`repvgg_session_run2`], whose input length lets the library refuse a short buffer
 /// rather than read past it (1: the first release).
-pub const ABI_VERSION: c_int = 2;
+pub const ABI_VERSION: c_int = 3;
 
 /// The version of the ABI this library implements ([`ABI_VERSION`]), for a caller to
 /// compare with the `REPVGG_ABI_VERSION` of the header it was compiled with.
@@ -434,11 +539,57 @@ mod tests {
             assert_eq!(last_error(), "input and logits must be aligned for float (4 bytes)");
             repvgg_session_free(session);
         }
-        assert_eq!(repvgg_abi_version(), 2);
+        assert_eq!(repvgg_abi_version(), 3);
     }
 
     fn bits(values: &[f32]) -> Vec<u32> {
         values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The precision functions: NULL arguments and bad names are statuses (or NULL) with
+    /// messages; a float model runs f32 and refuses int8.
+    #[test]
+    fn precision_arguments_are_checked() {
+        let path = fixture();
+        let name = |p: *const c_char| {
+            // SAFETY: NULL or one of the library's static NUL-terminated strings.
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_string())
+        };
+        // SAFETY (all calls below): pointers are NULL, live, or NUL-terminated strings.
+        unsafe {
+            assert_eq!(name(repvgg_model_precision(null())), None);
+            assert_eq!(last_error(), "model is NULL");
+            assert_eq!(name(repvgg_session_precision(null())), None);
+            assert_eq!(name(repvgg_session_int8_kernels(null())), None);
+            assert_eq!(last_error(), "session is NULL");
+            let mut model = null_mut();
+            assert_eq!(repvgg_model_load(path.as_ptr(), null(), &mut model), 0);
+            assert_eq!(name(repvgg_model_precision(model)).as_deref(), Some("f32"));
+            let mut session = null_mut();
+            assert_eq!(repvgg_session_new2(model, 1, null(), null_mut()), USAGE);
+            assert_eq!(last_error(), "out is NULL");
+            assert_eq!(repvgg_session_new2(null(), 1, null(), &mut session), USAGE);
+            let bad = CString::new(vec![0xffu8]).unwrap();
+            assert_eq!(repvgg_session_new2(model, 1, bad.as_ptr(), &mut session), USAGE);
+            assert_eq!(last_error(), "precision is not UTF-8");
+            let int8 = CString::new("int8").unwrap();
+            assert_eq!(repvgg_session_new2(model, 1, int8.as_ptr(), &mut session), USAGE);
+            assert!(last_error().contains("INT8 needs a quantized model"), "{}", last_error());
+            assert!(session.is_null());
+            let f32 = CString::new(" F32 ").unwrap();
+            assert_eq!(repvgg_session_new2(model, 1, f32.as_ptr(), &mut session), 0, "{}", last_error());
+            assert_eq!(name(repvgg_session_precision(session)).as_deref(), Some("f32"));
+            assert_eq!(name(repvgg_session_int8_kernels(session)).as_deref(), Some(""));
+            repvgg_session_free(session);
+            repvgg_model_free(model);
+        }
+    }
+
+    #[test]
+    fn int8_set_names_are_the_runtimes() {
+        for set in [Int8Set::Vnni512, Int8Set::Avx2, Int8Set::Portable] {
+            assert_eq!(int8_set_name(set).to_str().unwrap(), set.name());
+        }
     }
 
     #[test]

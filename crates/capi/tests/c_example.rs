@@ -82,7 +82,7 @@ fn run2_from_c_checks_the_length_and_overlap() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for check in [
-        "abi version 2",
+        "abi version >= 2",
         "old path runs",
         "short input_len refused: 2 input_len is 857, the shape [2, 3, 11, 13] needs 858 floats",
         "long input_len refused: 2 input_len is 859",
@@ -97,6 +97,67 @@ fn run2_from_c_checks_the_length_and_overlap() {
         assert!(stderr.contains(&format!("ok {check}")), "no `ok {check}`:\n{stderr}");
     }
     assert!(stderr.contains("0 failed"), "{stderr}");
+}
+
+/// `tests/precision.c`: from C, a quantized model (the trained-digits fixture quantized
+/// here and written with `Model::write`) says `int8` and runs INT8 by default, giving a
+/// Rust INT8 session's logits bit for bit; `f32` and the refusals behave as documented.
+#[test]
+fn precision_from_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(&repo().join("crates/capi/tests/precision.c"), dir.path());
+    let fixture = repo().join("models/fixtures/trained-digits");
+    let arch = repvgg_graph::ArchSpec::from_file(&fixture.join("arch.toml")).unwrap();
+    let options = ModelOptions { arch: Some(arch), ..ModelOptions::default() };
+    let float = Model::load(&fixture.join("train.safetensors"), &options).unwrap();
+    let images =
+        repvgg_runtime::loader::read_input(&fixture.join("input.safetensors"), &repvgg_runtime::Limits::default())
+            .unwrap();
+    let calibration = Tensor::new(vec![16, 3, 24, 24], images.data()[..16 * 3 * 24 * 24].to_vec()).unwrap();
+    let quantize = repvgg_runtime::QuantizeOptions { threads: 1, ..Default::default() };
+    let (quantized, _) = float.quantize(&calibration, &quantize).unwrap();
+    let path = dir.path().join("digits-int8.safetensors");
+    quantized.write(&repvgg_files::Output::new(&path, &[]).unwrap()).unwrap();
+
+    let out = Command::new(&exe)
+        .arg(&path)
+        .arg(fixture.join("train.safetensors"))
+        .arg(fixture.join("arch.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for check in [
+        "abi version 3",
+        "quantized model is int8",
+        "float model is f32",
+        "NULL model",
+        "old constructor runs int8",
+        "NULL precision is the model's",
+        "int8 kernels named",
+        "f32 on a quantized model",
+        "int8 on a float model refused: 2 invalid option: INT8 needs a quantized model",
+        "unknown precision refused: 2 invalid option: unknown precision `fp16` (f32, int8)",
+        "negative threads refused: 2 threads is -1, not >= 0",
+        "NULL session",
+        "int8 runs",
+        "both int8 sessions agree bitwise",
+        "f32 runs, and differently",
+    ] {
+        assert!(stderr.contains(&format!("ok {check}")), "no `ok {check}`:\n{stderr}");
+    }
+    assert!(stderr.contains("0 failed"), "{stderr}");
+
+    let got: Vec<f32> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let loaded = Model::load(&path, &options).unwrap();
+    let mut session = loaded.session(SessionOptions { threads: 1, ..Default::default() }).unwrap();
+    assert_eq!(session.precision(), repvgg_runtime::Precision::Int8);
+    let kernels = session.int8_kernels().unwrap().name();
+    assert!(stderr.contains(&format!("int8 kernels {kernels}\n")), "{stderr}");
+    let len: usize = 2 * 3 * 24 * 24;
+    let x: Vec<f32> = (0..len).map(|i| ((i * 29 % 97) as i32 - 48) as f32 / 32.0).collect();
+    let want = session.run(&Tensor::new(vec![2, 3, 24, 24], x).unwrap()).unwrap();
+    assert_eq!(got, want.data(), "the C ABI gives the Rust INT8 session's logits");
 }
 
 /// Every function the crate exports is declared in the header and every declaration is

@@ -25,7 +25,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s WEIGHTS\n", argv[0]);
         return 2;
     }
-    check(repvgg_abi_version() == REPVGG_ABI_VERSION && REPVGG_ABI_VERSION == 2, "abi version 2", 0);
+    check(repvgg_abi_version() == REPVGG_ABI_VERSION && REPVGG_ABI_VERSION >= 2, "abi version >= 2", 0);
     RepvggModel *model = NULL;
     RepvggSession *session = NULL;
     int status = repvgg_model_load(argv[1], NULL, &model);

@@ -10,9 +10,10 @@ drive the server as it would drive Triton:
   * health: is_server_live / is_server_ready / is_model_ready (with and
     without model_version="1"), over HTTP and gRPC;
   * metadata: get_server_metadata (extensions binary_tensor_data,
-    classification, model_configuration, statistics) and get_model_metadata;
+    classification, model_configuration, statistics) and get_model_metadata
+    (over HTTP with its `parameters`: precision f32);
   * configuration: get_model_config (HTTP JSON and gRPC as_json):
-    max_batch_size, input/output names and dims;
+    max_batch_size, input/output names and dims, the `precision` parameter;
   * inference over HTTP with JSON tensors, HTTP with binary tensors and gRPC,
     each bit-identical to `repvgg infer` (run offline on the same batch);
   * the classification extension (class_count=3) over HTTP and gRPC, equal to
@@ -186,6 +187,12 @@ def run_checks(repvgg, http, grpc, tmp):
         ok(f"{proto} get_model_config",
            cfg["name"] == MODEL and int(cfg["max_batch_size"]) >= BATCH
            and ins.get("input") == [3, -1, -1] and "image" in ins and outs == {"logits": [CLASSES]}, cfg)
+        ok(f"{proto} get_model_config precision",
+           cfg.get("parameters", {}).get("precision") == {"string_value": "f32"}, cfg.get("parameters"))
+    # The metadata's `parameters` (the OIP's optional field; over gRPC a field Triton's
+    # proto lacks, which its client skips: the metadata above parsed regardless).
+    m = http.get_model_metadata(MODEL)
+    ok("http get_model_metadata precision", m.get("parameters") == {"precision": "f32"}, m.get("parameters"))
 
     # Inference, against `repvgg infer` on the same batch.
     x = np.ascontiguousarray(load_file(str(FIXTURE / "input.safetensors"))["input"][:BATCH], np.float32)

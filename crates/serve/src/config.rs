@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use repvgg_runtime::{AlgoChoice, IsaChoice};
+use repvgg_runtime::{AlgoChoice, IsaChoice, Precision, SessionOptions};
 
 use crate::error::{Error, Result};
 use crate::log::Level;
@@ -62,6 +62,10 @@ pub struct Config {
     /// Per-layer algorithm and kernel set of the sessions.
     pub algo: AlgoChoice,
     pub isa: IsaChoice,
+    /// Arithmetic of the sessions: `None` runs the model's own (INT8 for a file written by
+    /// `repvgg quantize`, else FP32); `Some(F32)` runs a quantized model's dequantized
+    /// weights in FP32; `Some(Int8)` on a float model is refused at start.
+    pub precision: Option<Precision>,
     /// Which log lines are written (JSON lines on standard error).
     pub log_level: Level,
     /// Take over SIGTERM and SIGINT at start, before the server reports that it listens,
@@ -147,6 +151,7 @@ impl Default for Config {
             warmup: vec![(224, 224)],
             algo: AlgoChoice::Auto,
             isa: IsaChoice::Auto,
+            precision: None,
             log_level: Level::Info,
             handle_signals: false,
         }
@@ -184,6 +189,18 @@ pub fn default_streams(cores: usize) -> (usize, usize) {
 }
 
 impl Config {
+    /// The options of every stream's session: the one place they are built from the
+    /// configuration.
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            threads: self.threads_per_stream,
+            algo: self.algo,
+            isa: self.isa,
+            precision: self.precision,
+            ..SessionOptions::default()
+        }
+    }
+
     /// Checks every knob, so that a bad value is refused at start-up with its name.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));

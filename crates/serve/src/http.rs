@@ -142,6 +142,13 @@ async fn model_metadata(State(s): Shared, Path(p): Path<ModelPath>) -> Result<Re
         "platform": s.platform(),
         "inputs": tensors(s.inputs()),
         "outputs": tensors(s.outputs()),
+        // The Open Inference Protocol's optional model `parameters` (Triton's clients
+        // return the document as it is).
+        "parameters": s
+            .precision_parameters()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::from(v)))
+            .collect::<Map<String, Value>>(),
     })))
 }
 

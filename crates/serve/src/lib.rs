@@ -211,6 +211,9 @@ impl Server {
             f.insert("header_timeout_ms".into(), (c.header_timeout.as_millis() as u64).into());
             f.insert("idle_timeout_ms".into(), (c.idle_timeout.as_millis() as u64).into());
             f.insert("max_connections".into(), c.max_connections.into());
+            for (k, v) in service.precision_parameters() {
+                f.insert(k.into(), v.into());
+            }
         });
         Ok(Server { runtime, service, http_addr, grpc_addr, stop, tasks, signals: std::sync::Mutex::new(signals) })
     }

@@ -56,7 +56,13 @@ pub fn model_configuration(s: &Service) -> ModelConfig {
             ("threads_per_stream".to_string(), param(c.threads_per_stream)),
             ("max_queue_images".to_string(), param(c.max_queue_images)),
         ]
-        .into(),
+        .into_iter()
+        .chain(
+            s.precision_parameters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), ModelParameter { string_value: v.to_string() })),
+        )
+        .collect(),
         scheduling_choice: Some(model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
             preferred_batch_size: vec![c.max_batch as i32],
             max_queue_delay_microseconds: c.max_queue_delay.as_micros() as u64,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use repvgg_runtime::{Model, SessionOptions};
+use repvgg_runtime::{Int8Set, Model, Precision};
 use tokio::sync::oneshot;
 
 use crate::budget::Reservation;
@@ -89,6 +89,10 @@ impl Shared {
 pub struct Scheduler {
     shared: Arc<Shared>,
     streams: Mutex<Vec<JoinHandle<()>>>,
+    /// The arithmetic the streams' sessions run in.
+    pub precision: Precision,
+    /// The int8 kernel set of their INT8 layers (INT8 sessions only).
+    pub int8_kernels: Option<Int8Set>,
 }
 
 impl Scheduler {
@@ -104,15 +108,18 @@ impl Scheduler {
             classes: model.network().num_classes,
             metrics,
         });
-        let options = SessionOptions {
-            threads: config.threads_per_stream,
-            algo: config.algo,
-            isa: config.isa,
-            ..Default::default()
-        };
-        let scheduler = Scheduler { shared: shared.clone(), streams: Mutex::new(Vec::new()) };
+        let options = config.session_options();
+        // The first session says what every stream runs (all have the same options), and
+        // refuses options the model cannot take (INT8 on a float model) before any stream starts.
+        let first = model.session(options.clone())?;
+        let (precision, int8_kernels) = (first.precision(), first.int8_kernels());
+        let mut first = Some(first);
+        let scheduler = Scheduler { shared: shared.clone(), streams: Mutex::new(Vec::new()), precision, int8_kernels };
         for index in 0..config.streams {
-            let mut session = model.session(options.clone())?;
+            let mut session = match first.take() {
+                Some(session) => session,
+                None => model.session(options.clone())?,
+            };
             for &(h, w) in &config.warmup {
                 let input = vec![0f32; 3 * h * w];
                 let mut logits = vec![0f32; shared.classes];

@@ -158,6 +158,17 @@ impl Service {
         "repvgg-rs"
     }
 
+    /// What the model's metadata and configuration say of its arithmetic, as `parameters`
+    /// entries: `precision` (`f32` or `int8`, what the streams run) and, for INT8,
+    /// `int8_kernels` (the int8 kernel set: `avx512-vnni`, `avx2` or `portable`).
+    pub fn precision_parameters(&self) -> Vec<(&'static str, &'static str)> {
+        let mut parameters = vec![("precision", self.scheduler.precision.name())];
+        if let Some(kernels) = self.scheduler.int8_kernels {
+            parameters.push(("int8_kernels", kernels.name()));
+        }
+        parameters
+    }
+
     pub fn inputs(&self) -> Vec<TensorInfo> {
         vec![
             TensorInfo { name: INPUT, datatype: "FP32", shape: vec![-1, 3, -1, -1] },

@@ -30,6 +30,7 @@ fn every_endpoint_answers() {
             serde_json::json!({ "name": "input", "datatype": "FP32", "shape": [-1, 3, -1, -1] })
         );
         assert_eq!(m["outputs"][0], serde_json::json!({ "name": "logits", "datatype": "FP32", "shape": [-1, 1000] }));
+        assert_eq!(m["parameters"], serde_json::json!({ "precision": "f32" }));
         assert_eq!(get(addr, &format!("{prefix}/ready")).status, 200);
         // Triton's JSON form of the gRPC answer's protobuf, field by field.
         let queue = config().max_queue_images.to_string();
@@ -47,6 +48,7 @@ fn every_endpoint_answers() {
                 "parameters": {
                     "threads_per_stream": { "string_value": "1" },
                     "max_queue_images": { "string_value": queue },
+                    "precision": { "string_value": "f32" },
                 },
             })
         );

@@ -554,6 +554,16 @@ pub struct ModelMetadataResponse {
     /// The model's outputs.
     #[prost(message, repeated, tag = "5")]
     pub outputs: ::prost::alloc::vec::Vec<model_metadata_response::TensorMetadata>,
+    /// repvgg-rs extension, not in Triton's proto: the model's parameters, as the
+    /// Open Inference Protocol's REST model metadata has them (`parameters`):
+    /// "precision" ("f32" or "int8") and, when INT8, "int8_kernels" (the int8
+    /// kernel set: "avx512-vnni", "avx2" or "portable"). Clients built from
+    /// Triton's proto skip the unknown field.
+    #[prost(map = "string, message", tag = "6")]
+    pub parameters: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        InferParameter,
+    >,
 }
 /// Nested message and enum types in `ModelMetadataResponse`.
 pub mod model_metadata_response {

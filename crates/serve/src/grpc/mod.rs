@@ -171,6 +171,14 @@ impl GrpcInferenceService for Grpc {
             platform: s.platform().into(),
             inputs: tensors(s.inputs()),
             outputs: tensors(s.outputs()),
+            parameters: s
+                .precision_parameters()
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = InferParameter { parameter_choice: Some(ParameterChoice::StringParam(v.into())) };
+                    (k.to_string(), value)
+                })
+                .collect(),
         }))
     }
 
