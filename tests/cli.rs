@@ -929,7 +929,7 @@ fn the_kernel_set_is_chosen_shown_and_refused_when_missing() {
     }
     let out = repvgg_with_env(&with(&["--isa", "portable"]), None);
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.lines().nth(1).unwrap().ends_with(", portable kernels"), "{table}");
+    assert!(table.lines().nth(1).unwrap().ends_with(", portable kernels, f32"), "{table}");
 
     let refusals = [
         (with(&["--isa", "sse9"]), None, 2, "--isa: unknown instruction set `sse9` (auto, avx512, avx2, portable)"),

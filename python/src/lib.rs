@@ -443,16 +443,7 @@ fn quantize<'py>(
             inner.quantize(&tensor, &options)
         })
         .map_err(exception)?;
-    // The runtime serializes a layer's precision by its variant ("F32", "Int8"); the
-    // report says it as everything else in the package does (`Precision::name`).
-    let mut report = serde_json::to_value(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    for layer in report.get_mut("layers").and_then(|l| l.as_array_mut()).into_iter().flatten() {
-        if let Some(precision) =
-            layer.get("precision").and_then(|p| p.as_str()).and_then(|p| p.parse::<Precision>().ok())
-        {
-            layer["precision"] = precision.name().into();
-        }
-    }
+    let report = serde_json::to_value(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     Ok((Model { inner: quantized }, to_python(py, &report)?))
 }
 

@@ -52,6 +52,7 @@ impl fmt::Display for Algo {
 /// The arithmetic a layer runs in. Both keep results bitwise identical for any thread
 /// count and, in INT8, for every kernel set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// FP32 throughout: the error bounds of the tests against the f64 reference.
     #[default]

@@ -256,6 +256,9 @@ impl Bordered {
     }
 }
 
+/// Weight panels (of 32 output channels) per work item of the AMX path.
+const PANELS_PER_ITEM: usize = 4;
+
 /// Whether the AMX path without packing runs this layer: 3x3 (the three taps of a kernel
 /// row are one 48-byte tile row) with the AMX set.
 fn reads_in_place(s: &ConvShape, kernels: Int8Kernels) -> bool {
@@ -298,11 +301,16 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     let segments = s.ow.div_ceil(MAX_COLUMNS);
     let plane_out = s.oh * s.ow;
     let out = SharedMut::new(output);
-    crate::team::for_each(s.n * s.oh * segments, |item| {
+    // Items are (row segment, chunk of weight panels): a few rows of a small map with
+    // many output channels (the last stage) still make enough items for every thread.
+    let panels = s.groups * weights.panels_per_group;
+    let chunks = panels.div_ceil(PANELS_PER_ITEM);
+    crate::team::for_each(s.n * s.oh * segments * chunks, |item| {
+        let (chunk, item) = (item % chunks, item / chunks);
         let (image, oy, x0) = (item / (s.oh * segments), item / segments % s.oh, item % segments * MAX_COLUMNS);
         let count = MAX_COLUMNS.min(s.ow - x0);
         let mut tile: Tile = [0; MR * MAX_COLUMNS];
-        for wp in 0..s.groups * weights.panels_per_group {
+        for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
             let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
             let (k0, width, a) = weights.panel(g, b);
             let base =

@@ -63,9 +63,13 @@ pub const ACTIVATION_MAX: f32 = 255.0;
 /// The int8 kernel sets, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Int8Set {
+    #[serde(rename = "amx")]
     Amx,
+    #[serde(rename = "avx512-vnni")]
     Vnni512,
+    #[serde(rename = "avx2")]
     Avx2,
+    #[serde(rename = "portable")]
     Portable,
 }
 
