@@ -260,10 +260,15 @@ impl Bordered {
 const PANELS_PER_ITEM: usize = 4;
 
 /// Whether the AMX path without packing runs this layer: 3x3 (the three taps of a kernel
-/// row are one 48-byte tile row) with the AMX set.
+/// row are one 48-byte tile row) with the AMX set, on maps wide enough that a row fills
+/// most of a tile's 16 rows (a 7-wide row would waste 9 of them; packed panels run
+/// pixels of several rows together).
 fn reads_in_place(s: &ConvShape, kernels: Int8Kernels) -> bool {
-    kernels.set() == Int8Set::Amx && s.kernel == 3
+    kernels.set() == Int8Set::Amx && s.kernel == 3 && s.ow >= IN_PLACE_MIN_WIDTH
 }
+
+/// Narrowest output row the AMX path without packing runs.
+const IN_PLACE_MIN_WIDTH: usize = 12;
 
 /// The AMX path: quantize into the bordered layout, then for each segment of up to 16
 /// output pixels of one row, every weight panel's tile product read in place.
@@ -301,36 +306,57 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     let segments = s.ow.div_ceil(MAX_COLUMNS);
     let plane_out = s.oh * s.ow;
     let out = SharedMut::new(output);
-    // Items are (row segment, chunk of weight panels): a few rows of a small map with
-    // many output channels (the last stage) still make enough items for every thread.
+    // Items are (two rows' segment, chunk of weight panels): a pair of rows shares every
+    // weight tile loaded; chunks keep a few rows of a small map with many output channels
+    // (the last stage) from making too few items for the threads.
     let panels = s.groups * weights.panels_per_group;
     let chunks = panels.div_ceil(PANELS_PER_ITEM);
-    crate::team::for_each(s.n * s.oh * segments * chunks, |item| {
+    let pairs = s.oh.div_ceil(2);
+    crate::team::for_each(s.n * pairs * segments * chunks, |item| {
         let (chunk, item) = (item % chunks, item / chunks);
-        let (image, oy, x0) = (item / (s.oh * segments), item / segments % s.oh, item % segments * MAX_COLUMNS);
+        let (image, oy, x0) = (item / (pairs * segments), item / segments % pairs * 2, item % segments * MAX_COLUMNS);
         let count = MAX_COLUMNS.min(s.ow - x0);
-        let mut tile: Tile = [0; MR * MAX_COLUMNS];
+        let rows = 2.min(s.oh - oy);
+        let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
         for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
             let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
             let (k0, width, a) = weights.panel(g, b);
-            let base =
-                (image * cb + g * cbg) * layout.plane + (oy * s.stride * layout.pw + x0 * s.stride) * CHANNEL_BLOCK;
-            int8::segment_product(kernels, bordered, base, &offsets, s.stride * CHANNEL_BLOCK, 48, a, width, &mut tile);
+            let base = |oy: usize| {
+                (image * cb + g * cbg) * layout.plane + (oy * s.stride * layout.pw + x0 * s.stride) * CHANNEL_BLOCK
+            };
+            let stride = s.stride * CHANNEL_BLOCK;
+            let [t0, t1] = &mut tiles;
+            if rows == 2 {
+                int8::segment_pair_product(
+                    kernels,
+                    bordered,
+                    [base(oy), base(oy + 1)],
+                    &offsets,
+                    stride,
+                    48,
+                    a,
+                    width,
+                    [t0, t1],
+                );
+            } else {
+                int8::segment_product(kernels, bordered, base(oy), &offsets, stride, 48, a, width, t0);
+            }
             let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
             let scale = &weights.scale[g * weights.k_pad + k0..];
             let bias = &bias[first_block * CHANNEL_BLOCK..];
-            for blk in 0..width / CHANNEL_BLOCK {
-                let start =
-                    (((image * channel_blocks(s.out_channels) + first_block + blk) * plane_out) + oy * s.ow + x0)
+            for (r, tile) in tiles.iter().enumerate().take(rows) {
+                for blk in 0..width / CHANNEL_BLOCK {
+                    let start = (((image * channel_blocks(s.out_channels) + first_block + blk) * plane_out)
+                        + (oy + r) * s.ow
+                        + x0)
                         * CHANNEL_BLOCK;
-                // Each item writes its own pixels (one row segment) of every channel block.
-                let region = out.raw(start, count * CHANNEL_BLOCK);
-                let c = blk * CHANNEL_BLOCK;
-                for j in 0..count {
-                    // SAFETY: pixel j < count of this segment lies inside `region`, and no
-                    // other item writes these pixels.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(region.add(j * CHANNEL_BLOCK), CHANNEL_BLOCK) };
-                    int8::dequantize_block(&tile[j * MR + c..], &scale[c..], &bias[c..], relu, dst);
+                    // Each item writes its own pixels (one row segment) of every channel block.
+                    let region = out.raw(start, count * CHANNEL_BLOCK);
+                    // SAFETY: the segment's `count` pixels of this block are `region`, which
+                    // no other item writes.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(region, count * CHANNEL_BLOCK) };
+                    let c = blk * CHANNEL_BLOCK;
+                    int8::dequantize_rows(kernels, tile, 0, c, count, &scale[c..], &bias[c..], relu, dst);
                 }
             }
         }
@@ -417,7 +443,7 @@ fn run(ctx: RunContext<'_>) {
                 // region, and offsets grow with both), and no other item writes here.
                 let dst = unsafe { std::slice::from_raw_parts_mut(region.add(at), CHANNEL_BLOCK) };
                 let c = blk * CHANNEL_BLOCK;
-                int8::dequantize_block(&tile[j * MR + c..], &scale[c..], &bias[c..], relu, dst);
+                int8::dequantize_rows(kernels, &tile, j, c, 1, &scale[c..], &bias[c..], relu, dst);
             }
         }
     };
@@ -508,8 +534,8 @@ mod tests {
     /// Every kernel set this CPU runs (through the executor, with its packing, schedule
     /// and epilogue) against the definition, bitwise: kernel sides 1 and 3, both strides,
     /// groups, padded channels, odd sizes, panels across images, the fused and two-phase
-    /// schedules (the last shape's weights exceed `FUSED_WEIGHT_BYTES`), thread counts 1
-    /// and 2. The inputs include values past the clipping threshold (code 255) and the
+    /// schedules (the 640-channel shapes' weights exceed `FUSED_WEIGHT_BYTES`), AMX's
+    /// in-place path on rows of 12 pixels and more, thread counts 1 and 2. The inputs include values past the clipping threshold (code 255) and the
     /// shared buffer starts as NaN.
     #[test]
     fn every_set_matches_the_integer_definition_bitwise() {
@@ -520,6 +546,12 @@ mod tests {
             (3, 32, 64, 2, 1, 1, 9, 9),
             (3, 48, 48, 1, 1, 2, 14, 13),
             (3, 640, 256, 1, 2, 1, 6, 6),
+            // Rows of at least 12 pixels: AMX reads them in place (odd row counts, stride 2,
+            // groups, several segments per row, the last one partial).
+            (3, 32, 48, 1, 2, 2, 29, 27),
+            (3, 32, 64, 2, 1, 1, 13, 16),
+            (3, 48, 40, 1, 1, 1, 5, 40),
+            (3, 640, 256, 1, 1, 1, 3, 12),
         ] {
             let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
             let s = ConvShape {

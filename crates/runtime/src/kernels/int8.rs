@@ -380,6 +380,130 @@ mod amx {
         }
     }
 
+    /// The tile configuration of [`segment_pair`]: tmm0-3 accumulate (segment, channel
+    /// half), tmm4-5 hold the two `A` tiles, tmm6-7 the two `B` tiles.
+    fn pair_config(run: usize) -> Config {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut tile = |t: usize, rows: usize, bytes: usize| {
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&(bytes as u16).to_le_bytes());
+            c[48 + t] = rows as u8;
+        };
+        for t in 0..4 {
+            tile(t, 16, 64);
+        }
+        tile(4, 16, run);
+        tile(5, 16, run);
+        tile(6, run / 4, 64);
+        tile(7, run / 4, 64);
+        Config(c)
+    }
+
+    /// # Safety
+    ///
+    /// As [`segment`], for both inputs.
+    pub unsafe fn segment_pair(
+        input: [*const u8; 2],
+        offsets: &[usize],
+        stride: usize,
+        run: usize,
+        a: *const i8,
+        width: usize,
+        acc: [&mut Tile; 2],
+    ) {
+        let config = pair_config(run);
+        let b_step = run / 4 * width * 4;
+        let (b_stride, c_stride) = (width * 4, MR * 4);
+        let [acc0, acc1] = acc;
+        // SAFETY: as in `segment`: every load is readable by the caller's guarantee for
+        // both inputs, the stores fill 16 rows of each tile, the configuration is valid
+        // and aligned, and the state is released before the block ends.
+        unsafe {
+            if width == MR {
+                asm!(
+                    "ldtilecfg [{cfg}]",
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "2:",
+                    "mov {t}, [{offs}]",
+                    "tileloadd tmm6, [{pa} + {sb}*1]",
+                    "tileloadd tmm7, [{pa} + {sb}*1 + 64]",
+                    "lea {u}, [{t} + {in0}]",
+                    "tileloadd tmm4, [{u} + {sa}*1]",
+                    "add {t}, {in1}",
+                    "tileloadd tmm5, [{t} + {sa}*1]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    "add {offs}, 8",
+                    "add {pa}, {bb}",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c0} + {sc}*1], tmm0",
+                    "tilestored [{c0} + {sc}*1 + 64], tmm1",
+                    "tilestored [{c1} + {sc}*1], tmm2",
+                    "tilestored [{c1} + {sc}*1 + 64], tmm3",
+                    "tilerelease",
+                    cfg = in(reg) config.0.as_ptr(),
+                    in0 = in(reg) input[0],
+                    in1 = in(reg) input[1],
+                    offs = inout(reg) offsets.as_ptr() => _,
+                    t = out(reg) _,
+                    u = out(reg) _,
+                    pa = inout(reg) a => _,
+                    sa = in(reg) stride,
+                    sb = in(reg) b_stride,
+                    sc = in(reg) c_stride,
+                    bb = in(reg) b_step,
+                    c0 = in(reg) acc0.as_mut_ptr(),
+                    c1 = in(reg) acc1.as_mut_ptr(),
+                    n = inout(reg) offsets.len() => _,
+                    options(nostack),
+                );
+            } else {
+                asm!(
+                    "ldtilecfg [{cfg}]",
+                    "tilezero tmm0",
+                    "tilezero tmm2",
+                    "2:",
+                    "mov {t}, [{offs}]",
+                    "tileloadd tmm6, [{pa} + {sb}*1]",
+                    "lea {u}, [{t} + {in0}]",
+                    "tileloadd tmm4, [{u} + {sa}*1]",
+                    "add {t}, {in1}",
+                    "tileloadd tmm5, [{t} + {sa}*1]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "add {offs}, 8",
+                    "add {pa}, {bb}",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c0} + {sc}*1], tmm0",
+                    "tilestored [{c1} + {sc}*1], tmm2",
+                    "tilerelease",
+                    cfg = in(reg) config.0.as_ptr(),
+                    in0 = in(reg) input[0],
+                    in1 = in(reg) input[1],
+                    offs = inout(reg) offsets.as_ptr() => _,
+                    t = out(reg) _,
+                    u = out(reg) _,
+                    pa = inout(reg) a => _,
+                    sa = in(reg) stride,
+                    sb = in(reg) b_stride,
+                    sc = in(reg) c_stride,
+                    bb = in(reg) b_step,
+                    c0 = in(reg) acc0.as_mut_ptr(),
+                    c1 = in(reg) acc1.as_mut_ptr(),
+                    n = inout(reg) offsets.len() => _,
+                    options(nostack),
+                );
+            }
+        }
+    }
+
     /// # Safety
     ///
     /// AMX-TILE and AMX-INT8 with the OS's permission; `a` valid for `kd * width` reads
@@ -498,6 +622,46 @@ pub fn segment_product(
     let _ = (input, base, offsets, stride, run, a, acc);
 }
 
+/// [`segment_product`] for two segments at once, `A` at `base0 + offsets[i]` and `base1 +
+/// offsets[i]` (two output rows), into `acc0` and `acc1`: each weight tile loaded serves
+/// both, which halves the weight traffic that bounds a single segment.
+#[allow(clippy::too_many_arguments)] // a kernel entry point: buffers, offsets and strides
+pub fn segment_pair_product(
+    k: Int8Kernels,
+    input: &[u8],
+    bases: [usize; 2],
+    offsets: &[usize],
+    stride: usize,
+    run: usize,
+    a: &[i8],
+    width: usize,
+    acc: [&mut Tile; 2],
+) {
+    assert_eq!(k.0, Int8Set::Amx, "segment products are AMX's");
+    assert!(width == MR || width == CHANNEL_BLOCK, "weight panel width {width}");
+    assert!([16, 32, 48, 64].contains(&run) && !offsets.is_empty(), "run of {run} bytes");
+    assert!(a.len() >= offsets.len() * run * width, "weight panel shorter than its steps");
+    let reach = bases[0].max(bases[1]) + offsets.iter().max().expect("steps") + 15 * stride + run;
+    assert!(reach <= input.len(), "tile rows reach byte {reach} of {}", input.len());
+    assert!(stride <= 1 << 16, "tile stride {stride}");
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    // SAFETY: as in `segment_product`, for both bases.
+    unsafe {
+        let [acc0, acc1] = acc;
+        amx::segment_pair(
+            [input.as_ptr().add(bases[0]), input.as_ptr().add(bases[1])],
+            offsets,
+            stride,
+            run,
+            a.as_ptr(),
+            width,
+            [acc0, acc1],
+        )
+    };
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+    let _ = (input, bases, offsets, stride, run, a, acc);
+}
+
 /// The scalar twin of the panel product.
 fn portable_panel(kd: usize, a: &[i8], width: usize, b: &[u8], cols: usize, acc: &mut Tile) {
     for j in 0..cols {
@@ -526,11 +690,73 @@ pub fn dequantize_block(acc: &[i32], scale: &[f32], bias: &[f32], relu: bool, ou
     }
 }
 
+/// `dequantize_block` for the `count` tile rows (columns) from `row0` on, channels
+/// `c..c + 16`, into `out` (16 floats per row): one call per tile and channel block, in
+/// the set's vectors. Every set rounds as `dequantize_block`: `cvtdq2ps`, then a product,
+/// then a sum, and `max(0, y)` keeping NaN.
+#[allow(clippy::too_many_arguments)] // a kernel entry point: the tile's part, the affine map, the output
+pub fn dequantize_rows(
+    k: Int8Kernels,
+    tile: &Tile,
+    row0: usize,
+    c: usize,
+    count: usize,
+    scale: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    assert!(c + CHANNEL_BLOCK <= MR && row0 + count <= MAX_COLUMNS && out.len() >= count * CHANNEL_BLOCK);
+    let tile = &tile[row0 * MR..];
+    let (scale, bias) = (&scale[..CHANNEL_BLOCK], &bias[..CHANNEL_BLOCK]);
+    match k.0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F (every AMX and VNNI CPU of these sets has it, Int8Kernels checked);
+        // the asserts bound the reads of `tile`, `scale`, `bias` and the writes of `out`.
+        Int8Set::Amx | Int8Set::Vnni512 => unsafe { x86::dequantize_avx512(tile, c, count, scale, bias, relu, out) },
+        _ => {
+            for j in 0..count {
+                let row = &mut out[j * CHANNEL_BLOCK..(j + 1) * CHANNEL_BLOCK];
+                dequantize_block(&tile[j * MR + c..], scale, bias, relu, row);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR, Tile};
+    use super::{CHANNEL_BLOCK, MR, NR, Tile};
+
+    /// # Safety
+    ///
+    /// AVX-512F; `tile` holds `count` rows of `MR` from its start, `c + 16 <= MR`,
+    /// `scale` and `bias` hold 16 floats, `out` `16 count`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dequantize_avx512(
+        tile: &[i32],
+        c: usize,
+        count: usize,
+        scale: &[f32],
+        bias: &[f32],
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        // SAFETY: the caller's bounds: row j < count reads tile[j * MR + c..][..16]
+        // (c + 16 <= MR) and writes out[16 j..][..16].
+        unsafe {
+            let (s, b, zero) = (_mm512_loadu_ps(scale.as_ptr()), _mm512_loadu_ps(bias.as_ptr()), _mm512_setzero_ps());
+            for j in 0..count {
+                let acc = _mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast());
+                let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), b);
+                if relu {
+                    y = _mm512_max_ps(zero, y);
+                }
+                _mm512_storeu_ps(out.as_mut_ptr().add(j * CHANNEL_BLOCK), y);
+            }
+        }
+    }
 
     /// # Safety
     ///
