@@ -123,7 +123,7 @@ fn summary(report: &QuantReport, out: &mut dyn Write) -> std::io::Result<()> {
     let kept = if report.info.fp32_layers.is_empty() { "none".to_string() } else { report.info.fp32_layers.join(", ") };
     writeln!(
         out,
-        "INT8 ({} calibration, {} samples); FP32 kept: stem, {kept}; on the calibration set: top-1 {:.1}% as FP32, \
+        "INT8 ({} calibration, {} samples); FP32 kept: {kept}; on the calibration set: top-1 {:.1}% as FP32, \
          logits cosine {:.5}, max relative error {:.3e}",
         report.info.calibration,
         report.info.samples,

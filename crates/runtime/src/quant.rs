@@ -11,10 +11,10 @@
 //! - activations: u8 with zero point 0 at every layer input after the stem (each reads a
 //!   ReLU's output), `s_x = t / 255` for a clipping threshold `t` calibrated on sample
 //!   inputs ([`Calibration`]: the maximum, a percentile, or the KL-divergence choice of
-//!   Migacz 2017, "8-bit inference with TensorRT");
-//! - the stem (signed RGB, 27-deep reductions) and the classifier stay FP32, and layers
-//!   whose INT8 alone moves the logits by more than a threshold stay FP32 too
-//!   ([`KeepFp32::Auto`]).
+//!   Migacz 2017, "8-bit inference with TensorRT"); the stem's input (the network's,
+//!   signed) with zero point 128 and `s_x = t / 127`, `t` calibrated on its magnitudes;
+//! - the classifier and SE blocks stay FP32, and layers whose INT8 alone moves the logits
+//!   by more than a threshold stay FP32 too ([`KeepFp32::Auto`]).
 //!
 //! # File format
 //!
@@ -25,7 +25,7 @@
 //! |---|---|---|---|
 //! | `P.rbr_reparam.weight` | I8 | `[K, C/g, 3, 3]` | `w_q` |
 //! | `P.rbr_reparam.weight_scale` | F32 | `[K]` | `s_w`, positive normal floats |
-//! | `P.rbr_reparam.input_scale` | F32 | `[1]` | `s_x`, a positive normal float |
+//! | `P.rbr_reparam.input_scale` | F32 | `[1]` | `s_x`, a positive normal float (the first layer's input codes carry zero point 128) |
 //! | `P.rbr_reparam.bias` | F32 | `[K]` | as in FP32 |
 //!
 //! Every other tensor is F32 as in a deploy checkpoint. The metadata holds
@@ -87,7 +87,7 @@ pub struct QuantInfo {
     pub samples: usize,
     /// SHA-256 of the calibration tensor (shape, then little-endian f32 values).
     pub calibration_sha256: String,
-    /// Layers kept in FP32 besides the stem.
+    /// Layers kept in FP32 (those the INT8 executor cannot run included).
     pub fp32_layers: Vec<String>,
 }
 
@@ -487,6 +487,15 @@ impl Model {
             self.session(SessionOptions { threads, precision: Some(Precision::F32), ..Default::default() })?;
         let mut stats: Vec<Stats> =
             (0..count).map(|_| Stats { max: 0.0, channel_max: Vec::new(), histogram: vec![0; BINS] }).collect();
+        // The stem's input is the calibration tensor itself, signed: its magnitudes.
+        let magnitude = calibration.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+        stats[0].max = if magnitude.is_finite() { magnitude } else { 0.0 };
+        if stats[0].max > 0.0 {
+            let per_bin = BINS as f32 / stats[0].max;
+            for v in calibration.data().iter().map(|v| v.abs()).filter(|v| *v > 0.0) {
+                stats[0].histogram[((v * per_bin) as usize).min(BINS - 1)] += 1;
+            }
+        }
         let mut reference = Vec::new();
         for batch in &batches {
             let n = batch.shape()[0];
@@ -527,8 +536,10 @@ impl Model {
                 if !int8.supports(&lp.shape(1), Isa::Portable) {
                     return None;
                 }
+                // The network input is signed: 127 steps each way of the zero point.
+                let steps = if lp.index == 0 { 127.0 } else { 255.0 };
                 let t = threshold(options.calibration, &stats[lp.index]);
-                let input_scale = if t > 0.0 && (t / 255.0).is_normal() { t / 255.0 } else { 1.0 };
+                let input_scale = if t > 0.0 && (t / steps).is_normal() { t / steps } else { 1.0 };
                 let mut deploy = self.weights().layers[lp.index].conv.weight.clone();
                 if options.prune_dead_inputs {
                     let dead = dead_inputs(&stats[lp.index]);
@@ -586,7 +597,7 @@ impl Model {
             )));
         }
         let fp32_layers: Vec<String> =
-            names.iter().zip(&layers).skip(1).filter(|(_, l)| l.is_none()).map(|(n, _)| n.clone()).collect();
+            names.iter().zip(&layers).filter(|(_, l)| l.is_none()).map(|(n, _)| n.clone()).collect();
         let quantized = self.with_int8(layers.clone(), info(fp32_layers))?;
 
         // The report: each layer's output against FP32, and the logits.
@@ -798,7 +809,7 @@ pub(crate) fn read(file: &SafetensorsFile, network: &Network) -> Result<Quantiza
         calibration: meta.get("repvgg.calibration").cloned().unwrap_or_else(|| "unknown".into()),
         samples: meta.get("repvgg.samples").and_then(|s| s.parse().ok()).unwrap_or(0),
         calibration_sha256: meta.get("repvgg.calibration_sha256").cloned().unwrap_or_default(),
-        fp32_layers: names.iter().zip(&layers).skip(1).filter(|(_, l)| l.is_none()).map(|(n, _)| n.clone()).collect(),
+        fp32_layers: names.iter().zip(&layers).filter(|(_, l)| l.is_none()).map(|(n, _)| n.clone()).collect(),
     };
     Ok(Quantization { layers, info })
 }

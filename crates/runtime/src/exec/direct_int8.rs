@@ -19,7 +19,7 @@ use super::schedule::{Schedule, Work};
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
 use crate::buffers::SharedMut;
 use crate::kernels::gemm::{MR, NR};
-use crate::kernels::int8::{self, Int8Kernels, Int8Set, MAX_COLUMNS, MAX_DEPTH, Tile};
+use crate::kernels::int8::{self, Int8Kernels, Int8Set, MAX_COLUMNS, MAX_DEPTH, SIGNED_ZERO_POINT, Tile};
 use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
 use repvgg_simd::Isa;
@@ -68,14 +68,18 @@ impl ConvExecutor for DirectInt8 {
         Precision::Int8
     }
 
-    /// Channel-blocked input (the stem reads signed RGB and stays FP32), kernel sides in
-    /// [`SIDES`], whole channel blocks per group when there are groups, and a reduction
-    /// within [`MAX_DEPTH`].
+    /// Channel-blocked input with kernel sides in [`SIDES`], whole channel blocks per
+    /// group when there are groups, and a reduction within [`MAX_DEPTH`]; or the planar
+    /// network input (signed, zero point 128) of a 3x3 stem of at most 16 channels.
     fn supports(&self, s: &ConvShape, _: Isa) -> bool {
         let whole_blocks = s.groups == 1
             || (s.in_per_group().is_multiple_of(CHANNEL_BLOCK)
                 && (s.out_channels / s.groups).is_multiple_of(CHANNEL_BLOCK));
-        s.input == InputLayout::Blocked && SIDES.contains(&s.kernel) && whole_blocks && depth(s) <= MAX_DEPTH
+        let input = match s.input {
+            InputLayout::Blocked => SIDES.contains(&s.kernel),
+            InputLayout::Planar => s.kernel == 3 && s.groups == 1 && s.in_channels <= CHANNEL_BLOCK,
+        };
+        input && whole_blocks && depth(s) <= MAX_DEPTH
     }
 
     /// The s8 weights and one f32 scale per padded output channel, in floats.
@@ -131,6 +135,11 @@ struct Int8Weights {
     scale: Vec<f32>,
     /// `1 / s_x`.
     inv_input_scale: f32,
+    /// The input's zero point: [`SIGNED_ZERO_POINT`] for the planar network input, else 0.
+    zero_point: u8,
+    /// `zero_point * sum w_q[k]` per padded output channel, group-major: what the codes'
+    /// offset adds to each sum, subtracted in the epilogue.
+    zero: Vec<i32>,
 }
 
 impl PackedWeights for Int8Weights {
@@ -149,6 +158,8 @@ impl Int8Weights {
         let panels_per_group = k_pad.div_ceil(MR);
         let mut data = vec![0i8; s.groups * kd * k_pad];
         let mut scale = vec![0f32; s.groups * k_pad];
+        let zero_point = if s.input == InputLayout::Planar { SIGNED_ZERO_POINT } else { 0 };
+        let mut zero = vec![0i32; s.groups * k_pad];
         for g in 0..s.groups {
             for b in 0..panels_per_group {
                 let k0 = b * MR;
@@ -157,6 +168,8 @@ impl Int8Weights {
                 for lane in 0..width.min(out_per_group.saturating_sub(k0)) {
                     let k = g * out_per_group + k0 + lane;
                     scale[g * k_pad + k0 + lane] = layer.input_scale * layer.weight_scale[k];
+                    let sum: i32 = layer.weight[k * cg * taps..(k + 1) * cg * taps].iter().map(|&w| w as i32).sum();
+                    zero[g * k_pad + k0 + lane] = zero_point as i32 * sum;
                     for c in 0..cg {
                         for tap in 0..taps {
                             let row = ((c / CHANNEL_BLOCK) * taps + tap) * CHANNEL_BLOCK + c % CHANNEL_BLOCK;
@@ -177,6 +190,8 @@ impl Int8Weights {
             data,
             scale,
             inv_input_scale: 1.0 / layer.input_scale,
+            zero_point,
+            zero,
         }
     }
 
@@ -191,9 +206,9 @@ impl Int8Weights {
 
 /// Packs column panel `index` of `columns` pixels in the set's layout (each group's
 /// reduction of `kd` bytes after the other's, runs of `run` bytes: `int8::column_offset`)
-/// from the quantized channel-blocked input; the padding border and the pixels past the
-/// last are 0.
-fn pack_panel(s: &ConvShape, input: &[u8], index: usize, columns: usize, run: usize, panel: &mut [u8]) {
+/// from the quantized channel-blocked input; the padding border is `zero` (the code of
+/// 0), the pixels past the last 0.
+fn pack_panel(s: &ConvShape, input: &[u8], index: usize, columns: usize, run: usize, zero: u8, panel: &mut [u8]) {
     let (cb, taps, pad) = (channel_blocks(s.in_channels), s.kernel * s.kernel, s.kernel / 2);
     let pixels = s.n * s.oh * s.ow;
     let kd = depth(s);
@@ -223,7 +238,7 @@ fn pack_panel(s: &ConvShape, input: &[u8], index: usize, columns: usize, run: us
                     if iy < s.h && ix < s.w {
                         dst.copy_from_slice(&plane[(iy * s.w + ix) * CHANNEL_BLOCK..][..CHANNEL_BLOCK]);
                     } else {
-                        dst.fill(0);
+                        dst.fill(zero);
                     }
                 }
             }
@@ -231,8 +246,44 @@ fn pack_panel(s: &ConvShape, input: &[u8], index: usize, columns: usize, run: us
     }
 }
 
-/// Floats of the input quantized per parallel item (64 KiB of bytes).
-const QUANTIZE_CHUNK_FLOATS: usize = 1 << 14;
+/// Quantizes input row `y` of channel block `block` of `image` into `dst` (`w` pixels of
+/// 16 bytes): a row of the channel-blocked input as it is; for the planar network input,
+/// each channel's row quantized and interleaved, the channels past its last holding the
+/// zero point (their weights are 0).
+#[allow(clippy::too_many_arguments)] // the layer, where the row is, its map to codes
+fn quantize_row(
+    kernels: Int8Kernels,
+    s: &ConvShape,
+    input: &[f32],
+    image: usize,
+    block: usize,
+    y: usize,
+    w: &Int8Weights,
+    dst: &mut [u8],
+) {
+    match s.input {
+        InputLayout::Blocked => {
+            let cb = channel_blocks(s.in_channels);
+            let src = &input[((image * cb + block) * s.h + y) * s.w * CHANNEL_BLOCK..][..s.w * CHANNEL_BLOCK];
+            int8::quantize(kernels, src, w.inv_input_scale, w.zero_point, dst);
+        }
+        InputLayout::Planar => {
+            const CHUNK: usize = 256;
+            dst.fill(w.zero_point);
+            let mut codes = [0u8; CHUNK];
+            for c in 0..s.in_channels {
+                let row = &input[((image * s.in_channels + c) * s.h + y) * s.w..][..s.w];
+                for (i, src) in row.chunks(CHUNK).enumerate() {
+                    let codes = &mut codes[..src.len()];
+                    int8::quantize(kernels, src, w.inv_input_scale, w.zero_point, codes);
+                    for (x, q) in codes.iter().enumerate() {
+                        dst[(i * CHUNK + x) * CHANNEL_BLOCK + c] = *q;
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The u8 input with a zero border of one pixel, channel-blocked: what the AMX path of
 /// 3x3 layers reads its tiles from without packing (`int8::segment_product`).
@@ -280,22 +331,22 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     let cbg = channel_blocks(s.in_per_group());
     let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<f32, u8>(shared)[..layout.bytes];
     let row_bytes = layout.pw * CHANNEL_BLOCK;
-    let inv = weights.inv_input_scale;
+    let zero = weights.zero_point;
     let (planes, slack) = bytes.split_at_mut(s.n * cb * layout.plane);
-    slack.fill(0);
+    slack.fill(zero);
     // One item per bordered row (a whole number of floats: 16 bytes per pixel).
     let rows: &mut [f32] = bytemuck::cast_slice_mut(planes);
     for_each_chunk_mut(rows, row_bytes / 4, |r, row| {
         let row: &mut [u8] = bytemuck::cast_slice_mut(row);
         let (plane, py) = (r / layout.ph, r % layout.ph);
         if py == 0 || py == layout.ph - 1 {
-            row.fill(0);
+            row.fill(zero);
             return;
         }
-        row[..CHANNEL_BLOCK].fill(0);
-        row[row_bytes - CHANNEL_BLOCK..].fill(0);
-        let src = &input[(plane * s.h + py - 1) * s.w * CHANNEL_BLOCK..][..s.w * CHANNEL_BLOCK];
-        int8::quantize(kernels, src, inv, &mut row[CHANNEL_BLOCK..row_bytes - CHANNEL_BLOCK]);
+        row[..CHANNEL_BLOCK].fill(zero);
+        row[row_bytes - CHANNEL_BLOCK..].fill(zero);
+        let dst = &mut row[CHANNEL_BLOCK..row_bytes - CHANNEL_BLOCK];
+        quantize_row(kernels, &s, input, plane / cb, plane % cb, py - 1, weights, dst);
     });
     let bordered: &[u8] = bytes;
 
@@ -343,6 +394,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
             }
             let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
             let scale = &weights.scale[g * weights.k_pad + k0..];
+            let zero = &weights.zero[g * weights.k_pad + k0..];
             let bias = &bias[first_block * CHANNEL_BLOCK..];
             for (r, tile) in tiles.iter().enumerate().take(rows) {
                 for blk in 0..width / CHANNEL_BLOCK {
@@ -356,7 +408,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
                     // no other item writes.
                     let dst = unsafe { std::slice::from_raw_parts_mut(region, count * CHANNEL_BLOCK) };
                     let c = blk * CHANNEL_BLOCK;
-                    int8::dequantize_rows(kernels, tile, 0, c, count, &scale[c..], &bias[c..], relu, dst);
+                    int8::dequantize_rows(kernels, tile, 0, c, count, &zero[c..], &scale[c..], &bias[c..], relu, dst);
                 }
             }
         }
@@ -384,7 +436,11 @@ fn run(ctx: RunContext<'_>) {
     assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
     assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
     let in_len = s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK;
-    assert!(input.len() >= in_len, "input buffer too small");
+    let read = match s.input {
+        InputLayout::Blocked => in_len,
+        InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
+    };
+    assert!(input.len() >= read, "input buffer too small");
     assert!(shared.len() >= DirectInt8.shared_len(shape), "shared panel buffer too small");
     assert_eq!((weights.groups, weights.kernel), (s.groups, s.kernel), "weights packed for another layer");
     if reads_in_place(shape, kernels) {
@@ -407,19 +463,18 @@ fn run(ctx: RunContext<'_>) {
     }
 
     let (quantized, shared) = shared.split_at_mut(quantized_floats(shape));
-    let inv = weights.inv_input_scale;
-    for_each_chunk_mut(quantized, QUANTIZE_CHUNK_FLOATS, |i, chunk| {
-        let start = i * QUANTIZE_CHUNK_FLOATS * 4;
-        let len = (in_len - start).min(chunk.len() * 4);
-        let bytes = &mut bytemuck::cast_slice_mut::<f32, u8>(chunk)[..len];
-        int8::quantize(kernels, &input[start..start + bytes.len()], inv, bytes);
+    // One item per row of a channel block (16 bytes per pixel: a whole number of floats).
+    let cb = channel_blocks(s.in_channels);
+    for_each_chunk_mut(&mut quantized[..in_len / 4], s.w * CHANNEL_BLOCK / 4, |r, row| {
+        let (plane, y) = (r / s.h, r % s.h);
+        quantize_row(kernels, &s, input, plane / cb, plane % cb, y, weights, bytemuck::cast_slice_mut(row));
     });
     let quantized: &[u8] = &bytemuck::cast_slice::<f32, u8>(quantized)[..in_len];
 
     let out = SharedMut::new(output);
     let (columns, run) = (kernels.columns(), kernels.run_bytes(weights.kd));
     let pack = |col: usize, _: &Pixels, panel: &mut [f32]| {
-        pack_panel(&s, quantized, col, columns, run, bytemuck::cast_slice_mut(panel));
+        pack_panel(&s, quantized, col, columns, run, weights.zero_point, bytemuck::cast_slice_mut(panel));
     };
     let product = |weight_panel: usize, pixels: &Pixels, panel: &[f32], _: &mut [f32]| {
         let (g, b) = (weight_panel / weights.panels_per_group, weight_panel % weights.panels_per_group);
@@ -429,6 +484,7 @@ fn run(ctx: RunContext<'_>) {
         int8::panel_product(kernels, weights.kd, a, width, panel, pixels.count, &mut tile);
         let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
         let scale = &weights.scale[g * weights.k_pad + k0..];
+        let zero = &weights.zero[g * weights.k_pad + k0..];
         let bias = &bias[first_block * CHANNEL_BLOCK..];
         let first = first_block * pixels.block_stride;
         let blocks = width / CHANNEL_BLOCK;
@@ -443,7 +499,7 @@ fn run(ctx: RunContext<'_>) {
                 // region, and offsets grow with both), and no other item writes here.
                 let dst = unsafe { std::slice::from_raw_parts_mut(region.add(at), CHANNEL_BLOCK) };
                 let c = blk * CHANNEL_BLOCK;
-                int8::dequantize_rows(kernels, &tile, j, c, 1, &scale[c..], &bias[c..], relu, dst);
+                int8::dequantize_rows(kernels, &tile, j, c, 1, &zero[c..], &scale[c..], &bias[c..], relu, dst);
             }
         }
     };
@@ -488,8 +544,12 @@ mod tests {
         let (cb, kb) = (channel_blocks(s.in_channels), channel_blocks(s.out_channels));
         let (cg, kg, pad) = (s.in_per_group(), s.out_channels / s.groups, s.kernel / 2);
         let inv = 1.0 / layer.input_scale;
-        let at = |b: usize, c: usize, y: usize, x: usize| {
-            ((b * cb + c / CHANNEL_BLOCK) * s.h * s.w + y * s.w + x) * CHANNEL_BLOCK + c % CHANNEL_BLOCK
+        let zero = if s.input == InputLayout::Planar { SIGNED_ZERO_POINT as i64 } else { 0 };
+        let at = |b: usize, c: usize, y: usize, x: usize| match s.input {
+            InputLayout::Blocked => {
+                ((b * cb + c / CHANNEL_BLOCK) * s.h * s.w + y * s.w + x) * CHANNEL_BLOCK + c % CHANNEL_BLOCK
+            }
+            InputLayout::Planar => ((b * s.in_channels + c) * s.h + y) * s.w + x,
         };
         let mut out = vec![0f32; s.n * kb * s.oh * s.ow * CHANNEL_BLOCK];
         for b in 0..s.n {
@@ -507,7 +567,8 @@ mod tests {
                                         (ox * s.stride + kx).wrapping_sub(pad),
                                     );
                                     if iy < s.h && ix < s.w {
-                                        let x = quantize_one(input[at(b, g * cg + c, iy, ix)], inv) as i64;
+                                        let x = quantize_one(input[at(b, g * cg + c, iy, ix)], inv, zero as f32) as i64
+                                            - zero;
                                         let w = layer.weight[((k * cg + c) * s.kernel + ky) * s.kernel + kx] as i64;
                                         acc += x * w;
                                     }
@@ -521,7 +582,7 @@ mod tests {
                         sc[0] = scale;
                         let mut bi = [0f32; 16];
                         bi[0] = bias[k];
-                        int8::dequantize_block(&a, &sc, &bi, relu, &mut y);
+                        int8::dequantize_block(&a, &[0; 16], &sc, &bi, relu, &mut y);
                         out[((b * kb + k / CHANNEL_BLOCK) * s.oh * s.ow + oy * s.ow + ox) * CHANNEL_BLOCK
                             + k % CHANNEL_BLOCK] = y[0];
                     }
@@ -539,7 +600,7 @@ mod tests {
     /// shared buffer starts as NaN.
     #[test]
     fn every_set_matches_the_integer_definition_bitwise() {
-        for (kernel, c, k, groups, stride, n, h, w) in [
+        for (shape, layout) in [
             (3, 16, 16, 1, 1, 1, 7, 9),
             (3, 40, 24, 1, 2, 2, 11, 8),
             (1, 48, 40, 1, 1, 2, 5, 7),
@@ -552,21 +613,25 @@ mod tests {
             (3, 32, 64, 2, 1, 1, 13, 16),
             (3, 48, 40, 1, 1, 1, 5, 40),
             (3, 640, 256, 1, 1, 1, 3, 12),
-        ] {
+        ]
+        .into_iter()
+        .map(|shape| (shape, InputLayout::Blocked))
+        .chain(
+            // The network input (planar, signed, zero point 128): RGB at stride 2 read in
+            // place and packed, other channel counts.
+            [
+                (3, 3, 48, 1, 2, 2, 29, 30),
+                (3, 3, 20, 1, 1, 1, 13, 11),
+                (3, 5, 16, 1, 1, 1, 9, 14),
+                (3, 16, 32, 1, 2, 1, 8, 8),
+            ]
+            .into_iter()
+            .map(|shape| (shape, InputLayout::Planar)),
+        ) {
+            let (kernel, c, k, groups, stride, n, h, w) = shape;
             let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
-            let s = ConvShape {
-                n,
-                kernel,
-                in_channels: c,
-                out_channels: k,
-                groups,
-                stride,
-                h,
-                w,
-                oh,
-                ow,
-                input: InputLayout::Blocked,
-            };
+            let s =
+                ConvShape { n, kernel, in_channels: c, out_channels: k, groups, stride, h, w, oh, ow, input: layout };
             let mut seed = (kernel * 7919 + c * 1000 + k * 10 + stride) as u32;
             let mut next = move || {
                 seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -579,12 +644,19 @@ mod tests {
             let mut bias: Vec<f32> = (0..k).map(|_| next()).collect();
             bias.resize(channel_blocks(k) * CHANNEL_BLOCK, 0.0);
             let cb = channel_blocks(c);
-            let mut input = vec![0f32; n * cb * h * w * CHANNEL_BLOCK];
-            for (i, v) in input.iter_mut().enumerate() {
-                if (i % CHANNEL_BLOCK) + (i / (h * w * CHANNEL_BLOCK) % cb) * CHANNEL_BLOCK < c {
-                    *v = (next() + 1.0) * 0.7;
+            let input = match layout {
+                InputLayout::Blocked => {
+                    let mut input = vec![0f32; n * cb * h * w * CHANNEL_BLOCK];
+                    for (i, v) in input.iter_mut().enumerate() {
+                        if (i % CHANNEL_BLOCK) + (i / (h * w * CHANNEL_BLOCK) % cb) * CHANNEL_BLOCK < c {
+                            *v = (next() + 1.0) * 0.7;
+                        }
+                    }
+                    input
                 }
-            }
+                // Signed, past the clipping threshold both ways.
+                InputLayout::Planar => (0..n * c * h * w).map(|_| next() * 0.9).collect(),
+            };
             assert!(DirectInt8.supports(&s, Isa::Portable));
             let want = reference(&s, &layer, &bias, true, &input);
             let packed = DirectInt8.pack(&s, LayerWeights { deploy: &deploy, int8: Some(&layer) });

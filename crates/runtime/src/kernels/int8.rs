@@ -192,31 +192,38 @@ fn has_amx() -> bool {
     false
 }
 
-/// The activation code of one value: `clamp(round_half_even(v * inv_scale), 0, 255)`,
-/// NaN to 0. The rounding adds and subtracts 2^23, which rounds a float in `[0, 2^23)` to
-/// an integer, ties to even, with two exact operations every vector set has; the clamps
-/// come first, in the order `vmaxps`/`vminps` evaluate them, so that every set computes
-/// the same code.
+/// Zero point of the codes of a signed input (the network's, read by the stem): value 0
+/// is code 128, so the codes span `[-128 s_x, 127 s_x]`. Every other layer reads a ReLU's
+/// output and uses zero point 0.
+pub const SIGNED_ZERO_POINT: u8 = 128;
+
+/// The activation code of one value: `clamp(round_half_even(v * inv_scale + zero), 0,
+/// 255)`, NaN to 0, `zero` being 0 or [`SIGNED_ZERO_POINT`]. The product and the sum are
+/// two roundings (never fused); the rounding adds and subtracts 2^23, which rounds a float
+/// in `[0, 2^23)` to an integer, ties to even, with two exact operations every vector set
+/// has; the clamps come first, in the order `vmaxps`/`vminps` evaluate them, so that
+/// every set computes the same code.
 #[inline(always)]
-pub fn quantize_one(v: f32, inv_scale: f32) -> u8 {
+pub fn quantize_one(v: f32, inv_scale: f32, zero: f32) -> u8 {
     const MAGIC: f32 = 8_388_608.0;
-    let y = v * inv_scale;
+    let y = v * inv_scale + zero;
     let y = if y > 0.0 { y } else { 0.0 };
     let y = if y < ACTIVATION_MAX { y } else { ACTIVATION_MAX };
     ((y + MAGIC) - MAGIC) as u8
 }
 
-/// `dst[i] = quantize_one(src[i], inv_scale)`.
-pub fn quantize(k: Int8Kernels, src: &[f32], inv_scale: f32, dst: &mut [u8]) {
+/// `dst[i] = quantize_one(src[i], inv_scale, zero)`.
+pub fn quantize(k: Int8Kernels, src: &[f32], inv_scale: f32, zero: u8, dst: &mut [u8]) {
     assert_eq!(src.len(), dst.len(), "quantize: source and destination lengths differ");
+    let zero = zero as f32;
     match k.0 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an Int8Kernels of this set is made only after checking the CPU.
-        Int8Set::Amx | Int8Set::Vnni512 => unsafe { x86::quantize_avx512(src, inv_scale, dst) },
+        Int8Set::Amx | Int8Set::Vnni512 => unsafe { x86::quantize_avx512(src, inv_scale, zero, dst) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above (AVX2).
-        Int8Set::Avx2 => unsafe { x86::quantize_avx2(src, inv_scale, dst) },
-        _ => src.iter().zip(dst).for_each(|(v, q)| *q = quantize_one(*v, inv_scale)),
+        Int8Set::Avx2 => unsafe { x86::quantize_avx2(src, inv_scale, zero, dst) },
+        _ => src.iter().zip(dst).for_each(|(v, q)| *q = quantize_one(*v, inv_scale, zero)),
     }
 }
 
@@ -678,14 +685,16 @@ fn portable_panel(kd: usize, a: &[i8], width: usize, b: &[u8], cols: usize, acc:
     }
 }
 
-/// `out[c] = relu?(f32(acc[c]) * scale[c] + bias[c])` for the 16 channels of one block:
-/// the requantization every set runs as this one loop, so it rounds the same everywhere
-/// (a product then a sum, never fused).
+/// `out[c] = relu?(f32(acc[c] - zero[c]) * scale[c] + bias[c])` for the 16 channels of
+/// one block, `zero[c]` being the input zero point times the sum of channel `c`'s weights
+/// (0 for a ReLU's input): the requantization every set runs as this one loop, so it
+/// rounds the same everywhere (an exact difference, a conversion, a product, then a sum,
+/// never fused).
 #[inline(always)]
-pub fn dequantize_block(acc: &[i32], scale: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
-    let (acc, scale, bias, out) = (&acc[..16], &scale[..16], &bias[..16], &mut out[..16]);
+pub fn dequantize_block(acc: &[i32], zero: &[i32], scale: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
+    let (acc, zero, scale, bias, out) = (&acc[..16], &zero[..16], &scale[..16], &bias[..16], &mut out[..16]);
     for c in 0..16 {
-        let y = acc[c] as f32 * scale[c] + bias[c];
+        let y = acc[c].wrapping_sub(zero[c]) as f32 * scale[c] + bias[c];
         out[c] = if relu { repvgg_simd::relu(y) } else { y };
     }
 }
@@ -701,6 +710,7 @@ pub fn dequantize_rows(
     row0: usize,
     c: usize,
     count: usize,
+    zero: &[i32],
     scale: &[f32],
     bias: &[f32],
     relu: bool,
@@ -708,16 +718,19 @@ pub fn dequantize_rows(
 ) {
     assert!(c + CHANNEL_BLOCK <= MR && row0 + count <= MAX_COLUMNS && out.len() >= count * CHANNEL_BLOCK);
     let tile = &tile[row0 * MR..];
-    let (scale, bias) = (&scale[..CHANNEL_BLOCK], &bias[..CHANNEL_BLOCK]);
+    let (zero, scale, bias) = (&zero[..CHANNEL_BLOCK], &scale[..CHANNEL_BLOCK], &bias[..CHANNEL_BLOCK]);
     match k.0 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F (every AMX and VNNI CPU of these sets has it, Int8Kernels checked);
-        // the asserts bound the reads of `tile`, `scale`, `bias` and the writes of `out`.
-        Int8Set::Amx | Int8Set::Vnni512 => unsafe { x86::dequantize_avx512(tile, c, count, scale, bias, relu, out) },
+        // the asserts bound the reads of `tile`, `zero`, `scale`, `bias` and the writes of
+        // `out`.
+        Int8Set::Amx | Int8Set::Vnni512 => unsafe {
+            x86::dequantize_avx512(tile, c, count, zero, scale, bias, relu, out)
+        },
         _ => {
             for j in 0..count {
                 let row = &mut out[j * CHANNEL_BLOCK..(j + 1) * CHANNEL_BLOCK];
-                dequantize_block(&tile[j * MR + c..], scale, bias, relu, row);
+                dequantize_block(&tile[j * MR + c..], zero, scale, bias, relu, row);
             }
         }
     }
@@ -732,12 +745,14 @@ mod x86 {
     /// # Safety
     ///
     /// AVX-512F; `tile` holds `count` rows of `MR` from its start, `c + 16 <= MR`,
-    /// `scale` and `bias` hold 16 floats, `out` `16 count`.
+    /// `zero`, `scale` and `bias` hold 16 values, `out` `16 count`.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)] // as `dequantize_rows`
     pub unsafe fn dequantize_avx512(
         tile: &[i32],
         c: usize,
         count: usize,
+        zero: &[i32],
         scale: &[f32],
         bias: &[f32],
         relu: bool,
@@ -746,12 +761,16 @@ mod x86 {
         // SAFETY: the caller's bounds: row j < count reads tile[j * MR + c..][..16]
         // (c + 16 <= MR) and writes out[16 j..][..16].
         unsafe {
-            let (s, b, zero) = (_mm512_loadu_ps(scale.as_ptr()), _mm512_loadu_ps(bias.as_ptr()), _mm512_setzero_ps());
+            let (s, b, z) = (
+                _mm512_loadu_ps(scale.as_ptr()),
+                _mm512_loadu_ps(bias.as_ptr()),
+                _mm512_loadu_si512(zero.as_ptr().cast()),
+            );
             for j in 0..count {
-                let acc = _mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast());
+                let acc = _mm512_sub_epi32(_mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast()), z);
                 let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), b);
                 if relu {
-                    y = _mm512_max_ps(zero, y);
+                    y = _mm512_max_ps(_mm512_setzero_ps(), y);
                 }
                 _mm512_storeu_ps(out.as_mut_ptr().add(j * CHANNEL_BLOCK), y);
             }
@@ -762,14 +781,19 @@ mod x86 {
     ///
     /// The CPU must have AVX-512F and AVX-512BW; the slices have equal lengths.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn quantize_avx512(src: &[f32], inv_scale: f32, dst: &mut [u8]) {
+    pub unsafe fn quantize_avx512(src: &[f32], inv_scale: f32, zero_point: f32, dst: &mut [u8]) {
         let n = src.len() / 16 * 16;
-        let (inv, zero, top, magic) =
-            (_mm512_set1_ps(inv_scale), _mm512_setzero_ps(), _mm512_set1_ps(255.0), _mm512_set1_ps(8_388_608.0));
+        let (inv, offset, zero, top, magic) = (
+            _mm512_set1_ps(inv_scale),
+            _mm512_set1_ps(zero_point),
+            _mm512_setzero_ps(),
+            _mm512_set1_ps(255.0),
+            _mm512_set1_ps(8_388_608.0),
+        );
         for i in (0..n).step_by(16) {
             // SAFETY: i + 16 <= n <= both lengths.
             unsafe {
-                let y = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), inv);
+                let y = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), inv), offset);
                 // max(y, 0) gives 0 for NaN (the second operand), as `quantize_one`.
                 let y = _mm512_min_ps(_mm512_max_ps(y, zero), top);
                 let y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
@@ -777,7 +801,7 @@ mod x86 {
             }
         }
         for i in n..src.len() {
-            dst[i] = super::quantize_one(src[i], inv_scale);
+            dst[i] = super::quantize_one(src[i], inv_scale, zero_point);
         }
     }
 
@@ -785,14 +809,19 @@ mod x86 {
     ///
     /// The CPU must have AVX2; the slices have equal lengths.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn quantize_avx2(src: &[f32], inv_scale: f32, dst: &mut [u8]) {
+    pub unsafe fn quantize_avx2(src: &[f32], inv_scale: f32, zero_point: f32, dst: &mut [u8]) {
         let n = src.len() / 8 * 8;
-        let (inv, zero, top, magic) =
-            (_mm256_set1_ps(inv_scale), _mm256_setzero_ps(), _mm256_set1_ps(255.0), _mm256_set1_ps(8_388_608.0));
+        let (inv, offset, zero, top, magic) = (
+            _mm256_set1_ps(inv_scale),
+            _mm256_set1_ps(zero_point),
+            _mm256_setzero_ps(),
+            _mm256_set1_ps(255.0),
+            _mm256_set1_ps(8_388_608.0),
+        );
         for i in (0..n).step_by(8) {
             // SAFETY: i + 8 <= n <= both lengths.
             unsafe {
-                let y = _mm256_mul_ps(_mm256_loadu_ps(src.as_ptr().add(i)), inv);
+                let y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(src.as_ptr().add(i)), inv), offset);
                 let y = _mm256_min_ps(_mm256_max_ps(y, zero), top);
                 let y = _mm256_sub_ps(_mm256_add_ps(y, magic), magic);
                 let q = _mm256_cvttps_epi32(y);
@@ -801,7 +830,7 @@ mod x86 {
             }
         }
         for i in n..src.len() {
-            dst[i] = super::quantize_one(src[i], inv_scale);
+            dst[i] = super::quantize_one(src[i], inv_scale, zero_point);
         }
     }
 
@@ -1056,19 +1085,27 @@ mod tests {
             f32::MIN_POSITIVE / 2.0,
         ];
         values.extend((0..1000).map(|_| (next() % 70_000) as f32 / 256.0 - 10.0));
-        for inv_scale in [1.0, 0.37, 3.0] {
-            for len in [values.len(), values.len() - 1, 15, 7, 1] {
-                let want: Vec<u8> = values[..len].iter().map(|v| quantize_one(*v, inv_scale)).collect();
-                for k in Int8Kernels::all_supported() {
-                    let mut got = vec![0u8; len];
-                    quantize(k, &values[..len], inv_scale, &mut got);
-                    assert_eq!(got, want, "{:?} inv_scale {inv_scale} len {len}", k.set());
+        for zero in [0, SIGNED_ZERO_POINT] {
+            for inv_scale in [1.0, 0.37, 3.0] {
+                for len in [values.len(), values.len() - 1, 15, 7, 1] {
+                    let want: Vec<u8> =
+                        values[..len].iter().map(|v| quantize_one(*v, inv_scale, zero as f32)).collect();
+                    for k in Int8Kernels::all_supported() {
+                        let mut got = vec![0u8; len];
+                        quantize(k, &values[..len], inv_scale, zero, &mut got);
+                        assert_eq!(got, want, "{:?} inv_scale {inv_scale} zero {zero} len {len}", k.set());
+                    }
                 }
             }
         }
         assert_eq!(
-            [0.5, 1.5, 2.5, 3.5, 254.5, 255.5, -3.0, f32::NAN].map(|v| quantize_one(v, 1.0)),
+            [0.5, 1.5, 2.5, 3.5, 254.5, 255.5, -3.0, f32::NAN].map(|v| quantize_one(v, 1.0, 0.0)),
             [0, 2, 2, 4, 254, 255, 0, 0]
+        );
+        // Signed: value 0 is code 128; -128.5 and below clamp to 0, 127.5 and above to 255.
+        assert_eq!(
+            [0.0, -0.5, -1.5, 1.5, -128.0, -200.0, 127.0, 300.0, f32::NAN].map(|v| quantize_one(v, 1.0, 128.0)),
+            [128, 128, 126, 130, 0, 0, 255, 255, 0]
         );
     }
 }
