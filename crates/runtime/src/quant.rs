@@ -32,6 +32,17 @@
 //! `repvgg.quantization` = `int8`, `repvgg.calibration` (method), `repvgg.samples`,
 //! `repvgg.calibration_sha256` (of the calibration tensor's little-endian f32 bytes and
 //! shape) and `repvgg.fp32_layers`.
+//!
+//! Loading checks what the kernels rely on, and refuses anything else with an
+//! [`ErrorKind::Model`](crate::ErrorKind::Model) error naming the tensor: both scales
+//! present next to every I8 weight, of exactly the shapes above, each a positive normal
+//! float (not 0, negative, NaN, infinite or subnormal); no scale tensor next to a float
+//! weight or anywhere else; I8 only for `*.rbr_reparam.weight` (an I8 bias or classifier
+//! is a dtype error). The codes may be -128 although quantization never writes it (the
+//! kernels' sums are exact for it). A file whose metadata says `int8` but that holds no
+//! I8 tensor is accepted as what it is, a float model ([`Model::precision`] F32), and
+//! keeps its [`QuantInfo`] with every layer in `fp32_layers`: that is what
+//! [`Model::quantize`] writes when every layer stays FP32 (`KeepFp32::Auto` can decide so).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -101,7 +112,7 @@ pub enum Calibration {
     #[default]
     Percentile,
     /// The threshold whose 255-level quantization of the histogram is nearest to it in
-    /// KL divergence (Migacz 2017).
+    /// KL divergence (Migacz 2017), over the positive values (a ReLU's zeros left out).
     Entropy,
 }
 
@@ -230,6 +241,10 @@ pub struct QuantReport {
 /// Per-layer activation statistics on the calibration set.
 struct Stats {
     max: f32,
+    /// Values of 0 (and below), counted apart: after a ReLU they are often half of all
+    /// values, and in the first bin they would swamp the small positive values there.
+    zeros: u64,
+    /// The positive values in [`BINS`] bins over `(0, max]`.
     histogram: Vec<u64>,
 }
 
@@ -265,19 +280,22 @@ fn batches(calibration: &Tensor) -> Vec<Tensor> {
 /// The clipping threshold of one activation.
 fn threshold(method: Calibration, stats: &Stats) -> f32 {
     let width = stats.max / BINS as f32;
-    let total: u64 = stats.histogram.iter().sum();
+    let positive: u64 = stats.histogram.iter().sum();
     match method {
         Calibration::MinMax => stats.max,
-        _ if total == 0 || stats.max <= 0.0 => stats.max,
+        _ if positive == 0 || stats.max <= 0.0 => stats.max,
         Calibration::Percentile => {
-            let wanted = (PERCENTILE * total as f64).ceil() as u64;
-            let mut seen = 0;
+            let wanted = (PERCENTILE * (positive + stats.zeros) as f64).ceil() as u64;
+            let mut seen = stats.zeros;
             let bin = stats.histogram.iter().position(|&c| {
                 seen += c;
                 seen >= wanted
             });
             (bin.unwrap_or(BINS - 1) + 1) as f32 * width
         }
+        // Zeros left out: a spike in the first bin, which the coarser levels of a wide
+        // threshold must spread over their bins, would make every threshold but the
+        // narrowest look lossy (and the narrowest clips all but an eighth of the range).
         Calibration::Entropy => (entropy_bins(&stats.histogram) as f32) * width,
     }
 }
@@ -451,7 +469,8 @@ impl Model {
         // Statistics of every layer's input (the previous layer's output), FP32 model.
         let mut fp32 =
             self.session(SessionOptions { threads, precision: Some(Precision::F32), ..Default::default() })?;
-        let mut stats: Vec<Stats> = (0..count).map(|_| Stats { max: 0.0, histogram: vec![0; BINS] }).collect();
+        let mut stats: Vec<Stats> =
+            (0..count).map(|_| Stats { max: 0.0, zeros: 0, histogram: vec![0; BINS] }).collect();
         let mut reference = Vec::new();
         for batch in &batches {
             let n = batch.shape()[0];
@@ -471,7 +490,11 @@ impl Model {
                     {
                         let per_bin = BINS as f32 / s.max;
                         for_each_value(lp, n, out, |v| {
-                            s.histogram[((v * per_bin) as usize).min(BINS - 1)] += 1;
+                            if v > 0.0 {
+                                s.histogram[((v * per_bin) as usize).min(BINS - 1)] += 1;
+                            } else {
+                                s.zeros += 1;
+                            }
                         });
                     }
                 })?;
@@ -540,8 +563,12 @@ impl Model {
         let quantized = self.with_int8(layers.clone(), info(fp32_layers))?;
 
         // The report: each layer's output against FP32, and the logits.
-        let mut int8s =
-            quantized.session(SessionOptions { threads, precision: Some(Precision::Int8), ..Default::default() })?;
+        // (FP32 if every layer stayed FP32.)
+        let mut int8s = quantized.session(SessionOptions {
+            threads,
+            precision: Some(quantized.precision()),
+            ..Default::default()
+        })?;
         let (mut signal, mut noise) = (vec![0f64; count], vec![0f64; count]);
         let mut got = Vec::new();
         for batch in &batches {
@@ -678,12 +705,18 @@ impl TensorSource for Dequantized<'_> {
         self.file.shape(name)
     }
 
+    /// Only a deploy kernel (`*.rbr_reparam.weight`) may be I8; any other I8 tensor is
+    /// refused by the file's own conversion, as a dtype error naming it.
     fn to_f32(&self, name: &str) -> repvgg_graph::Result<std::borrow::Cow<'_, [f32]>> {
-        if self.file.dtype(name).as_deref() == Some("I8") {
-            let prefix = name.strip_suffix(".weight").unwrap_or(name);
-            return read_layer(self.file, prefix)
-                .map(|l| std::borrow::Cow::Owned(l.dequantized()))
-                .map_err(|e| repvgg_graph::Error::BadWeights(e.to_string()));
+        if let Some(prefix) = name.strip_suffix(".weight").filter(|p| p.ends_with(".rbr_reparam"))
+            && self.file.dtype(name).as_deref() == Some("I8")
+        {
+            return read_layer(self.file, prefix).map(|l| std::borrow::Cow::Owned(l.dequantized())).map_err(
+                |e| match e {
+                    Error::Graph(g) => g,
+                    other => repvgg_graph::Error::Source(other.to_string()),
+                },
+            );
         }
         self.file.to_f32(name)
     }
@@ -692,9 +725,9 @@ impl TensorSource for Dequantized<'_> {
 /// A scale tensor's values, checked: F32 (or F16/BF16), `len` of them, each a positive
 /// normal float.
 fn read_scales(file: &SafetensorsFile, name: &str, len: usize) -> Result<Vec<f32>> {
-    let bad = |why: String| Error::Option(format!("{}: `{name}` {why}", file.path().display()));
+    let bad = |why: String| invalid(file, format!("`{name}` {why}"));
     let shape = file.shape(name).ok_or_else(|| bad("is missing (every I8 weight needs its scales)".into()))?;
-    if shape.iter().product::<usize>() != len {
+    if shape != [len] {
         return Err(bad(format!("has shape {shape:?}, expected [{len}]")));
     }
     let values = file.tensor_f32(name)?.into_owned();
@@ -704,6 +737,14 @@ fn read_scales(file: &SafetensorsFile, name: &str, len: usize) -> Result<Vec<f32
     Ok(values)
 }
 
+/// A quantized file's contents that are not a valid model (a [`ErrorKind::Model`] error,
+/// as for any other bad weight): `why` names the tensor.
+///
+/// [`ErrorKind::Model`]: crate::ErrorKind::Model
+fn invalid(file: &SafetensorsFile, why: String) -> Error {
+    Error::Graph(repvgg_graph::Error::Source(format!("{}: {why}", file.path().display())))
+}
+
 /// The INT8 parameters of the layer whose tensors start with `prefix` (`stage1.0.rbr_reparam`).
 pub(crate) fn read_layer(file: &SafetensorsFile, prefix: &str) -> Result<Int8Layer> {
     let name = format!("{prefix}.weight");
@@ -711,10 +752,7 @@ pub(crate) fn read_layer(file: &SafetensorsFile, prefix: &str) -> Result<Int8Lay
     let weight = file.tensor_i8(&name)?.to_vec();
     let out_channels = shape.first().copied().unwrap_or(0);
     if shape.len() != 4 || out_channels == 0 {
-        return Err(Error::Option(format!(
-            "{}: `{name}` has shape {shape:?}, expected [K, C, 3, 3]",
-            file.path().display()
-        )));
+        return Err(invalid(file, format!("`{name}` has shape {shape:?}, expected [K, C, 3, 3]")));
     }
     let weight_scale = read_scales(file, &format!("{prefix}.weight_scale"), out_channels)?;
     let input_scale = read_scales(file, &format!("{prefix}.input_scale"), 1)?[0];
@@ -731,15 +769,34 @@ pub(crate) fn read(file: &SafetensorsFile, network: &Network) -> Result<Quantiza
             _ => {
                 for scale in ["weight_scale", "input_scale"] {
                     if file.shape(&format!("{prefix}.{scale}")).is_some() {
-                        return Err(Error::Option(format!(
-                            "{}: `{prefix}.{scale}` scales a float weight (only I8 weights have scales)",
-                            file.path().display()
-                        )));
+                        return Err(invalid(
+                            file,
+                            format!("`{prefix}.{scale}` scales a float weight (only I8 weights have scales)"),
+                        ));
                     }
                 }
                 None
             }
         });
+    }
+    // A scale anywhere else scales nothing the network reads.
+    let scaled: Vec<String> = network
+        .layers
+        .iter()
+        .zip(&layers)
+        .filter(|(_, l)| l.is_some())
+        .map(|(layer, _)| format!("{}.rbr_reparam", Convention::Official.block_prefix(layer)))
+        .collect();
+    for name in file.names() {
+        let prefix = name.strip_suffix(".weight_scale").or_else(|| name.strip_suffix(".input_scale"));
+        if let Some(prefix) = prefix
+            && !scaled.iter().any(|p| p == prefix)
+        {
+            return Err(invalid(
+                file,
+                format!("`{name}` scales no I8 weight of the network (only I8 weights have scales)"),
+            ));
+        }
     }
     let meta = file.metadata();
     let names: Vec<String> = network.layers.iter().map(|l| Convention::Official.block_prefix(l)).collect();
@@ -774,10 +831,15 @@ mod tests {
     fn stats_of(values: &[f32]) -> Stats {
         let max = values.iter().fold(0f32, |m, v| m.max(*v));
         let mut histogram = vec![0u64; BINS];
+        let mut zeros = 0;
         for v in values {
-            histogram[((v * (BINS as f32 / max)) as usize).min(BINS - 1)] += 1;
+            if *v > 0.0 {
+                histogram[((v * (BINS as f32 / max)) as usize).min(BINS - 1)] += 1;
+            } else {
+                zeros += 1;
+            }
         }
-        Stats { max, histogram }
+        Stats { max, zeros, histogram }
     }
 
     /// Calibration on known distributions: uniform values keep their maximum under every
@@ -800,6 +862,14 @@ mod tests {
         assert!((3.9..4.1).contains(&percentile), "percentile: {percentile}");
         let entropy = threshold(Calibration::Entropy, &s);
         assert!((3.0..10.0).contains(&entropy), "entropy: {entropy}");
+        // After a ReLU: the same bulk and outliers with as many exact zeros. The zeros
+        // move no threshold (with them in the first bin, entropy chose 255 of 2048 bins:
+        // 5.0, an eighth of the maximum, whatever the values).
+        outlier.extend(std::iter::repeat_n(0.0, 1_000_005));
+        let z = stats_of(&outlier);
+        assert_eq!(threshold(Calibration::Entropy, &z), entropy);
+        let with_zeros = threshold(Calibration::Percentile, &z);
+        assert!((3.9..4.1).contains(&with_zeros) && with_zeros <= percentile, "percentile: {with_zeros}");
     }
 
     #[test]
