@@ -1,5 +1,5 @@
 //! Writes the fuzzers' seed corpus (`fuzz/seeds/`): valid weight files in every naming
-//! form and dtype, valid and broken input tensors, and small JPEG/PNG images, plus
+//! form and dtype and one quantized to INT8, valid and broken input tensors, and small JPEG/PNG images, plus
 //! truncated and bit-flipped copies. Deterministic; rerun after format changes (it only
 //! overwrites its own files, so inputs the fuzzers found, such as
 //! `image/found-3880x1.jpg.refused`, stay):
@@ -86,6 +86,32 @@ fn main() -> anyhow::Result<()> {
             write(&weights.join(name), &bytes)?;
         }
     }
+
+    // A quantized file (INT8 layers, I8 tensors, scales and metadata), so that the
+    // loader's quantized path is fuzzed too: the tiny network, every layer but the stem
+    // INT8, calibrated on four synthetic images. Its own random stream, so that adding it
+    // left every other seed as it was.
+    let model = repvgg::Model::from_parts(
+        tiny.clone(),
+        repvgg::graph::resolve(
+            &synthetic::checkpoint(&tiny, Convention::Official, BlockForm::Deploy, 7),
+            Some(&tiny.arch),
+        )?
+        .weights,
+        repvgg::Limits::default(),
+        "seed".into(),
+    )?;
+    let calibration = repvgg::Tensor::new(vec![4, 3, 9, 7], synthetic::input(4 * 3 * 9 * 7, 11))?;
+    let options = repvgg::runtime::QuantizeOptions {
+        keep_fp32: repvgg::runtime::KeepFp32::None,
+        threads: 1,
+        ..Default::default()
+    };
+    let (quantized, _) = model.quantize(&calibration, &options)?;
+    let name = "tiny-Official-Deploy-INT8.safetensors";
+    quantized.write(&repvgg::files::Output::new(&weights.join(name), &[])?)?;
+    let bytes = std::fs::read(weights.join(name))?;
+    write_variants(&weights, name, &bytes, &mut SplitMix64::new(8))?;
 
     let inputs = root.join("input");
     std::fs::create_dir_all(&inputs)?;

@@ -929,6 +929,7 @@ fn the_kernel_set_is_chosen_shown_and_refused_when_missing() {
     }
     let out = repvgg_with_env(&with(&["--isa", "portable"]), None);
     let table = String::from_utf8(out.stdout).unwrap();
+    // The header line ends with the kernel set and the arithmetic (INT8 adds its int8 set).
     assert!(table.lines().nth(1).unwrap().ends_with(", portable kernels, f32"), "{table}");
 
     let refusals = [
@@ -1303,4 +1304,174 @@ fn serve_keeps_answering_with_standard_error_unread() {
     };
     assert_eq!(status.code(), Some(0));
     drop(log);
+}
+
+/// `repvgg quantize` end to end on the trained digits, its refusals, `--precision` on the
+/// other commands, and `bench --precision int8` on synthetic weights.
+#[test]
+fn quantize_writes_a_file_that_infer_runs_and_refuses_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| -> String { dir.path().join(name).display().to_string() };
+    let weights = fixture("trained-digits", "train.safetensors");
+    let arch = fixture("trained-digits", "arch.toml");
+    let input = fixture("trained-digits", "input.safetensors");
+    let quantize = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["quantize", "--weights", &weights, "--arch", &arch, "--threads", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+
+    // The happy path: the report as JSON, a file that loads and runs.
+    let q = p("int8.safetensors");
+    let a = quantize(&["--calibration", &input, "--samples", "24", "--out", &q, "--json"]);
+    let out = repvgg(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints one JSON object");
+    for key in ["info", "layers", "top1_agreement", "cosine", "max_rel_error"] {
+        assert!(v.get(key).is_some(), "no `{key}` in {v}");
+    }
+    for key in ["calibration", "samples", "calibration_sha256", "fp32_layers"] {
+        assert!(v["info"].get(key).is_some(), "no `info.{key}` in {v}");
+    }
+    assert_eq!(v["info"]["calibration"], "percentile");
+    assert_eq!(v["info"]["samples"], 24);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 7, "{v}");
+    for l in layers {
+        for key in ["name", "precision", "input_scale", "weight_spread", "alone_logit_error", "sqnr_db"] {
+            assert!(l.get(key).is_some(), "no `layers[].{key}` in {l}");
+        }
+    }
+    assert_eq!(layers[0]["precision"], "f32", "the stem stays FP32");
+    assert!(layers.iter().any(|l| l["precision"] == "int8"), "{v}");
+    assert!(v["top1_agreement"].as_f64().unwrap() >= 0.95, "{v}");
+    // The summary without --json.
+    let a = quantize(&["--calibration", &input, "--samples", "8", "--out", &p("int8b.safetensors")]);
+    let out = repvgg(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("INT8 (percentile calibration, 8 samples)") && text.contains("wrote"), "{text}");
+
+    // infer reads the file and runs it in INT8 (and in FP32 on request).
+    let labels = read_tensor(Path::new(&fixture("trained-digits", "expected.safetensors")), "labels").1;
+    for precision in [None, Some("f32"), Some("int8")] {
+        let logits = p("logits.safetensors");
+        let mut a = vec!["infer", "--weights", &q, "--arch", &arch, "--input", &input, "--output", &logits];
+        if let Some(precision) = precision {
+            a.extend(["--precision", precision]);
+        }
+        let out = repvgg(&a);
+        assert!(out.status.success(), "{precision:?}: {}", stderr(&out));
+        let (shape, values) = read_tensor(Path::new(&logits), "logits");
+        assert_eq!(shape, vec![297, 10]);
+        let correct = values
+            .chunks(10)
+            .zip(&labels)
+            .filter(|(row, label)| (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() == **label as usize)
+            .count();
+        assert!(correct >= 294, "{precision:?}: {correct} of 297 right (FP32: 296)");
+    }
+
+    // Refusals, each one line with the code of its kind (docs/hardening.md).
+    let no_input = fixture("trained-digits", "expected.safetensors");
+    std::fs::create_dir(p("empty")).unwrap();
+    let refuse = |what: &'static str, a: Vec<String>, code: i32, phrase: &str| Refusal {
+        what,
+        args: a,
+        code,
+        phrase: phrase.to_string(),
+    };
+    let infer_on = |w: &str, precision: &str| -> Vec<String> {
+        [
+            "infer",
+            "--weights",
+            w,
+            "--arch",
+            &arch,
+            "--input",
+            &input,
+            "--output",
+            &p("x.safetensors"),
+            "--precision",
+            precision,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let cases = [
+        refuse(
+            "--method bogus",
+            quantize(&["--calibration", &input, "--out", &p("o.safetensors"), "--method", "bogus"]),
+            2,
+            "unknown calibration method `bogus`",
+        ),
+        refuse(
+            "--samples 0",
+            quantize(&["--calibration", &input, "--out", &p("o.safetensors"), "--samples", "0"]),
+            2,
+            "--samples must be at least 1",
+        ),
+        refuse(
+            "a calibration file without `input`",
+            quantize(&["--calibration", &no_input, "--out", &p("o.safetensors")]),
+            6,
+            "has no tensor named `input`",
+        ),
+        refuse(
+            "an empty calibration folder",
+            quantize(&["--calibration", &p("empty"), "--out", &p("o.safetensors")]),
+            2,
+            "no JPEG or PNG images to calibrate on",
+        ),
+        refuse(
+            "the output is the weights",
+            quantize(&["--calibration", &input, "--out", &weights]),
+            2,
+            "refusing to overwrite an input",
+        ),
+        refuse(
+            "the output is the calibration file",
+            quantize(&["--calibration", &input, "--out", &input]),
+            2,
+            "refusing to overwrite an input",
+        ),
+        refuse(
+            "an unknown --keep-fp32 layer",
+            quantize(&["--calibration", &input, "--out", &p("o.safetensors"), "--keep-fp32", "stage7.7"]),
+            2,
+            "stage0, stage1.0",
+        ),
+        refuse(
+            "quantizing a quantized file",
+            {
+                let mut a = quantize(&["--calibration", &input, "--out", &p("o.safetensors")]);
+                a[2] = q.clone();
+                a
+            },
+            2,
+            "already quantized",
+        ),
+        refuse("--precision int8 on float weights", infer_on(&weights, "int8"), 2, "INT8 needs a quantized model"),
+        refuse("--precision f16", infer_on(&q, "f16"), 2, "unknown precision `f16`"),
+    ];
+    for case in &cases {
+        check(case);
+    }
+    assert!(!Path::new(&p("o.safetensors")).exists(), "no refused command wrote its output");
+    assert!(!Path::new(&p("x.safetensors")).exists());
+
+    // bench calibrates float weights itself, and says so.
+    let out =
+        repvgg(&["bench", "--precision", "int8", "--runs", "1", "--warmup", "0", "--size", "32", "--threads", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header: String = text.lines().take(3).collect::<Vec<_>>().join("\n");
+    assert!(header.contains("int8"), "{header}");
+    let set = ["avx512-vnni", "avx2", "portable"].into_iter().find(|s| header.contains(&format!("({s} int8 kernels)")));
+    assert!(set.is_some(), "the header names the int8 kernel set: {header}");
+    assert!(header.contains("INT8 calibrated on 8 synthetic inputs"), "{header}");
 }

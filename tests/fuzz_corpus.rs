@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use repvgg::runtime::Precision;
 use repvgg::runtime::loader::{SafetensorsFile, input_from_bytes};
 use repvgg::{ArchSpec, ErrorKind, Model, ModelOptions, SessionOptions, Tensor};
 
@@ -22,15 +23,24 @@ fn is_mutant(path: &Path) -> bool {
 #[test]
 fn weight_seeds_load_and_run_or_are_refused() {
     let input = Tensor::new(vec![1, 3, 9, 7], (0..189).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect()).unwrap();
-    let mut loaded = 0;
+    let (mut loaded, mut int8) = (0, 0);
     for (path, bytes) in seeds("weights") {
         let result = SafetensorsFile::from_bytes("seed", bytes)
             .and_then(|file| Model::from_safetensors(&file, &ModelOptions::default()))
-            .and_then(|model| model.session(SessionOptions { threads: 1, ..Default::default() })?.run(&input));
+            .and_then(|model| {
+                let mut session = model.session(SessionOptions { threads: 1, ..Default::default() })?;
+                Ok((session.run(&input)?, session.precision()))
+            });
         match result {
-            Ok(logits) => {
+            Ok((logits, precision)) => {
                 assert!(logits.data().iter().all(|v| v.is_finite()), "{}", path.display());
                 loaded += 1;
+                // The quantized seed runs its INT8 layers, as the fuzzer does.
+                let quantized = path.to_string_lossy().contains("INT8");
+                if !is_mutant(&path) {
+                    assert_eq!(precision == Precision::Int8, quantized, "{}", path.display());
+                    int8 += usize::from(quantized);
+                }
             }
             Err(e) => {
                 assert!(is_mutant(&path), "valid seed {} refused: {e}", path.display());
@@ -38,7 +48,8 @@ fn weight_seeds_load_and_run_or_are_refused() {
             }
         }
     }
-    assert!(loaded >= 14, "every naming form and dtype loads ({loaded})");
+    assert!(loaded >= 15, "every naming form and dtype loads ({loaded})");
+    assert!(int8 >= 1, "the quantized seed loads in INT8");
 }
 
 #[test]

@@ -51,6 +51,9 @@ impl fmt::Display for Algo {
 
 /// The arithmetic a layer runs in. Both keep results bitwise identical for any thread
 /// count and, in INT8, for every kernel set.
+///
+/// Serialized (`repvgg quantize --json`, `repvgg bench --json`) by the names `--precision`
+/// takes: `f32`, `int8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -32,6 +32,17 @@
 //! `repvgg.quantization` = `int8`, `repvgg.calibration` (method), `repvgg.samples`,
 //! `repvgg.calibration_sha256` (of the calibration tensor's little-endian f32 bytes and
 //! shape) and `repvgg.fp32_layers`.
+//!
+//! Loading checks what the kernels rely on, and refuses anything else with an
+//! [`ErrorKind::Model`](crate::ErrorKind::Model) error naming the tensor: both scales
+//! present next to every I8 weight, of exactly the shapes above, each a positive normal
+//! float (not 0, negative, NaN, infinite or subnormal); no scale tensor next to a float
+//! weight or anywhere else; I8 only for `*.rbr_reparam.weight` (an I8 bias or classifier
+//! is a dtype error). The codes may be -128 although quantization never writes it (the
+//! kernels' sums are exact for it). A file whose metadata says `int8` but that holds no
+//! I8 tensor is accepted as what it is, a float model ([`Model::precision`] F32), and
+//! keeps its [`QuantInfo`] with every layer in `fp32_layers` ([`Model::quantize`] itself
+//! refuses to leave every layer in FP32: there would be nothing to quantize).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -101,7 +112,7 @@ pub enum Calibration {
     #[default]
     Percentile,
     /// The threshold whose 255-level quantization of the histogram is nearest to it in
-    /// KL divergence (Migacz 2017).
+    /// KL divergence (Migacz 2017), over the positive values (a ReLU's zeros left out).
     Entropy,
 }
 
@@ -239,9 +250,10 @@ struct Stats {
     max: f32,
     /// Largest value per channel.
     channel_max: Vec<f32>,
-    /// Counts of the positive values over `[0, max]` (zeros, which code 0 represents
-    /// exactly, are left out: after a ReLU they are often most of the values, and would
-    /// pull a percentile or the KL choice towards clipping the rest).
+    /// Values of 0 (and below), counted apart: after a ReLU they are often half of all
+    /// values, and in the first bin they would swamp the small positive values there.
+    zeros: u64,
+    /// The positive values in [`BINS`] bins over `(0, max]`.
     histogram: Vec<u64>,
 }
 
@@ -279,19 +291,22 @@ fn batches(calibration: &Tensor) -> Vec<Tensor> {
 /// The clipping threshold of one activation.
 fn threshold(method: Calibration, stats: &Stats) -> f32 {
     let width = stats.max / BINS as f32;
-    let total: u64 = stats.histogram.iter().sum();
+    let positive: u64 = stats.histogram.iter().sum();
     match method {
         Calibration::MinMax => stats.max,
-        _ if total == 0 || stats.max <= 0.0 => stats.max,
+        _ if positive == 0 || stats.max <= 0.0 => stats.max,
         Calibration::Percentile => {
-            let wanted = (PERCENTILE * total as f64).ceil() as u64;
-            let mut seen = 0;
+            let wanted = (PERCENTILE * (positive + stats.zeros) as f64).ceil() as u64;
+            let mut seen = stats.zeros;
             let bin = stats.histogram.iter().position(|&c| {
                 seen += c;
                 seen >= wanted
             });
             (bin.unwrap_or(BINS - 1) + 1) as f32 * width
         }
+        // Zeros left out: a spike in the first bin, which the coarser levels of a wide
+        // threshold must spread over their bins, would make every threshold but the
+        // narrowest look lossy (and the narrowest clips all but an eighth of the range).
         Calibration::Entropy => (entropy_bins(&stats.histogram) as f32) * width,
     }
 }
@@ -485,15 +500,20 @@ impl Model {
         // Statistics of every layer's input (the previous layer's output), FP32 model.
         let mut fp32 =
             self.session(SessionOptions { threads, precision: Some(Precision::F32), ..Default::default() })?;
-        let mut stats: Vec<Stats> =
-            (0..count).map(|_| Stats { max: 0.0, channel_max: Vec::new(), histogram: vec![0; BINS] }).collect();
+        let mut stats: Vec<Stats> = (0..count)
+            .map(|_| Stats { max: 0.0, channel_max: Vec::new(), zeros: 0, histogram: vec![0; BINS] })
+            .collect();
         // The stem's input is the calibration tensor itself, signed: its magnitudes.
         let magnitude = calibration.data().iter().fold(0f32, |m, v| m.max(v.abs()));
         stats[0].max = if magnitude.is_finite() { magnitude } else { 0.0 };
         if stats[0].max > 0.0 {
             let per_bin = BINS as f32 / stats[0].max;
-            for v in calibration.data().iter().map(|v| v.abs()).filter(|v| *v > 0.0) {
-                stats[0].histogram[((v * per_bin) as usize).min(BINS - 1)] += 1;
+            for v in calibration.data().iter().map(|v| v.abs()) {
+                if v > 0.0 {
+                    stats[0].histogram[((v * per_bin) as usize).min(BINS - 1)] += 1;
+                } else {
+                    stats[0].zeros += 1;
+                }
             }
         }
         let mut reference = Vec::new();
@@ -519,6 +539,8 @@ impl Model {
                         for_each_value(lp, n, out, |_, v| {
                             if v > 0.0 {
                                 s.histogram[((v * per_bin) as usize).min(BINS - 1)] += 1;
+                            } else {
+                                s.zeros += 1;
                             }
                         });
                     }
@@ -601,8 +623,12 @@ impl Model {
         let quantized = self.with_int8(layers.clone(), info(fp32_layers))?;
 
         // The report: each layer's output against FP32, and the logits.
-        let mut int8s =
-            quantized.session(SessionOptions { threads, precision: Some(Precision::Int8), ..Default::default() })?;
+        // (FP32 if every layer stayed FP32.)
+        let mut int8s = quantized.session(SessionOptions {
+            threads,
+            precision: Some(quantized.precision()),
+            ..Default::default()
+        })?;
         let (mut signal, mut noise) = (vec![0f64; count], vec![0f64; count]);
         let mut got = Vec::new();
         for batch in &batches {
@@ -740,12 +766,18 @@ impl TensorSource for Dequantized<'_> {
         self.file.shape(name)
     }
 
+    /// Only a deploy kernel (`*.rbr_reparam.weight`) may be I8; any other I8 tensor is
+    /// refused by the file's own conversion, as a dtype error naming it.
     fn to_f32(&self, name: &str) -> repvgg_graph::Result<std::borrow::Cow<'_, [f32]>> {
-        if self.file.dtype(name).as_deref() == Some("I8") {
-            let prefix = name.strip_suffix(".weight").unwrap_or(name);
-            return read_layer(self.file, prefix)
-                .map(|l| std::borrow::Cow::Owned(l.dequantized()))
-                .map_err(|e| repvgg_graph::Error::BadWeights(e.to_string()));
+        if let Some(prefix) = name.strip_suffix(".weight").filter(|p| p.ends_with(".rbr_reparam"))
+            && self.file.dtype(name).as_deref() == Some("I8")
+        {
+            return read_layer(self.file, prefix).map(|l| std::borrow::Cow::Owned(l.dequantized())).map_err(
+                |e| match e {
+                    Error::Graph(g) => g,
+                    other => repvgg_graph::Error::Source(other.to_string()),
+                },
+            );
         }
         self.file.to_f32(name)
     }
@@ -754,9 +786,9 @@ impl TensorSource for Dequantized<'_> {
 /// A scale tensor's values, checked: F32 (or F16/BF16), `len` of them, each a positive
 /// normal float.
 fn read_scales(file: &SafetensorsFile, name: &str, len: usize) -> Result<Vec<f32>> {
-    let bad = |why: String| Error::Option(format!("{}: `{name}` {why}", file.path().display()));
+    let bad = |why: String| invalid(file, format!("`{name}` {why}"));
     let shape = file.shape(name).ok_or_else(|| bad("is missing (every I8 weight needs its scales)".into()))?;
-    if shape.iter().product::<usize>() != len {
+    if shape != [len] {
         return Err(bad(format!("has shape {shape:?}, expected [{len}]")));
     }
     let values = file.tensor_f32(name)?.into_owned();
@@ -766,6 +798,14 @@ fn read_scales(file: &SafetensorsFile, name: &str, len: usize) -> Result<Vec<f32
     Ok(values)
 }
 
+/// A quantized file's contents that are not a valid model (a [`ErrorKind::Model`] error,
+/// as for any other bad weight): `why` names the tensor.
+///
+/// [`ErrorKind::Model`]: crate::ErrorKind::Model
+fn invalid(file: &SafetensorsFile, why: String) -> Error {
+    Error::Graph(repvgg_graph::Error::Source(format!("{}: {why}", file.path().display())))
+}
+
 /// The INT8 parameters of the layer whose tensors start with `prefix` (`stage1.0.rbr_reparam`).
 pub(crate) fn read_layer(file: &SafetensorsFile, prefix: &str) -> Result<Int8Layer> {
     let name = format!("{prefix}.weight");
@@ -773,10 +813,7 @@ pub(crate) fn read_layer(file: &SafetensorsFile, prefix: &str) -> Result<Int8Lay
     let weight = file.tensor_i8(&name)?.to_vec();
     let out_channels = shape.first().copied().unwrap_or(0);
     if shape.len() != 4 || out_channels == 0 {
-        return Err(Error::Option(format!(
-            "{}: `{name}` has shape {shape:?}, expected [K, C, 3, 3]",
-            file.path().display()
-        )));
+        return Err(invalid(file, format!("`{name}` has shape {shape:?}, expected [K, C, 3, 3]")));
     }
     let weight_scale = read_scales(file, &format!("{prefix}.weight_scale"), out_channels)?;
     let input_scale = read_scales(file, &format!("{prefix}.input_scale"), 1)?[0];
@@ -793,15 +830,34 @@ pub(crate) fn read(file: &SafetensorsFile, network: &Network) -> Result<Quantiza
             _ => {
                 for scale in ["weight_scale", "input_scale"] {
                     if file.shape(&format!("{prefix}.{scale}")).is_some() {
-                        return Err(Error::Option(format!(
-                            "{}: `{prefix}.{scale}` scales a float weight (only I8 weights have scales)",
-                            file.path().display()
-                        )));
+                        return Err(invalid(
+                            file,
+                            format!("`{prefix}.{scale}` scales a float weight (only I8 weights have scales)"),
+                        ));
                     }
                 }
                 None
             }
         });
+    }
+    // A scale anywhere else scales nothing the network reads.
+    let scaled: Vec<String> = network
+        .layers
+        .iter()
+        .zip(&layers)
+        .filter(|(_, l)| l.is_some())
+        .map(|(layer, _)| format!("{}.rbr_reparam", Convention::Official.block_prefix(layer)))
+        .collect();
+    for name in file.names() {
+        let prefix = name.strip_suffix(".weight_scale").or_else(|| name.strip_suffix(".input_scale"));
+        if let Some(prefix) = prefix
+            && !scaled.iter().any(|p| p == prefix)
+        {
+            return Err(invalid(
+                file,
+                format!("`{name}` scales no I8 weight of the network (only I8 weights have scales)"),
+            ));
+        }
     }
     let meta = file.metadata();
     let names: Vec<String> = network.layers.iter().map(|l| Convention::Official.block_prefix(l)).collect();
@@ -836,10 +892,15 @@ mod tests {
     fn stats_of(values: &[f32]) -> Stats {
         let max = values.iter().fold(0f32, |m, v| m.max(*v));
         let mut histogram = vec![0u64; BINS];
-        for v in values.iter().filter(|v| **v > 0.0) {
-            histogram[((v * (BINS as f32 / max)) as usize).min(BINS - 1)] += 1;
+        let mut zeros = 0;
+        for v in values {
+            if *v > 0.0 {
+                histogram[((v * (BINS as f32 / max)) as usize).min(BINS - 1)] += 1;
+            } else {
+                zeros += 1;
+            }
         }
-        Stats { max, channel_max: vec![max], histogram }
+        Stats { max, channel_max: vec![max], zeros, histogram }
     }
 
     /// Calibration on known distributions: uniform values keep their maximum under every
@@ -862,13 +923,21 @@ mod tests {
         assert!((3.9..4.1).contains(&percentile), "percentile: {percentile}");
         let entropy = threshold(Calibration::Entropy, &s);
         assert!((3.0..10.0).contains(&entropy), "entropy: {entropy}");
+        // After a ReLU: the same bulk and outliers with as many exact zeros. The zeros
+        // move no threshold (with them in the first bin, entropy chose 255 of 2048 bins:
+        // 5.0, an eighth of the maximum, whatever the values).
+        outlier.extend(std::iter::repeat_n(0.0, 1_000_005));
+        let z = stats_of(&outlier);
+        assert_eq!(threshold(Calibration::Entropy, &z), entropy);
+        let with_zeros = threshold(Calibration::Percentile, &z);
+        assert!((3.9..4.1).contains(&with_zeros) && with_zeros <= percentile, "percentile: {with_zeros}");
     }
 
     #[test]
     fn dead_inputs_are_zeroed_in_their_group_only() {
         // K = 4, C = 4, two groups (2 channels each), 1x1: input channel 3 is dead.
         let mut w: Vec<f32> = (1..=8).map(|v| v as f32).collect();
-        let stats = Stats { max: 1.0, channel_max: vec![1.0, 2.0, 0.5, 0.0], histogram: vec![] };
+        let stats = Stats { max: 1.0, channel_max: vec![1.0, 2.0, 0.5, 0.0], zeros: 0, histogram: vec![] };
         zero_inputs(&mut w, 4, 4, 2, &dead_inputs(&stats));
         // Group 1's outputs (k = 2, 3) read channels 2 and 3 as their locals 0 and 1.
         assert_eq!(w, vec![1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 7.0, 0.0]);
