@@ -8,7 +8,7 @@ use anyhow::Result;
 use repvgg::runtime::lab::{self, MixedPeaks};
 
 use crate::samples::{Samples, noise_line, percent_of_peak};
-use repvgg::runtime::{Precision, Profile, Session};
+use repvgg::runtime::{Int8Set, Precision, Profile, Session};
 use repvgg::{Model, Tensor};
 
 /// What to measure.
@@ -40,8 +40,9 @@ pub struct LayerRow {
     pub median_ms: f64,
     /// Bytes of the packed weights the layer reads per run, in MB (10^6 bytes).
     pub weight_mb: f64,
-    /// The layer's multiplies at the measured FMA peak: the time it cannot go below
-    /// with its algorithm on these threads.
+    /// The layer's multiplies at the measured peak of its instruction (FMA for FP32; AMX
+    /// or `VPDPBUSD` for INT8, the FMA peak for the other int8 sets): the time it cannot
+    /// go below with its algorithm on these threads.
     pub floor_ms: f64,
     /// The packed weights read from DRAM at the measured bandwidth: the layer's time if
     /// nothing else limited it and its weights were not cached from the previous run.
@@ -85,7 +86,7 @@ pub struct Report {
     pub head_ms: f64,
     /// Summed layer times (without the head).
     pub layers_ms: f64,
-    /// Summed per-layer floors: all multiplies at the measured FMA peak.
+    /// Summed per-layer floors: all multiplies at their instruction's measured peak.
     pub floor_ms: f64,
     /// Summed per-layer `max(floor, stream)`: the roofline of the layers with their
     /// weights from DRAM.
@@ -164,6 +165,15 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
     let (peak, read_gbps) = (peaks.best(), reads.best());
     let profile = profile.expect("at least one run");
 
+    // An INT8 layer's floor is its multiplies at its own instruction's measured peak
+    // (the AMX one with resident tiles, or `VPDPBUSD`); the AVX2 and portable int8 sets
+    // have no probe of their own and are set against the FP32 peak.
+    let int8_peak = match session.int8_kernels() {
+        Some(Int8Set::Amx) => mixed_peaks.amx_int8_gops,
+        Some(Int8Set::Vnni512) => mixed_peaks.vnni_gops,
+        _ => None,
+    }
+    .unwrap_or(peak);
     let layer_ms: Vec<f64> = profile.layers.iter().map(|t| median(t)).collect();
     let head_ms = median(&profile.head);
     let layers_ms: f64 = layer_ms.iter().sum();
@@ -193,7 +203,12 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
                 multiplies,
                 median_ms: ms,
                 weight_mb: weight_bytes as f64 / 1e6,
-                floor_ms: 2.0 * multiplies as f64 / peak / 1e6,
+                floor_ms: 2.0 * multiplies as f64
+                    / match lp.precision {
+                        Precision::Int8 => int8_peak,
+                        Precision::F32 => peak,
+                    }
+                    / 1e6,
                 stream_ms: weight_bytes as f64 / read_gbps / 1e6,
                 gflops: 2.0 * multiplies as f64 / ms / 1e6,
                 effective_gflops: flops as f64 / ms / 1e6,
@@ -303,7 +318,7 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
     writeln!(out, "{:<10} {:>73.3}", "head", report.head_ms)?;
     writeln!(
         out,
-        "layers {:.3} ms: multiplies at the FMA peak {:.3} ms ({:.0}%), roofline with weights from DRAM {:.3} ms ({:.0}%); \
+        "layers {:.3} ms: multiplies at the measured peaks {:.3} ms ({:.0}%), roofline with weights from DRAM {:.3} ms ({:.0}%); \
          weights {:.1} MB per run, DRAM {:.1} GB/s",
         report.layers_ms,
         report.floor_ms,

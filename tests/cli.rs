@@ -661,7 +661,7 @@ fn bench_prints_json_and_a_plot() {
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("stage3.1") && table.contains(" f4 ") && table.contains("images/s"), "{table}");
-    assert!(table.contains("multiplies at the FMA peak") && table.contains(" stream "), "{table}");
+    assert!(table.contains("multiplies at the measured peaks") && table.contains(" stream "), "{table}");
     // Shares of the measured peak are never printed above 100%, however noisy the host
     // (a noisy run says so on a line of its own).
     for share in table.split_whitespace().filter_map(|w| w.strip_suffix('%')).filter_map(|w| w.parse::<f64>().ok()) {

@@ -264,6 +264,7 @@ pub unsafe extern "C" fn repvgg_session_int8_kernels(s: *const RepvggSession) ->
 /// [`Int8Set::name`] as a static C string.
 fn int8_set_name(set: Int8Set) -> &'static CStr {
     match set {
+        Int8Set::Amx => c"amx",
         Int8Set::Vnni512 => c"avx512-vnni",
         Int8Set::Avx2 => c"avx2",
         Int8Set::Portable => c"portable",
@@ -587,7 +588,7 @@ mod tests {
 
     #[test]
     fn int8_set_names_are_the_runtimes() {
-        for set in [Int8Set::Vnni512, Int8Set::Avx2, Int8Set::Portable] {
+        for set in Int8Set::ALL {
             assert_eq!(int8_set_name(set).to_str().unwrap(), set.name());
         }
     }

@@ -563,7 +563,7 @@ fn int8_metadata_without_i8_tensors_is_a_float_model() {
     let d = digits();
     let names: Vec<String> = d.float.network().layers.iter().map(|l| l.name()).collect();
     let keep_all = QuantizeOptions { keep_fp32: KeepFp32::Layers(names.clone()), threads: 2, ..Default::default() };
-    let err = d.float.quantize(&d.calibration, &keep_all).err().expect("quantizing nothing was accepted");
+    let err = d.float.quantize(&d.calibration, &keep_all).expect_err("quantizing nothing was accepted");
     assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
     assert!(err.to_string().contains("no layer is left to run in INT8"), "{err}");
 
