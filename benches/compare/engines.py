@@ -300,12 +300,15 @@ class OpenVino(Engine):
         hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # ov.Type -> "f32"
         threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         compute: set[str] = set()
+        primitives: set[str] = set()  # oneDNN implementation, e.g. brgconv_avx512_amx_I8
         for op in self.compiled.get_runtime_model().get_ops():
             info = op.get_rt_info()
             kind = info["layerType"].astype(str) if "layerType" in info else ""
             if kind in ("Convolution", "FullyConnected", "MatMul", "GroupConvolution"):
                 compute.add(info["runtimePrecision"].astype(str))
-        return {"hint": hint, "compute": sorted(compute), "threads": threads}
+                if "primitiveType" in info:
+                    primitives.add(info["primitiveType"].astype(str))
+        return {"hint": hint, "compute": sorted(compute), "primitives": sorted(primitives), "threads": threads}
 
     def _check_precision(self) -> dict:
         """Read back the precision from the compiled and runtime models; raise if not f32."""
@@ -346,7 +349,7 @@ class OpenVinoInt8(OpenVino):
             f"nncf.quantize defaults over {len(calib)} inputs"
             + (" (cached)" if self.options["cached"] else f" (quantized in {took:.0f} s)")
             + f"; precision hint {self.precision['hint']}, conv/fc runtime precision "
-            + ",".join(self.precision["compute"]))
+            + ",".join(self.precision["compute"]) + " (" + ", ".join(self.precision["primitives"]) + ")")
 
 
 class Ncnn(Engine):
