@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 import atomic  # noqa: E402
 import report  # noqa: E402
-from engines import ALL_ENGINES  # noqa: E402  (no peer is imported by this)
+from engines import ALL_ENGINES, FP32_ENGINES, INT8_ENGINES  # noqa: E402  (no peer is imported by this)
 
 ORT_REL_LIMIT = 1e-4  # ONNX Runtime must agree with us this closely, or the config aborts
 FLAG_REL_LIMIT = 1e-4  # other peers beyond this are flagged (and still timed)
@@ -64,9 +64,16 @@ class Config:
     budget_s: float = 120.0
     gap_ms: float = 20.0
     burst: int = 1
-    engines: list[str] = field(default_factory=lambda: list(ALL_ENGINES))
+    engines: list[str] = field(default_factory=lambda: list(FP32_ENGINES))
     algo: str | None = None
     keep_models: bool = False
+    # INT8 engines: calibration inputs (a .npy / safetensors file, else calib_count N(0, 1)
+    # images from calib_seed) and the held-out inputs all engines' agreement is measured on.
+    calib_path: str | None = None
+    calib_count: int = 16
+    calib_seed: int = 20_261_207
+    eval_inputs: int = 0
+    eval_seed: int = 20_261_208
 
     @property
     def label(self) -> str:
@@ -107,13 +114,19 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def check_numerics(engines: dict, reference: str = "ours") -> dict:
+def check_numerics(engines: dict, reference: str = "ours", eval_x=None) -> dict:
     """Run each engine once and compare its logits with ours.
 
     Returns {engine: {max_abs_diff, rel_diff, flagged}}. Raises if ONNX Runtime differs
     by more than ORT_REL_LIMIT relative to max |ours| (the configuration is then invalid:
-    the graph or the weights disagree, not just rounding).
+    the graph or the weights disagree, not just rounding). INT8 engines are not flagged:
+    their difference is the quantization's, reported as it is.
+
+    With evaluation inputs `eval_x` [N, 3, H, W], every engine also runs all of them and
+    adds {eval_inputs, top1_match, eval_max_abs_diff, eval_rel_diff} against the reference's
+    logits on the same inputs (FP32 ours).
     """
+    import int8
     import numpy as np
 
     engines[reference].infer()
@@ -127,7 +140,7 @@ def check_numerics(engines: dict, reference: str = "ours") -> dict:
         theirs = engine.logits().reshape(ours.shape)
         diff = float(np.abs(theirs - ours).max())
         rel = diff / scale if scale > 0 else float("inf")
-        flagged = not rel <= FLAG_REL_LIMIT
+        flagged = not rel <= FLAG_REL_LIMIT and not engine.quantized
         report[name] = {"max_abs_diff": diff, "rel_diff": rel, "flagged": flagged}
         log(f"  numerics {name:<12} max|diff| {diff:.3e}  rel {rel:.3e}{'  FLAGGED' if flagged else ''}")
         if name == "onnxruntime" and not rel <= ORT_REL_LIMIT:
@@ -135,6 +148,18 @@ def check_numerics(engines: dict, reference: str = "ours") -> dict:
                 f"ONNX Runtime differs from ours by {rel:.3e} relative (max abs {diff:.3e}, "
                 f"limit {ORT_REL_LIMIT:g}): the exported graph or our engine is wrong"
             )
+    if eval_x is not None and len(eval_x):
+        ref = engines[reference].predict_all(eval_x)
+        for name, engine in engines.items():
+            theirs = ref if name == reference else engine.predict_all(eval_x)
+            report[name].update(int8.agreement(theirs, ref))
+            r = report[name]
+            log(f"  {len(eval_x)} inputs {name:<16} top-1 match {r['top1_match']:.3f} "
+                f"(centered {r['top1_match_centered']:.3f})  max rel {r['eval_rel_diff']:.3e} "
+                f"(centered {r['eval_rel_diff_centered']:.3e})")
+        r = report[reference]
+        log(f"  ours predicts {r['eval_distinct_top1']} distinct class(es) over the {len(eval_x)} inputs, "
+            f"{r['eval_distinct_top1_centered']} after centering")
     return report
 
 
@@ -212,11 +237,13 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
     import netgen
     from engines import make_engine
 
+    import int8
     import numpy as np
     import resnet
 
     result: dict = {"config": asdict(cfg), "label": cfg.label, "status": "ok", "engines": {},
                     "load_before": os.getloadavg()}
+    calib = eval_x = None
     if resnet.is_resnet(cfg.arch):
         # Peers only (we run RepVGG alone); ONNX Runtime is the numerics reference.
         scratch.mkdir(parents=True, exist_ok=True)
@@ -233,6 +260,15 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
         paths = netgen.export_all(scratch, arch, cfg.batch, cfg.seed)
         x = netgen.make_input(arch, cfg.batch, cfg.seed)
         names = ["ours"] + [n for n in cfg.engines if n != "ours"]
+        if any(n in int8.QUANTIZERS for n in names):
+            calib = int8.calibration_inputs(arch.height, arch.width,
+                                            Path(cfg.calib_path) if cfg.calib_path else None,
+                                            cfg.calib_count, cfg.calib_seed)
+            result["calibration"] = {"inputs": int(calib.shape[0]), "file": cfg.calib_path,
+                                     "seed": None if cfg.calib_path else cfg.calib_seed,
+                                     "mean": float(calib.mean()), "std": float(calib.std())}
+        if cfg.eval_inputs > 0:
+            eval_x = int8.normal_inputs(cfg.eval_inputs, arch.height, arch.width, cfg.eval_seed)
     result["macs_per_image"] = macs
     result["flops_per_image"] = flops
 
@@ -241,13 +277,14 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
         for name in names:
             try:
                 engines[name] = make_engine(name, repvgg=repvgg, paths=paths, x=x,
-                                            threads=cfg.threads, scratch=scratch, algo=cfg.algo)
+                                            threads=cfg.threads, scratch=scratch, algo=cfg.algo,
+                                            calib=calib)
             except Exception as exc:  # a peer that cannot build is reported, not fatal
                 if name in ("ours", "onnxruntime"):
                     raise
                 log(f"  {name}: setup failed: {exc}")
                 result["engines"][name] = {"error": f"setup failed: {exc}"}
-        numerics = check_numerics(engines, reference)
+        numerics = check_numerics(engines, reference, eval_x)
         samples, hot, info = time_interleaved(engines, cfg)
     except Exception as exc:
         result["status"] = "aborted"
@@ -274,6 +311,7 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
             **stats,
             "cpu_util": info["cpu_util"][name],
             "samples_ms": [s * 1e3 for s in samples[name]],
+            **({"quantized": True} if engine.quantized else {}),
             **({"precision": engine.precision} if hasattr(engine, "precision") else {}),
             **({"isa": engine.isa} if hasattr(engine, "isa") else {}),
             **({"options": engine.options} if hasattr(engine, "options") else {}),
@@ -316,14 +354,25 @@ def matrix_configs() -> list[tuple[str, int, int, int]]:
 
 def build_configs(args) -> list[Config]:
     """Expand the command line into the list of configurations to run."""
-    engines = split_list(args.engines) or list(ALL_ENGINES)
+    engines = split_list(args.engines)
+    if args.int8:  # the preset: ours (FP32) and every INT8 peer, plus whatever --engines adds
+        engines = ["ours"] + list(INT8_ENGINES) + [e for e in engines if e not in ("ours",) + INT8_ENGINES]
+    engines = engines or list(FP32_ENGINES)
+    if "ncnn-int8" in engines:
+        import int8
+
+        raise SystemExit(int8.NCNN_INT8_ABSENT)
     unknown = set(engines) - set(ALL_ENGINES)
     if unknown:
         raise SystemExit(f"unknown engine(s) {', '.join(sorted(unknown))}; choose from {', '.join(ALL_ENGINES)}")
+    if args.calib is not None and not args.calib.is_file():
+        raise SystemExit(f"--calib {args.calib}: no such file")
     common = dict(seed=args.seed, rounds=args.rounds, min_rounds=min(args.min_rounds, args.rounds),
                   warmup=args.warmup, budget_s=args.budget, gap_ms=args.gap_ms, burst=args.burst,
                   engines=engines, keep_models=args.keep_models,
-                  algo=args.algo)
+                  algo=args.algo, calib_path=str(args.calib.resolve()) if args.calib else None,
+                  calib_count=args.calib_count, calib_seed=args.calib_seed,
+                  eval_inputs=args.eval_inputs)
     if args.matrix:
         cells = matrix_configs()
     else:
@@ -401,7 +450,18 @@ def parse_args(argv: list[str]):
                    help="inferences per engine turn: the first is timed after the others' turns (idle), "
                         "the other K-1 back to back (hot), reported separately (default 1)")
     p.add_argument("--engines", action="append",
-                   help=f"subset of {','.join(ALL_ENGINES)} (ours always runs)")
+                   help=f"subset of {','.join(ALL_ENGINES)} (ours always runs; default the FP32 ones: "
+                        f"{','.join(FP32_ENGINES)})")
+    p.add_argument("--int8", action="store_true",
+                   help=f"preset: ours (FP32) + the INT8 peers ({','.join(INT8_ENGINES)}); --engines adds to it")
+    p.add_argument("--calib", type=Path, metavar="FILE",
+                   help="INT8 calibration inputs [N, 3, H, W] (.npy, or safetensors tensor `input`); "
+                        "default --calib-count N(0, 1) images from --calib-seed")
+    p.add_argument("--calib-count", type=int, default=16, help="calibration images when no --calib (default 16)")
+    p.add_argument("--calib-seed", type=int, default=20_261_207, help="their seed (default 20261207)")
+    p.add_argument("--eval-inputs", type=int, default=64, metavar="N",
+                   help="held-out N(0, 1) inputs every engine runs for top-1 match and max relative error "
+                        "against our FP32 logits (default 64; 0: only the single timing input)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--algo", help="passed to `repvgg time --algo` (auto, direct, f2, f4, f6)")
     p.add_argument("--repvgg", type=Path, default=REPO / "target/release/repvgg", help="our binary")

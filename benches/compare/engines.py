@@ -22,13 +22,25 @@ from pathlib import Path
 
 import numpy as np
 
-ALL_ENGINES = ("ours", "onnxruntime", "openvino", "ncnn", "tract")
+FP32_ENGINES = ("ours", "onnxruntime", "openvino", "ncnn", "tract")
+# Peers quantized to INT8 from the calibration inputs, each the way its docs teach (int8.py).
+# ncnn-int8 is absent: its quantizer is a pair of C++ tools the ncnn wheel does not ship.
+INT8_ENGINES = ("onnxruntime-int8", "openvino-int8")
+ALL_ENGINES = FP32_ENGINES + INT8_ENGINES
+
+# Our engine's variants: name -> extra `repvgg time` / `repvgg infer` arguments. The hook for
+# our INT8 (being built: `repvgg quantize`, `--precision int8`) is one entry here,
+#     "ours-int8": ("--precision", "int8"),
+# plus `int8.QUANTIZERS["ours-int8"]` producing the quantized weights it runs with; the
+# reference for every engine's agreement stays FP32 `ours`.
+OURS_VARIANTS: dict[str, tuple[str, ...]] = {"ours": ()}
 
 
 class Engine:
     """Common base: timing around `_call`, CPU time from this process."""
 
     name = "engine"
+    quantized = False  # INT8 engines are not held to the FP32 agreement limit
 
     def __init__(self) -> None:
         self.version = "?"
@@ -59,6 +71,18 @@ class Engine:
         """CPU seconds (all threads) used by the process running this engine."""
         return time.process_time()
 
+    def predict(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        """Logits [batch, classes] of one batch `x` (the engine's own batch size)."""
+        raise NotImplementedError
+
+    def predict_all(self, xs: np.ndarray) -> np.ndarray:
+        """Logits of every image of `xs`, fed in batches of the engine's static batch size."""
+        import int8
+
+        out = [self._to_numpy(self.predict(chunk)).reshape(len(chunk), -1)
+               for chunk in int8.batches(xs, self.batch)]
+        return np.concatenate(out)[: len(xs)]
+
     def close(self) -> None:
         self._last = None
 
@@ -72,12 +96,14 @@ class Ours(Engine):
     name = "ours"
 
     def __init__(self, repvgg: Path, weights: Path, x_path: Path, threads: int, scratch: Path,
-                 algo: str | None = None) -> None:
+                 algo: str | None = None, extra_args: tuple[str, ...] = (), name: str = "ours") -> None:
         super().__init__()
-        cmd = [str(repvgg), "time", "--weights", str(weights), "--input", str(x_path),
-               "--threads", str(threads)]
-        if algo:
-            cmd += ["--algo", algo]
+        self.name = name
+        # Shared by `repvgg time` (timing) and `repvgg infer` (logits of the evaluation set).
+        self.model_args = ["--weights", str(weights), "--threads", str(threads),
+                           *(["--algo", algo] if algo else []), *extra_args]
+        cmd = [str(repvgg), "time", "--input", str(x_path), *self.model_args]
+        self.repvgg = repvgg
         self.cmd = cmd
         self.scratch = scratch
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -93,6 +119,8 @@ class Ours(Engine):
         self.notes.append(f"{self.isa} kernels")
         if algo:
             self.notes.append(f"--algo {algo}")
+        if extra_args:
+            self.notes.append(" ".join(extra_args))
         self.pipe_wall: list[float] = []  # Python-side round trip of each `run`, for reference
 
     def _readline(self) -> str:
@@ -126,6 +154,23 @@ class Ours(Engine):
         logits = load_file(str(path))["logits"]
         path.unlink(missing_ok=True)
         return logits
+
+    def predict_all(self, xs: np.ndarray) -> np.ndarray:
+        """`repvgg infer` on all of `xs` at once, with the same weights, threads and options."""
+        from safetensors.numpy import load_file, save_file
+
+        x_path = self.scratch / f"{self.name}_eval_input_{os.getpid()}.safetensors"
+        y_path = self.scratch / f"{self.name}_eval_logits_{os.getpid()}.safetensors"
+        save_file({"input": np.ascontiguousarray(xs, dtype=np.float32)}, str(x_path))
+        try:
+            subprocess.run([str(self.repvgg), "infer", "--input", str(x_path), "--output", str(y_path),
+                            *self.model_args], check=True, capture_output=True, text=True)
+            return load_file(str(y_path))["logits"]
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"`repvgg infer` failed: {exc.stderr.strip()}") from None
+        finally:
+            x_path.unlink(missing_ok=True)
+            y_path.unlink(missing_ok=True)
 
     def cpu_seconds(self) -> float:
         """utime + stime of the subprocess from /proc (clock-tick resolution)."""
@@ -180,10 +225,35 @@ class OnnxRuntime(Engine):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         self.feed = {"input": x}
+        self.batch = x.shape[0]
         self.version = ort.__version__
 
     def _call(self):
         return self.session.run(["logits"], self.feed)[0]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"input": x})[0]
+
+
+class OnnxRuntimeInt8(OnnxRuntime):
+    """ONNX Runtime on its own static INT8 quantization (QDQ, per-channel s8 weights, u8
+    activations; int8.quantize_onnxruntime), with the FP32 engine's session options."""
+
+    name = "onnxruntime-int8"
+    quantized = True
+
+    def __init__(self, onnx_path: Path, x: np.ndarray, threads: int, calib: np.ndarray, scratch: Path) -> None:
+        import int8
+
+        t0 = time.perf_counter()
+        model, self.options = int8.quantize_onnxruntime(onnx_path, calib, x.shape[0], scratch)
+        took = time.perf_counter() - t0
+        super().__init__(model, x, threads)
+        self.precision = {"weights": "s8 per channel", "activations": "u8", "format": "QDQ"}
+        self.notes.append(
+            f"quantize_static QDQ, per-channel s8 weights, u8 activations, MinMax over {len(calib)} inputs, "
+            f"reduce_range={self.options['reduce_range']}, after quant_pre_process"
+            + (" (cached)" if self.options["cached"] else f" (quantized in {took:.0f} s)"))
 
 
 class OpenVino(Engine):
@@ -199,6 +269,15 @@ class OpenVino(Engine):
 
     def __init__(self, onnx_path: Path, x: np.ndarray, threads: int) -> None:
         super().__init__()
+        self._compile(onnx_path, x, threads, {"INFERENCE_PRECISION_HINT": "f32"})
+        self.precision = self._check_precision()
+        self.notes.append(
+            f"precision hint {self.precision['hint']}, "
+            f"conv/fc runtime precision {','.join(sorted(self.precision['compute']))}"
+        )
+
+    def _compile(self, model_path: Path, x: np.ndarray, threads: int, extra: dict) -> None:
+        """Compile for the CPU with T threads, one stream, the latency hint, plus `extra`."""
         import openvino as ov
 
         core = ov.Core()
@@ -206,37 +285,71 @@ class OpenVino(Engine):
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
+            **extra,
         }
-        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
+        self.compiled = core.compile_model(str(model_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.x = x
+        self.batch = x.shape[0]
         self.version = ov.get_version().split("-")[0]
-        self.precision = self._check_precision()
-        self.notes.append(
-            f"precision hint {self.precision['hint']}, "
-            f"conv/fc runtime precision {','.join(sorted(self.precision['compute']))}"
-        )
 
-    def _check_precision(self) -> dict:
-        """Read back the precision from the compiled and runtime models; raise if not f32."""
+    def _read_precision(self) -> dict:
+        """The precision hint of the compiled model and the runtime precisions of its
+        Convolution / FullyConnected / MatMul nodes (what the CPU plugin actually executes)."""
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # ov.Type -> "f32"
         threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         compute: set[str] = set()
+        primitives: set[str] = set()  # oneDNN implementation, e.g. brgconv_avx512_amx_I8
         for op in self.compiled.get_runtime_model().get_ops():
             info = op.get_rt_info()
             kind = info["layerType"].astype(str) if "layerType" in info else ""
             if kind in ("Convolution", "FullyConnected", "MatMul", "GroupConvolution"):
                 compute.add(info["runtimePrecision"].astype(str))
+                if "primitiveType" in info:
+                    primitives.add(info["primitiveType"].astype(str))
+        return {"hint": hint, "compute": sorted(compute), "primitives": sorted(primitives), "threads": threads}
+
+    def _check_precision(self) -> dict:
+        """Read back the precision from the compiled and runtime models; raise if not f32."""
+        precision = self._read_precision()
+        hint = precision["hint"]
         if "f32" not in hint.lower() and "float32" not in hint.lower():
             raise RuntimeError(f"OpenVINO compiled with precision hint {hint}, not f32")
-        if compute != {"f32"}:
-            raise RuntimeError(f"OpenVINO runtime graph computes in {compute}, not f32 only")
-        return {"hint": hint, "compute": sorted(compute), "threads": threads}
+        if set(precision["compute"]) != {"f32"}:
+            raise RuntimeError(f"OpenVINO runtime graph computes in {precision['compute']}, not f32 only")
+        return precision
 
     def _call(self):
         return self.request.infer({0: self.x}, share_inputs=True)[0]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.array(self.request.infer({0: x})[0], dtype=np.float32)
+
+
+class OpenVinoInt8(OpenVino):
+    """OpenVINO on NNCF's default post-training INT8 quantization (int8.quantize_openvino),
+    compiled with the FP32 engine's thread settings and nothing forced: no precision hint,
+    so what is not quantized runs in the plugin's default (bf16 on this CPU). The precision
+    it actually runs is read back from the runtime graph and reported."""
+
+    name = "openvino-int8"
+    quantized = True
+
+    def __init__(self, onnx_path: Path, x: np.ndarray, threads: int, calib: np.ndarray, scratch: Path) -> None:
+        import int8
+
+        Engine.__init__(self)
+        t0 = time.perf_counter()
+        model, self.options = int8.quantize_openvino(onnx_path, calib, x.shape[0], scratch)
+        took = time.perf_counter() - t0
+        self._compile(model, x, threads, {})
+        self.precision = self._read_precision()
+        self.notes.append(
+            f"nncf.quantize defaults over {len(calib)} inputs"
+            + (" (cached)" if self.options["cached"] else f" (quantized in {took:.0f} s)")
+            + f"; precision hint {self.precision['hint']}, conv/fc runtime precision "
+            + ",".join(self.precision["compute"]) + " (" + ", ".join(self.precision["primitives"]) + ")")
 
 
 class Ncnn(Engine):
@@ -279,6 +392,8 @@ class Ncnn(Engine):
         self.images = [np.ascontiguousarray(img) for img in x]
         self.mats = [ncnn.Mat(img) for img in self.images]
         self.version = getattr(ncnn, "__version__", "?")
+        self.batch = len(self.mats)
+        self._ncnn = ncnn
         if len(self.mats) > 1:
             self.notes.append(f"batch = {len(self.mats)} single-image extractions")
 
@@ -296,6 +411,19 @@ class Ncnn(Engine):
 
     def _to_numpy(self, out) -> np.ndarray:
         return np.stack([np.array(o, dtype=np.float32).reshape(-1) for o in out])
+
+    def predict(self, x: np.ndarray):
+        outs = []
+        for img in x:
+            img = np.ascontiguousarray(img)
+            ex = self.net.create_extractor()
+            ex.input("input", self._ncnn.Mat(img))
+            ret, out = ex.extract("logits")
+            if ret != 0:
+                raise RuntimeError(f"ncnn extract failed with {ret}")
+            outs.append(np.array(out, dtype=np.float32).reshape(-1))
+            del ex
+        return np.stack(outs)
 
 
 class Tract(Engine):
@@ -318,6 +446,8 @@ class Tract(Engine):
         self.runnable = model.into_model().into_runnable()
         self.state = self.runnable.spawn_state()
         self.input = tract.Tensor.from_numpy(x)
+        self._tract = tract
+        self.batch = x.shape[0]
         self.version = tract.version()
         self.notes.append("single-threaded (no thread setting in tract's Python API)")
 
@@ -327,12 +457,16 @@ class Tract(Engine):
     def _to_numpy(self, out) -> np.ndarray:
         return out.to_numpy().astype(np.float32)
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.state.run([self._tract.Tensor.from_numpy(np.ascontiguousarray(x))])[0]
+
 
 def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarray, threads: int,
-                scratch: Path, algo: str | None) -> Engine:
-    """Build the adapter called `name` for one configuration."""
-    if name == "ours":
-        return Ours(repvgg, paths["weights"], paths["input"], threads, scratch, algo)
+                scratch: Path, algo: str | None, calib: np.ndarray | None = None) -> Engine:
+    """Build the adapter called `name` for one configuration (`calib`: INT8 calibration inputs)."""
+    if name in OURS_VARIANTS:
+        return Ours(repvgg, paths["weights"], paths["input"], threads, scratch, algo,
+                    extra_args=OURS_VARIANTS[name], name=name)
     if name == "onnxruntime":
         return OnnxRuntime(paths["onnx"], x, threads)
     if name == "openvino":
@@ -341,4 +475,10 @@ def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarra
         return Ncnn(paths["ncnn_param"], paths["ncnn_bin"], x, threads)
     if name == "tract":
         return Tract(paths["onnx"], x, threads)
+    if name in INT8_ENGINES and calib is None:
+        raise ValueError(f"{name} needs calibration inputs")
+    if name == "onnxruntime-int8":
+        return OnnxRuntimeInt8(paths["onnx"], x, threads, calib, scratch)
+    if name == "openvino-int8":
+        return OpenVinoInt8(paths["onnx"], x, threads, calib, scratch)
     raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ALL_ENGINES)}")

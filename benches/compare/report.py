@@ -20,6 +20,8 @@ ENGINE_LABELS = {
     "openvino": "OpenVINO",
     "ncnn": "ncnn",
     "tract": "tract",
+    "onnxruntime-int8": "ONNX Runtime INT8",
+    "openvino-int8": "OpenVINO INT8 (NNCF)",
 }
 
 
@@ -154,7 +156,9 @@ def summary_table(results: list[dict], hot: bool = False) -> list[str]:
                 cells.append(f"**{stats['median_ms']:.2f}**")
             else:
                 flag = " ⚠" if entry.get("flagged") else ""
-                cells.append(f"{stats['median_ms']:.2f} ({stats['ratio']:.2f}x){flag}")
+                top1 = (f", top-1 {entry['top1_match']:.2f}/{entry['top1_match_centered']:.2f}c"
+                        if entry.get("quantized") and "top1_match" in entry else "")
+                cells.append(f"{stats['median_ms']:.2f} ({stats['ratio']:.2f}x{top1}){flag}")
         t = r["timing"]
         noisy = " ⚠" if t.get("foreign_cores", 0.0) > 0.2 else ""
         lines.append(f"| {r['label']} | {t['rounds']} | {_fmt(t.get('foreign_cores'))}{noisy} | " + " | ".join(cells) + " |")
@@ -164,24 +168,30 @@ def summary_table(results: list[dict], hot: bool = False) -> list[str]:
 def config_table(r: dict) -> list[str]:
     """Full per-engine table for one configuration."""
     has_hot = any("hot" in e for e in r["engines"].values())
+    has_eval = any("top1_match" in e for e in r["engines"].values())
     hot_head, hot_rule = (" hot median ms | hot peer/ours |", "---:|---:|") if has_hot else ("", "")
+    eval_n = max((e.get("eval_inputs", 0) for e in r["engines"].values()), default=0)
+    eval_head, eval_rule = ((f" top-1 match ({eval_n}) | centered top-1 | max rel err ({eval_n}) | centered rel err |",
+                             "---:|---:|---:|---:|") if has_eval else ("", ""))
     lines = [
         "| engine | median ms | min ms | IQR ms | images/s | eff. GFLOP/s | peer/ours |" + hot_head
-        + " CPU/wall | max abs diff | rel diff | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|" + hot_rule + "---:|---:|---:|---|",
+        + " CPU/wall | max abs diff | rel diff |" + eval_head + " notes |",
+        "|---|---:|---:|---:|---:|---:|---:|" + hot_rule + "---:|---:|---:|" + eval_rule + "---|",
     ]
     for name in _engines_in([r]):
         e = r["engines"][name]
         label = ENGINE_LABELS.get(name, name)
         if "median_ms" not in e:
-            lines.append(f"| {label} |" + " - |" * (9 + 2 * has_hot) + f" {e.get('error', '')} |")
+            lines.append(f"| {label} |" + " - |" * (9 + 2 * has_hot + 4 * has_eval) + f" {e.get('error', '')} |")
             continue
         flag = " **flagged**" if e.get("flagged") else ""
         hot = f" {e['hot']['median_ms']:.2f} | {e['hot']['ratio']:.2f} |" if has_hot else ""
+        agree = ((f" {e['top1_match']:.3f} | {e['top1_match_centered']:.3f} | {e['eval_rel_diff']:.1e} | "
+                  f"{e['eval_rel_diff_centered']:.1e} |") if "top1_match" in e else " - | - | - | - |") if has_eval else ""
         lines.append(
             f"| {label} | {e['median_ms']:.2f} | {e['min_ms']:.2f} | {e['iqr_ms']:.2f} | "
             f"{e['images_per_s']:.1f} | {e['gflops']:.1f} | {e['ratio']:.2f} |{hot} {_fmt(e['cpu_util'])} | "
-            f"{e['max_abs_diff']:.1e} | {e['rel_diff']:.1e}{flag} | {'; '.join(e.get('notes', []))} |"
+            f"{e['max_abs_diff']:.1e} | {e['rel_diff']:.1e}{flag} |{agree} {'; '.join(e.get('notes', []))} |"
         )
     return lines
 
@@ -235,6 +245,27 @@ def markdown(meta: dict, results: list[dict]) -> str:
         "OMP_NUM_THREADS etc. = T.",
         "- ncnn has no batch axis: batch N is N single-image extractions inside one timed call.",
     ]
+    calib = next((r["calibration"] for r in results if "calibration" in r), None)
+    if calib:
+        source = f"from {calib['file']}" if calib.get("file") else f"N(0, 1), numpy `default_rng({calib['seed']})`"
+        out.append(
+            f"- INT8 engines are quantized from the same {calib['inputs']} calibration inputs [1, 3, H, W] ({source}), "
+            "each the way its docs teach: ONNX Runtime `quant_pre_process` then `quantize_static` (QDQ, per-channel "
+            "s8 weights, u8 activations, MinMax; `reduce_range` only without VNNI) and the FP32 engine's session "
+            "options; OpenVINO `nncf.quantize(model, nncf.Dataset(calibration))` with its defaults, compiled with "
+            "the FP32 engine's thread settings and no precision hint (the runtime precision is read back and shown). "
+            "They are not flagged by the 1e-4 limit.")
+    eval_n = max((e.get("eval_inputs", 0) for r in results for e in r.get("engines", {}).values()), default=0)
+    if eval_n:
+        out.append(
+            f"- Agreement: every engine also runs {eval_n} held-out N(0, 1) inputs; `top-1 match` is the share whose "
+            "arg-max equals ours (FP32), `max rel err` the max |peer - ours| over all their logits divided by max |ours|. "
+            "With these synthetic weights the logits are dominated by an input-independent vector, so ours may "
+            "predict one class for every input (then top-1 match is trivially 1); `centered` subtracts ours' mean "
+            "logit vector over the inputs from both before taking the arg-max and before dividing by the max. "
+            + "; ".join(f"{r['label']}: ours predicts {r['engines']['ours']['eval_distinct_top1']} distinct "
+                        f"class(es), {r['engines']['ours']['eval_distinct_top1_centered']} centered"
+                        for r in results if "eval_distinct_top1" in r.get("engines", {}).get("ours", {})) + ".")
     if rounds_cut:
         out.append("- Rounds were cut to fit the per-configuration time budget in: "
                    + "; ".join(f"{r['label']} ({r['timing']['rounds']} of {r['timing']['requested_rounds']})"
@@ -311,7 +342,8 @@ def plot(path: Path, results: list[dict]) -> None:
     if values and max(values) / max(min(values), 1e-9) > 20:
         ax.set_yscale("log")
     ax.set_ylabel("median latency per batch (ms)")
-    ax.set_title("RepVGG FP32 CPU inference, lower is better")
+    int8_run = any(r["engines"][n].get("quantized") for r in ok for n in r["engines"])
+    ax.set_title(f"RepVGG {'FP32 and INT8' if int8_run else 'FP32'} CPU inference, lower is better")
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(len(engines) + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.14),
               frameon=False)
