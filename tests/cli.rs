@@ -1341,12 +1341,13 @@ fn quantize_writes_a_file_that_infer_runs_and_refuses_bad_requests() {
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 7, "{v}");
     for l in layers {
-        for key in ["name", "precision", "input_scale", "weight_spread", "alone_logit_error", "sqnr_db"] {
+        for key in ["name", "precision", "input_scale", "weight_spread", "dead_inputs", "alone_logit_error", "sqnr_db"]
+        {
             assert!(l.get(key).is_some(), "no `layers[].{key}` in {l}");
         }
     }
-    assert_eq!(layers[0]["precision"], "f32", "the stem stays FP32");
-    assert!(layers.iter().any(|l| l["precision"] == "int8"), "{v}");
+    assert_eq!(layers[0]["precision"], "int8", "the stem runs INT8 too: {v}");
+    assert!(layers.iter().all(|l| ["int8", "f32"].contains(&l["precision"].as_str().unwrap())), "{v}");
     assert!(v["top1_agreement"].as_f64().unwrap() >= 0.95, "{v}");
     // The summary without --json.
     let a = quantize(&["--calibration", &input, "--samples", "8", "--out", &p("int8b.safetensors")]);
@@ -1471,7 +1472,9 @@ fn quantize_writes_a_file_that_infer_runs_and_refuses_bad_requests() {
     let text = String::from_utf8_lossy(&out.stdout);
     let header: String = text.lines().take(3).collect::<Vec<_>>().join("\n");
     assert!(header.contains("int8"), "{header}");
-    let set = ["avx512-vnni", "avx2", "portable"].into_iter().find(|s| header.contains(&format!("({s} int8 kernels)")));
+    let set = ["amx", "avx512-vnni", "avx2", "portable"]
+        .into_iter()
+        .find(|s| header.contains(&format!("({s} int8 kernels)")));
     assert!(set.is_some(), "the header names the int8 kernel set: {header}");
     assert!(header.contains("INT8 calibrated on 8 synthetic inputs"), "{header}");
 }
