@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 import atomic  # noqa: E402
 import report  # noqa: E402
-from engines import ALL_ENGINES, FP32_ENGINES, INT8_ENGINES  # noqa: E402  (no peer is imported by this)
+from engines import ALL_ENGINES, FP32_ENGINES, INT8_ENGINES, OURS_INT8  # noqa: E402  (no peer is imported by this)
 
 ORT_REL_LIMIT = 1e-4  # ONNX Runtime must agree with us this closely, or the config aborts
 FLAG_REL_LIMIT = 1e-4  # other peers beyond this are flagged (and still timed)
@@ -172,9 +172,10 @@ def system_busy_seconds() -> float:
 
 
 def own_cpu_seconds(engines: dict) -> float:
-    """CPU seconds of this worker plus our engine's subprocess."""
+    """CPU seconds of this worker plus our engines' subprocesses (FP32 and INT8)."""
     t = os.times()
-    return t.user + t.system + (engines["ours"].cpu_seconds() if "ours" in engines else 0.0)
+    ours = sum(engines[n].cpu_seconds() for n in ("ours", OURS_INT8) if n in engines)
+    return t.user + t.system + ours
 
 
 def time_interleaved(engines: dict, cfg: Config) -> tuple[dict, dict, dict]:
@@ -260,7 +261,7 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
         paths = netgen.export_all(scratch, arch, cfg.batch, cfg.seed)
         x = netgen.make_input(arch, cfg.batch, cfg.seed)
         names = ["ours"] + [n for n in cfg.engines if n != "ours"]
-        if any(n in int8.QUANTIZERS for n in names):
+        if any(n in int8.CALIBRATED for n in names):
             calib = int8.calibration_inputs(arch.height, arch.width,
                                             Path(cfg.calib_path) if cfg.calib_path else None,
                                             cfg.calib_count, cfg.calib_seed)
@@ -356,7 +357,8 @@ def build_configs(args) -> list[Config]:
     """Expand the command line into the list of configurations to run."""
     engines = split_list(args.engines)
     if args.int8:  # the preset: ours (FP32) and every INT8 peer, plus whatever --engines adds
-        engines = ["ours"] + list(INT8_ENGINES) + [e for e in engines if e not in ("ours",) + INT8_ENGINES]
+        int8_preset = ("ours", OURS_INT8) + INT8_ENGINES
+        engines = list(int8_preset) + [e for e in engines if e not in int8_preset]
     engines = engines or list(FP32_ENGINES)
     if "ncnn-int8" in engines:
         import int8
@@ -453,7 +455,8 @@ def parse_args(argv: list[str]):
                    help=f"subset of {','.join(ALL_ENGINES)} (ours always runs; default the FP32 ones: "
                         f"{','.join(FP32_ENGINES)})")
     p.add_argument("--int8", action="store_true",
-                   help=f"preset: ours (FP32) + the INT8 peers ({','.join(INT8_ENGINES)}); --engines adds to it")
+                   help=f"preset: ours (FP32), {OURS_INT8} and the INT8 peers ({','.join(INT8_ENGINES)}); "
+                        "--engines adds to it")
     p.add_argument("--calib", type=Path, metavar="FILE",
                    help="INT8 calibration inputs [N, 3, H, W] (.npy, or safetensors tensor `input`); "
                         "default --calib-count N(0, 1) images from --calib-seed")

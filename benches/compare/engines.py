@@ -26,13 +26,12 @@ FP32_ENGINES = ("ours", "onnxruntime", "openvino", "ncnn", "tract")
 # Peers quantized to INT8 from the calibration inputs, each the way its docs teach (int8.py).
 # ncnn-int8 is absent: its quantizer is a pair of C++ tools the ncnn wheel does not ship.
 INT8_ENGINES = ("onnxruntime-int8", "openvino-int8")
-ALL_ENGINES = FP32_ENGINES + INT8_ENGINES
-
-# Our engine's variants: name -> extra `repvgg time` / `repvgg infer` arguments. The hook for
-# our INT8 (being built: `repvgg quantize`, `--precision int8`) is one entry here,
-#     "ours-int8": ("--precision", "int8"),
-# plus `int8.QUANTIZERS["ours-int8"]` producing the quantized weights it runs with; the
+# Ours in INT8: `repvgg quantize` on the same weights and calibration inputs (int8.py); the
 # reference for every engine's agreement stays FP32 `ours`.
+OURS_INT8 = "ours-int8"
+ALL_ENGINES = FP32_ENGINES + (OURS_INT8,) + INT8_ENGINES
+
+# Our engine's variants: name -> extra `repvgg time` / `repvgg infer` arguments.
 OURS_VARIANTS: dict[str, tuple[str, ...]] = {"ours": ()}
 
 
@@ -113,10 +112,12 @@ class Ours(Engine):
             raise RuntimeError(f"`repvgg time` did not start: {banner!r}")
         self.banner = banner
         # `ready DESCRIPTION (ISA kernels)`: the kernel set the run-time dispatch chose.
-        kernels = re.search(r"\((\w+) kernels\)$", banner)
+        kernels = re.search(r"\((\w+) kernels(?:, int8 ([\w-]+))?\)$", banner)
         self.isa = kernels.group(1) if kernels else "unknown"
         self.version = f"{_our_version(repvgg)} ({self.isa} kernels)"
         self.notes.append(f"{self.isa} kernels")
+        if kernels and kernels.group(2):
+            self.notes.append(f"int8 {kernels.group(2)} kernels")
         if algo:
             self.notes.append(f"--algo {algo}")
         if extra_args:
@@ -467,6 +468,15 @@ def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarra
     if name in OURS_VARIANTS:
         return Ours(repvgg, paths["weights"], paths["input"], threads, scratch, algo,
                     extra_args=OURS_VARIANTS[name], name=name)
+    if name == OURS_INT8:
+        if calib is None:
+            raise ValueError(f"{name} needs calibration inputs")
+        import int8
+
+        weights, options = int8.quantize_ours(repvgg, paths["weights"], calib, scratch)
+        engine = Ours(repvgg, weights, paths["input"], threads, scratch, algo, name=name)
+        engine.notes.append(f"{options['call']}, {'cached' if options['cached'] else 'quantized now'}")
+        return engine
     if name == "onnxruntime":
         return OnnxRuntime(paths["onnx"], x, threads)
     if name == "openvino":

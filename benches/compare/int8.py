@@ -22,10 +22,11 @@ Quantizers (one function per engine, `QUANTIZERS[name](onnx, calib, batch, cache
   and `ncnn2int8` (model conversion), which the `ncnn` wheel does not ship (it exposes only
   the Mat-level `quantize_to_int8` / `cast_int8_to_float32` kernels); see README.
 
-Hook for our own INT8 (`repvgg quantize` and `--precision int8` are being built): add
-`QUANTIZERS["ours-int8"] = quantize_ours` that runs `repvgg quantize` on the FP32 weights and
-`calibration_file(...)`, returning the quantized safetensors, and `OURS_VARIANTS` in
-engines.py gives the `repvgg time` arguments. Nothing else in the driver needs to change.
+* `ours-int8`: `repvgg quantize` (its defaults: per-channel weights, the 99.99th
+  percentile, measured FP32 fallback) on the same FP32 deploy weights our FP32 engine runs
+  and the same calibration inputs (written as a safetensors `input`); `repvgg time` then
+  runs the file in its own precision. It needs our binary, not the ONNX file, so
+  `make_engine` calls [`quantize_ours`] itself.
 """
 
 from __future__ import annotations
@@ -240,11 +241,34 @@ def quantize_openvino(onnx_path: Path, calib: np.ndarray, batch: int, scratch: P
     return directory / "model.xml", options
 
 
+def quantize_ours(repvgg: Path, weights: Path, calib: np.ndarray, scratch: Path) -> tuple[Path, dict]:
+    """`repvgg quantize` with its defaults; returns the quantized weights and the options."""
+    import subprocess
+
+    from safetensors.numpy import save_file
+
+    version = subprocess.run([str(repvgg), "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    options = {"version": version, "call": "repvgg quantize (defaults)", "weights": file_digest(weights)}
+
+    def build(tmp: Path) -> None:
+        save_file({"input": np.ascontiguousarray(calib, dtype=np.float32)}, str(tmp / "calibration.safetensors"))
+        subprocess.run([str(repvgg), "quantize", "--weights", str(weights), "--calibration",
+                        str(tmp / "calibration.safetensors"), "--out", str(tmp / "model.safetensors")],
+                       check=True, capture_output=True, text=True)
+        (tmp / "calibration.safetensors").unlink()
+
+    directory, hit = cached(cache_dir(scratch, "ours-int8", weights, calib, options), build)
+    options["cached"] = hit
+    return directory / "model.safetensors", options
+
+
 QUANTIZERS = {
     "onnxruntime-int8": quantize_onnxruntime,
     "openvino-int8": quantize_openvino,
-    # "ours-int8": quantize_ours,  # hook: `repvgg quantize` on the FP32 weights + calibration
 }
+
+# Every engine that needs the calibration inputs (ours is quantized by `make_engine`).
+CALIBRATED = (*QUANTIZERS, "ours-int8")
 
 NCNN_INT8_ABSENT = (
     "ncnn-int8 is not available: ncnn quantizes with its C++ tools ncnn2table and ncnn2int8, "

@@ -160,6 +160,7 @@ impl Conv {
             output,
             shared: &mut self.shared,
             scratch: &self.scratch,
+            codes: crate::exec::Codes::NONE,
         };
         team.install(|| self.executor.run(ctx));
     }

@@ -7,7 +7,7 @@ use repvgg_simd::{Dispatch, IsaChoice};
 
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
-use crate::exec::{InputLayout, REGISTRY, RunContext, pointwise};
+use crate::exec::{Codes, InputLayout, REGISTRY, RunContext, direct_int8, pointwise};
 use crate::kernels::int8::{Int8Kernels, Int8Set};
 use crate::limits::{check_finite, check_output};
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
@@ -599,7 +599,7 @@ impl Session {
         let output = &mut second[0];
         let (isa, int8) = (self.isa, self.int8_kernels);
         let mut buffers = LayerBuffers { transformed, scratch, pooled };
-        self.team.install(|| conv_layer(isa, int8, &model, lp, n, input, output, &mut buffers));
+        self.team.install(|| conv_layer(isa, int8, &model, lp, n, input, output, Codes::NONE, &mut buffers));
     }
 
     /// One forward pass over `input` of the checked `shape`.
@@ -623,14 +623,22 @@ impl Session {
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
         let mut buffers = LayerBuffers { transformed, scratch, pooled };
         let (isa, int8) = (self.isa, self.int8_kernels);
+        // Outputs someone looks at stay floats; otherwise INT8 layers hand codes on.
+        let handoff = observe.is_none();
+        let stage_outputs = stages.is_some();
         self.team.install(|| {
             let mut current = 0;
-            for lp in &plan.layers {
+            let mut codes_in = false;
+            for (i, lp) in plan.layers.iter().enumerate() {
                 let start = times.as_ref().map(|_| Instant::now());
                 let (a, b) = act.split_at_mut(1);
                 let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
                 let src: &[f32] = if lp.input == InputLayout::Planar { input } else { src };
-                conv_layer(isa, int8, model, lp, n, src, dst, &mut buffers);
+                let watched = stage_outputs && stage_ends.contains(&lp.index);
+                let codes_out = (handoff && !watched).then(|| hands_codes(model, plan, i, int8)).flatten();
+                let codes = Codes { input: codes_in, output: codes_out };
+                conv_layer(isa, int8, model, lp, n, src, dst, codes, &mut buffers);
+                codes_in = codes_out.is_some();
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
                 }
@@ -690,6 +698,24 @@ struct LayerBuffers<'a> {
     pooled: &'a mut [f32],
 }
 
+/// `1 / s_x` of layer `i + 1` if layer `i` hands it its input as u8 codes: both INT8 and
+/// reading their input in place with `kernels` (the AMX path), no SE between them, and
+/// the codes fit the activation buffer. The codes are what layer `i + 1` would compute
+/// from layer `i`'s floats, so the results are the same bits either way.
+fn hands_codes(model: &Model, plan: &Plan, i: usize, kernels: Int8Kernels) -> Option<f32> {
+    let (lp, next) = (&plan.layers[i], plan.layers.get(i + 1)?);
+    let int8 = |l: &LayerPlan| l.precision == Precision::Int8;
+    let (here, there) = (lp.shape(plan.n), next.shape(plan.n));
+    let linked = int8(lp)
+        && int8(next)
+        && !lp.se
+        && direct_int8::takes_codes(&here, kernels)
+        && direct_int8::takes_codes(&there, kernels)
+        && direct_int8::codes_len(&there) <= plan.activation_len;
+    let layer = model.quant()?.layers[next.index].as_ref()?;
+    linked.then(|| 1.0 / layer.input_scale)
+}
+
 /// One RepVGG block: convolution + bias by the layer's executor (one call per layer), then
 /// SE and ReLU (or ReLU fused into the convolution).
 #[allow(clippy::too_many_arguments)] // the kernel sets, the layer, its data and buffers
@@ -701,6 +727,7 @@ fn conv_layer(
     n: usize,
     input: &[f32],
     output: &mut [f32],
+    codes: Codes,
     buffers: &mut LayerBuffers<'_>,
 ) {
     let relu = !lp.se;
@@ -719,6 +746,7 @@ fn conv_layer(
         output: &mut *output,
         shared: &mut *buffers.transformed,
         scratch: buffers.scratch,
+        codes,
     });
     if lp.se {
         let se = layer.se.as_ref().expect("SE layers have SE weights");

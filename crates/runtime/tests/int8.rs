@@ -585,3 +585,35 @@ fn int8_metadata_without_i8_tensors_is_a_float_model() {
         .expect("INT8 on a model without I8 layers was accepted");
     assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
 }
+
+/// Between two INT8 layers that read their input in place (AMX), the first writes the
+/// second's u8 codes instead of floats. The codes are what the second would compute from
+/// those floats, so the logits are the same bits as with the sets that never hand codes
+/// on, and as with the stage outputs asked for (which keeps those layers' outputs
+/// floats). A0 at 64x64: the stem, stage1.0 and stage1.1 hand codes on (rows of 32, 16
+/// and 16 pixels) where AMX runs; the digits' 12-pixel maps do not.
+#[test]
+fn codes_handed_between_layers_give_the_same_bits() {
+    let model = Model::synthetic(ArchSpec::resolve("A0").unwrap(), 3).unwrap();
+    let images = |n: usize, seed: u64| {
+        let data = repvgg_graph::synthetic::input(n * 3 * 64 * 64, seed);
+        Tensor::new(vec![n, 3, 64, 64], data).unwrap()
+    };
+    let options = QuantizeOptions { keep_fp32: KeepFp32::None, threads: 2, ..Default::default() };
+    let (quantized, _) = model.quantize(&images(4, 1), &options).unwrap();
+    let input = images(3, 2);
+    let mut first: Option<Tensor> = None;
+    for set in repvgg_runtime::Int8Set::ALL {
+        for threads in [1, 2] {
+            let options = SessionOptions { threads, int8_kernels: Some(set), ..Default::default() };
+            let Ok(mut session) = quantized.session(options) else { continue };
+            let logits = session.run(&input).unwrap();
+            let features = session.features(&input).unwrap();
+            assert_eq!(features.logits.data(), logits.data(), "{}: with the stage outputs", set.name());
+            match &first {
+                None => first = Some(logits),
+                Some(want) => assert_eq!(logits.data(), want.data(), "{}, {threads} threads", set.name()),
+            }
+        }
+    }
+}

@@ -403,6 +403,7 @@ mod tests {
             output: &mut output,
             shared: &mut shared,
             scratch: &scratch,
+            codes: crate::exec::Codes::NONE,
         };
         team.install(|| Direct.run(ctx));
         output

@@ -16,7 +16,9 @@
 
 use super::direct::{CHUNK_FLOATS, FUSED_WEIGHT_BYTES, SIDES};
 use super::schedule::{Schedule, Work};
-use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
+use super::{
+    Codes, ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast,
+};
 use crate::buffers::SharedMut;
 use crate::kernels::gemm::{MR, NR};
 use crate::kernels::int8::{self, Int8Kernels, Int8Set, MAX_COLUMNS, MAX_DEPTH, SIGNED_ZERO_POINT, Tile};
@@ -195,6 +197,13 @@ impl Int8Weights {
         }
     }
 
+    /// The epilogue constants of the panel whose first output channel is `k0` of group `g`
+    /// (channel block `first_block` of the layer; `bias` padded to whole blocks).
+    fn affine<'a>(&'a self, g: usize, k0: usize, bias: &'a [f32], first_block: usize) -> Affine<'a> {
+        let at = g * self.k_pad + k0;
+        Affine { zero: &self.zero[at..], scale: &self.scale[at..], bias: &bias[first_block * CHANNEL_BLOCK..] }
+    }
+
     /// Panel `b` of group `g`: its first output channel within the group, its width and data.
     fn panel(&self, g: usize, b: usize) -> (usize, usize, &[i8]) {
         let k0 = b * MR;
@@ -307,6 +316,157 @@ impl Bordered {
     }
 }
 
+/// Whether the layer of `shape` can take its input as bordered u8 codes from the layer
+/// before ([`super::Codes`]): the layers that read their input in place.
+pub(crate) fn takes_codes(shape: &ConvShape, kernels: Int8Kernels) -> bool {
+    reads_in_place(shape, kernels)
+}
+
+/// Floats of the bordered u8 codes of the input of the layer of `shape`.
+pub(crate) fn codes_len(shape: &ConvShape) -> usize {
+    Bordered::new(shape).bytes.div_ceil(4)
+}
+
+/// Where a producer writes its output as the next layer's codes: that layer's bordered
+/// layout (its input is this layer's output: `oh x ow`, the same channel blocks).
+struct CodesOut<'a> {
+    inv_scale: f32,
+    /// Bytes of one bordered plane and of one bordered row.
+    plane: usize,
+    row: usize,
+    bytes: *mut u8,
+    len: usize,
+    _buffer: std::marker::PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: items write disjoint pixels (as through `SharedMut`); the pointer is only used
+// through `pixels`, whose contract keeps concurrent writes disjoint.
+unsafe impl Send for CodesOut<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for CodesOut<'_> {}
+
+impl<'a> CodesOut<'a> {
+    /// Zeroes the border ring and the slack of every plane (the interior is all written
+    /// by the layer's items) and returns the writer.
+    fn new(s: &ConvShape, inv_scale: f32, output: &'a mut [f32]) -> CodesOut<'a> {
+        let (ph, pw) = (s.oh + 2, s.ow + 2);
+        let (row, plane) = (pw * CHANNEL_BLOCK, ph * pw * CHANNEL_BLOCK);
+        let planes = s.n * channel_blocks(s.out_channels);
+        let slack = (MAX_COLUMNS * 2 + 4) * CHANNEL_BLOCK;
+        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<f32, u8>(output)[..planes * plane + slack];
+        for p in bytes[..planes * plane].chunks_exact_mut(plane) {
+            p[..row].fill(0);
+            p[plane - row..].fill(0);
+            for r in p[row..plane - row].chunks_exact_mut(row) {
+                r[..CHANNEL_BLOCK].fill(0);
+                r[row - CHANNEL_BLOCK..].fill(0);
+            }
+        }
+        bytes[planes * plane..].fill(0);
+        CodesOut {
+            inv_scale,
+            plane,
+            row,
+            bytes: bytes.as_mut_ptr(),
+            len: bytes.len(),
+            _buffer: std::marker::PhantomData,
+        }
+    }
+
+    /// The codes of `count` consecutive pixels of output row `y` from column `x` of plane
+    /// `plane` (image and channel block).
+    ///
+    /// # Safety
+    ///
+    /// No other live slice may overlap these pixels (items write disjoint pixels).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn pixels(&self, plane: usize, y: usize, x: usize, count: usize) -> &mut [u8] {
+        let at = plane * self.plane + (y + 1) * self.row + (x + 1) * CHANNEL_BLOCK;
+        assert!(at + count * CHANNEL_BLOCK <= self.len, "codes outside the bordered output");
+        // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.bytes.add(at), count * CHANNEL_BLOCK) }
+    }
+}
+
+/// The epilogue of `count` tile rows from `row0`, channels `c..c + 16`: floats into
+/// `floats`, or with `codes` the next layer's codes of the same floats into `bytes`.
+#[allow(clippy::too_many_arguments)] // the tile's part, the affine map, the two outputs
+fn store(
+    kernels: Int8Kernels,
+    tile: &Tile,
+    row0: usize,
+    c: usize,
+    count: usize,
+    w: (&[i32], &[f32], &[f32]),
+    relu: bool,
+    out: Out<'_>,
+) {
+    let (zero, scale, bias) = w;
+    match out {
+        Out::Floats(dst) => int8::dequantize_rows(kernels, tile, row0, c, count, zero, scale, bias, relu, dst),
+        Out::Codes(inv, dst) => {
+            let mut floats = [0f32; MAX_COLUMNS * CHANNEL_BLOCK];
+            let floats = &mut floats[..count * CHANNEL_BLOCK];
+            int8::dequantize_rows(kernels, tile, row0, c, count, zero, scale, bias, relu, floats);
+            int8::quantize(kernels, floats, inv, 0, dst);
+        }
+    }
+}
+
+/// Where [`store`] writes.
+enum Out<'a> {
+    Floats(&'a mut [f32]),
+    Codes(f32, &'a mut [u8]),
+}
+
+/// A layer's output: channel-blocked floats, or the next layer's bordered codes.
+enum Sink<'a> {
+    Floats(SharedMut),
+    Codes(CodesOut<'a>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(s: &ConvShape, codes: Option<f32>, output: &'a mut [f32]) -> Sink<'a> {
+        match codes {
+            Some(inv) => Sink::Codes(CodesOut::new(s, inv, output)),
+            None => Sink::Floats(SharedMut::new(output)),
+        }
+    }
+
+    /// `count` consecutive pixels of output row `y` from column `x` of plane `plane`
+    /// (image and channel block; `plane_len` pixels, rows of `ow`).
+    ///
+    /// # Safety
+    ///
+    /// No other live slice may overlap these pixels (items write disjoint pixels).
+    unsafe fn pixels(&self, plane: usize, plane_len: usize, ow: usize, y: usize, x: usize, count: usize) -> Out<'_> {
+        match self {
+            Sink::Floats(out) => {
+                let start = (plane * plane_len + y * ow + x) * CHANNEL_BLOCK;
+                let region = out.raw(start, count * CHANNEL_BLOCK);
+                // SAFETY: `raw` checked the bounds; exclusivity is the caller's contract.
+                Out::Floats(unsafe { std::slice::from_raw_parts_mut(region, count * CHANNEL_BLOCK) })
+            }
+            // SAFETY: as above.
+            Sink::Codes(codes) => Out::Codes(codes.inv_scale, unsafe { codes.pixels(plane, y, x, count) }),
+        }
+    }
+}
+
+/// One weight panel's epilogue constants from its first channel on: the zero-point
+/// correction, the scales and the bias.
+struct Affine<'a> {
+    zero: &'a [i32],
+    scale: &'a [f32],
+    bias: &'a [f32],
+}
+
+impl Affine<'_> {
+    fn at(&self, c: usize) -> (&[i32], &[f32], &[f32]) {
+        (&self.zero[c..], &self.scale[c..], &self.bias[c..])
+    }
+}
+
 /// Weight panels (of 32 output channels) per work item of the AMX path.
 const PANELS_PER_ITEM: usize = 4;
 
@@ -324,39 +484,49 @@ const IN_PLACE_MIN_WIDTH: usize = 12;
 /// The AMX path: quantize into the bordered layout, then for each segment of up to 16
 /// output pixels of one row, every weight panel's tile product read in place.
 fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
-    let RunContext { int8: kernels, shape, bias, relu, input, output, shared, .. } = ctx;
+    let RunContext { int8: kernels, shape, bias, relu, input, output, shared, codes, .. } = ctx;
     let s = *shape;
     let layout = Bordered::new(shape);
     let cb = channel_blocks(s.in_channels);
     let cbg = channel_blocks(s.in_per_group());
-    let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<f32, u8>(shared)[..layout.bytes];
     let row_bytes = layout.pw * CHANNEL_BLOCK;
-    let zero = weights.zero_point;
-    let (planes, slack) = bytes.split_at_mut(s.n * cb * layout.plane);
-    slack.fill(zero);
-    // One item per bordered row (a whole number of floats: 16 bytes per pixel).
-    let rows: &mut [f32] = bytemuck::cast_slice_mut(planes);
-    for_each_chunk_mut(rows, row_bytes / 4, |r, row| {
-        let row: &mut [u8] = bytemuck::cast_slice_mut(row);
-        let (plane, py) = (r / layout.ph, r % layout.ph);
-        if py == 0 || py == layout.ph - 1 {
-            row.fill(zero);
-            return;
-        }
-        row[..CHANNEL_BLOCK].fill(zero);
-        row[row_bytes - CHANNEL_BLOCK..].fill(zero);
-        let dst = &mut row[CHANNEL_BLOCK..row_bytes - CHANNEL_BLOCK];
-        quantize_row(kernels, &s, input, plane / cb, plane % cb, py - 1, weights, dst);
-    });
-    let bordered: &[u8] = bytes;
+    let bordered: &[u8] = if codes.input {
+        // The layer before wrote this layer's codes in this layout (`CodesOut`).
+        &bytemuck::cast_slice::<f32, u8>(input)[..layout.bytes]
+    } else {
+        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<f32, u8>(shared)[..layout.bytes];
+        let zero = weights.zero_point;
+        let (planes, slack) = bytes.split_at_mut(s.n * cb * layout.plane);
+        slack.fill(zero);
+        // One item per bordered row (a whole number of floats: 16 bytes per pixel).
+        let rows: &mut [f32] = bytemuck::cast_slice_mut(planes);
+        for_each_chunk_mut(rows, row_bytes / 4, |r, row| {
+            let row: &mut [u8] = bytemuck::cast_slice_mut(row);
+            let (plane, py) = (r / layout.ph, r % layout.ph);
+            if py == 0 || py == layout.ph - 1 {
+                row.fill(zero);
+                return;
+            }
+            row[..CHANNEL_BLOCK].fill(zero);
+            row[row_bytes - CHANNEL_BLOCK..].fill(zero);
+            let dst = &mut row[CHANNEL_BLOCK..row_bytes - CHANNEL_BLOCK];
+            quantize_row(kernels, &s, input, plane / cb, plane % cb, py - 1, weights, dst);
+        });
+        bytes
+    };
 
     // Step (channel block, kernel row) of a group reads 48 bytes per pixel here; the
     // weights' reduction order puts the same 48 values in one run of 12 rows.
-    let offsets: Vec<usize> =
-        (0..cbg).flat_map(|blk| (0..3).map(move |ky| blk * layout.plane + ky * row_bytes)).collect();
+    let mut steps = [0usize; MAX_DEPTH / 48 + 1];
+    let offsets = &mut steps[..cbg * 3];
+    for (i, offset) in offsets.iter_mut().enumerate() {
+        *offset = i / 3 * layout.plane + i % 3 * row_bytes;
+    }
+    let offsets: &[usize] = offsets;
     let segments = s.ow.div_ceil(MAX_COLUMNS);
     let plane_out = s.oh * s.ow;
-    let out = SharedMut::new(output);
+    let out_blocks = channel_blocks(s.out_channels);
+    let sink = Sink::new(&s, codes.output, output);
     // Items are (two rows' segment, chunk of weight panels): a pair of rows shares every
     // weight tile loaded; chunks keep a few rows of a small map with many output channels
     // (the last stage) from making too few items for the threads.
@@ -382,7 +552,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
                     kernels,
                     bordered,
                     [base(oy), base(oy + 1)],
-                    &offsets,
+                    offsets,
                     stride,
                     48,
                     a,
@@ -390,25 +560,18 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
                     [t0, t1],
                 );
             } else {
-                int8::segment_product(kernels, bordered, base(oy), &offsets, stride, 48, a, width, t0);
+                int8::segment_product(kernels, bordered, base(oy), offsets, stride, 48, a, width, t0);
             }
             let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
-            let scale = &weights.scale[g * weights.k_pad + k0..];
-            let zero = &weights.zero[g * weights.k_pad + k0..];
-            let bias = &bias[first_block * CHANNEL_BLOCK..];
+            let affine = weights.affine(g, k0, bias, first_block);
             for (r, tile) in tiles.iter().enumerate().take(rows) {
                 for blk in 0..width / CHANNEL_BLOCK {
-                    let start = (((image * channel_blocks(s.out_channels) + first_block + blk) * plane_out)
-                        + (oy + r) * s.ow
-                        + x0)
-                        * CHANNEL_BLOCK;
-                    // Each item writes its own pixels (one row segment) of every channel block.
-                    let region = out.raw(start, count * CHANNEL_BLOCK);
-                    // SAFETY: the segment's `count` pixels of this block are `region`, which
-                    // no other item writes.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(region, count * CHANNEL_BLOCK) };
+                    let plane = image * out_blocks + first_block + blk;
+                    // SAFETY: each item writes its own pixels (one row segment) of every
+                    // channel block.
+                    let out = unsafe { sink.pixels(plane, plane_out, s.ow, oy + r, x0, count) };
                     let c = blk * CHANNEL_BLOCK;
-                    int8::dequantize_rows(kernels, tile, 0, c, count, &zero[c..], &scale[c..], &bias[c..], relu, dst);
+                    store(kernels, tile, 0, c, count, affine.at(c), relu, out);
                 }
             }
         }
@@ -429,14 +592,18 @@ fn run(ctx: RunContext<'_>) {
         output,
         shared,
         scratch,
+        codes,
     } = ctx;
     let weights: &Int8Weights = downcast(ctx_weights);
     let s = *shape;
     let out_blocks = channel_blocks(s.out_channels);
-    assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
+    if codes.output.is_none() {
+        assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
+    }
     assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
     let in_len = s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK;
     let read = match s.input {
+        _ if codes.input => codes_len(shape),
         InputLayout::Blocked => in_len,
         InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
     };
@@ -457,10 +624,12 @@ fn run(ctx: RunContext<'_>) {
                 scratch,
                 isa,
                 deploy,
+                codes,
             },
             weights,
         );
     }
+    assert_eq!(codes, Codes::NONE, "only layers that read their input in place exchange codes");
 
     let (quantized, shared) = shared.split_at_mut(quantized_floats(shape));
     // One item per row of a channel block (16 bytes per pixel: a whole number of floats).
@@ -678,6 +847,7 @@ mod tests {
                         output: &mut output,
                         shared: &mut shared,
                         scratch: &scratch,
+                        codes: crate::exec::Codes::NONE,
                     };
                     team.install(|| DirectInt8.run(ctx));
                     for (i, (g, e)) in output.iter().zip(&want).enumerate() {

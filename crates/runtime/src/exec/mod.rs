@@ -148,6 +148,26 @@ pub(crate) struct RunContext<'a> {
     pub shared: &'a mut [f32],
     /// Per-worker scratch of [`ConvExecutor::scratch_len`] floats each.
     pub scratch: &'a Scratch,
+    /// Activations handed between two INT8 layers as u8 codes instead of floats
+    /// (`direct_int8`); [`Codes::NONE`] for every other layer.
+    pub codes: Codes,
+}
+
+/// How an INT8 layer's input arrives and its output leaves, when the session hands u8
+/// codes from one INT8 layer to the next (the requantization fused into the producer's
+/// epilogue): results are the same bits as through floats, since the consumer would
+/// compute the same codes from the same floats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Codes {
+    /// `input` holds the layer's zero-bordered u8 codes (`direct_int8::codes_len`), not
+    /// floats.
+    pub input: bool,
+    /// Write the output as the next layer's bordered codes, `1 / s_x` of that layer.
+    pub output: Option<f32>,
+}
+
+impl Codes {
+    pub const NONE: Codes = Codes { input: false, output: None };
 }
 
 /// Packed weights as the executor's own type (one check per layer run).

@@ -460,6 +460,7 @@ mod tests {
                         output: &mut output,
                         shared: &mut shared,
                         scratch: &scratch,
+                        codes: crate::exec::Codes::NONE,
                     };
                     team.install(|| run_in_chunks(ctx, chunk));
                     outputs.push(output);
