@@ -538,6 +538,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
         let (image, oy, x0) = (item / (pairs * segments), item / segments % pairs * 2, item % segments * MAX_COLUMNS);
         let count = MAX_COLUMNS.min(s.ow - x0);
         let rows = 2.min(s.oh - oy);
+        let amx = int8::AmxTiles::new(kernels, 48);
         let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
         for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
             let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
@@ -549,7 +550,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
             let [t0, t1] = &mut tiles;
             if rows == 2 {
                 int8::segment_pair_product(
-                    kernels,
+                    &amx,
                     bordered,
                     [base(oy), base(oy + 1)],
                     offsets,
@@ -560,7 +561,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
                     [t0, t1],
                 );
             } else {
-                int8::segment_product(kernels, bordered, base(oy), offsets, stride, 48, a, width, t0);
+                int8::segment_product(&amx, bordered, base(oy), offsets, stride, 48, a, width, t0);
             }
             let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
             let affine = weights.affine(g, k0, bias, first_block);

@@ -297,12 +297,37 @@ mod amx {
         }
     }
 
+    /// Loads the configuration of [`segment`] and [`segment_pair`] for runs of `run` bytes.
+    ///
     /// # Safety
     ///
-    /// AMX-TILE and AMX-INT8 with the OS's permission; for every step `i`, 16 rows of
-    /// `run` bytes at `input + offsets[i] + r * stride` are readable, and so are the
-    /// `offsets.len() * run * width` bytes of `a`; `run` in {16, 32, 48, 64}; `width` 16 or
-    /// 32; `offsets` not empty.
+    /// AMX-TILE and AMX-INT8 with the OS's permission; `run` in {16, 32, 48, 64}.
+    pub unsafe fn configure(run: usize) {
+        let config = pair_config(run);
+        // SAFETY: the caller guarantees CPU and OS support; the configuration is valid and
+        // 64-byte aligned, and read only by the instruction.
+        unsafe { asm!("ldtilecfg [{cfg}]", cfg = in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+    }
+
+    /// Releases the tile state ([`configure`]'s).
+    ///
+    /// # Safety
+    ///
+    /// AMX-TILE.
+    pub unsafe fn release() {
+        // SAFETY: the caller guarantees AMX-TILE; releasing touches no memory.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// One segment under [`configure`]'s configuration: tmm0-1 accumulate, tmm4 holds `A`,
+    /// tmm6-7 the `B` tiles.
+    ///
+    /// # Safety
+    ///
+    /// The tiles configured by [`configure`] with this `run` on this thread; for every step
+    /// `i`, 16 rows of `run` bytes at `input + offsets[i] + r * stride` are readable, and
+    /// so are the `offsets.len() * run * width` bytes of `a`; `width` 16 or 32; `offsets`
+    /// not empty.
     pub unsafe fn segment(
         input: *const u8,
         offsets: &[usize],
@@ -312,36 +337,31 @@ mod amx {
         width: usize,
         acc: &mut Tile,
     ) {
-        let config = Config::new(run);
         let b_step = run / 4 * width * 4;
         let (b_stride, c_stride) = (width * 4, MR * 4);
-        // SAFETY: the caller guarantees CPU and OS support and that every tile load (step i:
+        // SAFETY: the caller guarantees the configuration and that every tile load (step i:
         // A at input + offsets[i], 16 rows at `stride`; B at a + i * b_step, `run / 4` rows
         // at `width * 4`, plus 64 for the second tile when width is 32) is readable. The
-        // stores write 16 rows of 64 bytes at a stride of MR * 4 into the tile. The
-        // configuration is valid and aligned; the state is released before the block ends.
+        // stores write 16 rows of 64 bytes at a stride of MR * 4 into the tile.
         unsafe {
             if width == MR {
                 asm!(
-                    "ldtilecfg [{cfg}]",
                     "tilezero tmm0",
                     "tilezero tmm1",
                     "2:",
                     "mov {t}, [{offs}]",
                     "add {t}, {input}",
-                    "tileloadd tmm2, [{t} + {sa}*1]",
-                    "tileloadd tmm3, [{pa} + {sb}*1]",
-                    "tileloadd tmm4, [{pa} + {sb}*1 + 64]",
-                    "tdpbusd tmm0, tmm2, tmm3",
-                    "tdpbusd tmm1, tmm2, tmm4",
+                    "tileloadd tmm4, [{t} + {sa}*1]",
+                    "tileloadd tmm6, [{pa} + {sb}*1]",
+                    "tileloadd tmm7, [{pa} + {sb}*1 + 64]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm1, tmm4, tmm7",
                     "add {offs}, 8",
                     "add {pa}, {bb}",
                     "dec {n}",
                     "jnz 2b",
                     "tilestored [{c} + {sc}*1], tmm0",
                     "tilestored [{c} + {sc}*1 + 64], tmm1",
-                    "tilerelease",
-                    cfg = in(reg) config.0.as_ptr(),
                     input = in(reg) input,
                     offs = inout(reg) offsets.as_ptr() => _,
                     t = out(reg) _,
@@ -356,21 +376,18 @@ mod amx {
                 );
             } else {
                 asm!(
-                    "ldtilecfg [{cfg}]",
                     "tilezero tmm0",
                     "2:",
                     "mov {t}, [{offs}]",
                     "add {t}, {input}",
-                    "tileloadd tmm2, [{t} + {sa}*1]",
-                    "tileloadd tmm3, [{pa} + {sb}*1]",
-                    "tdpbusd tmm0, tmm2, tmm3",
+                    "tileloadd tmm4, [{t} + {sa}*1]",
+                    "tileloadd tmm6, [{pa} + {sb}*1]",
+                    "tdpbusd tmm0, tmm4, tmm6",
                     "add {offs}, 8",
                     "add {pa}, {bb}",
                     "dec {n}",
                     "jnz 2b",
                     "tilestored [{c} + {sc}*1], tmm0",
-                    "tilerelease",
-                    cfg = in(reg) config.0.as_ptr(),
                     input = in(reg) input,
                     offs = inout(reg) offsets.as_ptr() => _,
                     t = out(reg) _,
@@ -408,7 +425,7 @@ mod amx {
 
     /// # Safety
     ///
-    /// As [`segment`], for both inputs.
+    /// As [`segment`], for both inputs (tmm0-3 accumulate, tmm4-5 hold the `A` tiles).
     pub unsafe fn segment_pair(
         input: [*const u8; 2],
         offsets: &[usize],
@@ -418,17 +435,15 @@ mod amx {
         width: usize,
         acc: [&mut Tile; 2],
     ) {
-        let config = pair_config(run);
         let b_step = run / 4 * width * 4;
         let (b_stride, c_stride) = (width * 4, MR * 4);
         let [acc0, acc1] = acc;
-        // SAFETY: as in `segment`: every load is readable by the caller's guarantee for
-        // both inputs, the stores fill 16 rows of each tile, the configuration is valid
-        // and aligned, and the state is released before the block ends.
+        // SAFETY: as in `segment`: the configuration is the caller's, every load is
+        // readable by the caller's guarantee for both inputs, and the stores fill 16 rows
+        // of each tile.
         unsafe {
             if width == MR {
                 asm!(
-                    "ldtilecfg [{cfg}]",
                     "tilezero tmm0",
                     "tilezero tmm1",
                     "tilezero tmm2",
@@ -453,8 +468,6 @@ mod amx {
                     "tilestored [{c0} + {sc}*1 + 64], tmm1",
                     "tilestored [{c1} + {sc}*1], tmm2",
                     "tilestored [{c1} + {sc}*1 + 64], tmm3",
-                    "tilerelease",
-                    cfg = in(reg) config.0.as_ptr(),
                     in0 = in(reg) input[0],
                     in1 = in(reg) input[1],
                     offs = inout(reg) offsets.as_ptr() => _,
@@ -472,7 +485,6 @@ mod amx {
                 );
             } else {
                 asm!(
-                    "ldtilecfg [{cfg}]",
                     "tilezero tmm0",
                     "tilezero tmm2",
                     "2:",
@@ -490,8 +502,6 @@ mod amx {
                     "jnz 2b",
                     "tilestored [{c0} + {sc}*1], tmm0",
                     "tilestored [{c1} + {sc}*1], tmm2",
-                    "tilerelease",
-                    cfg = in(reg) config.0.as_ptr(),
                     in0 = in(reg) input[0],
                     in1 = in(reg) input[1],
                     offs = inout(reg) offsets.as_ptr() => _,
@@ -590,6 +600,45 @@ mod amx {
     }
 }
 
+/// The AMX tile configuration of [`segment_product`] and [`segment_pair_product`], loaded
+/// on this thread while it lives (`ldtilecfg` when made, `tilerelease` when dropped):
+/// configuring costs about as much as a short product, so a work item configures once for
+/// all its products. One per thread at a time; not `Send` (tile state is per thread).
+pub struct AmxTiles {
+    run: usize,
+    _per_thread: std::marker::PhantomData<*const ()>,
+}
+
+thread_local! {
+    static TILES_LOADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl AmxTiles {
+    /// Configures the tiles for runs of `run` bytes (16, 32, 48 or 64).
+    pub fn new(k: Int8Kernels, run: usize) -> AmxTiles {
+        assert_eq!(k.0, Int8Set::Amx, "tile configurations are AMX's");
+        assert!([16, 32, 48, 64].contains(&run), "run of {run} bytes");
+        assert!(!TILES_LOADED.replace(true), "one tile configuration per thread at a time");
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        // SAFETY: AMX with the OS permission (Int8Kernels of set Amx); `run` checked.
+        unsafe {
+            amx::configure(run)
+        };
+        AmxTiles { run, _per_thread: std::marker::PhantomData }
+    }
+}
+
+impl Drop for AmxTiles {
+    fn drop(&mut self) {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        // SAFETY: made only with AMX present (`new`).
+        unsafe {
+            amx::release()
+        };
+        TILES_LOADED.set(false);
+    }
+}
+
 /// One AMX product without a packed panel: for `steps` = `offsets.len()`, `A_i` is 16 rows
 /// of `run` bytes read from `input[base + offsets[i]..]` at a stride of `stride` bytes
 /// (rows may overlap), `B_i` the `run / 4` weight rows `i * run / 4 ..` of the panel `a`
@@ -601,7 +650,7 @@ mod amx {
 /// so the tile loads read the activations where they are.
 #[allow(clippy::too_many_arguments)] // a kernel entry point: buffers, offsets and strides
 pub fn segment_product(
-    k: Int8Kernels,
+    tiles: &AmxTiles,
     input: &[u8],
     base: usize,
     offsets: &[usize],
@@ -611,7 +660,7 @@ pub fn segment_product(
     width: usize,
     acc: &mut Tile,
 ) {
-    assert_eq!(k.0, Int8Set::Amx, "segment products are AMX's");
+    assert_eq!(tiles.run, run, "tiles configured for another run");
     assert!(width == MR || width == CHANNEL_BLOCK, "weight panel width {width}");
     assert!([16, 32, 48, 64].contains(&run) && !offsets.is_empty(), "run of {run} bytes");
     assert!(a.len() >= offsets.len() * run * width, "weight panel shorter than its steps");
@@ -619,9 +668,9 @@ pub fn segment_product(
     assert!(reach <= input.len(), "tile rows reach byte {reach} of {}", input.len());
     assert!(stride <= 1 << 16, "tile stride {stride}");
     #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-    // SAFETY: AMX with the OS permission (Int8Kernels of set Amx); every tile read is inside
-    // `input` (the `reach` assert) or `a` (the weight-length assert), and the stores fill
-    // the tile's 16 rows.
+    // SAFETY: the tiles are configured on this thread for this run (`AmxTiles`, which is
+    // not Send, and one per thread); every tile read is inside `input` (the `reach`
+    // assert) or `a` (the weight-length assert), and the stores fill the tile's 16 rows.
     unsafe {
         amx::segment(input.as_ptr().add(base), offsets, stride, run, a.as_ptr(), width, acc)
     };
@@ -634,7 +683,7 @@ pub fn segment_product(
 /// both, which halves the weight traffic that bounds a single segment.
 #[allow(clippy::too_many_arguments)] // a kernel entry point: buffers, offsets and strides
 pub fn segment_pair_product(
-    k: Int8Kernels,
+    tiles: &AmxTiles,
     input: &[u8],
     bases: [usize; 2],
     offsets: &[usize],
@@ -644,7 +693,7 @@ pub fn segment_pair_product(
     width: usize,
     acc: [&mut Tile; 2],
 ) {
-    assert_eq!(k.0, Int8Set::Amx, "segment products are AMX's");
+    assert_eq!(tiles.run, run, "tiles configured for another run");
     assert!(width == MR || width == CHANNEL_BLOCK, "weight panel width {width}");
     assert!([16, 32, 48, 64].contains(&run) && !offsets.is_empty(), "run of {run} bytes");
     assert!(a.len() >= offsets.len() * run * width, "weight panel shorter than its steps");
