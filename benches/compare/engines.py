@@ -475,6 +475,7 @@ def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarra
 
         weights, options = int8.quantize_ours(repvgg, paths["weights"], calib, scratch)
         engine = Ours(repvgg, weights, paths["input"], threads, scratch, algo, name=name)
+        engine.quantized = True
         engine.notes.append(f"{options['call']}, {'cached' if options['cached'] else 'quantized now'}")
         return engine
     if name == "onnxruntime":

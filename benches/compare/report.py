@@ -20,6 +20,7 @@ ENGINE_LABELS = {
     "openvino": "OpenVINO",
     "ncnn": "ncnn",
     "tract": "tract",
+    "ours-int8": "repvgg-rs INT8 (ours)",
     "onnxruntime-int8": "ONNX Runtime INT8",
     "openvino-int8": "OpenVINO INT8 (NNCF)",
 }
