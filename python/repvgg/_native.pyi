@@ -64,7 +64,7 @@ class Session:
         """The arithmetic the session runs in: "f32" or "int8"."""
     @property
     def int8_kernels(self) -> str | None:
-        """The int8 kernel set of an INT8 session ("avx512-vnni", "avx2", "portable"); None for FP32."""
+        """The int8 kernel set of an INT8 session ("amx", "avx512-vnni", "avx2", "portable"); None for FP32."""
 
 def convert(train: str | os.PathLike[str], deploy: str | os.PathLike[str], arch: str | None = None) -> None:
     """Writes the deploy form (official names, F32) of training-form weights."""

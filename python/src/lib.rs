@@ -254,7 +254,7 @@ impl Session {
         py.detach(|| Ok(self.lock()?.precision().name())).map_err(exception)
     }
 
-    /// The int8 kernel set of an INT8 session (`"avx512-vnni"`, `"avx2"`, `"portable"`);
+    /// The int8 kernel set of an INT8 session (`"amx"`, `"avx512-vnni"`, `"avx2"`, `"portable"`);
     /// None for an FP32 one.
     #[getter]
     fn int8_kernels(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {

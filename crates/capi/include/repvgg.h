@@ -78,7 +78,7 @@ int repvgg_session_new2(const RepvggModel *model, int threads, const char *preci
  * NULL. */
 const char *repvgg_session_precision(const RepvggSession *s);
 
-/* The int8 kernel set of an INT8 session: "avx512-vnni", "avx2" or "portable"; "" for an
+/* The int8 kernel set of an INT8 session: "amx", "avx512-vnni", "avx2" or "portable"; "" for an
  * FP32 session (static strings); NULL if s is NULL. */
 const char *repvgg_session_int8_kernels(const RepvggSession *s);
 

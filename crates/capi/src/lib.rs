@@ -244,7 +244,7 @@ pub unsafe extern "C" fn repvgg_session_precision(s: *const RepvggSession) -> *c
     name
 }
 
-/// The int8 kernel set an INT8 session runs, a static string (`"avx512-vnni"`, `"avx2"`
+/// The int8 kernel set an INT8 session runs, a static string (`"amx"`, `"avx512-vnni"`, `"avx2"`
 /// or `"portable"`); `""` for an FP32 session; NULL if `s` is NULL.
 ///
 /// # Safety

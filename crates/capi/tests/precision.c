@@ -46,7 +46,8 @@ int main(int argc, char **argv) {
     status = repvgg_session_new2(quantized, 1, NULL, &int8);
     check(status == REPVGG_OK && same(repvgg_session_precision(int8), "int8"), "NULL precision is the model's", status);
     const char *kernels = repvgg_session_int8_kernels(int8);
-    check(same(kernels, "avx512-vnni") || same(kernels, "avx2") || same(kernels, "portable"), "int8 kernels named", 0);
+    check(same(kernels, "amx") || same(kernels, "avx512-vnni") || same(kernels, "avx2") || same(kernels, "portable"),
+          "int8 kernels named", 0);
     fprintf(stderr, "int8 kernels %s\n", kernels ? kernels : "(null)");
     status = repvgg_session_new2(quantized, 1, "f32", &f32);
     check(status == REPVGG_OK && same(repvgg_session_precision(f32), "f32") && same(repvgg_session_int8_kernels(f32), ""),

@@ -293,27 +293,29 @@ fn run(ctx: RunContext<'_>) {
             _ => unreachable!("panel widths are 16 or 32"),
         })
     };
-    work(shape).run(shared, scratch, 0, |col| PanelPixels::new(&s, col), pack, product);
+    work(shape).run(shared, scratch, 0, |col| PanelPixels::new(&s, col, NR), pack, product);
 }
 
-/// The output pixels of one column panel: how many exist and where each one's first
-/// channel block starts, computed once per panel (the divisions would otherwise dominate
-/// small reductions such as the stem's 27).
-struct PanelPixels {
-    count: usize,
+/// The output pixels of one column panel (of at most `C` pixels): how many exist and
+/// where each one's first channel block starts, computed once per panel (the divisions
+/// would otherwise dominate small reductions such as the stem's 27).
+pub(super) struct PanelPixels<const C: usize = NR> {
+    pub count: usize,
     /// Offset of pixel j in output channel block 0; block kb adds `kb * plane * 16`.
-    base: [usize; NR],
+    pub base: [usize; C],
     /// Floats of one output channel block (`plane * 16`).
-    block_stride: usize,
+    pub block_stride: usize,
 }
 
-impl PanelPixels {
-    fn new(s: &ConvShape, panel: usize) -> PanelPixels {
+impl<const C: usize> PanelPixels<C> {
+    /// Column panel `panel` of a layer cut in panels of `columns <= C` pixels.
+    pub fn new(s: &ConvShape, panel: usize, columns: usize) -> PanelPixels<C> {
+        assert!(columns <= C, "{columns} columns in a panel of at most {C}");
         let plane = s.oh * s.ow;
         let out_blocks = channel_blocks(s.out_channels);
-        let count = NR.min(s.n * plane - panel * NR);
+        let count = columns.min(s.n * plane - panel * columns);
         let base = std::array::from_fn(|j| {
-            let p = panel * NR + j.min(count - 1);
+            let p = panel * columns + j.min(count - 1);
             ((p / plane) * out_blocks * plane + p % plane) * CHANNEL_BLOCK
         });
         PanelPixels { count, base, block_stride: plane * CHANNEL_BLOCK }

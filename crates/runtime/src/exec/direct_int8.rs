@@ -14,7 +14,7 @@
 //! its float buffers. Activations stay FP32 between layers, so INT8 and FP32 layers mix
 //! freely (the stem, SE blocks and the layers a quantized file keeps in FP32).
 
-use super::direct::{CHUNK_FLOATS, FUSED_WEIGHT_BYTES, SIDES};
+use super::direct::{CHUNK_FLOATS, FUSED_WEIGHT_BYTES, PanelPixels, SIDES};
 use super::schedule::{Schedule, Work};
 use super::{
     Codes, ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast,
@@ -74,14 +74,11 @@ impl ConvExecutor for DirectInt8 {
     /// group when there are groups, and a reduction within [`MAX_DEPTH`]; or the planar
     /// network input (signed, zero point 128) of a 3x3 stem of at most 16 channels.
     fn supports(&self, s: &ConvShape, _: Isa) -> bool {
-        let whole_blocks = s.groups == 1
-            || (s.in_per_group().is_multiple_of(CHANNEL_BLOCK)
-                && (s.out_channels / s.groups).is_multiple_of(CHANNEL_BLOCK));
         let input = match s.input {
             InputLayout::Blocked => SIDES.contains(&s.kernel),
             InputLayout::Planar => s.kernel == 3 && s.groups == 1 && s.in_channels <= CHANNEL_BLOCK,
         };
-        input && whole_blocks && depth(s) <= MAX_DEPTH
+        input && s.whole_channel_blocks() && depth(s) <= MAX_DEPTH
     }
 
     /// The s8 weights and one f32 scale per padded output channel, in floats.
@@ -579,57 +576,31 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     });
 }
 
+/// A column panel's output pixels: up to AMX's 16.
+type Pixels = PanelPixels<MAX_COLUMNS>;
+
 /// Runs the convolution: `output = relu?(conv(input) + bias)`, channel-blocked out.
 fn run(ctx: RunContext<'_>) {
-    let RunContext {
-        isa,
-        int8: kernels,
-        shape,
-        weights: ctx_weights,
-        deploy,
-        bias,
-        relu,
-        input,
-        output,
-        shared,
-        scratch,
-        codes,
-    } = ctx;
-    let weights: &Int8Weights = downcast(ctx_weights);
-    let s = *shape;
+    let weights: &Int8Weights = downcast(ctx.weights);
+    let s = *ctx.shape;
     let out_blocks = channel_blocks(s.out_channels);
-    if codes.output.is_none() {
-        assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
+    if ctx.codes.output.is_none() {
+        assert!(ctx.output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
     }
-    assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
+    assert!(ctx.bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
     let in_len = s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK;
     let read = match s.input {
-        _ if codes.input => codes_len(shape),
+        _ if ctx.codes.input => codes_len(&s),
         InputLayout::Blocked => in_len,
         InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
     };
-    assert!(input.len() >= read, "input buffer too small");
-    assert!(shared.len() >= DirectInt8.shared_len(shape), "shared panel buffer too small");
+    assert!(ctx.input.len() >= read, "input buffer too small");
+    assert!(ctx.shared.len() >= DirectInt8.shared_len(&s), "shared panel buffer too small");
     assert_eq!((weights.groups, weights.kernel), (s.groups, s.kernel), "weights packed for another layer");
-    if reads_in_place(shape, kernels) {
-        return run_in_place(
-            RunContext {
-                int8: kernels,
-                shape,
-                weights: ctx_weights,
-                bias,
-                relu,
-                input,
-                output,
-                shared,
-                scratch,
-                isa,
-                deploy,
-                codes,
-            },
-            weights,
-        );
+    if reads_in_place(&s, ctx.int8) {
+        return run_in_place(ctx, weights);
     }
+    let RunContext { int8: kernels, shape, bias, relu, input, output, shared, scratch, codes, .. } = ctx;
     assert_eq!(codes, Codes::NONE, "only layers that read their input in place exchange codes");
 
     let (quantized, shared) = shared.split_at_mut(quantized_floats(shape));
@@ -674,29 +645,6 @@ fn run(ctx: RunContext<'_>) {
         }
     };
     work(shape, columns).run(shared, scratch, 0, |col| Pixels::new(&s, col, columns), pack, product);
-}
-
-/// The output pixels of one column panel: how many exist and where each one's first
-/// channel block starts (the FP32 direct path's bookkeeping, for up to [`MAX_COLUMNS`]).
-struct Pixels {
-    count: usize,
-    /// Offset of pixel j in output channel block 0; block kb adds `kb * plane * 16`.
-    base: [usize; MAX_COLUMNS],
-    /// Floats of one output channel block (`plane * 16`).
-    block_stride: usize,
-}
-
-impl Pixels {
-    fn new(s: &ConvShape, panel: usize, columns: usize) -> Pixels {
-        let plane = s.oh * s.ow;
-        let out_blocks = channel_blocks(s.out_channels);
-        let count = columns.min(s.n * plane - panel * columns);
-        let base = std::array::from_fn(|j| {
-            let p = panel * columns + j.min(count - 1);
-            ((p / plane) * out_blocks * plane + p % plane) * CHANNEL_BLOCK
-        });
-        Pixels { count, base, block_stride: plane * CHANNEL_BLOCK }
-    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 use std::any::Any;
 use std::fmt;
 
+use repvgg_simd::layout::CHANNEL_BLOCK;
 use repvgg_simd::{Dispatch, Isa};
 
 use crate::buffers::Scratch;
@@ -89,6 +90,14 @@ impl ConvShape {
     /// Input channels per group.
     pub fn in_per_group(&self) -> usize {
         self.in_channels / self.groups
+    }
+
+    /// True without groups, or when every group holds whole channel blocks, in and out
+    /// (what the channel-blocked packings need).
+    pub fn whole_channel_blocks(&self) -> bool {
+        self.groups == 1
+            || (self.in_per_group().is_multiple_of(CHANNEL_BLOCK)
+                && (self.out_channels / self.groups).is_multiple_of(CHANNEL_BLOCK))
     }
 }
 

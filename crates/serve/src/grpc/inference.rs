@@ -557,7 +557,7 @@ pub struct ModelMetadataResponse {
     /// repvgg-rs extension, not in Triton's proto: the model's parameters, as the
     /// Open Inference Protocol's REST model metadata has them (`parameters`):
     /// "precision" ("f32" or "int8") and, when INT8, "int8_kernels" (the int8
-    /// kernel set: "avx512-vnni", "avx2" or "portable"). Clients built from
+    /// kernel set: "amx", "avx512-vnni", "avx2" or "portable"). Clients built from
     /// Triton's proto skip the unknown field.
     #[prost(map = "string, message", tag = "6")]
     pub parameters: ::std::collections::HashMap<
