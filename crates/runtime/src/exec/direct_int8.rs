@@ -467,12 +467,13 @@ impl Affine<'_> {
 /// Weight panels (of 32 output channels) per work item of the AMX path.
 const PANELS_PER_ITEM: usize = 4;
 
-/// Whether the AMX path without packing runs this layer: 3x3 (the three taps of a kernel
-/// row are one 48-byte tile row) with the AMX set, on maps wide enough that a row fills
-/// most of a tile's 16 rows (a 7-wide row would waste 9 of them; packed panels run
-/// pixels of several rows together).
+/// Whether the layer reads its input in place (no packing): every 3x3 layer on the vector
+/// and portable sets (`int8::Columns` walks the bordered input), and with AMX (the three
+/// taps of a kernel row are one 48-byte tile row) on maps wide enough that a row fills
+/// most of a tile's 16 rows (a 7-wide row would waste 9 of them; packed panels run pixels
+/// of several rows together).
 fn reads_in_place(s: &ConvShape, kernels: Int8Kernels) -> bool {
-    kernels.set() == Int8Set::Amx && s.kernel == 3 && s.ow >= IN_PLACE_MIN_WIDTH
+    s.kernel == 3 && (kernels.set() != Int8Set::Amx || s.ow >= IN_PLACE_MIN_WIDTH)
 }
 
 /// Narrowest output row the AMX path without packing runs.
@@ -520,22 +521,28 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
         *offset = i / 3 * layout.plane + i % 3 * row_bytes;
     }
     let offsets: &[usize] = offsets;
-    let segments = s.ow.div_ceil(MAX_COLUMNS);
+    // AMX takes segments of 16 pixels and two rows per item (a pair of rows shares every
+    // weight tile loaded); the vector sets segments of NR pixels, one row.
+    let amx_set = kernels.set() == Int8Set::Amx;
+    let (columns, rows_per_item) = if amx_set { (MAX_COLUMNS, 2) } else { (NR, 1) };
+    let segments = s.ow.div_ceil(columns);
     let plane_out = s.oh * s.ow;
     let out_blocks = channel_blocks(s.out_channels);
     let sink = Sink::new(&s, codes.output, output);
-    // Items are (two rows' segment, chunk of weight panels): a pair of rows shares every
-    // weight tile loaded; chunks keep a few rows of a small map with many output channels
-    // (the last stage) from making too few items for the threads.
+    let geometry =
+        int8::Columns { block: layout.plane, row: row_bytes, tap: CHANNEL_BLOCK, column: s.stride * CHANNEL_BLOCK };
+    // Items are (row segment, chunk of weight panels): chunks keep a few rows of a small
+    // map with many output channels (the last stage) from making too few items.
     let panels = s.groups * weights.panels_per_group;
     let chunks = panels.div_ceil(PANELS_PER_ITEM);
-    let pairs = s.oh.div_ceil(2);
-    crate::team::for_each(s.n * pairs * segments * chunks, |item| {
+    let groups_of_rows = s.oh.div_ceil(rows_per_item);
+    crate::team::for_each(s.n * groups_of_rows * segments * chunks, |item| {
         let (chunk, item) = (item % chunks, item / chunks);
-        let (image, oy, x0) = (item / (pairs * segments), item / segments % pairs * 2, item % segments * MAX_COLUMNS);
-        let count = MAX_COLUMNS.min(s.ow - x0);
-        let rows = 2.min(s.oh - oy);
-        let amx = int8::AmxTiles::new(kernels, 48);
+        let image = item / (groups_of_rows * segments);
+        let (oy, x0) = (item / segments % groups_of_rows * rows_per_item, item % segments * columns);
+        let count = columns.min(s.ow - x0);
+        let rows = rows_per_item.min(s.oh - oy);
+        let amx = amx_set.then(|| int8::AmxTiles::new(kernels, 48));
         let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
         for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
             let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
@@ -545,9 +552,9 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
             };
             let stride = s.stride * CHANNEL_BLOCK;
             let [t0, t1] = &mut tiles;
-            if rows == 2 {
-                int8::segment_pair_product(
-                    &amx,
+            match &amx {
+                Some(amx) if rows == 2 => int8::segment_pair_product(
+                    amx,
                     bordered,
                     [base(oy), base(oy + 1)],
                     offsets,
@@ -556,9 +563,11 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
                     a,
                     width,
                     [t0, t1],
-                );
-            } else {
-                int8::segment_product(&amx, bordered, base(oy), offsets, stride, 48, a, width, t0);
+                ),
+                Some(amx) => int8::segment_product(amx, bordered, base(oy), offsets, stride, 48, a, width, t0),
+                None => {
+                    int8::strided_product(kernels, weights.kd, a, width, &bordered[base(oy)..], geometry, count, t0)
+                }
             }
             let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
             let affine = weights.affine(g, k0, bias, first_block);

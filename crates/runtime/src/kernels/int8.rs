@@ -245,23 +245,88 @@ pub fn panel_product(k: Int8Kernels, kd: usize, a: &[i8], width: usize, b: &[u8]
         // SAFETY: AMX-TILE, AMX-INT8 and the OS permission (Int8Kernels); the asserts cover
         // the tiles' reads (kd * width weights, kd * 16 panel bytes) and the tile's rows.
         Int8Set::Amx => unsafe { amx::panel(kd, a.as_ptr(), width, b.as_ptr(), k.run_bytes(kd), acc) },
+        _ => strided_product(k, kd, a, width, b, Columns::PACKED, cols, acc),
+    }
+}
+
+/// Where the vector sets read a column's reduction: 16-deep slice `t` of column `j` starts
+/// at `slice(t) + j * column`. Slices follow the 3x3 reduction order (channel block, kernel
+/// row, kernel column), so one geometry describes both a packed panel ([`Columns::PACKED`])
+/// and a zero-bordered input read in place (a block's plane, a row, a pixel; columns
+/// `16 x stride` bytes apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns {
+    pub block: usize,
+    pub row: usize,
+    pub tap: usize,
+    pub column: usize,
+}
+
+impl Columns {
+    /// The packed panel `[kd / 16][NR][16]`: slices `NR x 16` bytes apart, columns 16.
+    pub const PACKED: Columns = Columns { block: 9 * NR * 16, row: 3 * NR * 16, tap: NR * 16, column: 16 };
+
+    /// Byte offset of slice `t` of column 0.
+    #[inline(always)]
+    pub fn slice(&self, t: usize) -> usize {
+        (t / 9) * self.block + (t % 9 / 3) * self.row + (t % 3) * self.tap
+    }
+
+    /// The offsets of slices 0, 1, 2, ... in turn, without a division per slice.
+    #[inline(always)]
+    pub fn walk(self) -> impl Iterator<Item = usize> {
+        let mut at = (0usize, 0usize, 0usize);
+        std::iter::from_fn(move || {
+            let (blk, ky, kx) = at;
+            at = match (ky, kx) {
+                (2, 2) => (blk + 1, 0, 0),
+                (_, 2) => (blk, ky + 1, 0),
+                _ => (blk, ky, kx + 1),
+            };
+            Some(blk * self.block + ky * self.row + kx * self.tap)
+        })
+    }
+}
+
+/// [`panel_product`] for the vector and portable sets on columns laid out as `g` says
+/// (a packed panel, or the bordered input read in place): the same sums.
+#[allow(clippy::too_many_arguments)] // a kernel entry point: panels, geometry and sizes
+pub fn strided_product(
+    k: Int8Kernels,
+    kd: usize,
+    a: &[i8],
+    width: usize,
+    b: &[u8],
+    g: Columns,
+    cols: usize,
+    acc: &mut Tile,
+) {
+    assert!(kd.is_multiple_of(CHANNEL_BLOCK) && kd <= MAX_DEPTH, "reduction depth {kd}");
+    assert!(width == MR || width == CHANNEL_BLOCK, "weight panel width {width}");
+    assert!((1..=NR).contains(&cols), "{cols} columns");
+    assert!(a.len() >= kd * width, "weight panel shorter than its depth");
+    let reach = (0..kd / 16).map(|t| g.slice(t)).max().unwrap_or(0) + (cols - 1) * g.column + 16;
+    assert!(reach <= b.len(), "columns reach byte {reach} of {}", b.len());
+    match k.0 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has the set's features (Int8Kernels), and the asserts above cover
-        // every read (kd * width weights, kd * NR panel bytes) and the tile's writes.
+        // every read (kd * width weights; every slice of every column up to `reach`) and the
+        // tile's writes.
         Int8Set::Vnni512 => unsafe {
             match width {
-                MR => x86::vnni_panel::<2>(kd, a.as_ptr(), b.as_ptr(), cols, acc),
-                _ => x86::vnni_panel::<1>(kd, a.as_ptr(), b.as_ptr(), cols, acc),
+                MR => x86::vnni_panel::<2>(kd, a.as_ptr(), b.as_ptr(), g, cols, acc),
+                _ => x86::vnni_panel::<1>(kd, a.as_ptr(), b.as_ptr(), g, cols, acc),
             }
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above (AVX2).
         Int8Set::Avx2 => unsafe {
             for half in 0..width / CHANNEL_BLOCK {
-                x86::avx2_panel(kd, a.as_ptr(), width, half * CHANNEL_BLOCK, b.as_ptr(), cols, acc)
+                x86::avx2_panel(kd, a.as_ptr(), width, half * CHANNEL_BLOCK, b.as_ptr(), g, cols, acc)
             }
         },
-        _ => portable_panel(kd, a, width, b, cols, acc),
+        Int8Set::Amx => panic!("AMX reads tiles, not strided columns"),
+        _ => portable_panel(kd, a, width, b, g, cols, acc),
     }
 }
 
@@ -719,12 +784,12 @@ pub fn segment_pair_product(
 }
 
 /// The scalar twin of the panel product.
-fn portable_panel(kd: usize, a: &[i8], width: usize, b: &[u8], cols: usize, acc: &mut Tile) {
+fn portable_panel(kd: usize, a: &[i8], width: usize, b: &[u8], g: Columns, cols: usize, acc: &mut Tile) {
     for j in 0..cols {
         let row = &mut acc[j * MR..j * MR + width];
         row.fill(0);
         for q in 0..kd / 4 {
-            let x = &b[(q / 4) * NR * 16 + j * 16 + (q % 4) * 4..][..4];
+            let x = &b[g.slice(q / 4) + j * g.column + (q % 4) * 4..][..4];
             let w = &a[q * width * 4..(q + 1) * width * 4];
             for (k, sum) in row.iter_mut().enumerate() {
                 let w = &w[k * 4..k * 4 + 4];
@@ -789,7 +854,7 @@ pub fn dequantize_rows(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{CHANNEL_BLOCK, MR, NR, Tile};
+    use super::{CHANNEL_BLOCK, Columns, MR, NR, Tile};
 
     /// # Safety
     ///
@@ -890,22 +955,29 @@ mod x86 {
     /// AVX-512F/BW/VNNI; `a` valid for `kd * 16 MRV` reads, `b` for `kd * NR`;
     /// `kd % 16 == 0`; `1 <= cols <= NR`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn vnni_panel<const MRV: usize>(kd: usize, a: *const i8, b: *const u8, cols: usize, acc: &mut Tile) {
+    pub unsafe fn vnni_panel<const MRV: usize>(
+        kd: usize,
+        a: *const i8,
+        b: *const u8,
+        g: Columns,
+        cols: usize,
+        acc: &mut Tile,
+    ) {
         // SAFETY: forwarded; each arm's C equals cols.
         unsafe {
             match cols {
-                1 => vnni_tile::<MRV, 1>(kd, a, b, acc),
-                2 => vnni_tile::<MRV, 2>(kd, a, b, acc),
-                3 => vnni_tile::<MRV, 3>(kd, a, b, acc),
-                4 => vnni_tile::<MRV, 4>(kd, a, b, acc),
-                5 => vnni_tile::<MRV, 5>(kd, a, b, acc),
-                6 => vnni_tile::<MRV, 6>(kd, a, b, acc),
-                7 => vnni_tile::<MRV, 7>(kd, a, b, acc),
-                8 => vnni_tile::<MRV, 8>(kd, a, b, acc),
-                9 => vnni_tile::<MRV, 9>(kd, a, b, acc),
-                10 => vnni_tile::<MRV, 10>(kd, a, b, acc),
-                11 => vnni_tile::<MRV, 11>(kd, a, b, acc),
-                _ => vnni_tile::<MRV, NR>(kd, a, b, acc),
+                1 => vnni_tile::<MRV, 1>(kd, a, b, g, acc),
+                2 => vnni_tile::<MRV, 2>(kd, a, b, g, acc),
+                3 => vnni_tile::<MRV, 3>(kd, a, b, g, acc),
+                4 => vnni_tile::<MRV, 4>(kd, a, b, g, acc),
+                5 => vnni_tile::<MRV, 5>(kd, a, b, g, acc),
+                6 => vnni_tile::<MRV, 6>(kd, a, b, g, acc),
+                7 => vnni_tile::<MRV, 7>(kd, a, b, g, acc),
+                8 => vnni_tile::<MRV, 8>(kd, a, b, g, acc),
+                9 => vnni_tile::<MRV, 9>(kd, a, b, g, acc),
+                10 => vnni_tile::<MRV, 10>(kd, a, b, g, acc),
+                11 => vnni_tile::<MRV, 11>(kd, a, b, g, acc),
+                _ => vnni_tile::<MRV, NR>(kd, a, b, g, acc),
             }
         }
     }
@@ -915,19 +987,29 @@ mod x86 {
     /// As [`vnni_panel`], with `C` columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    unsafe fn vnni_tile<const MRV: usize, const C: usize>(kd: usize, a: *const i8, b: *const u8, acc: &mut Tile) {
+    unsafe fn vnni_tile<const MRV: usize, const C: usize>(
+        kd: usize,
+        a: *const i8,
+        b: *const u8,
+        g: Columns,
+        acc: &mut Tile,
+    ) {
         let mut sums = [[_mm512_setzero_si512(); MRV]; C];
-        for q in 0..kd / 4 {
-            // SAFETY: q < kd / 4, so the weight row (64 MRV bytes at q * 64 MRV) and the
-            // column words (4 bytes at slice q / 4, column j < C <= NR, group q % 4) are
-            // inside the panels.
-            unsafe {
-                let w: [__m512i; MRV] = std::array::from_fn(|r| _mm512_loadu_si512(a.add((q * MRV + r) * 64).cast()));
-                let x = b.add((q / 4) * NR * 16 + (q % 4) * 4);
-                for (j, sum) in sums.iter_mut().enumerate() {
-                    let xj = _mm512_set1_epi32(x.add(j * 16).cast::<i32>().read_unaligned());
-                    for r in 0..MRV {
-                        sum[r] = _mm512_dpbusd_epi32(sum[r], xj, w[r]);
+        for (t, slice) in g.walk().take(kd / 16).enumerate() {
+            for group in 0..4 {
+                let q = t * 4 + group;
+                // SAFETY: q < kd / 4, so the weight row (64 MRV bytes at q * 64 MRV) is in
+                // the panel, and the column words (4 bytes of slice t, column j < C, group)
+                // are within the reach the caller checked.
+                unsafe {
+                    let w: [__m512i; MRV] =
+                        std::array::from_fn(|r| _mm512_loadu_si512(a.add((q * MRV + r) * 64).cast()));
+                    let x = b.add(slice + group * 4);
+                    for (j, sum) in sums.iter_mut().enumerate() {
+                        let xj = _mm512_set1_epi32(x.add(j * g.column).cast::<i32>().read_unaligned());
+                        for r in 0..MRV {
+                            sum[r] = _mm512_dpbusd_epi32(sum[r], xj, w[r]);
+                        }
                     }
                 }
             }
@@ -950,12 +1032,14 @@ mod x86 {
     /// AVX2; `a` valid for `kd * width` reads, `b` for `kd * NR`; `kd % 16 == 0`;
     /// `ch0 + 16 <= width`; `1 <= cols <= NR`.
     #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)] // the panel, its geometry and the tile
     pub unsafe fn avx2_panel(
         kd: usize,
         a: *const i8,
         width: usize,
         ch0: usize,
         b: *const u8,
+        g: Columns,
         cols: usize,
         acc: &mut Tile,
     ) {
@@ -964,9 +1048,9 @@ mod x86 {
             // SAFETY: forwarded; columns j, j + 1 (when two) are below cols.
             unsafe {
                 if cols - j >= 2 {
-                    avx2_tile::<2>(kd, a, width, ch0, b, j, acc)
+                    avx2_tile::<2>(kd, a, width, ch0, b, g, j, acc)
                 } else {
-                    avx2_tile::<1>(kd, a, width, ch0, b, j, acc)
+                    avx2_tile::<1>(kd, a, width, ch0, b, g, j, acc)
                 }
             }
             j += 2;
@@ -978,30 +1062,35 @@ mod x86 {
     /// As [`avx2_panel`], for columns `j0..j0 + C`.
     #[target_feature(enable = "avx2")]
     #[inline]
+    #[allow(clippy::too_many_arguments)] // as `avx2_panel`
     unsafe fn avx2_tile<const C: usize>(
         kd: usize,
         a: *const i8,
         width: usize,
         ch0: usize,
         b: *const u8,
+        g: Columns,
         j0: usize,
         acc: &mut Tile,
     ) {
         let mut sums = [[_mm256_setzero_si256(); 4]; C];
-        for q in 0..kd / 4 {
-            // SAFETY: row q of the weight panel holds `width * 4` bytes and the 64 read
-            // start at ch0 * 4 <= (width - 16) * 4; the column words are in the panel as in
-            // the VNNI kernel.
-            unsafe {
-                let row = a.add(q * width * 4 + ch0 * 4);
-                let w: [__m256i; 4] =
-                    std::array::from_fn(|g| _mm256_cvtepi8_epi16(_mm_loadu_si128(row.add(g * 16).cast())));
-                let x = b.add((q / 4) * NR * 16 + (q % 4) * 4);
-                for (c, sum) in sums.iter_mut().enumerate() {
-                    let word = x.add((j0 + c) * 16).cast::<i32>().read_unaligned();
-                    let xj = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(word)));
-                    for g in 0..4 {
-                        sum[g] = _mm256_add_epi32(sum[g], _mm256_madd_epi16(w[g], xj));
+        for (t, slice) in g.walk().take(kd / 16).enumerate() {
+            for group in 0..4 {
+                let q = t * 4 + group;
+                // SAFETY: row q of the weight panel holds `width * 4` bytes and the 64 read
+                // start at ch0 * 4 <= (width - 16) * 4; the column words are within the
+                // reach the caller checked, as in the VNNI kernel.
+                unsafe {
+                    let row = a.add(q * width * 4 + ch0 * 4);
+                    let w: [__m256i; 4] =
+                        std::array::from_fn(|i| _mm256_cvtepi8_epi16(_mm_loadu_si128(row.add(i * 16).cast())));
+                    let x = b.add(slice + group * 4);
+                    for (c, sum) in sums.iter_mut().enumerate() {
+                        let word = x.add((j0 + c) * g.column).cast::<i32>().read_unaligned();
+                        let xj = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(word)));
+                        for i in 0..4 {
+                            sum[i] = _mm256_add_epi32(sum[i], _mm256_madd_epi16(w[i], xj));
+                        }
                     }
                 }
             }
