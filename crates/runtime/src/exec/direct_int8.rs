@@ -1,18 +1,22 @@
-//! Direct convolution in INT8: the FP32 direct path's implicit-im2col GEMM with u8
-//! activations, s8 weights and exact i32 sums (`kernels::int8`).
+//! Direct convolution in INT8: u8 activations, s8 weights and exact i32 sums
+//! (`kernels::int8`), then `relu?(f32(acc - zero[k]) * s_x s_w[k] + bias[k])`.
 //!
-//! A layer runs in three steps, all inside its one call:
+//! A 3x3 layer reads its input in place ([`reads_in_place`]):
 //!
-//! 1. the channel-blocked FP32 input is quantized once to u8 (`x / s_x`, rounded, clamped
-//!    to `[0, 255]`) into the front of the shared buffer, in parallel chunks;
-//! 2. column panels of `NR` output pixels are packed from those bytes (16 channels of one
-//!    pixel per copy), as the FP32 path packs floats;
-//! 3. each (weight panel, column panel) product sums in i32 and its epilogue writes
-//!    `relu?(acc * s_x s_w[k] + bias[k])` as floats, channel-blocked, for the next layer.
+//! 1. the input is quantized once into a zero-bordered, channel-blocked u8 copy (the
+//!    channel-blocked floats of the layer before, or the planar network input with zero
+//!    point 128), unless the layer before already wrote it ([`super::Codes`]);
+//! 2. each work item takes a row segment (16 pixels and two rows for AMX, whose tiles read
+//!    48-byte kernel rows at a stride of 16 x stride bytes; `NR` pixels for the vector
+//!    sets, which walk the same bytes with `int8::Columns`) and a few weight panels;
+//! 3. the epilogue writes floats, channel-blocked, or the next layer's codes.
 //!
-//! The schedule (fused or two-phase) is `exec::schedule`'s, with the panels' bytes held in
-//! its float buffers. Activations stay FP32 between layers, so INT8 and FP32 layers mix
-//! freely (the stem, SE blocks and the layers a quantized file keeps in FP32).
+//! Other kernel sides, and AMX on maps under 12 pixels wide, run the FP32 direct path's
+//! implicit-im2col GEMM on bytes: the input quantized to u8 at the front of the shared
+//! buffer, column panels packed from it in the set's layout, and `exec::schedule`'s fused
+//! or two-phase schedule. Activations between an INT8 layer and an FP32 one (the layers a
+//! quantized file keeps in FP32, SE blocks, the classifier) are floats, so the two mix
+//! freely.
 
 use super::direct::{CHUNK_FLOATS, FUSED_WEIGHT_BYTES, PanelPixels, SIDES};
 use super::schedule::{Schedule, Work};
