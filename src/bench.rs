@@ -8,7 +8,7 @@ use anyhow::Result;
 use repvgg::runtime::lab::{self, MixedPeaks};
 
 use crate::samples::{Samples, noise_line, percent_of_peak};
-use repvgg::runtime::{Int8Set, Precision, Profile, Session};
+use repvgg::runtime::{Bf16Set, Int8Set, Precision, Profile, Session};
 use repvgg::{Model, Tensor};
 
 /// What to measure.
@@ -79,9 +79,11 @@ pub struct Report {
     pub mixed_peaks: MixedPeaks,
     /// The kernel set that ran (`avx512`, `avx2`, `portable`).
     pub isa: &'static str,
-    /// The session's arithmetic (`f32`, `int8`) and, in INT8, its int8 kernel set.
+    /// The session's arithmetic (`f32`, `int8`, `bf16`) and, in INT8 or BF16, its int8 or
+    /// bf16 kernel set.
     pub precision: Precision,
     pub int8_kernels: Option<&'static str>,
+    pub bf16_kernels: Option<&'static str>,
     pub note: Option<String>,
     pub head_ms: f64,
     /// Summed layer times (without the head).
@@ -174,6 +176,13 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         _ => None,
     }
     .unwrap_or(peak);
+    // A BF16 layer's floor: its multiplies at the bf16 instruction's measured peak.
+    let bf16_peak = match session.bf16_kernels() {
+        Some(Bf16Set::Amx) => mixed_peaks.amx_bf16_gflops,
+        Some(Bf16Set::Avx512) => mixed_peaks.bf16_gflops,
+        None => None,
+    }
+    .unwrap_or(peak);
     let layer_ms: Vec<f64> = profile.layers.iter().map(|t| median(t)).collect();
     let head_ms = median(&profile.head);
     let layers_ms: f64 = layer_ms.iter().sum();
@@ -206,6 +215,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
                 floor_ms: 2.0 * multiplies as f64
                     / match lp.precision {
                         Precision::Int8 => int8_peak,
+                        Precision::Bf16 => bf16_peak,
                         Precision::F32 => peak,
                     }
                     / 1e6,
@@ -240,6 +250,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
         isa: session.isa().name(),
         precision: session.precision(),
         int8_kernels: session.int8_kernels().map(|k| k.name()),
+        bf16_kernels: session.bf16_kernels().map(|k| k.name()),
         note: config.note.clone(),
         head_ms,
         layers_ms,
@@ -270,7 +281,11 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
         report.runs,
         report.isa,
         report.precision,
-        report.int8_kernels.map(|k| format!(" ({k} int8 kernels)")).unwrap_or_default()
+        match (report.int8_kernels, report.bf16_kernels) {
+            (Some(k), _) => format!(" ({k} int8 kernels)"),
+            (_, Some(k)) => format!(" ({k} bf16 kernels)"),
+            _ => String::new(),
+        }
     )?;
     writeln!(
         out,

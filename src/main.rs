@@ -98,14 +98,19 @@ struct RunArgs {
     /// session's own team (what an embedder that lends its rayon pool gets).
     #[arg(long)]
     rayon: bool,
-    /// Arithmetic: f32 or int8 (default: the weights file's; int8 needs a file written by
-    /// `repvgg quantize`, except in `bench`, which calibrates on synthetic inputs).
+    /// Arithmetic: f32, int8 or bf16 (default: the weights file's; int8 needs a file
+    /// written by `repvgg quantize`, except in `bench`, which calibrates on synthetic
+    /// inputs; bf16 needs a CPU with AVX512-BF16).
     #[arg(long)]
     precision: Option<String>,
     /// Int8 kernel set of INT8 layers: auto (the best that goes with --isa), amx,
     /// avx512-vnni, avx2, portable.
     #[arg(long, default_value = "auto")]
     int8_kernels: String,
+    /// Bf16 kernel set of BF16 layers: auto (AMX where the CPU has it, else AVX512-BF16),
+    /// amx, avx512-bf16.
+    #[arg(long, default_value = "auto")]
+    bf16_kernels: String,
 }
 
 impl RunArgs {
@@ -133,6 +138,10 @@ impl RunArgs {
             "auto" => None,
             name => Some(name.parse().map_err(|e| repvgg::Error::Option(format!("--int8-kernels: {e}")))?),
         };
+        let bf16_kernels = match self.bf16_kernels.trim() {
+            "auto" => None,
+            name => Some(name.parse().map_err(|e| repvgg::Error::Option(format!("--bf16-kernels: {e}")))?),
+        };
         Ok(SessionOptions {
             threads,
             algo,
@@ -141,6 +150,7 @@ impl RunArgs {
             pool,
             precision,
             int8_kernels,
+            bf16_kernels,
             ..Default::default()
         })
     }
@@ -511,9 +521,10 @@ fn time_server(model_args: &WeightsArgs, input: &Path, options: SessionOptions) 
     let mut session = model.session(options)?;
     let mut logits = session.run(&x)?;
     let mut out = std::io::stdout().lock();
-    let kernels = match session.int8_kernels() {
-        Some(int8) => format!("{} kernels, int8 {}", session.isa(), int8.name()),
-        None => format!("{} kernels", session.isa()),
+    let kernels = match (session.int8_kernels(), session.bf16_kernels()) {
+        (Some(int8), _) => format!("{} kernels, int8 {}", session.isa(), int8.name()),
+        (_, Some(bf16)) => format!("{} kernels, bf16 {}", session.isa(), bf16.name()),
+        _ => format!("{} kernels", session.isa()),
     };
     writeln!(out, "ready {} ({kernels})", model.description()).map_err(stdout_error)?;
     out.flush().map_err(stdout_error)?;

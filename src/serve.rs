@@ -92,8 +92,8 @@ pub struct ServeArgs {
     /// Kernel set: auto, avx512, avx2, portable.
     #[arg(long, default_value = "auto")]
     isa: String,
-    /// Arithmetic: f32 or int8 (default: the weights file's, int8 for a file written by
-    /// `repvgg quantize`); int8 needs such a file.
+    /// Arithmetic: f32, int8 or bf16 (default: the weights file's, int8 for a file written
+    /// by `repvgg quantize`); int8 needs such a file, bf16 a CPU with AVX512-BF16.
     #[arg(long)]
     precision: Option<String>,
 }

@@ -1234,10 +1234,52 @@ fn serve_runs_a_quantized_file_in_its_precision() {
     let out = repvgg(&[&base[..], &["--precision", "fp16"]].concat());
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("--precision: invalid option: unknown precision `fp16` (f32, int8)"),
+        stderr(&out).contains("--precision: invalid option: unknown precision `fp16` (f32, int8, bf16)"),
         "{}",
         stderr(&out)
     );
+}
+
+/// `--precision bf16`: on a CPU with AVX512-BF16, `infer` gives logits within BF16's
+/// bound of ORT's and `serve` names the precision and the bf16 kernel set in its
+/// metadata; elsewhere both refuse with the CPU exit code and a one-line reason.
+#[test]
+fn bf16_is_run_and_served_or_refused_with_the_cpu_code() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let logits = dir.path().join("logits.safetensors");
+    let (weights, input) = (fixture("tiny-groups", "train.safetensors"), fixture("tiny-groups", "input.safetensors"));
+    let infer = ["infer", "--weights", &weights, "--input", &input, "--output", logits.to_str().unwrap()];
+    let out = repvgg(&[&infer[..], &["--precision", "bf16"]].concat());
+    if !out.status.success() {
+        assert_eq!(out.status.code(), Some(repvgg::runtime::ErrorKind::Cpu.code() as i32), "{}", stderr(&out));
+        assert!(stderr(&out).contains("BF16 needs AVX512-BF16"), "{}", stderr(&out));
+        let out = repvgg(&["serve", "--weights", &weights, "--precision", "bf16", "--http-port", "0"]);
+        assert_eq!(out.status.code(), Some(repvgg::runtime::ErrorKind::Cpu.code() as i32), "{}", stderr(&out));
+        return;
+    }
+    let (_, got) = read_tensor(&logits, "logits");
+    let (_, want) = read_tensor(Path::new(&fixture("tiny-groups", "expected.safetensors")), "logits");
+    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+    assert!(err > 0.0 && err < 1e-2, "BF16 off ORT by {err:e}");
+    // A forced kernel set below AVX-512 cannot run BF16.
+    let out = repvgg(&[&infer[..], &["--precision", "bf16", "--isa", "avx2"]].concat());
+    assert_eq!(out.status.code(), Some(repvgg::runtime::ErrorKind::Cpu.code() as i32), "{}", stderr(&out));
+
+    let (mut child, _log, line) = start_serve(&["--weights", &weights, "--model-name", "t", "--precision", "bf16"]);
+    let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(listening["precision"], "bf16", "{line}");
+    assert!(listening["bf16_kernels"].is_string(), "{line}");
+    let mut s = std::net::TcpStream::connect(listening["http"].as_str().unwrap()).unwrap();
+    write!(s, "GET /v2/models/t HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let body: serde_json::Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["parameters"]["precision"], "bf16", "{reply}");
+    assert_eq!(body["parameters"]["bf16_kernels"], listening["bf16_kernels"], "{reply}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// `repvgg serve` with its standard error piped and never read (past the first line) keeps

@@ -70,12 +70,13 @@ void repvgg_model_free(RepvggModel *model);
 int repvgg_session_new(const RepvggModel *model, int threads, RepvggSession **out);
 
 /* repvgg_session_new with a precision: "f32", "int8" (a quantized model only; a quantized
- * model's "f32" runs its dequantized weights), or NULL for the model's own. An unknown
- * name, and "int8" on a float model, are REPVGG_USAGE with a message. */
+ * model's "f32" runs its dequantized weights), "bf16" (a CPU with AVX512-BF16 only), or
+ * NULL for the model's own. An unknown name, and "int8" on a float model, are
+ * REPVGG_USAGE with a message; "bf16" on a CPU without AVX512-BF16 is REPVGG_CPU. */
 int repvgg_session_new2(const RepvggModel *model, int threads, const char *precision, RepvggSession **out);
 
-/* The arithmetic the session runs in: "f32" or "int8" (a static string); NULL if s is
- * NULL. */
+/* The arithmetic the session runs in: "f32", "int8" or "bf16" (a static string); NULL if
+ * s is NULL. */
 const char *repvgg_session_precision(const RepvggSession *s);
 
 /* The int8 kernel set of an INT8 session: "amx", "avx512-vnni", "avx2" or "portable"; "" for an

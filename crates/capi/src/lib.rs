@@ -135,6 +135,7 @@ fn precision_name(precision: Precision) -> *const c_char {
     match precision {
         Precision::F32 => c"f32".as_ptr(),
         Precision::Int8 => c"int8".as_ptr(),
+        Precision::Bf16 => c"bf16".as_ptr(),
     }
 }
 
@@ -193,9 +194,10 @@ pub unsafe extern "C" fn repvgg_session_new(
 }
 
 /// Starts a session on `model` with `threads` workers (0: one per core) in `precision`:
-/// `"f32"`, `"int8"` (a quantized model only), or NULL for the model's own
-/// ([`repvgg_model_precision`]). An unknown name, and INT8 on a float model, are
-/// `REPVGG_USAGE` with a message.
+/// `"f32"`, `"int8"` (a quantized model only), `"bf16"` (a CPU with AVX512-BF16 only), or
+/// NULL for the model's own ([`repvgg_model_precision`]). An unknown name, and INT8 on a
+/// float model, are `REPVGG_USAGE` with a message; BF16 on a CPU without AVX512-BF16 is
+/// `REPVGG_CPU`.
 ///
 /// # Safety
 /// `model` is NULL or a live model; `precision` is NULL or a NUL-terminated string; `out`
@@ -227,8 +229,8 @@ pub unsafe extern "C" fn repvgg_session_new2(
     })
 }
 
-/// The arithmetic the session runs in, a static string (`"f32"` or `"int8"`); NULL if `s`
-/// is NULL.
+/// The arithmetic the session runs in, a static string (`"f32"`, `"int8"` or `"bf16"`); NULL if
+/// `s` is NULL.
 ///
 /// # Safety
 /// `s` is NULL or a live session.

@@ -59,6 +59,13 @@ int main(int argc, char **argv) {
     status = repvgg_session_new2(quantized, 1, "fp16", &refused);
     check(status == REPVGG_USAGE && refused == NULL && strstr(repvgg_last_error(), "unknown precision `fp16`"),
           "unknown precision refused", status);
+    /* BF16 runs where the CPU has AVX512-BF16 and is a CPU status elsewhere. */
+    RepvggSession *bf16 = NULL;
+    status = repvgg_session_new2(floating, 1, "bf16", &bf16);
+    check((status == REPVGG_OK && same(repvgg_session_precision(bf16), "bf16")) ||
+              (status == REPVGG_CPU && bf16 == NULL && strstr(repvgg_last_error(), "AVX512-BF16")),
+          "bf16 runs or is a CPU status", status);
+    repvgg_session_free(bf16);
     status = repvgg_session_new2(quantized, -1, "int8", &refused);
     check(status == REPVGG_USAGE && refused == NULL, "negative threads refused", status);
     check(repvgg_session_precision(NULL) == NULL && repvgg_session_int8_kernels(NULL) == NULL, "NULL session", 0);

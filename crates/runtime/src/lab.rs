@@ -151,6 +151,7 @@ impl Conv {
         let ctx = RunContext {
             isa,
             int8: crate::kernels::int8::Int8Kernels::for_dispatch(isa),
+            bf16: None,
             shape: &self.shape,
             weights: &*self.packed,
             deploy: &self.deploy,

@@ -52,6 +52,7 @@ mod tensor;
 pub use cpu::check_build_features;
 
 pub use error::{Error, ErrorKind, Result};
+pub use kernels::bf16::Bf16Set;
 pub use kernels::int8::Int8Set;
 pub use limits::{Limits, check_finite};
 pub use model::{Model, ModelOptions};

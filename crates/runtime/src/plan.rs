@@ -49,11 +49,11 @@ impl fmt::Display for Algo {
     }
 }
 
-/// The arithmetic a layer runs in. Both keep results bitwise identical for any thread
+/// The arithmetic a layer runs in. Each keeps results bitwise identical for any thread
 /// count and, in INT8, for every kernel set.
 ///
 /// Serialized (`repvgg quantize --json`, `repvgg bench --json`) by the names `--precision`
-/// takes: `f32`, `int8`.
+/// takes: `f32`, `int8`, `bf16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -64,15 +64,21 @@ pub enum Precision {
     /// i32 (`repvgg quantize`, [`Model::quantize`](crate::Model::quantize)); the stem and
     /// the layers the model keeps in FP32 run FP32.
     Int8,
+    /// bf16 activations and weights with f32 sums, bias and ReLU (AVX512-BF16 or AMX-BF16
+    /// CPUs only; a float model's own weights rounded at load): logits within `1e-2 x
+    /// max(1, max |logit|)` of FP32 (`docs/precision.md`). Layers the BF16 executor cannot
+    /// run, SE blocks and the classifier run FP32.
+    Bf16,
 }
 
 impl Precision {
-    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Int8, Precision::Bf16];
 
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
         }
     }
 }
@@ -84,7 +90,7 @@ impl FromStr for Precision {
         Precision::ALL
             .into_iter()
             .find(|p| p.name() == name)
-            .ok_or_else(|| Error::Option(format!("unknown precision `{s}` (f32, int8)")))
+            .ok_or_else(|| Error::Option(format!("unknown precision `{s}` (f32, int8, bf16)")))
     }
 }
 
@@ -258,12 +264,15 @@ impl Plan {
         plan
     }
 
-    /// Runs the layers marked in `int8` (by network index) in INT8 where the INT8
-    /// executor can (the stem cannot: it reads signed RGB), the others as planned.
-    pub(crate) fn with_int8(mut self, network: &Network, int8: &[bool], isa: Isa) -> Plan {
-        let executor = exec::lookup(Algo::Direct, Precision::Int8).1;
+    /// Runs the layers marked in `layers` (by network index) in `precision` where its
+    /// direct executor can, the others as planned.
+    pub(crate) fn with_precision(mut self, network: &Network, layers: &[bool], precision: Precision, isa: Isa) -> Plan {
+        if precision == Precision::F32 {
+            return self;
+        }
+        let executor = exec::lookup(Algo::Direct, precision).1;
         for lp in &mut self.layers {
-            if int8.get(lp.index).copied().unwrap_or(false) && executor.supports(&lp.shape(self.n), isa) {
+            if layers.get(lp.index).copied().unwrap_or(false) && executor.supports(&lp.shape(self.n), isa) {
                 (lp.algo, lp.precision) = (executor.algo(), executor.precision());
             }
         }

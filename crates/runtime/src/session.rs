@@ -7,7 +7,8 @@ use repvgg_simd::{Dispatch, IsaChoice};
 
 use crate::buffers::Scratch;
 use crate::error::{Error, Result};
-use crate::exec::{Codes, InputLayout, REGISTRY, RunContext, direct_int8, pointwise};
+use crate::exec::{Codes, InputLayout, REGISTRY, RunContext, direct_bf16, direct_int8, pointwise};
+use crate::kernels::bf16::{Bf16Kernels, Bf16Set};
 use crate::kernels::int8::{Int8Kernels, Int8Set};
 use crate::limits::{check_finite, check_output};
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
@@ -43,12 +44,18 @@ pub struct SessionOptions {
     pub pool: Option<std::sync::Arc<rayon::ThreadPool>>,
     /// Arithmetic: `None` runs the model's own ([`Model::precision`]: INT8 for a quantized
     /// model, else FP32). FP32 on a quantized model runs its dequantized weights; INT8 on
-    /// a float model is refused (quantize it first).
+    /// a float model is refused (quantize it first). BF16 rounds the (float or
+    /// dequantized) weights at load; a CPU without AVX512-BF16, or a kernel set forced
+    /// below AVX-512 (`isa`), refuses it ([`Error::Cpu`]).
     pub precision: Option<Precision>,
     /// The int8 kernel set of INT8 layers: `None` is the best that goes with `isa` (AMX
     /// where the CPU and OS allow it, else AVX512-VNNI, else AVX2); forcing one the CPU
     /// lacks is refused ([`Error::Cpu`]).
     pub int8_kernels: Option<Int8Set>,
+    /// The bf16 kernel set of BF16 layers: `None` is the best this CPU runs (AMX where the
+    /// CPU and OS allow it, else AVX512-BF16); forcing one the CPU lacks is refused
+    /// ([`Error::Cpu`]).
+    pub bf16_kernels: Option<Bf16Set>,
 }
 
 /// Default [`SessionOptions::spin`].
@@ -65,6 +72,7 @@ impl Default for SessionOptions {
             pool: None,
             precision: None,
             int8_kernels: None,
+            bf16_kernels: None,
         }
     }
 }
@@ -189,9 +197,10 @@ pub struct Session {
     arena: Arena,
     /// The arithmetic this session runs in.
     precision: Precision,
-    /// Layers (by network index) this session runs in INT8.
-    int8: Vec<bool>,
+    /// Layers (by network index) this session runs in `precision` rather than FP32.
+    reduced: Vec<bool>,
     int8_kernels: Int8Kernels,
+    bf16_kernels: Option<Bf16Kernels>,
 }
 
 /// Plans a session keeps, least recently used evicted first. A plan is a few kilobytes,
@@ -276,7 +285,7 @@ impl Session {
             })?,
         };
         let precision = options.precision.unwrap_or(model.precision());
-        let int8 = match precision {
+        let reduced = match precision {
             Precision::F32 => Vec::new(),
             Precision::Int8 => match model.int8_layers() {
                 Some(layers) => layers,
@@ -287,6 +296,11 @@ impl Session {
                     ));
                 }
             },
+            Precision::Bf16 => vec![true; model.network().layers.len()],
+        };
+        let bf16_kernels = match (precision, options.bf16_kernels) {
+            (Precision::Bf16, wanted) => Some(bf16_kernels(isa, wanted)?),
+            _ => None,
         };
         Ok(Session {
             model,
@@ -297,8 +311,9 @@ impl Session {
             plans: PlanCache::new(),
             arena: Arena::new(workers),
             precision,
-            int8,
+            reduced,
             int8_kernels,
+            bf16_kernels,
         })
     }
 
@@ -315,6 +330,11 @@ impl Session {
     /// The int8 kernel set this session's INT8 layers run, if it runs any.
     pub fn int8_kernels(&self) -> Option<crate::Int8Set> {
         (self.precision == Precision::Int8).then_some(self.int8_kernels.set())
+    }
+
+    /// The bf16 kernel set this session's BF16 layers run, if it runs any.
+    pub fn bf16_kernels(&self) -> Option<Bf16Set> {
+        self.bf16_kernels.map(|k| k.set())
     }
 
     /// Worker threads of this session.
@@ -518,9 +538,10 @@ impl Session {
             return Ok(());
         }
         let network = self.model.network();
-        let mut plan = Plan::for_choice(network, n, h, w, self.options.algo, self.isa.isa()).with_int8(
+        let mut plan = Plan::for_choice(network, n, h, w, self.options.algo, self.isa.isa()).with_precision(
             network,
-            &self.int8,
+            &self.reduced,
+            self.precision,
             self.isa.isa(),
         );
         self.reserve(&plan)?;
@@ -564,8 +585,12 @@ impl Session {
             let mut best = (Duration::MAX, chosen[i]);
             for executor in candidates {
                 // The other layers take the fallback: only this one's packing matters.
-                let trial = Plan::new(&network, n, h, w, isa, |lp| (lp.index == i).then_some(executor))
-                    .with_int8(&network, &self.int8, isa);
+                let trial = Plan::new(&network, n, h, w, isa, |lp| (lp.index == i).then_some(executor)).with_precision(
+                    &network,
+                    &self.reduced,
+                    self.precision,
+                    isa,
+                );
                 self.reserve(&trial)?;
                 let lp = trial.layers[i].clone();
                 let mut fastest = Duration::MAX;
@@ -581,7 +606,12 @@ impl Session {
             chosen[i] = best.1;
         }
         // Re-derive buffer sizes for the chosen mix.
-        plan = Plan::new(&network, n, h, w, isa, |lp| Some(chosen[lp.index])).with_int8(&network, &self.int8, isa);
+        plan = Plan::new(&network, n, h, w, isa, |lp| Some(chosen[lp.index])).with_precision(
+            &network,
+            &self.reduced,
+            self.precision,
+            isa,
+        );
         self.reserve(&plan)?;
         Ok(plan)
     }
@@ -597,9 +627,9 @@ impl Session {
         };
         let input = &first[0][..input_len];
         let output = &mut second[0];
-        let (isa, int8) = (self.isa, self.int8_kernels);
+        let kernels = LayerKernels { isa: self.isa, int8: self.int8_kernels, bf16: self.bf16_kernels };
         let mut buffers = LayerBuffers { transformed, scratch, pooled };
-        self.team.install(|| conv_layer(isa, int8, &model, lp, n, input, output, Codes::NONE, &mut buffers));
+        self.team.install(|| conv_layer(kernels, &model, lp, n, input, output, Codes::NONE, &mut buffers));
     }
 
     /// One forward pass over `input` of the checked `shape`.
@@ -622,6 +652,7 @@ impl Session {
         let stage_ends = network.stage_ends();
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
         let mut buffers = LayerBuffers { transformed, scratch, pooled };
+        let kernels = LayerKernels { isa: self.isa, int8: self.int8_kernels, bf16: self.bf16_kernels };
         let (isa, int8) = (self.isa, self.int8_kernels);
         // Outputs someone looks at stay floats; otherwise INT8 layers hand codes on.
         let handoff = observe.is_none();
@@ -637,7 +668,7 @@ impl Session {
                 let watched = stage_outputs && stage_ends.contains(&lp.index);
                 let codes_out = (handoff && !watched).then(|| hands_codes(model, plan, i, int8)).flatten();
                 let codes = Codes { input: codes_in, output: codes_out };
-                conv_layer(isa, int8, model, lp, n, src, dst, codes, &mut buffers);
+                conv_layer(kernels, model, lp, n, src, dst, codes, &mut buffers);
                 codes_in = codes_out.is_some();
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
@@ -704,8 +735,12 @@ struct LayerBuffers<'a> {
 /// from layer `i`'s floats, so the results are the same bits either way.
 fn hands_codes(model: &Model, plan: &Plan, i: usize, kernels: Int8Kernels) -> Option<f32> {
     let (lp, next) = (&plan.layers[i], plan.layers.get(i + 1)?);
-    let int8 = |l: &LayerPlan| l.precision == Precision::Int8;
     let (here, there) = (lp.shape(plan.n), next.shape(plan.n));
+    if lp.precision == Precision::Bf16 && next.precision == Precision::Bf16 {
+        // Every BF16 layer reads its input in place; the value is not a scale.
+        return (!lp.se && direct_bf16::input_len(&there) <= plan.activation_len).then_some(1.0);
+    }
+    let int8 = |l: &LayerPlan| l.precision == Precision::Int8;
     let linked = int8(lp)
         && int8(next)
         && !lp.se
@@ -716,12 +751,44 @@ fn hands_codes(model: &Model, plan: &Plan, i: usize, kernels: Int8Kernels) -> Op
     linked.then(|| 1.0 / layer.input_scale)
 }
 
+/// The kernel sets of a session's layers.
+#[derive(Clone, Copy)]
+struct LayerKernels {
+    isa: Dispatch,
+    int8: Int8Kernels,
+    bf16: Option<Bf16Kernels>,
+}
+
+/// The bf16 kernel set of a BF16 session: `wanted`, or the best the CPU runs; refused
+/// without AVX512-BF16, or when the float kernels are forced below AVX-512.
+fn bf16_kernels(isa: Dispatch, wanted: Option<Bf16Set>) -> Result<Bf16Kernels> {
+    let available: Vec<&str> = Bf16Kernels::all_supported().iter().map(|k| k.set().name()).collect();
+    if available.is_empty() {
+        return Err(Error::Cpu("BF16 needs AVX512-BF16, which this CPU lacks; run FP32 or INT8".into()));
+    }
+    if isa.isa() != repvgg_simd::Isa::Avx512 {
+        return Err(Error::Cpu(format!(
+            "BF16 runs with the AVX-512 kernels; the {} kernel set was forced (--isa, REPVGG_ISA)",
+            isa.isa().name()
+        )));
+    }
+    match wanted {
+        None => Ok(Bf16Kernels::best().expect("a set is available")),
+        Some(set) => Bf16Kernels::new(set).ok_or_else(|| {
+            Error::Cpu(format!(
+                "bf16 kernel set {} needs what this CPU (or OS) lacks (it runs: {})",
+                set.name(),
+                available.join(", ")
+            ))
+        }),
+    }
+}
+
 /// One RepVGG block: convolution + bias by the layer's executor (one call per layer), then
 /// SE and ReLU (or ReLU fused into the convolution).
 #[allow(clippy::too_many_arguments)] // the kernel sets, the layer, its data and buffers
 fn conv_layer(
-    isa: Dispatch,
-    int8: Int8Kernels,
+    kernels: LayerKernels,
     model: &Model,
     lp: &LayerPlan,
     n: usize,
@@ -734,9 +801,11 @@ fn conv_layer(
     let prepared = model.prepared(lp);
     let shape = lp.shape(n);
     let layer = &model.weights().layers[lp.index];
+    let LayerKernels { isa, int8, bf16 } = kernels;
     lp.executor().1.run(RunContext {
         isa,
         int8,
+        bf16,
         shape: &shape,
         weights: &*prepared,
         deploy: &layer.conv.weight,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use repvgg_runtime::{Int8Set, Model, Precision};
+use repvgg_runtime::{Bf16Set, Int8Set, Model, Precision};
 use tokio::sync::oneshot;
 
 use crate::budget::Reservation;
@@ -93,6 +93,8 @@ pub struct Scheduler {
     pub precision: Precision,
     /// The int8 kernel set of their INT8 layers (INT8 sessions only).
     pub int8_kernels: Option<Int8Set>,
+    /// The bf16 kernel set of their BF16 layers (BF16 sessions only).
+    pub bf16_kernels: Option<Bf16Set>,
 }
 
 impl Scheduler {
@@ -112,9 +114,10 @@ impl Scheduler {
         // The first session says what every stream runs (all have the same options), and
         // refuses options the model cannot take (INT8 on a float model) before any stream starts.
         let first = model.session(options.clone())?;
-        let (precision, int8_kernels) = (first.precision(), first.int8_kernels());
+        let (precision, int8_kernels, bf16_kernels) = (first.precision(), first.int8_kernels(), first.bf16_kernels());
         let mut first = Some(first);
-        let scheduler = Scheduler { shared: shared.clone(), streams: Mutex::new(Vec::new()), precision, int8_kernels };
+        let streams = Mutex::new(Vec::new());
+        let scheduler = Scheduler { shared: shared.clone(), streams, precision, int8_kernels, bf16_kernels };
         for index in 0..config.streams {
             let mut session = match first.take() {
                 Some(session) => session,

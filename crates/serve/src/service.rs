@@ -159,12 +159,16 @@ impl Service {
     }
 
     /// What the model's metadata and configuration say of its arithmetic, as `parameters`
-    /// entries: `precision` (`f32` or `int8`, what the streams run) and, for INT8,
-    /// `int8_kernels` (the int8 kernel set: `avx512-vnni`, `avx2` or `portable`).
+    /// entries: `precision` (`f32`, `int8` or `bf16`, what the streams run) and, for INT8,
+    /// `int8_kernels` (the int8 kernel set: `amx`, `avx512-vnni`, `avx2` or `portable`),
+    /// for BF16 `bf16_kernels` (`amx` or `avx512-bf16`).
     pub fn precision_parameters(&self) -> Vec<(&'static str, &'static str)> {
         let mut parameters = vec![("precision", self.scheduler.precision.name())];
         if let Some(kernels) = self.scheduler.int8_kernels {
             parameters.push(("int8_kernels", kernels.name()));
+        }
+        if let Some(kernels) = self.scheduler.bf16_kernels {
+            parameters.push(("bf16_kernels", kernels.name()));
         }
         parameters
     }

@@ -396,6 +396,7 @@ mod tests {
         let ctx = RunContext {
             isa,
             int8: crate::kernels::int8::Int8Kernels::for_dispatch(isa),
+            bf16: None,
             shape,
             weights: &*packed,
             deploy: weights,

@@ -24,6 +24,7 @@ use super::{
     Codes, ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast,
 };
 use crate::buffers::SharedMut;
+use crate::kernels::amx::{AmxTiles, TileOp};
 use crate::kernels::gemm::{MR, NR};
 use crate::kernels::int8::{self, Int8Kernels, Int8Set, MAX_COLUMNS, MAX_DEPTH, SIGNED_ZERO_POINT, Tile};
 use crate::plan::{Algo, Precision};
@@ -296,7 +297,7 @@ fn quantize_row(
 }
 
 /// The u8 input with a zero border of one pixel, channel-blocked: what the AMX path of
-/// 3x3 layers reads its tiles from without packing (`int8::segment_product`).
+/// 3x3 layers reads its tiles from without packing (`AmxTiles::product`).
 struct Bordered {
     /// Pixels per side of the bordered plane.
     ph: usize,
@@ -546,7 +547,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
         let (oy, x0) = (item / segments % groups_of_rows * rows_per_item, item % segments * columns);
         let count = columns.min(s.ow - x0);
         let rows = rows_per_item.min(s.oh - oy);
-        let amx = amx_set.then(|| int8::AmxTiles::new(kernels, 48));
+        let amx = amx_set.then(|| AmxTiles::new(TileOp::U8S8, 48));
         let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
         for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
             let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
@@ -556,19 +557,18 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
             };
             let stride = s.stride * CHANNEL_BLOCK;
             let [t0, t1] = &mut tiles;
+            let weights_bytes: &[u8] = bytemuck::cast_slice(a);
             match &amx {
-                Some(amx) if rows == 2 => int8::segment_pair_product(
-                    amx,
+                Some(amx) if rows == 2 => amx.pair_product(
                     bordered,
                     [base(oy), base(oy + 1)],
                     offsets,
                     stride,
-                    48,
-                    a,
+                    weights_bytes,
                     width,
                     [t0, t1],
                 ),
-                Some(amx) => int8::segment_product(amx, bordered, base(oy), offsets, stride, 48, a, width, t0),
+                Some(amx) => amx.product(bordered, base(oy), offsets, stride, weights_bytes, width, t0),
                 None => {
                     int8::strided_product(kernels, weights.kd, a, width, &bordered[base(oy)..], geometry, count, t0)
                 }
@@ -800,6 +800,7 @@ mod tests {
                     let ctx = RunContext {
                         isa: Dispatch::best(),
                         int8,
+                        bf16: None,
                         shape: &s,
                         weights: &*packed,
                         deploy: &deploy,

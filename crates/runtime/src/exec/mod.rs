@@ -7,6 +7,8 @@
 //!   sides 1, 3, 5 and 7 on the channel-blocked layout);
 //! - [`direct_int8`]: the same GEMM in INT8 (u8 activations, s8 weights, i32 sums), for
 //!   the layers of a quantized model;
+//! - [`direct_bf16`]: 3x3 convolution in BF16 (bf16 operands, f32 sums) on a pixel-major
+//!   copy of the input read in place, for sessions that ask for BF16;
 //! - [`winograd`]: Winograd F(m,3) for stride-1 layers, one executor per variant;
 //! - [`generic`]: a plain loop for group shapes without whole channel blocks;
 //! - [`schedule`]: the fused and two-phase schedules direct and Winograd share;
@@ -28,12 +30,14 @@ use repvgg_simd::layout::CHANNEL_BLOCK;
 use repvgg_simd::{Dispatch, Isa};
 
 use crate::buffers::Scratch;
+use crate::kernels::bf16::Bf16Kernels;
 use crate::kernels::int8::Int8Kernels;
 use crate::plan::{Algo, Precision};
 use crate::quant::Int8Layer;
 
 pub(crate) mod depthwise;
 pub(crate) mod direct;
+pub(crate) mod direct_bf16;
 pub(crate) mod direct_int8;
 pub(crate) mod generic;
 pub(crate) mod pointwise;
@@ -44,8 +48,15 @@ pub(crate) mod winograd;
 /// plan asks for cannot run a layer, the first entry of the same precision that can runs
 /// it (direct for stride-2 layers and the stem, generic for group shapes without whole
 /// channel blocks). The automatic choice also breaks cost ties in this order.
-pub(crate) static REGISTRY: &[&dyn ConvExecutor] =
-    &[&direct::Direct, &winograd::F2, &winograd::F4, &winograd::F6, &generic::Generic, &direct_int8::DirectInt8];
+pub(crate) static REGISTRY: &[&dyn ConvExecutor] = &[
+    &direct::Direct,
+    &winograd::F2,
+    &winograd::F4,
+    &winograd::F6,
+    &generic::Generic,
+    &direct_int8::DirectInt8,
+    &direct_bf16::DirectBf16,
+];
 
 /// The registry entry that runs `algo` in `precision`, and its index (the key of the
 /// model's weight cache).
@@ -140,6 +151,9 @@ pub(crate) struct RunContext<'a> {
     pub isa: Dispatch,
     /// The int8 kernel set, for INT8 executors.
     pub int8: Int8Kernels,
+    /// The bf16 kernel set, for BF16 executors (`None` in sessions that run no BF16,
+    /// which is every session on a CPU without AVX512-BF16).
+    pub bf16: Option<Bf16Kernels>,
     pub shape: &'a ConvShape,
     /// What [`ConvExecutor::pack`] built for this layer.
     pub weights: &'a dyn PackedWeights,
@@ -162,16 +176,19 @@ pub(crate) struct RunContext<'a> {
     pub codes: Codes,
 }
 
-/// How an INT8 layer's input arrives and its output leaves, when the session hands u8
-/// codes from one INT8 layer to the next (the requantization fused into the producer's
-/// epilogue): results are the same bits as through floats, since the consumer would
-/// compute the same codes from the same floats.
+/// How a layer's input arrives and its output leaves when the session hands activations
+/// between two layers in the consumer's own input layout instead of floats: u8 codes
+/// between INT8 layers (the requantization fused into the producer's epilogue), bf16
+/// between BF16 layers (the rounding fused likewise). Results are the same bits as
+/// through floats, since the consumer would compute the same codes or bf16 values from the
+/// same floats.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Codes {
-    /// `input` holds the layer's zero-bordered u8 codes (`direct_int8::codes_len`), not
-    /// floats.
+    /// `input` holds the layer's zero-bordered u8 codes (`direct_int8::codes_len`) or bf16
+    /// values (`direct_bf16::input_len`), not floats.
     pub input: bool,
-    /// Write the output as the next layer's bordered codes, `1 / s_x` of that layer.
+    /// Write the output as the next layer's bordered input: INT8 codes at `1 / s_x` of
+    /// that layer (the value), or bf16 values (the value is 1).
     pub output: Option<f32>,
 }
 

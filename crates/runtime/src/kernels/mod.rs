@@ -5,6 +5,9 @@
 //! - [`gemm`]: the register-blocked GEMM microkernel, with each instruction set's own
 //!   register blocking;
 //! - [`im2col`]: packing of the direct path's column panels;
+//! - [`amx`]: AMX tile products on activations read in place, for INT8 and BF16;
+//! - [`bf16`]: the BF16 products (bf16 x bf16 -> f32) per bf16 kernel set, and the
+//!   conversion of activations to bf16;
 //! - [`int8`]: the INT8 panel product (u8 x s8 -> i32) per int8 kernel set, activation
 //!   quantization and requantization;
 //! - [`depthwise`]: the depthwise 3x3 plane (for `repvgg density`);
@@ -17,6 +20,8 @@
 //! Everything here works on slices, strides and raw pointers over the channel-blocked
 //! `NCHWc16` activation layout (`repvgg_simd::layout`).
 
+pub mod amx;
+pub mod bf16;
 pub mod depthwise;
 pub mod gemm;
 pub mod im2col;
