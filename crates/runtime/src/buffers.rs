@@ -74,3 +74,38 @@ impl Scratch {
         f(&mut guard)
     }
 }
+
+/// Bytes of a cache line: where tile rows and vector loads should start, so that each
+/// reads one line rather than two.
+pub const LINE: usize = 64;
+
+/// Elements of `T` to skip from `ptr` to the next cache-line boundary.
+pub fn line_skip<T>(ptr: *const T) -> usize {
+    (ptr as usize).wrapping_neg() % LINE / std::mem::size_of::<T>()
+}
+
+/// A zeroed heap slice of `len` elements whose first element starts a cache line (the
+/// allocator only promises the element's alignment: large blocks come back 16 bytes
+/// into a page).
+#[derive(Debug)]
+pub struct LineAligned<T> {
+    data: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> LineAligned<T> {
+    pub fn zeroed(len: usize) -> LineAligned<T> {
+        let data = vec![T::default(); len + LINE / std::mem::size_of::<T>()];
+        let start = line_skip(data.as_ptr());
+        LineAligned { data, start, len }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.data[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.data[self.start..self.start + self.len]
+    }
+}

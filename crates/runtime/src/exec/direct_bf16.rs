@@ -17,7 +17,7 @@
 //! pixel), the planar network input (the stem) with its 3 channels per pixel unpadded.
 
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
-use crate::buffers::SharedMut;
+use crate::buffers::{LINE, LineAligned, SharedMut, line_skip};
 use crate::kernels::amx::{AmxTiles, ROW_WORDS, TileOp};
 use crate::kernels::bf16::{self, Bf16Acc, Bf16Kernels, Bf16Set, Reads};
 use crate::plan::{Algo, Precision};
@@ -37,6 +37,10 @@ const RUN_BYTES: usize = 64;
 
 /// Weight panels (of 32 output channels) per work item.
 const PANELS_PER_ITEM: usize = 4;
+
+/// Packed weights above which a layer's items take one panel and every row of an image
+/// (half of a 2 MiB L2: what the weights can keep of it beside the activations).
+const STREAMED_WEIGHT_BYTES: usize = 1 << 20;
 
 /// How a layer's input sits in the bordered buffer and how its reduction is cut into
 /// steps; independent of the map's size except for the strides.
@@ -110,9 +114,22 @@ impl Bordered {
 }
 
 /// Floats of a layer's input as bf16 in its bordered layout, which the layer before can
-/// write directly ([`super::Codes`]; the session checks it fits the activation buffer).
+/// write directly ([`super::Codes`]; the session checks it fits the activation buffer),
+/// with room to start it on a cache line ([`aligned`]).
 pub(crate) fn input_len(s: &ConvShape) -> usize {
-    Bordered::input(s).len / 2
+    Bordered::input(s).len / 2 + LINE / 4
+}
+
+/// The bordered buffer of `floats` floats inside `buffer`, from its first cache line: a
+/// tile row of 64 bytes at a whole number of lines from the start then reads one line,
+/// not two. Producer and consumer find the same start in the same buffer.
+fn aligned(buffer: &[f32], floats: usize) -> &[f32] {
+    &buffer[line_skip(buffer.as_ptr())..][..floats]
+}
+
+fn aligned_mut(buffer: &mut [f32], floats: usize) -> &mut [f32] {
+    let skip = line_skip(buffer.as_ptr());
+    &mut buffer[skip..][..floats]
 }
 
 /// Where a producer writes its output as the next BF16 layer's bordered input (that
@@ -134,7 +151,7 @@ impl BorderedOut {
     /// by the layer's items) and returns the writer.
     fn new(s: &ConvShape, output: &mut [f32]) -> BorderedOut {
         let layout = Bordered::of(s.n, s.oh, s.ow, channel_blocks(s.out_channels) * CHANNEL_BLOCK);
-        let values: &mut [u16] = &mut bytemuck::cast_slice_mut::<f32, u16>(output)[..layout.len];
+        let values: &mut [u16] = bytemuck::cast_slice_mut(aligned_mut(output, layout.len / 2));
         let (planes, slack) = values.split_at_mut(s.n * layout.plane);
         for p in planes.chunks_exact_mut(layout.plane) {
             p[..layout.row].fill(0);
@@ -203,7 +220,7 @@ impl ConvExecutor for DirectBf16 {
         Box::new(Bf16Weights::pack(s, weights.deploy))
     }
 
-    /// The bordered bf16 input, in floats.
+    /// The bordered bf16 input, in floats (and room to align it).
     fn shared_len(&self, s: &ConvShape) -> usize {
         input_len(s)
     }
@@ -239,12 +256,13 @@ struct Bf16Weights {
     /// bf16 values per output channel (every step's).
     depth: usize,
     span: Span,
-    data: Vec<u16>,
+    /// Line-aligned: each `B` tile row (64 bytes) is one cache line.
+    data: LineAligned<u16>,
 }
 
 impl PackedWeights for Bf16Weights {
     fn bytes(&self) -> usize {
-        2 * self.data.len()
+        2 * self.data.as_slice().len()
     }
 }
 
@@ -256,7 +274,8 @@ impl Bf16Weights {
         let k_pad = channel_blocks(out_per_group) * CHANNEL_BLOCK;
         let panels_per_group = k_pad.div_ceil(ROW_WORDS);
         let depth = span.steps() * span.values();
-        let mut data = vec![0u16; s.groups * depth * k_pad];
+        let mut aligned = LineAligned::zeroed(s.groups * depth * k_pad);
+        let data = aligned.as_mut_slice();
         for g in 0..s.groups {
             for b in 0..panels_per_group {
                 let k0 = b * ROW_WORDS;
@@ -281,7 +300,7 @@ impl Bf16Weights {
                 }
             }
         }
-        Bf16Weights { groups: s.groups, out_per_group, k_pad, panels_per_group, depth, span, data }
+        Bf16Weights { groups: s.groups, out_per_group, k_pad, panels_per_group, depth, span, data: aligned }
     }
 
     /// Panel `b` of group `g`: its first output channel within the group, its width and data.
@@ -289,7 +308,7 @@ impl Bf16Weights {
         let k0 = b * ROW_WORDS;
         let width = ROW_WORDS.min(self.k_pad - k0);
         let start = (g * self.k_pad + k0) * self.depth;
-        (k0, width, &self.data[start..start + self.depth * width])
+        (k0, width, &self.data.as_slice()[start..start + self.depth * width])
     }
 }
 
@@ -342,25 +361,25 @@ fn run(ctx: RunContext<'_>) {
     }
     assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
     let read = match s.input {
-        _ if codes.input => layout.len / 2,
+        _ if codes.input => input_len(&s),
         InputLayout::Blocked => s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK,
         InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
     };
     assert!(input.len() >= read, "input buffer too small");
-    assert!(shared.len() >= layout.len / 2, "shared buffer too small");
+    assert!(shared.len() >= input_len(&s), "shared buffer too small");
     assert_eq!((w.groups, w.span.c, w.span.len), (s.groups, span.c, span.len), "weights packed for another layer");
 
     let bordered: &[u16] = if codes.input {
         // The layer before wrote this layer's input in this layout (`BorderedOut`).
-        bytemuck::cast_slice(&input[..layout.len / 2])
+        bytemuck::cast_slice(aligned(input, layout.len / 2))
     } else {
         // One item per bordered row (whole floats: `row` is even).
-        let (rows, slack) = shared[..layout.len / 2].split_at_mut(s.n * layout.plane / 2);
+        let (rows, slack) = aligned_mut(shared, layout.len / 2).split_at_mut(s.n * layout.plane / 2);
         slack.fill(0.0);
         for_each_chunk_mut(rows, layout.row / 2, |r, row| {
             fill_row(kernels, &s, &span, input, r / layout.ph, r % layout.ph, bytemuck::cast_slice_mut(row));
         });
-        bytemuck::cast_slice(&shared[..layout.len / 2])
+        bytemuck::cast_slice(aligned(shared, layout.len / 2))
     };
 
     // Step offsets in bytes from a pixel's window: kernel row (or tap), then run.
@@ -382,53 +401,64 @@ fn run(ctx: RunContext<'_>) {
         None => Sink::Floats(SharedMut::new(output)),
     };
     let panels = s.groups * w.panels_per_group;
-    let chunks = panels.div_ceil(PANELS_PER_ITEM);
     let groups_of_rows = s.oh.div_ceil(rows_per_item);
+    // A unit is one row segment (two rows of one for AMX) of one image. An item takes a
+    // few weight panels and one unit, or, where the weights do not stay in the L2 cache
+    // between items (the last stage's), one panel and every unit of an image: each panel
+    // then comes from memory once, not once per unit.
+    let units = groups_of_rows * segments;
+    let (panels_per_item, units_per_item) =
+        if w.bytes() > STREAMED_WEIGHT_BYTES { (1, units) } else { (PANELS_PER_ITEM, 1) };
+    let chunks = panels.div_ceil(panels_per_item);
+    let unit_groups = units.div_ceil(units_per_item);
     let stride = 2 * s.stride * span.c;
-    crate::team::for_each(s.n * groups_of_rows * segments * chunks, |item| {
+    crate::team::for_each(s.n * unit_groups * chunks, |item| {
         let (chunk, item) = (item % chunks, item / chunks);
-        let image = item / (groups_of_rows * segments);
-        let (oy, x0) = (item / segments % groups_of_rows * rows_per_item, item % segments * columns);
-        let count = columns.min(s.ow - x0);
-        let rows = rows_per_item.min(s.oh - oy);
+        let (image, unit_group) = (item / unit_groups, item % unit_groups);
         let amx = amx_set.then(|| AmxTiles::new(TileOp::Bf16, span.run));
         let mut accs: [Bf16Acc; 2] = [[0.0; ROW_WORDS * 16]; 2];
-        for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
+        for wp in chunk * panels_per_item..panels.min((chunk + 1) * panels_per_item) {
             let (g, b) = (wp / w.panels_per_group, wp % w.panels_per_group);
             let (k0, width, a) = w.panel(g, b);
             let group = if s.groups == 1 { 0 } else { g * s.in_per_group() };
-            let base =
-                |oy: usize| 2 * (image * layout.plane + oy * s.stride * layout.row + x0 * s.stride * span.c + group);
-            let reads = Reads { base: base(oy), offsets, stride, run: span.run };
-            let [a0, a1] = &mut accs;
-            match &amx {
-                Some(tiles) if rows == 2 => {
-                    bf16::tile_pair_product(tiles, bordered, [base(oy), base(oy + 1)], reads, a, width, [a0, a1])
+            for unit in unit_group * units_per_item..units.min((unit_group + 1) * units_per_item) {
+                let (oy, x0) = (unit / segments * rows_per_item, unit % segments * columns);
+                let count = columns.min(s.ow - x0);
+                let rows = rows_per_item.min(s.oh - oy);
+                let base = |oy: usize| {
+                    2 * (image * layout.plane + oy * s.stride * layout.row + x0 * s.stride * span.c + group)
+                };
+                let reads = Reads { base: base(oy), offsets, stride, run: span.run };
+                let [a0, a1] = &mut accs;
+                match &amx {
+                    Some(tiles) if rows == 2 => {
+                        bf16::tile_pair_product(tiles, bordered, [base(oy), base(oy + 1)], reads, a, width, [a0, a1])
+                    }
+                    Some(tiles) => bf16::tile_product(tiles, bordered, reads, a, width, a0),
+                    None => bf16::strided_product(kernels, bordered, reads, a, width, count, a0),
                 }
-                Some(tiles) => bf16::tile_product(tiles, bordered, reads, a, width, a0),
-                None => bf16::strided_product(kernels, bordered, reads, a, width, count, a0),
-            }
-            let first_block = (g * w.out_per_group + k0) / CHANNEL_BLOCK;
-            for (r, acc) in accs.iter().enumerate().take(rows) {
-                for blk in 0..width / CHANNEL_BLOCK {
-                    let (c, block) = (blk * CHANNEL_BLOCK, first_block + blk);
-                    let bias = &bias[block * CHANNEL_BLOCK..];
-                    match &sink {
-                        Sink::Floats(out) => {
-                            let start =
-                                ((image * out_blocks + block) * plane_out + (oy + r) * s.ow + x0) * CHANNEL_BLOCK;
-                            let region = out.raw(start, count * CHANNEL_BLOCK);
-                            // SAFETY: `raw` checked the bounds; each item writes its own
-                            // pixels (one row segment) of its panels' channel blocks, so no
-                            // other slice overlaps this one.
-                            let dst = unsafe { std::slice::from_raw_parts_mut(region, count * CHANNEL_BLOCK) };
-                            bf16::store_rows(kernels, acc, 0, c, count, bias, relu, dst);
-                        }
-                        Sink::Bf16(out) => {
-                            // SAFETY: as above, in the next layer's layout: the pixels'
-                            // values of this channel block are this item's alone.
-                            let dst = unsafe { out.at(image, oy + r, x0, block) };
-                            bf16::store_rows_bf16(kernels, acc, c, count, bias, relu, dst, out.layout.c);
+                let first_block = (g * w.out_per_group + k0) / CHANNEL_BLOCK;
+                for (r, acc) in accs.iter().enumerate().take(rows) {
+                    for blk in 0..width / CHANNEL_BLOCK {
+                        let (c, block) = (blk * CHANNEL_BLOCK, first_block + blk);
+                        let bias = &bias[block * CHANNEL_BLOCK..];
+                        match &sink {
+                            Sink::Floats(out) => {
+                                let start =
+                                    ((image * out_blocks + block) * plane_out + (oy + r) * s.ow + x0) * CHANNEL_BLOCK;
+                                let region = out.raw(start, count * CHANNEL_BLOCK);
+                                // SAFETY: `raw` checked the bounds; each item writes its own
+                                // pixels (one row segment) of its panels' channel blocks, so no
+                                // other slice overlaps this one.
+                                let dst = unsafe { std::slice::from_raw_parts_mut(region, count * CHANNEL_BLOCK) };
+                                bf16::store_rows(kernels, acc, 0, c, count, bias, relu, dst);
+                            }
+                            Sink::Bf16(out) => {
+                                // SAFETY: as above, in the next layer's layout: the pixels'
+                                // values of this channel block are this item's alone.
+                                let dst = unsafe { out.at(image, oy + r, x0, block) };
+                                bf16::store_rows_bf16(kernels, acc, c, count, bias, relu, dst, out.layout.c);
+                            }
                         }
                     }
                 }
@@ -495,7 +525,8 @@ mod tests {
     /// Every bf16 set this CPU runs, through the executor, against the f64 convolution of
     /// the same bf16-rounded operands within the f32 summation bound: both strides,
     /// groups, channel counts that are not multiples of 32 (runs past the span), odd
-    /// sizes, segments across rows and images, maps narrower than a tile, the planar
+    /// sizes, segments across rows and images, maps narrower than a tile, weights large
+    /// enough to be streamed panel by panel, the planar
     /// input of 3 channels, thread counts 1 and 2; the shared buffer starts as NaN.
     #[test]
     fn every_set_matches_the_rounded_definition() {
@@ -512,6 +543,8 @@ mod tests {
             (64, 128, 4, 2, 1, 13, 16),
             (96, 32, 1, 1, 1, 5, 40),
             (192, 256, 1, 2, 1, 6, 6),
+            // Weights past `STREAMED_WEIGHT_BYTES`: one panel and every row per item.
+            (256, 512, 1, 2, 2, 9, 7),
             (32, 48, 1, 2, 2, 29, 27),
         ]
         .into_iter()
