@@ -23,7 +23,7 @@ use super::schedule::{Schedule, Work};
 use super::{
     Codes, ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast,
 };
-use crate::buffers::SharedMut;
+use crate::buffers::{LINE, LineAligned, SharedMut, line_skip};
 use crate::kernels::amx::{AmxTiles, TileOp};
 use crate::kernels::gemm::{MR, NR};
 use crate::kernels::int8::{self, Int8Kernels, Int8Set, MAX_COLUMNS, MAX_DEPTH, SIGNED_ZERO_POINT, Tile};
@@ -102,7 +102,7 @@ impl ConvExecutor for DirectInt8 {
     /// set's panel width needs); or AMX's zero-bordered input.
     fn shared_len(&self, s: &ConvShape) -> usize {
         let panels = quantized_floats(s) + work(s, NR).shared_len().max(work(s, MAX_COLUMNS).shared_len());
-        panels.max(Bordered::new(s).bytes.div_ceil(4))
+        panels.max(codes_len(s))
     }
 
     fn scratch_len(&self, s: &ConvShape) -> usize {
@@ -134,7 +134,8 @@ struct Int8Weights {
     kd: usize,
     k_pad: usize,
     panels_per_group: usize,
-    data: Vec<i8>,
+    /// Line-aligned: each `B` tile row (64 bytes) is one cache line.
+    data: LineAligned<i8>,
     /// `s_x s_w[k]` per padded output channel (0 on padding), group-major.
     scale: Vec<f32>,
     /// `1 / s_x`.
@@ -148,7 +149,7 @@ struct Int8Weights {
 
 impl PackedWeights for Int8Weights {
     fn bytes(&self) -> usize {
-        self.data.len() + 4 * self.scale.len()
+        self.data.as_slice().len() + 4 * self.scale.len()
     }
 }
 
@@ -160,7 +161,8 @@ impl Int8Weights {
         let out_per_group = s.out_channels / s.groups;
         let (kd, k_pad) = (depth(s), channel_blocks(out_per_group) * CHANNEL_BLOCK);
         let panels_per_group = k_pad.div_ceil(MR);
-        let mut data = vec![0i8; s.groups * kd * k_pad];
+        let mut aligned = LineAligned::zeroed(s.groups * kd * k_pad);
+        let data = aligned.as_mut_slice();
         let mut scale = vec![0f32; s.groups * k_pad];
         let zero_point = if s.input == InputLayout::Planar { SIGNED_ZERO_POINT } else { 0 };
         let mut zero = vec![0i32; s.groups * k_pad];
@@ -191,7 +193,7 @@ impl Int8Weights {
             kd,
             k_pad,
             panels_per_group,
-            data,
+            data: aligned,
             scale,
             inv_input_scale: 1.0 / layer.input_scale,
             zero_point,
@@ -211,7 +213,7 @@ impl Int8Weights {
         let k0 = b * MR;
         let width = MR.min(self.k_pad - k0);
         let start = g * self.kd * self.k_pad + k0 * self.kd;
-        (k0, width, &self.data[start..start + self.kd * width])
+        (k0, width, &self.data.as_slice()[start..start + self.kd * width])
     }
 }
 
@@ -324,9 +326,18 @@ pub(crate) fn takes_codes(shape: &ConvShape, kernels: Int8Kernels) -> bool {
     reads_in_place(shape, kernels)
 }
 
-/// Floats of the bordered u8 codes of the input of the layer of `shape`.
+/// Floats of the bordered u8 codes of the input of the layer of `shape`, with room to
+/// start them on a cache line ([`line_start`]).
 pub(crate) fn codes_len(shape: &ConvShape) -> usize {
-    Bordered::new(shape).bytes.div_ceil(4)
+    Bordered::new(shape).bytes.div_ceil(4) + LINE / 4
+}
+
+/// The bytes of `buffer` from its first cache line on: where the bordered codes start,
+/// for the producer and the consumer of the same buffer alike (tile rows that start on a
+/// line read fewer lines).
+fn line_start(buffer: &mut [f32]) -> &mut [u8] {
+    let skip = line_skip(buffer.as_ptr());
+    bytemuck::cast_slice_mut(&mut buffer[skip..])
 }
 
 /// Where a producer writes its output as the next layer's codes: that layer's bordered
@@ -355,7 +366,7 @@ impl<'a> CodesOut<'a> {
         let (row, plane) = (pw * CHANNEL_BLOCK, ph * pw * CHANNEL_BLOCK);
         let planes = s.n * channel_blocks(s.out_channels);
         let slack = (MAX_COLUMNS * 2 + 4) * CHANNEL_BLOCK;
-        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<f32, u8>(output)[..planes * plane + slack];
+        let bytes: &mut [u8] = &mut line_start(output)[..planes * plane + slack];
         for p in bytes[..planes * plane].chunks_exact_mut(plane) {
             p[..row].fill(0);
             p[plane - row..].fill(0);
@@ -495,9 +506,9 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     let row_bytes = layout.pw * CHANNEL_BLOCK;
     let bordered: &[u8] = if codes.input {
         // The layer before wrote this layer's codes in this layout (`CodesOut`).
-        &bytemuck::cast_slice::<f32, u8>(input)[..layout.bytes]
+        &bytemuck::cast_slice::<f32, u8>(&input[line_skip(input.as_ptr())..])[..layout.bytes]
     } else {
-        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut::<f32, u8>(shared)[..layout.bytes];
+        let bytes: &mut [u8] = &mut line_start(shared)[..layout.bytes];
         let zero = weights.zero_point;
         let (planes, slack) = bytes.split_at_mut(s.n * cb * layout.plane);
         slack.fill(zero);
