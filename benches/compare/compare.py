@@ -41,10 +41,13 @@ sys.path.insert(0, str(HERE))
 
 import atomic  # noqa: E402
 import report  # noqa: E402
-from engines import ALL_ENGINES, FP32_ENGINES, INT8_ENGINES, OURS_INT8  # noqa: E402  (no peer is imported by this)
+from engines import (ALL_ENGINES, BF16_ENGINES, FP32_ENGINES, INT8_ENGINES, OURS_INT8,  # noqa: E402
+                     OURS_VARIANTS)  # (no peer is imported by this)
 
 ORT_REL_LIMIT = 1e-4  # ONNX Runtime must agree with us this closely, or the config aborts
 FLAG_REL_LIMIT = 1e-4  # other peers beyond this are flagged (and still timed)
+BF16_LIMIT = 1e-2  # bf16 engines: flagged beyond max |diff| = BF16_LIMIT x max(1, max |ours|)
+BF16_PRESET = ("ours", "ours-bf16", "openvino", "openvino-default")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS",
               "TBB_NUM_THREADS", "NCNN_NUM_THREADS")
 
@@ -120,7 +123,10 @@ def check_numerics(engines: dict, reference: str = "ours", eval_x=None) -> dict:
     Returns {engine: {max_abs_diff, rel_diff, flagged}}. Raises if ONNX Runtime differs
     by more than ORT_REL_LIMIT relative to max |ours| (the configuration is then invalid:
     the graph or the weights disagree, not just rounding). INT8 engines are not flagged:
-    their difference is the quantization's, reported as it is.
+    their difference is the quantization's, reported as it is. bf16 engines (an engine's
+    `reduced_precision`) cannot meet the FP32 limit: they are flagged when max |diff| exceeds
+    BF16_LIMIT x max(1, max |ours|) (`bf16_limit_abs`), on the timing input or on the
+    evaluation inputs, and still timed.
 
     With evaluation inputs `eval_x` [N, 3, H, W], every engine also runs all of them and
     adds {eval_inputs, top1_match, eval_max_abs_diff, eval_rel_diff} against the reference's
@@ -140,8 +146,14 @@ def check_numerics(engines: dict, reference: str = "ours", eval_x=None) -> dict:
         theirs = engine.logits().reshape(ours.shape)
         diff = float(np.abs(theirs - ours).max())
         rel = diff / scale if scale > 0 else float("inf")
-        flagged = not rel <= FLAG_REL_LIMIT and not engine.quantized
-        report[name] = {"max_abs_diff": diff, "rel_diff": rel, "flagged": flagged}
+        report[name] = {"max_abs_diff": diff, "rel_diff": rel}
+        if engine.reduced_precision:
+            limit = BF16_LIMIT * max(1.0, scale)
+            flagged = not diff <= limit
+            report[name]["bf16_limit_abs"] = limit
+        else:
+            flagged = not rel <= FLAG_REL_LIMIT and not engine.quantized
+        report[name]["flagged"] = flagged
         log(f"  numerics {name:<12} max|diff| {diff:.3e}  rel {rel:.3e}{'  FLAGGED' if flagged else ''}")
         if name == "onnxruntime" and not rel <= ORT_REL_LIMIT:
             raise RuntimeError(
@@ -154,9 +166,13 @@ def check_numerics(engines: dict, reference: str = "ours", eval_x=None) -> dict:
             theirs = ref if name == reference else engine.predict_all(eval_x)
             report[name].update(int8.agreement(theirs, ref))
             r = report[name]
+            if engine.reduced_precision and name != reference:
+                r["eval_bf16_limit_abs"] = BF16_LIMIT * max(1.0, float(np.abs(ref).max()))
+                r["eval_flagged"] = not r["eval_max_abs_diff"] <= r["eval_bf16_limit_abs"]
+                r["flagged"] = r["flagged"] or r["eval_flagged"]
             log(f"  {len(eval_x)} inputs {name:<16} top-1 match {r['top1_match']:.3f} "
                 f"(centered {r['top1_match_centered']:.3f})  max rel {r['eval_rel_diff']:.3e} "
-                f"(centered {r['eval_rel_diff_centered']:.3e})")
+                f"(centered {r['eval_rel_diff_centered']:.3e}){'  FLAGGED' if r.get('eval_flagged') else ''}")
         r = report[reference]
         log(f"  ours predicts {r['eval_distinct_top1']} distinct class(es) over the {len(eval_x)} inputs, "
             f"{r['eval_distinct_top1_centered']} after centering")
@@ -172,9 +188,9 @@ def system_busy_seconds() -> float:
 
 
 def own_cpu_seconds(engines: dict) -> float:
-    """CPU seconds of this worker plus our engines' subprocesses (FP32 and INT8)."""
+    """CPU seconds of this worker plus our engines' subprocesses (FP32, INT8, bf16)."""
     t = os.times()
-    ours = sum(engines[n].cpu_seconds() for n in ("ours", OURS_INT8) if n in engines)
+    ours = sum(engines[n].cpu_seconds() for n in (*OURS_VARIANTS, OURS_INT8) if n in engines)
     return t.user + t.system + ours
 
 
@@ -313,6 +329,7 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
             "cpu_util": info["cpu_util"][name],
             "samples_ms": [s * 1e3 for s in samples[name]],
             **({"quantized": True} if engine.quantized else {}),
+            **({"reduced_precision": engine.reduced_precision} if engine.reduced_precision else {}),
             **({"precision": engine.precision} if hasattr(engine, "precision") else {}),
             **({"isa": engine.isa} if hasattr(engine, "isa") else {}),
             **({"options": engine.options} if hasattr(engine, "options") else {}),
@@ -359,6 +376,8 @@ def build_configs(args) -> list[Config]:
     if args.int8:  # the preset: ours (FP32) and every INT8 peer, plus whatever --engines adds
         int8_preset = ("ours", OURS_INT8) + INT8_ENGINES
         engines = list(int8_preset) + [e for e in engines if e not in int8_preset]
+    if args.bf16:  # the preset: ours and OpenVINO, each in FP32 and in bf16, plus the rest
+        engines = list(BF16_PRESET) + [e for e in engines if e not in BF16_PRESET]
     engines = engines or list(FP32_ENGINES)
     if "ncnn-int8" in engines:
         import int8
@@ -457,6 +476,9 @@ def parse_args(argv: list[str]):
     p.add_argument("--int8", action="store_true",
                    help=f"preset: ours (FP32), {OURS_INT8} and the INT8 peers ({','.join(INT8_ENGINES)}); "
                         "--engines adds to it")
+    p.add_argument("--bf16", action="store_true",
+                   help=f"preset: {','.join(BF16_PRESET)} (bf16 engines: {','.join(BF16_ENGINES)}); --engines "
+                        "adds to it; results go to results/bf16/ unless --out is given")
     p.add_argument("--calib", type=Path, metavar="FILE",
                    help="INT8 calibration inputs [N, 3, H, W] (.npy, or safetensors tensor `input`); "
                         "default --calib-count N(0, 1) images from --calib-seed")
@@ -470,7 +492,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--repvgg", type=Path, default=REPO / "target/release/repvgg", help="our binary")
     p.add_argument("--matrix", action="store_true",
                    help="the full default matrix (A0, B0 x b1, b8 x t1, t2 at 224, plus B1g4 b1 t2)")
-    p.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
+    p.add_argument("--out", type=Path,
+                   help="results directory (default results/, results/bf16/ with --bf16)")
     p.add_argument("--scratch", type=Path, default=HERE / "out", help="generated models (git-ignored)")
     p.add_argument("--keep-models", action="store_true",
                    help="keep the generated weights, ONNX and ncnn files in --scratch (deleted by default)")
@@ -493,6 +516,7 @@ def main(argv: list[str]) -> None:
     if not repvgg.exists():
         raise SystemExit(f"{repvgg} not found: run `cargo build --release` first")
     configs = build_configs(args)
+    out_dir = args.out or (HERE / "results" / "bf16" if args.bf16 else HERE / "results")
     meta = {
         "command": report.command_line(__file__, argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -506,7 +530,7 @@ def main(argv: list[str]) -> None:
     meta["elapsed_s"] = time.time() - t0
     meta["load_after"] = os.getloadavg()
     meta["busy_after"] = report.busiest_processes()
-    paths = report.write_all(args.out, meta, results)
+    paths = report.write_all(out_dir, meta, results)
     log("wrote " + ", ".join(str(p) for p in paths))
     if any(r["status"] != "ok" for r in results):
         sys.exit(2)

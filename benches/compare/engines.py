@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +31,14 @@ INT8_ENGINES = ("onnxruntime-int8", "openvino-int8")
 # Ours in INT8: `repvgg quantize` on the same weights and calibration inputs (int8.py); the
 # reference for every engine's agreement stays FP32 `ours`.
 OURS_INT8 = "ours-int8"
-ALL_ENGINES = FP32_ENGINES + (OURS_INT8,) + INT8_ENGINES
+# bf16 arithmetic on the same FP32 weights: ours with `--precision bf16`, and OpenVINO with no
+# precision hint (its default: bf16 on CPUs with AVX512-BF16 or AMX, which the adapter reads
+# back). Held to BF16_LIMIT, not to the FP32 limit (compare.check_numerics).
+BF16_ENGINES = ("ours-bf16", "openvino-default")
+ALL_ENGINES = FP32_ENGINES + (OURS_INT8,) + INT8_ENGINES + BF16_ENGINES
 
 # Our engine's variants: name -> extra `repvgg time` / `repvgg infer` arguments.
-OURS_VARIANTS: dict[str, tuple[str, ...]] = {"ours": ()}
+OURS_VARIANTS: dict[str, tuple[str, ...]] = {"ours": (), "ours-bf16": ("--precision", "bf16")}
 
 
 class Engine:
@@ -40,6 +46,7 @@ class Engine:
 
     name = "engine"
     quantized = False  # INT8 engines are not held to the FP32 agreement limit
+    reduced_precision: str | None = None  # "bf16" (or "f16"): held to the bf16 limit instead
 
     def __init__(self) -> None:
         self.version = "?"
@@ -105,19 +112,23 @@ class Ours(Engine):
         self.repvgg = repvgg
         self.cmd = cmd
         self.scratch = scratch
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     bufsize=1)
+        # stderr to a file, not a pipe (nothing drains a pipe while timing): its text goes into
+        # the error when the binary exits, e.g. when it refuses an option of `extra_args`.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, bufsize=1)
         banner = self._readline()
         if not banner.startswith("ready"):
             raise RuntimeError(f"`repvgg time` did not start: {banner!r}")
         self.banner = banner
-        # `ready DESCRIPTION (ISA kernels)`: the kernel set the run-time dispatch chose.
-        kernels = re.search(r"\((\w+) kernels(?:, int8 ([\w-]+))?\)$", banner)
+        # `ready DESCRIPTION (ISA kernels[, int8 KERNELS])`: the kernel sets the run-time dispatch
+        # chose; any other `, PRECISION KERNELS` part (bf16) is noted the same way.
+        kernels = re.search(r"\((\w+) kernels((?:, [^,()]+)*)\)$", banner)
         self.isa = kernels.group(1) if kernels else "unknown"
         self.version = f"{_our_version(repvgg)} ({self.isa} kernels)"
         self.notes.append(f"{self.isa} kernels")
-        if kernels and kernels.group(2):
-            self.notes.append(f"int8 {kernels.group(2)} kernels")
+        for part in (kernels.group(2).split(", ")[1:] if kernels else []):
+            self.notes.append(f"{part} kernels")
         if algo:
             self.notes.append(f"--algo {algo}")
         if extra_args:
@@ -127,9 +138,17 @@ class Ours(Engine):
     def _readline(self) -> str:
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise RuntimeError(f"`repvgg time` exited (code {self.proc.poll()}) {err}")
+            try:
+                code = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise RuntimeError(f"`repvgg time` exited (code {code}): {self._stderr_text() or 'no message'}")
         return line.strip()
+
+    def _stderr_text(self) -> str:
+        """What the subprocess wrote to stderr so far."""
+        self.stderr.seek(0)
+        return self.stderr.read().strip()
 
     def _send(self, line: str) -> str:
         self.proc.stdin.write(line + "\n")
@@ -188,6 +207,11 @@ class Ours(Engine):
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        if not self.stderr.closed:
+            err = self._stderr_text()
+            if err:  # warnings are passed on, as when stderr was inherited
+                print(f"  {self.name} stderr: {err}", file=sys.stderr, flush=True)
+            self.stderr.close()
 
 
 def _our_version(repvgg: Path) -> str:
@@ -353,6 +377,31 @@ class OpenVinoInt8(OpenVino):
             + ",".join(self.precision["compute"]) + " (" + ", ".join(self.precision["primitives"]) + ")")
 
 
+class OpenVinoDefault(OpenVino):
+    """OpenVINO CPU plugin out of the box: the FP32 engine's thread settings (T threads, one
+    stream, latency hint) and no precision hint, so the plugin runs in its default inference
+    precision: bf16 on CPUs with AVX512-BF16 or AMX (AMX tiles where it has them), f32
+    elsewhere. The precision hint it reports, its execution mode and the runtime precision and
+    oneDNN primitive of every Convolution / FullyConnected are read back and reported; the
+    engine is held to the bf16 agreement limit when the hint is bf16 or f16, else to FP32's.
+    """
+
+    name = "openvino-default"
+
+    def __init__(self, onnx_path: Path, x: np.ndarray, threads: int) -> None:
+        Engine.__init__(self)
+        self._compile(onnx_path, x, threads, {})
+        self.precision = self._read_precision()
+        mode = self.compiled.get_property("EXECUTION_MODE_HINT")
+        self.precision["execution_mode"] = str(mode).rsplit(".", 1)[-1]  # ExecutionMode.PERFORMANCE
+        hint = self.precision["hint"].lower()
+        self.reduced_precision = {"bf16": "bf16", "bfloat16": "bf16", "f16": "f16", "float16": "f16"}.get(hint)
+        self.notes.append(
+            f"no precision hint given; reports precision hint {self.precision['hint']}, execution mode "
+            f"{self.precision['execution_mode']}, conv/fc runtime precision {','.join(self.precision['compute'])} ("
+            + ", ".join(self.precision["primitives"]) + ")")
+
+
 class Ncnn(Engine):
     """ncnn, CPU only, fp32 storage and arithmetic, Winograd + sgemm + packing allowed.
 
@@ -466,8 +515,11 @@ def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarra
                 scratch: Path, algo: str | None, calib: np.ndarray | None = None) -> Engine:
     """Build the adapter called `name` for one configuration (`calib`: INT8 calibration inputs)."""
     if name in OURS_VARIANTS:
-        return Ours(repvgg, paths["weights"], paths["input"], threads, scratch, algo,
-                    extra_args=OURS_VARIANTS[name], name=name)
+        engine = Ours(repvgg, paths["weights"], paths["input"], threads, scratch, algo,
+                      extra_args=OURS_VARIANTS[name], name=name)
+        if name == "ours-bf16":
+            engine.reduced_precision = "bf16"
+        return engine
     if name == OURS_INT8:
         if calib is None:
             raise ValueError(f"{name} needs calibration inputs")
@@ -482,6 +534,8 @@ def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarra
         return OnnxRuntime(paths["onnx"], x, threads)
     if name == "openvino":
         return OpenVino(paths["onnx"], x, threads)
+    if name == "openvino-default":
+        return OpenVinoDefault(paths["onnx"], x, threads)
     if name == "ncnn":
         return Ncnn(paths["ncnn_param"], paths["ncnn_bin"], x, threads)
     if name == "tract":

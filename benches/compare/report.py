@@ -23,7 +23,28 @@ ENGINE_LABELS = {
     "ours-int8": "repvgg-rs INT8 (ours)",
     "onnxruntime-int8": "ONNX Runtime INT8",
     "openvino-int8": "OpenVINO INT8 (NNCF)",
+    "ours-bf16": "repvgg-rs BF16 (ours)",
+    "openvino-default": "openvino-default",
 }
+# Engines whose precision is the engine's own choice: their label carries what they reported.
+REPORTED_PRECISION = ("openvino-default",)
+
+
+def engine_label(name: str, results: list[dict]) -> str:
+    """The report's name for an engine; openvino-default's with the precision OpenVINO reported,
+    e.g. `openvino-default (bf16)` (several if the configurations differ)."""
+    label = ENGINE_LABELS.get(name, name)
+    if name in REPORTED_PRECISION:
+        hints = sorted({r["engines"][name]["precision"]["hint"] for r in results
+                        if "precision" in r.get("engines", {}).get(name, {})})
+        if hints:
+            label += f" ({'/'.join(hints)})"
+    return label
+
+
+def _agreement_shown(entry: dict) -> bool:
+    """INT8 and bf16 engines show top-1 match beside their time (FP32 ones agree to 1e-4)."""
+    return bool(entry.get("quantized") or entry.get("reduced_precision")) and "top1_match" in entry
 
 
 def command_line(script: str, argv: list[str]) -> str:
@@ -141,7 +162,7 @@ def _stats(entry: dict, hot: bool) -> dict | None:
 def summary_table(results: list[dict], hot: bool = False) -> list[str]:
     """One row per configuration: every engine's median ms and its ratio to ours."""
     engines = _engines_in(results)
-    head = "| configuration | rounds | other load | " + " | ".join(ENGINE_LABELS.get(e, e) for e in engines) + " |"
+    head = "| configuration | rounds | other load | " + " | ".join(engine_label(e, results) for e in engines) + " |"
     lines = [head, "|---|---:|---:|" + "---:|" * len(engines)]
     for r in results:
         if r["status"] != "ok":
@@ -158,7 +179,7 @@ def summary_table(results: list[dict], hot: bool = False) -> list[str]:
             else:
                 flag = " ⚠" if entry.get("flagged") else ""
                 top1 = (f", top-1 {entry['top1_match']:.2f}/{entry['top1_match_centered']:.2f}c"
-                        if entry.get("quantized") and "top1_match" in entry else "")
+                        if _agreement_shown(entry) else "")
                 cells.append(f"{stats['median_ms']:.2f} ({stats['ratio']:.2f}x{top1}){flag}")
         t = r["timing"]
         noisy = " ⚠" if t.get("foreign_cores", 0.0) > 0.2 else ""
@@ -181,7 +202,7 @@ def config_table(r: dict) -> list[str]:
     ]
     for name in _engines_in([r]):
         e = r["engines"][name]
-        label = ENGINE_LABELS.get(name, name)
+        label = engine_label(name, [r])
         if "median_ms" not in e:
             lines.append(f"| {label} |" + " - |" * (9 + 2 * has_hot + 4 * has_eval) + f" {e.get('error', '')} |")
             continue
@@ -221,7 +242,7 @@ def markdown(meta: dict, results: list[dict]) -> str:
         f"{tuple(round(v, 2) for v in meta['load_after'])}; busiest processes before the run: "
         f"{'; '.join(meta.get('busy_before', []))}. Total time {meta['elapsed_s'] / 60:.1f} min.",
         "",
-        "Engines: " + ", ".join(f"{ENGINE_LABELS.get(n, n)} {v}" for n, v in versions.items()) + ".",
+        "Engines: " + ", ".join(f"{engine_label(n, results)} {v}" for n, v in versions.items()) + ".",
         "",
         "## Method",
         "",
@@ -256,6 +277,17 @@ def markdown(meta: dict, results: list[dict]) -> str:
             "options; OpenVINO `nncf.quantize(model, nncf.Dataset(calibration))` with its defaults, compiled with "
             "the FP32 engine's thread settings and no precision hint (the runtime precision is read back and shown). "
             "They are not flagged by the 1e-4 limit.")
+    bf16 = sorted({n for r in results for n, e in r.get("engines", {}).items() if e.get("reduced_precision")})
+    if bf16:
+        how = {"ours-bf16": "ours-bf16 runs `repvgg time --precision bf16` on the same FP32 weights",
+               "openvino-default": "openvino-default is OpenVINO compiled with the FP32 engine's thread settings "
+                                   "and no precision hint, its default (the precision hint, execution mode, runtime "
+                                   "precision and oneDNN primitive it reports are in its notes)"}
+        out.append(
+            f"- bf16 engines ({', '.join(engine_label(n, results) for n in bf16)}): "
+            + "; ".join(how[n] for n in bf16 if n in how) + ". They cannot meet the 1e-4 FP32 limit; they are "
+            "flagged (⚠) when max |diff| exceeds 1e-2 x max(1, max |ours|), on the timing input or on the "
+            "agreement inputs, and show top-1 match beside their time.")
     eval_n = max((e.get("eval_inputs", 0) for r in results for e in r.get("engines", {}).values()), default=0)
     if eval_n:
         out.append(
@@ -281,7 +313,8 @@ def markdown(meta: dict, results: list[dict]) -> str:
     out += ["", "## Summary: median ms (peer/ours)", "",
             "`other load`: cores that other processes on the machine kept busy, on average, while the "
             "configuration was timed (0 on an idle machine; the machine has 2; ⚠ above 0.2: noisy). "
-            "⚠ after a peer's time: its logits differ from ours by more than 1e-4 relative."
+            "⚠ after a peer's time: its logits differ from ours by more than 1e-4 relative"
+            + (" (bf16 engines: more than 1e-2 x max(1, max |ours|))." if bf16 else ".")
             + (" First inference of each turn (after idling)." if burst > 1 else ""), ""] + summary_table(results)
     if burst > 1:
         out += ["", "## Summary, back to back (hot): median ms (peer/ours)", ""] + summary_table(results, hot=True)
@@ -333,7 +366,7 @@ def plot(path: Path, results: list[dict]) -> None:
                     hot_x.append(xs[-1])
                     hot.append(e["hot"]["median_ms"])
         values += med + hot
-        ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=ENGINE_LABELS.get(name, name))
+        ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=engine_label(name, ok))
         if hot:
             ax.scatter(hot_x, hot, marker="D", s=14, color="black", edgecolors="white", linewidths=0.5,
                        zorder=3, label=hot_label)
@@ -344,7 +377,10 @@ def plot(path: Path, results: list[dict]) -> None:
         ax.set_yscale("log")
     ax.set_ylabel("median latency per batch (ms)")
     int8_run = any(r["engines"][n].get("quantized") for r in ok for n in r["engines"])
-    ax.set_title(f"RepVGG {'FP32 and INT8' if int8_run else 'FP32'} CPU inference, lower is better")
+    bf16_run = any(r["engines"][n].get("reduced_precision") for r in ok for n in r["engines"])
+    kinds = ["FP32"] + ["INT8"] * int8_run + ["BF16"] * bf16_run
+    kinds = ", ".join(kinds[:-1]) + " and " + kinds[-1] if len(kinds) > 1 else kinds[0]
+    ax.set_title(f"RepVGG {kinds} CPU inference, lower is better")
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(len(engines) + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.14),
               frameon=False)
