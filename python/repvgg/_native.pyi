@@ -24,8 +24,8 @@ class Model:
         """Deterministic synthetic weights (what `repvgg bench` runs by default)."""
     def session(self, threads: int = 0, isa: str = "auto", precision: str | None = None) -> Session:
         """A session with `threads` workers (0: one per core), a kernel set (auto, avx512, avx2, portable)
-        and an arithmetic: None (the model's own), "f32", or "int8" (a quantized model only; UsageError
-        on a float one)."""
+        and an arithmetic: None (the model's own), "f32", "int8" (a quantized model only; UsageError
+        on a float one), or "bf16" (a CPU with AVX512-BF16 only; CpuError elsewhere)."""
     @property
     def precision(self) -> str:
         """"int8" for a quantized model (`quantize`, `repvgg quantize`), else "f32"."""
@@ -61,10 +61,13 @@ class Session:
     def isa(self) -> str: ...
     @property
     def precision(self) -> str:
-        """The arithmetic the session runs in: "f32" or "int8"."""
+        """The arithmetic the session runs in: "f32", "int8" or "bf16"."""
     @property
     def int8_kernels(self) -> str | None:
         """The int8 kernel set of an INT8 session ("amx", "avx512-vnni", "avx2", "portable"); None for FP32."""
+    @property
+    def bf16_kernels(self) -> str | None:
+        """The bf16 kernel set of a BF16 session ("amx", "avx512-bf16"); None otherwise."""
 
 def convert(train: str | os.PathLike[str], deploy: str | os.PathLike[str], arch: str | None = None) -> None:
     """Writes the deploy form (official names, F32) of training-form weights."""

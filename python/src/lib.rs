@@ -260,6 +260,12 @@ impl Session {
     fn int8_kernels(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {
         py.detach(|| Ok(self.lock()?.int8_kernels().map(|k| k.name()))).map_err(exception)
     }
+
+    /// The bf16 kernel set of a BF16 session (`"amx"`, `"avx512-bf16"`); None otherwise.
+    #[getter]
+    fn bf16_kernels(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {
+        py.detach(|| Ok(self.lock()?.bf16_kernels().map(|k| k.name()))).map_err(exception)
+    }
 }
 
 impl Session {

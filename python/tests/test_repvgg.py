@@ -416,11 +416,27 @@ def test_quantize_options(digits):
     assert report["info"]["fp32_layers"] == ["stage1.0", "stage2.0"]
 
 
+def test_bf16_runs_within_its_bound_or_is_a_cpu_error(digits):
+    model, x, _ = digits
+    try:
+        bf16 = model.session(threads=2, precision="bf16")
+    except repvgg.CpuError as e:
+        assert "AVX512-BF16" in str(e)
+        return
+    assert bf16.precision == "bf16" and bf16.bf16_kernels in ("amx", "avx512-bf16")
+    assert bf16.int8_kernels is None
+    fp32 = model.session(threads=2)
+    assert fp32.bf16_kernels is None
+    want, got = fp32.run(x), bf16.run(x)
+    assert np.abs(got - want).max() <= 1e-2 * max(1.0, np.abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).mean() == 1.0
+
+
 def test_precision_errors_are_the_package_exceptions(digits):
     model, x, _ = digits
     with pytest.raises(repvgg.UsageError, match="INT8 needs a quantized model"):
         model.session(precision="int8")
-    with pytest.raises(repvgg.UsageError, match=r"precision: .*unknown precision `fp16` \(f32, int8\)"):
+    with pytest.raises(repvgg.UsageError, match=r"precision: .*unknown precision `fp16` \(f32, int8, bf16\)"):
         model.session(precision="fp16")
     with pytest.raises(repvgg.UsageError, match="unknown calibration method `kl`"):
         repvgg.quantize(model, x[:4], method="kl")
