@@ -338,9 +338,8 @@ fn fill_row(k: Bf16Kernels, s: &ConvShape, span: &Span, input: &[f32], image: us
                 for (i, src) in row.chunks(CHUNK).enumerate() {
                     let values = &mut values[..src.len()];
                     bf16::convert(k, src, values);
-                    for (x, v) in values.iter().enumerate() {
-                        interior[(i * CHUNK + x) * span.c + c] = *v;
-                    }
+                    let pixels = interior[(i * CHUNK * span.c + c)..].iter_mut().step_by(span.c);
+                    pixels.zip(values.iter()).for_each(|(d, v)| *d = *v);
                 }
             }
         }

@@ -6,7 +6,7 @@ use repvgg_graph::SeParams;
 use repvgg_simd::{Dispatch, dispatch};
 
 use crate::buffers::SharedMut;
-use crate::kernels::pointwise::{dot, dot_in_order, gate_relu_block, mean_block};
+use crate::kernels::pointwise::{dot, dot_in_order, dots, gate_relu_block, mean_block};
 use crate::team::{for_each, for_each_chunk_mut};
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
@@ -81,8 +81,22 @@ pub fn linear(isa: Dispatch, pooled: &[f32], n: usize, c: usize, weight: &[f32],
             let x = &pooled[b * cb * CHANNEL_BLOCK..b * cb * CHANNEL_BLOCK + c];
             // SAFETY: chunks partition the classes, so each (row, chunk) region has one writer.
             let row = unsafe { out.region(b * classes + k0, k1 - k0) };
-            dispatch!(isa, |s| for (k, logit) in (k0..k1).zip(row.iter_mut()) {
-                *logit = dot(s, &weight[k * c..(k + 1) * c], x) + bias[k];
+            // Four classes at a time: four independent multiply-add chains.
+            dispatch!(isa, |s| {
+                let mut k = k0;
+                for logits in row.chunks_mut(4) {
+                    if let [a, b, c4, d] = logits {
+                        let w = |j: usize| &weight[(k + j) * c..(k + j + 1) * c];
+                        let sums = dots::<_, 4>(s, [w(0), w(1), w(2), w(3)], x);
+                        (*a, *b, *c4, *d) =
+                            (sums[0] + bias[k], sums[1] + bias[k + 1], sums[2] + bias[k + 2], sums[3] + bias[k + 3]);
+                    } else {
+                        for (j, logit) in logits.iter_mut().enumerate() {
+                            *logit = dot(s, &weight[(k + j) * c..(k + j + 1) * c], x) + bias[k + j];
+                        }
+                    }
+                    k += logits.len();
+                }
             });
         }
     });

@@ -36,24 +36,40 @@ pub fn gate_relu_block<S: Simd>(s: S, plane: &mut [f32], gate: &[f32]) {
 /// pairwise tree over the lanes, then the tail in order.
 #[inline(always)]
 pub fn dot<S: Simd>(s: S, w: &[f32], x: &[f32]) -> f32 {
-    let len = w.len().min(x.len());
+    dots::<S, 1>(s, [w], x)[0]
+}
+
+/// [`dot`] of `R` weight rows with the same `x`, each summed in exactly [`dot`]'s order (so
+/// the same bits): the rows' lane-wise sums are independent chains, which hides the
+/// multiply-add latency that bounds a single one.
+#[inline(always)]
+pub fn dots<S: Simd, const R: usize>(s: S, w: [&[f32]; R], x: &[f32]) -> [f32; R] {
+    let len = w.iter().map(|w| w.len()).min().unwrap_or(0).min(x.len());
     let whole = len / CHANNEL_BLOCK * CHANNEL_BLOCK;
-    let mut partial = [0f32; CHANNEL_BLOCK];
+    let mut partial = [[0f32; CHANNEL_BLOCK]; R];
     for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
-        let mut acc = s.zero();
+        let mut acc = [s.zero(); R];
         for i in (0..whole).step_by(CHANNEL_BLOCK) {
-            acc = s.mul_add(s.read(&w[i + lane..]), s.read(&x[i + lane..]), acc);
+            let xv = s.read(&x[i + lane..]);
+            for r in 0..R {
+                acc[r] = s.mul_add(s.read(&w[r][i + lane..]), xv, acc[r]);
+            }
         }
-        s.write(&mut partial[lane..], acc);
-    }
-    let mut width = CHANNEL_BLOCK;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            partial[l] += partial[l + width];
+        for r in 0..R {
+            s.write(&mut partial[r][lane..], acc[r]);
         }
     }
-    w[whole..len].iter().zip(&x[whole..len]).fold(partial[0], |acc, (a, b)| s.mul_add_scalar(*a, *b, acc))
+    std::array::from_fn(|r| {
+        let partial = &mut partial[r];
+        let mut width = CHANNEL_BLOCK;
+        while width > 1 {
+            width /= 2;
+            for l in 0..width {
+                partial[l] += partial[l + width];
+            }
+        }
+        w[r][whole..len].iter().zip(&x[whole..len]).fold(partial[0], |acc, (a, b)| s.mul_add_scalar(*a, *b, acc))
+    })
 }
 
 /// `sum_i w[i] x[i] + bias` in order, one scalar multiply-add at a time (the small
