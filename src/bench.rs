@@ -8,7 +8,7 @@ use anyhow::Result;
 use repvgg::runtime::lab::{self, MixedPeaks};
 
 use crate::samples::{Samples, noise_line, percent_of_peak};
-use repvgg::runtime::{Bf16Set, Int8Set, Precision, Profile, Session};
+use repvgg::runtime::{Bf16Set, Int8Set, IsaChoice, Precision, Profile, Session, SessionOptions};
 use repvgg::{Model, Tensor};
 
 /// What to measure.
@@ -53,6 +53,9 @@ pub struct LayerRow {
     pub effective_gflops: f64,
     /// Share of the summed layer time.
     pub share: f64,
+    /// In INT8 or BF16: `max |output - FP32 output| / max |FP32 output|` of this layer on
+    /// the benchmark's input, accumulated through the layers before (`lab::layer_errors`).
+    pub error: Option<f64>,
 }
 
 /// The whole report.
@@ -187,12 +190,29 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
     let head_ms = median(&profile.head);
     let layers_ms: f64 = layer_ms.iter().sum();
     let summed = layers_ms + head_ms;
+    // In a reduced precision, how far each layer's output is from FP32's on the same input.
+    let errors = match session.precision() {
+        Precision::F32 => None,
+        precision => {
+            progress.set_message("comparing each layer with FP32");
+            let options = SessionOptions {
+                threads: session.threads(),
+                isa: IsaChoice::Force(session.isa()),
+                precision: Some(precision),
+                int8_kernels: session.int8_kernels(),
+                bf16_kernels: session.bf16_kernels(),
+                ..Default::default()
+            };
+            Some(lab::layer_errors(model, options, &input)?)
+        }
+    };
     let layers: Vec<LayerRow> = profile
         .plan
         .layers
         .iter()
         .zip(&layer_ms)
-        .map(|(lp, &ms)| {
+        .enumerate()
+        .map(|(i, (lp, &ms))| {
             let flops = 2 * lp.macs * n as u64;
             let multiplies = lp.multiplies() * n as u64;
             let weight_bytes = model.weight_bytes(lp)?;
@@ -223,6 +243,7 @@ pub fn run(model: &Model, session: &mut Session, config: &Config) -> Result<Repo
                 gflops: 2.0 * multiplies as f64 / ms / 1e6,
                 effective_gflops: flops as f64 / ms / 1e6,
                 share: ms / summed,
+                error: errors.as_ref().map(|e| e[i].1),
             })
         })
         .collect::<Result<_>>()?;
@@ -289,7 +310,7 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
     )?;
     writeln!(
         out,
-        "{:<10} {:>16} {:>13} {:>7} {:>8} {:>8} {:>7} {:>8} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
+        "{:<10} {:>16} {:>13} {:>7} {:>8} {:>8} {:>7} {:>8} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}{}",
         "layer",
         "channels",
         "output",
@@ -303,12 +324,13 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
         "peak",
         "GFLOP/s",
         "eff",
-        "share"
+        "share",
+        if report.precision == Precision::F32 { "" } else { "  vs f32" }
     )?;
     for l in &report.layers {
         writeln!(
             out,
-            "{:<10} {:>16} {:>13} {:>7} {:>8.3} {:>8.3} {:>7.2} {:>8.3} {:>7.3} {:>7.3} {:>5.0}% {:>8.1} {:>7.1} {:>5.1}%",
+            "{:<10} {:>16} {:>13} {:>7} {:>8.3} {:>8.3} {:>7.2} {:>8.3} {:>7.3} {:>7.3} {:>5.0}% {:>8.1} {:>7.1} {:>5.1}%{}",
             l.name,
             format!(
                 "{}->{}{}",
@@ -327,7 +349,8 @@ pub fn print_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> 
             percent_of_peak(l.floor_ms / l.median_ms),
             l.gflops,
             l.effective_gflops,
-            100.0 * l.share
+            100.0 * l.share,
+            l.error.map(|e| format!(" {e:>9.1e}")).unwrap_or_default()
         )?;
     }
     writeln!(out, "{:<10} {:>73.3}", "head", report.head_ms)?;

@@ -1519,4 +1519,28 @@ fn quantize_writes_a_file_that_infer_runs_and_refuses_bad_requests() {
         .find(|s| header.contains(&format!("({s} int8 kernels)")));
     assert!(set.is_some(), "the header names the int8 kernel set: {header}");
     assert!(header.contains("INT8 calibrated on 8 synthetic inputs"), "{header}");
+    // Each layer's drift from FP32: a column of the table, a field of the JSON.
+    assert!(text.lines().nth(3).is_some_and(|l| l.ends_with("vs f32")), "{text}");
+    let out = repvgg(&[
+        "bench",
+        "--precision",
+        "int8",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--size",
+        "32",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = report["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for layer in layers {
+        let error = layer["error"].as_f64().unwrap_or(f64::NAN);
+        assert!(error > 0.0 && error < 0.5, "{layer}");
+    }
 }

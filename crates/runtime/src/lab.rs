@@ -218,3 +218,27 @@ pub fn read_gbps(session: &Session, mib: usize, millis: u64) -> f64 {
         dispatch!(isa, |s| probe::read_gbps(s, &buffer, millis))
     })
 }
+
+/// How far each layer's output drifts from FP32 in a reduced precision: `max |reduced -
+/// fp32| / max |fp32|` over the layer's whole output on `input`, accumulated through the
+/// layers before it (what a user of that precision gets at that depth), in plan order,
+/// with the layer's name. `options` names the precision (a session of its own is made;
+/// another one in FP32 with the same threads gives the reference).
+pub fn layer_errors(
+    model: &crate::Model,
+    options: crate::SessionOptions,
+    input: &crate::Tensor,
+) -> Result<Vec<(String, f64)>> {
+    let fp32 = crate::SessionOptions { precision: Some(Precision::F32), ..options.clone() };
+    let n = input.shape().first().copied().unwrap_or(0);
+    let mut reference = Vec::new();
+    model.session(fp32)?.run_observed(input, &mut |lp, out| reference.push(out[..lp.output_len(n)].to_vec()))?;
+    let mut errors = Vec::new();
+    model.session(options)?.run_observed(input, &mut |lp, out| {
+        let (out, want) = (&out[..lp.output_len(n)], &reference[errors.len()]);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE) as f64;
+        let diff = out.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
+        errors.push((lp.name.clone(), diff / scale));
+    })?;
+    Ok(errors)
+}

@@ -180,7 +180,7 @@ impl LayerPlan {
     }
 
     /// Floats of the output activation (channel-blocked) for a batch of `n`.
-    fn output_len(&self, n: usize) -> usize {
+    pub(crate) fn output_len(&self, n: usize) -> usize {
         n * channel_blocks(self.out_channels) * self.oh * self.ow * CHANNEL_BLOCK
     }
 }

@@ -126,6 +126,24 @@ fn handing_bf16_between_layers_gives_the_same_bits() {
     }
 }
 
+/// `lab::layer_errors` (what `repvgg bench --precision bf16` prints per layer): one entry
+/// per layer in plan order, each the layer's drift from FP32, non-zero (bf16 rounds) and
+/// within a few times the logits' bound at every depth.
+#[test]
+fn each_layers_drift_from_fp32_is_reported() {
+    let model = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 2).unwrap();
+    let x = input(1, 64, 64, 8);
+    for set in sets() {
+        let errors = repvgg_runtime::lab::layer_errors(&model, bf16(set, 2), &x).unwrap();
+        let plan = model.session(bf16(set, 2)).unwrap().plan(1, 64, 64).unwrap().layers.clone();
+        assert_eq!(errors.len(), plan.len());
+        for ((name, e), lp) in errors.iter().zip(&plan) {
+            assert_eq!(name, &lp.name);
+            assert!(*e > 0.0 && *e < 5.0 * BOUND as f64, "{set} {name}: {e:e}");
+        }
+    }
+}
+
 fn top1(logits: &Tensor) -> Vec<usize> {
     (0..logits.shape()[0]).map(|i| logits.top_k(i, 1)[0].0).collect()
 }
