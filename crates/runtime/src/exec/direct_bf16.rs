@@ -15,6 +15,12 @@
 //!
 //! Grouped layers run one group's channels per tap instead (`cg` contiguous values per
 //! pixel), the planar network input (the stem) with its 3 channels per pixel unpadded.
+//!
+//! Maps too narrow for in-place rows to fill the tiles (the last stage's 7-pixel rows
+//! would leave 9 of 16 tile rows empty) copy each output pixel's steps, the same values
+//! the in-place reads see, one pixel after the other over the whole batch
+//! ([`reads_packed`]), so a tile takes 16 pixels whatever the rows; the weights are the
+//! same either way.
 
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
 use crate::buffers::{LINE, LineAligned, SharedMut, line_skip};
@@ -220,9 +226,10 @@ impl ConvExecutor for DirectBf16 {
         Box::new(Bf16Weights::pack(s, weights.deploy))
     }
 
-    /// The bordered bf16 input, in floats (and room to align it).
+    /// The bordered bf16 input, then the packed windows where they are read, in floats
+    /// (and room to align each).
     fn shared_len(&self, s: &ConvShape) -> usize {
-        input_len(s)
+        input_len(s) + packed_len(s)
     }
 
     fn scratch_len(&self, _: &ConvShape) -> usize {
@@ -365,9 +372,10 @@ fn run(ctx: RunContext<'_>) {
         InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
     };
     assert!(input.len() >= read, "input buffer too small");
-    assert!(shared.len() >= input_len(&s), "shared buffer too small");
+    assert!(shared.len() >= input_len(&s) + packed_len(&s), "shared buffer too small");
     assert_eq!((w.groups, w.span.c, w.span.len), (s.groups, span.c, span.len), "weights packed for another layer");
 
+    let (shared, packed_buffer) = shared.split_at_mut(input_len(&s));
     let bordered: &[u16] = if codes.input {
         // The layer before wrote this layer's input in this layout (`BorderedOut`).
         bytemuck::cast_slice(aligned(input, layout.len / 2))
@@ -392,28 +400,74 @@ fn run(ctx: RunContext<'_>) {
     let offsets: &[usize] = offsets;
 
     let amx_set = kernels.set() == Bf16Set::Amx;
-    let (columns, rows_per_item) = if amx_set { (16, 2) } else { (kernels.columns(), 1) };
-    let segments = s.ow.div_ceil(columns);
+    let (columns, rows_per_unit) = if amx_set { (16, 2) } else { (kernels.columns(), 1) };
     let plane_out = s.oh * s.ow;
+    let total = s.n * plane_out;
     let sink = match codes.output {
         Some(_) => Sink::Bf16(BorderedOut::new(&s, output)),
         None => Sink::Floats(SharedMut::new(output)),
     };
+
+    // Where the products read: the bordered input in place (a unit is one row segment,
+    // two rows of one for AMX), or, on maps too narrow to fill the tile rows, the
+    // windows packed pixel after pixel (a unit is `columns` consecutive output pixels of
+    // the whole batch, two groups of them for AMX; the same values as in place, so the
+    // same weights).
+    let packed = reads_packed(&s);
+    let pk = span.steps() * span.values();
+    let mut packed_offsets = [0usize; MAX_STEPS];
+    let (source, offsets, stride, units): (&[u16], &[usize], usize, usize) = if packed {
+        let rows = aligned_mut(packed_buffer, packed_len(&s) - LINE / 4);
+        let (rows, pad) = rows.split_at_mut(total * pk / 2);
+        pad.fill(0.0);
+        for_each_chunk_mut(rows, pk / 2, |p, row| {
+            let row: &mut [u16] = bytemuck::cast_slice_mut(row);
+            let (image, oy, ox) = (p / plane_out, p / s.ow % s.oh, p % s.ow);
+            let window = image * layout.plane + oy * s.stride * layout.row + ox * s.stride * span.c;
+            for (i, step) in row.chunks_exact_mut(span.values()).enumerate() {
+                step.copy_from_slice(&bordered[window + offsets[i] / 2..][..span.values()]);
+            }
+        });
+        for (i, offset) in packed_offsets[..span.steps()].iter_mut().enumerate() {
+            *offset = i * span.run;
+        }
+        let rows: &[f32] = aligned(packed_buffer, packed_len(&s) - LINE / 4);
+        (bytemuck::cast_slice(rows), &packed_offsets[..span.steps()], 2 * pk, total.div_ceil(columns * rows_per_unit))
+    } else {
+        (bordered, offsets, 2 * s.stride * span.c, s.n * s.oh.div_ceil(rows_per_unit) * s.ow.div_ceil(columns))
+    };
+    // The tile rows of unit `u`: for each of its (up to two) segments, the byte where
+    // its first row is read, its first output pixel (flattened over the batch) and how
+    // many of its rows are pixels. A segment's pixels are consecutive in that order.
+    let segments = s.ow.div_ceil(columns);
+    let groups_of_rows = s.oh.div_ceil(rows_per_unit);
+    let unit_tiles = |u: usize, group: usize| -> [(usize, usize, usize); 2] {
+        std::array::from_fn(|t| {
+            if t >= rows_per_unit {
+                (0, 0, 0)
+            } else if packed {
+                let first = (u * rows_per_unit + t) * columns;
+                (2 * first * pk, first, columns.min(total.saturating_sub(first)))
+            } else {
+                let image = u / (groups_of_rows * segments);
+                let (oy, x0) = (u / segments % groups_of_rows * rows_per_unit + t, u % segments * columns);
+                let count = if oy < s.oh { columns.min(s.ow - x0) } else { 0 };
+                let base = 2 * (image * layout.plane + oy * s.stride * layout.row + x0 * s.stride * span.c + group);
+                (base, (image * s.oh + oy) * s.ow + x0, count)
+            }
+        })
+    };
+
     let panels = s.groups * w.panels_per_group;
-    let groups_of_rows = s.oh.div_ceil(rows_per_item);
-    // A unit is one row segment (two rows of one for AMX) of one image. An item takes a
-    // few weight panels and one unit, or, where the weights do not stay in the L2 cache
-    // between items (the last stage's), one panel and every unit of an image: each panel
-    // then comes from memory once, not once per unit.
-    let units = groups_of_rows * segments;
+    // An item takes a few weight panels and one unit, or, where the weights do not stay
+    // in the L2 cache between items (the last stage's), one panel and every unit of the
+    // batch: each panel then comes from memory once, not once per unit.
     let (panels_per_item, units_per_item) =
         if w.bytes() > STREAMED_WEIGHT_BYTES { (1, units) } else { (PANELS_PER_ITEM, 1) };
     let chunks = panels.div_ceil(panels_per_item);
     let unit_groups = units.div_ceil(units_per_item);
-    let stride = 2 * s.stride * span.c;
-    crate::team::for_each(s.n * unit_groups * chunks, |item| {
-        let (chunk, item) = (item % chunks, item / chunks);
-        let (image, unit_group) = (item / unit_groups, item % unit_groups);
+    crate::team::for_each(unit_groups * chunks, |item| {
+        let (chunk, unit_group) = (item % chunks, item / chunks);
         let amx = amx_set.then(|| AmxTiles::new(TileOp::Bf16, span.run));
         let mut accs: [Bf16Acc; 2] = [[0.0; ROW_WORDS * 16]; 2];
         for wp in chunk * panels_per_item..panels.min((chunk + 1) * panels_per_item) {
@@ -421,49 +475,69 @@ fn run(ctx: RunContext<'_>) {
             let (k0, width, a) = w.panel(g, b);
             let group = if s.groups == 1 { 0 } else { g * s.in_per_group() };
             for unit in unit_group * units_per_item..units.min((unit_group + 1) * units_per_item) {
-                let (oy, x0) = (unit / segments * rows_per_item, unit % segments * columns);
-                let count = columns.min(s.ow - x0);
-                let rows = rows_per_item.min(s.oh - oy);
-                let base = |oy: usize| {
-                    2 * (image * layout.plane + oy * s.stride * layout.row + x0 * s.stride * span.c + group)
-                };
-                let reads = Reads { base: base(oy), offsets, stride, run: span.run };
+                let tiles = unit_tiles(unit, group);
+                let reads = Reads { base: tiles[0].0, offsets, stride, run: span.run };
                 let [a0, a1] = &mut accs;
                 match &amx {
-                    Some(tiles) if rows == 2 => {
-                        bf16::tile_pair_product(tiles, bordered, [base(oy), base(oy + 1)], reads, a, width, [a0, a1])
+                    Some(amx) if tiles[1].2 > 0 => {
+                        bf16::tile_pair_product(amx, source, [tiles[0].0, tiles[1].0], reads, a, width, [a0, a1])
                     }
-                    Some(tiles) => bf16::tile_product(tiles, bordered, reads, a, width, a0),
-                    None => bf16::strided_product(kernels, bordered, reads, a, width, count, a0),
+                    Some(amx) => bf16::tile_product(amx, source, reads, a, width, a0),
+                    None => bf16::strided_product(kernels, source, reads, a, width, tiles[0].2, a0),
                 }
                 let first_block = (g * w.out_per_group + k0) / CHANNEL_BLOCK;
-                for (r, acc) in accs.iter().enumerate().take(rows) {
-                    for blk in 0..width / CHANNEL_BLOCK {
-                        let (c, block) = (blk * CHANNEL_BLOCK, first_block + blk);
-                        let bias = &bias[block * CHANNEL_BLOCK..];
-                        match &sink {
-                            Sink::Floats(out) => {
-                                let start =
-                                    ((image * out_blocks + block) * plane_out + (oy + r) * s.ow + x0) * CHANNEL_BLOCK;
-                                let region = out.raw(start, count * CHANNEL_BLOCK);
-                                // SAFETY: `raw` checked the bounds; each item writes its own
-                                // pixels (one row segment) of its panels' channel blocks, so no
-                                // other slice overlaps this one.
-                                let dst = unsafe { std::slice::from_raw_parts_mut(region, count * CHANNEL_BLOCK) };
-                                bf16::store_rows(kernels, acc, 0, c, count, bias, relu, dst);
-                            }
-                            Sink::Bf16(out) => {
-                                // SAFETY: as above, in the next layer's layout: the pixels'
-                                // values of this channel block are this item's alone.
-                                let dst = unsafe { out.at(image, oy + r, x0, block) };
-                                bf16::store_rows_bf16(kernels, acc, c, count, bias, relu, dst, out.layout.c);
+                for (acc, &(_, first, count)) in accs.iter().zip(&tiles) {
+                    // Runs of the segment's pixels within one output row.
+                    let mut j = 0;
+                    while j < count {
+                        let q = first + j;
+                        let (image, oy, ox) = (q / plane_out, q / s.ow % s.oh, q % s.ow);
+                        let run = (count - j).min(s.ow - ox);
+                        for blk in 0..width / CHANNEL_BLOCK {
+                            let (c, block) = (blk * CHANNEL_BLOCK, first_block + blk);
+                            let bias = &bias[block * CHANNEL_BLOCK..];
+                            match &sink {
+                                Sink::Floats(out) => {
+                                    let start =
+                                        ((image * out_blocks + block) * plane_out + oy * s.ow + ox) * CHANNEL_BLOCK;
+                                    let region = out.raw(start, run * CHANNEL_BLOCK);
+                                    // SAFETY: `raw` checked the bounds; each item writes its
+                                    // own pixels (its units') of its panels' channel blocks,
+                                    // so no other slice overlaps this one.
+                                    let dst = unsafe { std::slice::from_raw_parts_mut(region, run * CHANNEL_BLOCK) };
+                                    bf16::store_rows(kernels, acc, j, c, run, bias, relu, dst);
+                                }
+                                Sink::Bf16(out) => {
+                                    // SAFETY: as above, in the next layer's layout: these
+                                    // pixels' values of this channel block are this item's.
+                                    let dst = unsafe { out.at(image, oy, ox, block) };
+                                    bf16::store_rows_bf16(kernels, acc, j, c, run, bias, relu, dst, out.layout.c);
+                                }
                             }
                         }
+                        j += run;
                     }
                 }
             }
         }
     });
+}
+
+/// Whether a layer's products read packed windows rather than the bordered input in
+/// place: without groups, on maps so narrow that a row's segments would leave a quarter
+/// of the tile rows empty (the last stage's 7-pixel rows fill 7 of 16).
+fn reads_packed(s: &ConvShape) -> bool {
+    s.groups == 1 && s.input == InputLayout::Blocked && 4 * s.ow < 3 * s.ow.next_multiple_of(16)
+}
+
+/// Floats of the packed windows ([`reads_packed`]): every output pixel of the batch, then
+/// zero rows up to a whole number of two tiles, with room to align them.
+fn packed_len(s: &ConvShape) -> usize {
+    if !reads_packed(s) {
+        return 0;
+    }
+    let span = Span::new(s);
+    (s.n * s.oh * s.ow).next_multiple_of(32) * span.steps() * span.values() / 2 + LINE / 4
 }
 
 #[cfg(test)]

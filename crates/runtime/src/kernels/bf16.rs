@@ -298,12 +298,13 @@ pub fn store_rows(
     }
 }
 
-/// [`store_rows`] from row 0, rounded to bf16 into a pixel-major buffer: row `j` into
+/// [`store_rows`], rounded to bf16 into a pixel-major buffer: row `row0 + j` into
 /// `dst[j * stride..][..16]` (the next BF16 layer's bordered input).
 #[allow(clippy::too_many_arguments)] // the accumulator's part, the affine map, the output
 pub fn store_rows_bf16(
     k: Bf16Kernels,
     acc: &Bf16Acc,
+    row0: usize,
     c: usize,
     count: usize,
     bias: &[f32],
@@ -311,18 +312,25 @@ pub fn store_rows_bf16(
     dst: &mut [u16],
     stride: usize,
 ) {
-    assert!(count <= 16 && c + 16 <= ROW_WORDS && bias.len() >= 16);
+    assert!(row0 + count <= 16 && c + 16 <= ROW_WORDS && bias.len() >= 16);
     assert!(count == 0 || (count - 1) * stride + 16 <= dst.len(), "destination shorter than its rows");
     let _ = k;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: Bf16Kernels proves AVX512-BF16; the asserts cover the rows read and written.
     unsafe {
-        x86::store_rows_bf16(acc.as_ptr().add(c), count, bias.as_ptr(), relu, dst.as_mut_ptr(), stride)
+        x86::store_rows_bf16(
+            acc.as_ptr().add(row0 * ROW_WORDS + c),
+            count,
+            bias.as_ptr(),
+            relu,
+            dst.as_mut_ptr(),
+            stride,
+        )
     };
     #[cfg(not(target_arch = "x86_64"))]
     for j in 0..count {
         for l in 0..16 {
-            let v = acc[j * ROW_WORDS + c + l] + bias[l];
+            let v = acc[(row0 + j) * ROW_WORDS + c + l] + bias[l];
             dst[j * stride + l] = to_bf16(if relu { v.max(0.0) } else { v });
         }
     }
