@@ -25,7 +25,7 @@
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
 use crate::buffers::{LINE, LineAligned, SharedMut, line_skip};
 use crate::kernels::amx::{AmxTiles, ROW_WORDS, TileOp};
-use crate::kernels::bf16::{self, Bf16Acc, Bf16Kernels, Bf16Set, Reads};
+use crate::kernels::bf16::{self, Bf16Acc, Bf16Kernels, Bf16Set, Reads, Rows};
 use crate::plan::{Algo, Precision};
 use crate::team::for_each_chunk_mut;
 use repvgg_simd::Isa;
@@ -496,7 +496,7 @@ fn run(ctx: RunContext<'_>) {
                         for blk in 0..width / CHANNEL_BLOCK {
                             let (c, block) = (blk * CHANNEL_BLOCK, first_block + blk);
                             let bias = &bias[block * CHANNEL_BLOCK..];
-                            match &sink {
+                            let rows = match &sink {
                                 Sink::Floats(out) => {
                                     let start =
                                         ((image * out_blocks + block) * plane_out + oy * s.ow + ox) * CHANNEL_BLOCK;
@@ -504,16 +504,13 @@ fn run(ctx: RunContext<'_>) {
                                     // SAFETY: `raw` checked the bounds; each item writes its
                                     // own pixels (its units') of its panels' channel blocks,
                                     // so no other slice overlaps this one.
-                                    let dst = unsafe { std::slice::from_raw_parts_mut(region, run * CHANNEL_BLOCK) };
-                                    bf16::store_rows(kernels, acc, j, c, run, bias, relu, dst);
+                                    Rows::F32(unsafe { std::slice::from_raw_parts_mut(region, run * CHANNEL_BLOCK) })
                                 }
-                                Sink::Bf16(out) => {
-                                    // SAFETY: as above, in the next layer's layout: these
-                                    // pixels' values of this channel block are this item's.
-                                    let dst = unsafe { out.at(image, oy, ox, block) };
-                                    bf16::store_rows_bf16(kernels, acc, j, c, run, bias, relu, dst, out.layout.c);
-                                }
-                            }
+                                // SAFETY: as above, in the next layer's layout: these pixels'
+                                // values of this channel block are this item's.
+                                Sink::Bf16(out) => Rows::Bf16(unsafe { out.at(image, oy, ox, block) }, out.layout.c),
+                            };
+                            bf16::store_rows(kernels, acc, j, c, run, bias, relu, rows);
                         }
                         j += run;
                     }

@@ -268,8 +268,16 @@ pub fn portable_product(input: &[u16], r: Reads<'_>, a: &[u16], width: usize, co
     }
 }
 
-/// `dst[j][l] = relu?(acc[row0 + j][c + l] + bias[l])` for `count` rows of 16 channels
-/// (channel-blocked output pixels).
+/// Where [`store_rows`] writes row `j` of its `count`.
+pub enum Rows<'a> {
+    /// `dst[j * 16..][..16]`: channel-blocked output pixels.
+    F32(&'a mut [f32]),
+    /// `dst[j * stride..][..16]`, rounded to bf16: a pixel-major buffer (the next BF16
+    /// layer's bordered input).
+    Bf16(&'a mut [u16], usize),
+}
+
+/// `dst[j][l] = relu?(acc[row0 + j][c + l] + bias[l])` for `count` rows of 16 channels.
 #[allow(clippy::too_many_arguments)] // the accumulator's part, the affine map, the output
 pub fn store_rows(
     k: Bf16Kernels,
@@ -279,59 +287,39 @@ pub fn store_rows(
     count: usize,
     bias: &[f32],
     relu: bool,
-    dst: &mut [f32],
-) {
-    assert!(row0 + count <= 16 && c + 16 <= ROW_WORDS && bias.len() >= 16 && dst.len() >= count * 16);
-    let _ = k;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: Bf16Kernels proves AVX-512F; the assert covers the rows read and written.
-    unsafe {
-        x86::store_rows(acc.as_ptr().add(row0 * ROW_WORDS + c), count, bias.as_ptr(), relu, dst.as_mut_ptr())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    for j in 0..count {
-        let src = &acc[(row0 + j) * ROW_WORDS + c..][..16];
-        for ((d, s), b) in dst[j * 16..(j + 1) * 16].iter_mut().zip(src).zip(bias) {
-            let v = s + b;
-            *d = if relu { v.max(0.0) } else { v };
-        }
-    }
-}
-
-/// [`store_rows`], rounded to bf16 into a pixel-major buffer: row `row0 + j` into
-/// `dst[j * stride..][..16]` (the next BF16 layer's bordered input).
-#[allow(clippy::too_many_arguments)] // the accumulator's part, the affine map, the output
-pub fn store_rows_bf16(
-    k: Bf16Kernels,
-    acc: &Bf16Acc,
-    row0: usize,
-    c: usize,
-    count: usize,
-    bias: &[f32],
-    relu: bool,
-    dst: &mut [u16],
-    stride: usize,
+    dst: Rows<'_>,
 ) {
     assert!(row0 + count <= 16 && c + 16 <= ROW_WORDS && bias.len() >= 16);
-    assert!(count == 0 || (count - 1) * stride + 16 <= dst.len(), "destination shorter than its rows");
+    let (ptr, stride, rounded) = match dst {
+        Rows::F32(dst) => {
+            assert!(dst.len() >= count * 16, "destination shorter than its rows");
+            (dst.as_mut_ptr().cast::<u8>(), 64, false)
+        }
+        Rows::Bf16(dst, stride) => {
+            assert!(count == 0 || (count - 1) * stride + 16 <= dst.len(), "destination shorter than its rows");
+            (dst.as_mut_ptr().cast::<u8>(), 2 * stride, true)
+        }
+    };
     let _ = k;
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: Bf16Kernels proves AVX512-BF16; the asserts cover the rows read and written.
+    // SAFETY: Bf16Kernels proves AVX512-F and AVX512-BF16; the asserts cover the rows read
+    // and written.
     unsafe {
-        x86::store_rows_bf16(
-            acc.as_ptr().add(row0 * ROW_WORDS + c),
-            count,
-            bias.as_ptr(),
-            relu,
-            dst.as_mut_ptr(),
-            stride,
-        )
+        x86::store_rows(acc.as_ptr().add(row0 * ROW_WORDS + c), count, bias.as_ptr(), relu, ptr, stride, rounded)
     };
     #[cfg(not(target_arch = "x86_64"))]
     for j in 0..count {
         for l in 0..16 {
             let v = acc[(row0 + j) * ROW_WORDS + c + l] + bias[l];
-            dst[j * stride + l] = to_bf16(if relu { v.max(0.0) } else { v });
+            let v = if relu { v.max(0.0) } else { v };
+            // SAFETY: within the rows the asserts checked.
+            unsafe {
+                if rounded {
+                    ptr.add(j * stride).cast::<u16>().add(l).write_unaligned(to_bf16(v));
+                } else {
+                    ptr.add(j * stride).cast::<f32>().add(l).write_unaligned(v);
+                }
+            }
         }
     }
 }
@@ -389,36 +377,18 @@ mod x86 {
 
     /// # Safety
     ///
-    /// AVX-512F; `acc` readable for `count` rows of `ROW_WORDS` (16 used), `bias` for 16,
-    /// `dst` writable for `count * 16`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn store_rows(acc: *const f32, count: usize, bias: *const f32, relu: bool, dst: *mut f32) {
-        // SAFETY: the caller's bounds.
-        unsafe {
-            let b = _mm512_loadu_ps(bias);
-            let zero = _mm512_setzero_ps();
-            for j in 0..count {
-                let mut v = _mm512_add_ps(_mm512_loadu_ps(acc.add(j * ROW_WORDS)), b);
-                if relu {
-                    v = _mm512_max_ps(v, zero);
-                }
-                _mm512_storeu_ps(dst.add(j * 16), v);
-            }
-        }
-    }
-
-    /// # Safety
-    ///
     /// AVX512-F and AVX512-BF16; `acc` readable for `count` rows of `ROW_WORDS` (16 used),
-    /// `bias` for 16, `dst` writable at `j * stride .. + 16` for every `j < count`.
+    /// `bias` for 16, `dst` writable for 16 floats (or 16 bf16 if `rounded`) at `j *
+    /// stride` bytes for every `j < count`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn store_rows_bf16(
+    pub unsafe fn store_rows(
         acc: *const f32,
         count: usize,
         bias: *const f32,
         relu: bool,
-        dst: *mut u16,
+        dst: *mut u8,
         stride: usize,
+        rounded: bool,
     ) {
         // SAFETY: the caller's bounds.
         unsafe {
@@ -429,8 +399,12 @@ mod x86 {
                 if relu {
                     v = _mm512_max_ps(v, zero);
                 }
-                let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-                _mm256_storeu_si256(dst.add(j * stride).cast(), h);
+                if rounded {
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                    _mm256_storeu_si256(dst.add(j * stride).cast(), h);
+                } else {
+                    _mm512_storeu_ps(dst.add(j * stride).cast(), v);
+                }
             }
         }
     }
