@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use repvgg_graph::{ArchSpec, synthetic};
-use repvgg_runtime::{Model, SessionOptions, Tensor};
+use repvgg_runtime::{Model, Precision, SessionOptions, Tensor};
 
 struct Counting;
 
@@ -50,8 +50,15 @@ fn a_forward_pass_allocates_nothing_after_the_first() {
     .unwrap();
     for arch in [ArchSpec::builtin("A0").unwrap(), se] {
         let model = Model::synthetic(arch, 1).unwrap();
-        for threads in [1, 2] {
-            let mut session = model.session(SessionOptions { threads, ..Default::default() }).unwrap();
+        // FP32, and BF16 where the CPU has it (its packed and bordered buffers live in the
+        // arena too).
+        let precisions = [Precision::F32, Precision::Bf16];
+        for (threads, precision) in [1, 2].into_iter().flat_map(|t| precisions.map(|p| (t, p))) {
+            let options = SessionOptions { threads, precision: Some(precision), ..Default::default() };
+            let Ok(mut session) = model.session(options) else {
+                assert_eq!(precision, Precision::Bf16, "FP32 runs everywhere");
+                continue;
+            };
             let x = Tensor::new(vec![2, 3, 64, 48], synthetic::input(2 * 3 * 64 * 48, 2)).unwrap();
             let mut logits = Tensor::zeros(vec![2, model.network().num_classes]);
             // The first run plans, packs weights and sizes the arena: the counter sees it.
@@ -66,7 +73,8 @@ fn a_forward_pass_allocates_nothing_after_the_first() {
                 session.run_into(&x, &mut logits).unwrap();
             }
             COUNTING.store(false, Ordering::Relaxed);
-            assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0, "{} with {threads} threads", model.network().arch.name);
+            let name = &model.network().arch.name;
+            assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0, "{name} in {precision} with {threads} threads");
         }
     }
 }
