@@ -768,7 +768,7 @@ fn bf16_kernels(isa: Dispatch, wanted: Option<Bf16Set>) -> Result<Bf16Kernels> {
     }
     if isa.isa() != repvgg_simd::Isa::Avx512 {
         return Err(Error::Cpu(format!(
-            "BF16 runs with the AVX-512 kernels; the {} kernel set was forced (--isa, REPVGG_ISA)",
+            "BF16 needs AVX512-BF16 and the AVX-512 kernels; the {} kernel set was forced (--isa, REPVGG_ISA)",
             isa.isa().name()
         )));
     }
