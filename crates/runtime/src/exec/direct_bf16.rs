@@ -337,6 +337,10 @@ fn fill_row(k: Bf16Kernels, s: &ConvShape, span: &Span, input: &[f32], image: us
                 bf16::convert_blocks(k, src, s.w, &mut interior[b * CHANNEL_BLOCK..], span.c);
             }
         }
+        InputLayout::Planar if s.in_channels == 3 => {
+            let row = |c: usize| &input[((image * 3 + c) * s.h + y) * s.w..][..s.w];
+            bf16::interleave3(k, [row(0), row(1), row(2)], interior);
+        }
         InputLayout::Planar => {
             const CHUNK: usize = 256;
             let mut values = [0u16; CHUNK];

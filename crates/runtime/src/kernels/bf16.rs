@@ -85,7 +85,9 @@ pub struct Bf16Kernels(Bf16Set);
 fn has_avx512bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f") && crate::kernels::probe_mixed::has_avx512bf16()
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && crate::kernels::probe_mixed::has_avx512bf16()
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -324,6 +326,26 @@ pub fn store_rows(
     }
 }
 
+/// `dst[3 x + c] = to_bf16(rows[c][x])` for the `rows[0].len()` pixels of three planar
+/// rows: a row of the RGB network input, pixel-major (what the stem reads).
+pub fn interleave3(k: Bf16Kernels, rows: [&[f32]; 3], dst: &mut [u16]) {
+    let w = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == w) && dst.len() >= 3 * w, "rows and destination disagree");
+    let _ = k;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: Bf16Kernels proves AVX512-F, -BW and -BF16; the assert covers every read
+    // (w floats per row) and write (3 w values).
+    unsafe {
+        x86::interleave3(rows.map(|r| r.as_ptr()), w, dst.as_mut_ptr())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    for x in 0..w {
+        for c in 0..3 {
+            dst[3 * x + c] = to_bf16(rows[c][x]);
+        }
+    }
+}
+
 /// Converts `pixels` runs of 16 floats (`src`, contiguous) to bf16, run `x` into
 /// `dst[x * stride..][..16]`: a channel block's row into a pixel-major buffer.
 pub fn convert_blocks(k: Bf16Kernels, src: &[f32], pixels: usize, dst: &mut [u16], stride: usize) {
@@ -405,6 +427,70 @@ mod x86 {
                 } else {
                     _mm512_storeu_ps(dst.add(j * stride).cast(), v);
                 }
+            }
+        }
+    }
+
+    /// Where output value `e` of vector `v` (of three) of 32 interleaved pixels comes
+    /// from: the index into `(r, g)` for `_mm512_permutex2var_epi16` (`r[p]` is `p`,
+    /// `g[p]` is `32 + p`), the index into `b`, and the mask of `b`'s places.
+    fn interleave3_tables() -> [([i16; 32], [i16; 32], u32); 3] {
+        std::array::from_fn(|v| {
+            let (mut rg, mut b, mut mask) = ([0i16; 32], [0i16; 32], 0u32);
+            for e in 0..32 {
+                let (p, c) = ((32 * v + e) / 3, (32 * v + e) % 3);
+                match c {
+                    0 => rg[e] = p as i16,
+                    1 => rg[e] = 32 + p as i16,
+                    _ => {
+                        b[e] = p as i16;
+                        mask |= 1 << e;
+                    }
+                }
+            }
+            (rg, b, mask)
+        })
+    }
+
+    /// # Safety
+    ///
+    /// AVX512-F, -BW and -BF16; the three rows readable for `w` floats, `dst` writable for
+    /// `3 w` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn interleave3(rows: [*const f32; 3], w: usize, dst: *mut u16) {
+        let tables = interleave3_tables();
+        // SAFETY: the tables are 32 i16 each (64 bytes); every load is masked to the `w`
+        // floats of the rows and every store to the `3 w` values of `dst`.
+        unsafe {
+            let idx: [(__m512i, __m512i, u32); 3] = std::array::from_fn(|v| {
+                let (rg, b, mask) = &tables[v];
+                (_mm512_loadu_si512(rg.as_ptr().cast()), _mm512_loadu_si512(b.as_ptr().cast()), *mask)
+            });
+            let mut x = 0;
+            while x < w {
+                let n = (w - x).min(32);
+                // 32 pixels of one channel as 32 bf16 (zeros past the row's end).
+                let channel = |row: *const f32| -> __m512i {
+                    let lo = (1u32 << n.min(16)) - 1;
+                    let hi = if n > 16 { ((1u64 << (n - 16)) - 1) as u32 } else { 0 };
+                    let a: __m256i =
+                        std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(lo as u16, row.add(x))));
+                    let b: __m256i =
+                        std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(hi as u16, row.add(x + 16))));
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
+                };
+                let (r, g, b) = (channel(rows[0]), channel(rows[1]), channel(rows[2]));
+                for (v, &(rg, bi, mask)) in idx.iter().enumerate() {
+                    let first = 32 * v;
+                    if first >= 3 * n {
+                        break;
+                    }
+                    let out = _mm512_mask_permutexvar_epi16(_mm512_permutex2var_epi16(r, rg, g), mask, bi, b);
+                    let count = (3 * n - first).min(32);
+                    let keep = if count == 32 { u32::MAX } else { (1u32 << count) - 1 };
+                    _mm512_mask_storeu_epi16(dst.add(3 * x + first).cast(), keep, out);
+                }
+                x += n;
             }
         }
     }
@@ -546,6 +632,26 @@ mod tests {
         assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
         assert_eq!(to_bf16(f32::MAX), 0x7f80);
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+    }
+
+    /// The RGB interleave is the scalar conversion, value for value, at every row length
+    /// around the 32-pixel vectors (tails of each size, the last vector partly filled).
+    #[test]
+    fn the_rgb_interleave_is_the_scalar_one() {
+        let mut next = lcg(5);
+        for k in Bf16Kernels::all_supported() {
+            for w in [1, 2, 10, 11, 16, 17, 31, 32, 33, 63, 64, 65, 100, 224] {
+                let rows: Vec<Vec<f32>> = (0..3).map(|_| (0..w).map(|_| next() * 5.0).collect()).collect();
+                let mut got = vec![0xdeadu16; 3 * w + 7];
+                interleave3(k, [&rows[0], &rows[1], &rows[2]], &mut got);
+                for x in 0..w {
+                    for c in 0..3 {
+                        assert_eq!(got[3 * x + c], to_bf16(rows[c][x]), "width {w} pixel {x} channel {c}");
+                    }
+                }
+                assert!(got[3 * w..].iter().all(|&v| v == 0xdead), "width {w}: wrote past the pixels");
+            }
+        }
     }
 
     /// Every set's products against the exact sums of the same bf16 operands, within the
