@@ -44,7 +44,7 @@ const RUN_BYTES: usize = 64;
 /// Weight panels (of 32 output channels) per work item.
 const PANELS_PER_ITEM: usize = 4;
 
-/// Packed weights above which a layer's items take one panel and every row of an image
+/// Packed weights above which a layer's items take one panel and every row of the batch
 /// (half of a 2 MiB L2: what the weights can keep of it beside the activations).
 const STREAMED_WEIGHT_BYTES: usize = 1 << 20;
 
