@@ -25,7 +25,7 @@ fn weight_seeds_load_and_run_or_are_refused() {
     let input = Tensor::new(vec![1, 3, 9, 7], (0..189).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect()).unwrap();
     let (mut loaded, mut int8) = (0, 0);
     for (path, bytes) in seeds("weights") {
-        let result = SafetensorsFile::from_bytes("seed", bytes)
+        let result = SafetensorsFile::weights_from_bytes("seed", bytes)
             .and_then(|file| Model::from_safetensors(&file, &ModelOptions::default()))
             .and_then(|model| {
                 let mut session = model.session(SessionOptions { threads: 1, ..Default::default() })?;
