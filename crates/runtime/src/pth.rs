@@ -116,27 +116,28 @@ pub fn read(bytes: &[u8]) -> Result<Vec<PthTensor>, String> {
             },
             _ => return Err(format!("state dict entry `{name}` is {}, not a tensor", machine.kind(value))),
         };
+        let entry = format!("{prefix}/data/{}", tensor.key);
         let storage = match storages.get(&tensor.key) {
             Some(range) => range.clone(),
             None => {
-                let entry = format!("{prefix}/data/{}", tensor.key);
                 let index = archive
                     .index_for_name(&entry)
                     .ok_or_else(|| format!("tensor `{name}` refers to storage `{entry}`, which the zip lacks"))?;
                 let range = stored_range(&mut archive, index, bytes.len())?;
-                let declared = tensor.storage_numel.checked_mul(elem_size(tensor.dtype) as u64);
-                if declared != Some(range.len() as u64) {
-                    return Err(format!(
-                        "storage `{entry}` holds {} bytes, but tensor `{name}` declares it as {} elements of {:?}",
-                        range.len(),
-                        tensor.storage_numel,
-                        tensor.dtype
-                    ));
-                }
                 storages.insert(tensor.key.clone(), range.clone());
                 range
             }
         };
+        // Every tensor's persistent id declares its storage's size: each must match.
+        let declared = tensor.storage_numel.checked_mul(elem_size(tensor.dtype) as u64);
+        if declared != Some(storage.len() as u64) {
+            return Err(format!(
+                "storage `{entry}` holds {} bytes, but tensor `{name}` declares it as {} elements of {:?}",
+                storage.len(),
+                tensor.storage_numel,
+                tensor.dtype
+            ));
+        }
         // The tensor lies within its storage (checked when it was built) and the storage
         // within the file: these cannot overflow.
         let size = elem_size(tensor.dtype);

@@ -65,7 +65,7 @@ fn checkpoints_load_the_same_model_and_logits() {
 
 /// The error loading `bytes` as a weights file gives, which must be a format error.
 fn refusal(bytes: Vec<u8>) -> String {
-    let error = SafetensorsFile::weights_from_bytes("x.pth", bytes).err().expect("refused");
+    let error = SafetensorsFile::weights_from_bytes("x.pth", bytes).expect_err("refused");
     assert_eq!(error.kind(), ErrorKind::Format, "{error}");
     let message = error.to_string();
     assert!(!message.contains('\n'), "{message}");
@@ -96,11 +96,10 @@ fn int(v: i64) -> Vec<u8> {
     out
 }
 
-/// The pickle of `{name: tensor}` as torch.save writes it (protocol 2), for a tensor of
-/// `size` and `stride` at `offset` in storage `0` of `numel` elements of `storage`.
-fn state_pickle(storage: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
-    let mut p = vec![0x80, 2, b'}', b'('];
-    p.extend(unicode("linear.bias"));
+/// One state dict entry as torch.save pickles it (protocol 2): `name` -> a tensor of
+/// `size` and `stride` at `offset` in storage `0`, declared as `numel` elements of `storage`.
+fn entry(name: &str, storage: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
+    let mut p = unicode(name);
     p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
     p.extend(unicode("storage"));
     p.extend(format!("ctorch\n{storage}\n").as_bytes());
@@ -113,8 +112,13 @@ fn state_pickle(storage: &str, numel: i64, offset: i64, size: &[i64], stride: &[
     size.iter().for_each(|&d| p.extend(int(d)));
     p.extend(b"t(");
     stride.iter().for_each(|&d| p.extend(int(d)));
-    p.extend(b"t\x89ccollections\nOrderedDict\n)RtRu.");
+    p.extend(b"t\x89ccollections\nOrderedDict\n)RtR");
     p
+}
+
+/// The pickle of `{"linear.bias": tensor}` (see [`entry`]).
+fn state_pickle(storage: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
+    [&[0x80, 2, b'}', b'('][..], &entry("linear.bias", storage, numel, offset, size, stride), b"u."].concat()
 }
 
 fn checkpoint(pickle: &[u8], storage: &[u8]) -> Vec<u8> {
@@ -137,7 +141,7 @@ fn a_hand_made_checkpoint_loads() {
 #[test]
 fn forbidden_globals_are_refused_unexecuted() {
     // torch.save of an object whose pickle calls os.system (`posix.system` on Linux).
-    let error = Model::load(&dir().join("hostile-os-system.pth"), &ModelOptions::default()).err().expect("refused");
+    let error = Model::load(&dir().join("hostile-os-system.pth"), &ModelOptions::default()).expect_err("refused");
     let message = error.to_string();
     assert_eq!(error.kind(), ErrorKind::Format, "{message}");
     assert!(message.contains("global `posix.system`") && message.contains("refused"), "{message}");
@@ -177,6 +181,20 @@ fn broken_and_lying_checkpoints_are_refused() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         // The storage entry is shorter than the storage it is declared as.
         (checkpoint(&state_pickle("FloatStorage", 6, 0, &[6], &[1]), &floats(4)), "holds 16 bytes"),
+        // Two views of one storage, the second declaring it larger than the first.
+        (
+            checkpoint(
+                &[
+                    &[0x80, 2, b'}', b'('][..],
+                    &entry("a", "FloatStorage", 4, 0, &[4], &[1]),
+                    &entry("b", "FloatStorage", 1 << 40, 1 << 39, &[4], &[1]),
+                    b"u.",
+                ]
+                .concat(),
+                &floats(4),
+            ),
+            "tensor `b` declares it as 1099511627776 elements",
+        ),
         // The tensor reaches past its storage.
         (checkpoint(&state_pickle("FloatStorage", 4, 2, &[4], &[1]), &floats(4)), "reaches past its storage"),
         // Huge declared sizes: nothing of them is allocated.
