@@ -53,6 +53,24 @@ fn weight_seeds_load_and_run_or_are_refused() {
 }
 
 #[test]
+fn pth_seeds_are_read_or_refused() {
+    let (mut read, mut refused) = (0, 0);
+    for (path, bytes) in seeds("pth") {
+        match repvgg::runtime::pth::read(&bytes) {
+            Ok(tensors) => {
+                assert!(tensors.iter().all(|t| t.start <= t.end && t.end <= bytes.len()), "{}", path.display());
+                read += 1;
+            }
+            Err(e) => {
+                assert!(path.extension().is_some_and(|e| e == "refused"), "{}: {e}", path.display());
+                refused += 1;
+            }
+        }
+    }
+    assert!(read >= 1 && refused >= 1, "{read} read, {refused} refused");
+}
+
+#[test]
 fn input_seeds_parse_or_are_refused() {
     let model = Model::synthetic(
         ArchSpec::from_toml("name='t'\nblocks_per_stage=[1,1,1,1]\nwidths=[16,16,16,32,32]\nnum_classes=5\n", "t")

@@ -74,6 +74,11 @@ def main() -> None:
     torch.save(collections.OrderedDict(sorted(tiny.items())), seed)
     data = seed.read_bytes()
     (seeds / "tiny-Official-Deploy-F32.pth.truncated").write_bytes(data[: len(data) * 2 // 3])
+    # The reader's own fuzzer (fuzz/fuzz_targets/pth.rs): the same seed, and one it refuses.
+    pth_seeds = ROOT / "fuzz" / "seeds" / "pth"
+    pth_seeds.mkdir(exist_ok=True)
+    (pth_seeds / seed.name).write_bytes(data)
+    (pth_seeds / "hostile-os-system.pth.refused").write_bytes((DIR / "hostile-os-system.pth").read_bytes())
     print(f"{seed}: {len(data)} bytes")
 
 
