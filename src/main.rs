@@ -32,7 +32,8 @@ struct Cli {
 /// A checkpoint to load.
 #[derive(Args)]
 struct WeightsArgs {
-    /// Weights (.safetensors), any supported naming form, dtype F32/F16/BF16.
+    /// Weights: .safetensors (dtype F32/F16/BF16) or a PyTorch zip checkpoint (.pth/.pt, a state
+    /// dict, plain or under `state_dict` / `model`), any supported naming form.
     #[arg(long)]
     weights: PathBuf,
     /// Architecture to check the weights against (inferred from shapes if omitted).

@@ -206,6 +206,38 @@ fn infer_matches_onnx_runtime_and_convert_round_trips() {
     assert_eq!(again, got, "deploy weights written by convert give the same logits");
 }
 
+/// `infer --weights x.pth` gives the logits of the safetensors file the checkpoints were
+/// written from, bit for bit (plain, wrapped in `state_dict`, and under `model` with
+/// `module.` names); `convert` takes a `.pth` too.
+#[test]
+fn infer_and_convert_read_pytorch_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = dir.path().join("want.safetensors");
+    let out = infer_tiny(&want);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, want) = read_tensor(&want, "logits");
+    for name in ["train.pth", "train-wrapped.pth", "train-module.pth"] {
+        let logits = dir.path().join(format!("{name}.safetensors"));
+        let out = repvgg(&[
+            "infer",
+            "--weights",
+            &fixture("tiny-groups", name),
+            "--input",
+            &fixture("tiny-groups", "input.safetensors"),
+            "--output",
+            logits.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let (_, got) = read_tensor(&logits, "logits");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{name}");
+    }
+    let deploy = dir.path().join("deploy.safetensors");
+    let out = repvgg(&["convert", &fixture("tiny-groups", "train-module.pth"), deploy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_tensor(&deploy, "stage1.1.rbr_reparam.weight").0, vec![16, 8, 3, 3]);
+}
+
 /// One bad-input case: the arguments, the expected exit code and a phrase of the message.
 struct Refusal {
     what: &'static str,
@@ -377,7 +409,14 @@ fn bad_input_is_refused_with_one_line_and_an_exit_code() {
             what: "a JPEG given as weights",
             args: infer(&s(&p("photo.jpg")), &input),
             code: 4,
-            phrase: "photo.jpg: not a valid safetensors file: this is not a safetensors file at all".into(),
+            phrase: "photo.jpg: not a safetensors file or a PyTorch zip checkpoint".into(),
+        },
+        Refusal {
+            // A checkpoint whose pickle would call os.system under torch.load: refused unrun.
+            what: "a .pth that calls a function",
+            args: infer(&fixture("tiny-groups", "hostile-os-system.pth"), &input),
+            code: 4,
+            phrase: "the pickle refers to the global `posix.system`, which is not part of a state dict; refused".into(),
         },
         Refusal {
             what: "missing tensor",

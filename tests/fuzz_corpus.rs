@@ -25,7 +25,7 @@ fn weight_seeds_load_and_run_or_are_refused() {
     let input = Tensor::new(vec![1, 3, 9, 7], (0..189).map(|i| (i % 11) as f32 * 0.1 - 0.5).collect()).unwrap();
     let (mut loaded, mut int8) = (0, 0);
     for (path, bytes) in seeds("weights") {
-        let result = SafetensorsFile::from_bytes("seed", bytes)
+        let result = SafetensorsFile::weights_from_bytes("seed", bytes)
             .and_then(|file| Model::from_safetensors(&file, &ModelOptions::default()))
             .and_then(|model| {
                 let mut session = model.session(SessionOptions { threads: 1, ..Default::default() })?;
@@ -50,6 +50,24 @@ fn weight_seeds_load_and_run_or_are_refused() {
     }
     assert!(loaded >= 15, "every naming form and dtype loads ({loaded})");
     assert!(int8 >= 1, "the quantized seed loads in INT8");
+}
+
+#[test]
+fn pth_seeds_are_read_or_refused() {
+    let (mut read, mut refused) = (0, 0);
+    for (path, bytes) in seeds("pth") {
+        match repvgg::runtime::pth::read(&bytes) {
+            Ok(tensors) => {
+                assert!(tensors.iter().all(|t| t.start <= t.end && t.end <= bytes.len()), "{}", path.display());
+                read += 1;
+            }
+            Err(e) => {
+                assert!(path.extension().is_some_and(|e| e == "refused"), "{}: {e}", path.display());
+                refused += 1;
+            }
+        }
+    }
+    assert!(read >= 1 && refused >= 1, "{read} read, {refused} refused");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the three cargo-fuzz targets (weights, input, image) for SECONDS each (default 60)
+# Runs the four cargo-fuzz targets (weights, pth, input, image) for SECONDS each (default 60)
 # under AddressSanitizer (cargo-fuzz's default, on the nightly toolchain), starting from
 # the committed seeds in fuzz/seeds/ and a scratch corpus, and fails if any finds a crash
 # or a sanitizer report (the reproducer lands in fuzz/artifacts/<target>/). The forward
@@ -13,7 +13,7 @@ unset RUSTFLAGS
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 cargo +nightly fuzz build -O
-for target in weights input image; do
+for target in weights pth input image; do
   mkdir -p "$scratch/$target"
   echo "== fuzz $target for ${seconds}s (AddressSanitizer)"
   cargo +nightly fuzz run -O "$target" "$scratch/$target" "seeds/$target" -- \

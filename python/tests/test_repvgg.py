@@ -175,6 +175,16 @@ def test_export_writes_what_load_reads(tiny, tmp_path):
     np.testing.assert_array_equal(repvgg.Model.load(path).session(threads=1).run(x), a)
 
 
+def test_pytorch_checkpoints_load_like_their_safetensors(tiny):
+    weights, x, _ = tiny
+    a = repvgg.Model.load(weights).session(threads=1).run(x)
+    for name in ["train.pth", "train-wrapped.pth", "train-module.pth"]:
+        path = FIXTURES / "tiny-groups" / name
+        np.testing.assert_array_equal(repvgg.Model.load(path).session(threads=1).run(x), a)
+    with pytest.raises(repvgg.ModelError, match="the global `posix.system`"):
+        repvgg.Model.load(FIXTURES / "tiny-groups" / "hostile-os-system.pth")
+
+
 def test_errors_are_exceptions_with_the_cli_messages(tiny, tmp_path):
     weights, x, _ = tiny
     with pytest.raises(FileNotFoundError, match="weights file /nonexistent.safetensors"):

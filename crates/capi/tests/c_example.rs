@@ -50,6 +50,14 @@ fn the_c_example_compiles_runs_and_matches_rust() {
     assert!(out.status.success(), "{stderr}");
     let got: Vec<f32> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
 
+    // The same weights as a PyTorch checkpoint (`{"model": ...}`, `module.` names) through
+    // the same call give the same logits.
+    let pth = repo().join("models/fixtures/tiny-groups/train-module.pth");
+    let out2 = Command::new(&exe).arg(&pth).args([&h.to_string(), &w.to_string(), "1"]).output().unwrap();
+    assert!(out2.status.success(), "{}", String::from_utf8_lossy(&out2.stderr));
+    let from_pth: Vec<f32> = String::from_utf8(out2.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(from_pth, got, "a .pth through the C ABI");
+
     let model = Model::load(&weights, &ModelOptions::default()).unwrap();
     let len = 2 * 3 * h * w;
     let x: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as i32 - 50) as f32 / 64.0).collect();

@@ -25,8 +25,17 @@ pub enum Error {
     #[error("{path}: not a valid safetensors file: {reason}")]
     Format { path: PathBuf, reason: String },
 
-    /// A tensor's dtype is not one we convert (F32, F16, BF16).
-    #[error("{path}: tensor `{tensor}` has dtype {dtype}, expected F32, F16 or BF16")]
+    /// A file is not a well-formed PyTorch zip checkpoint, or holds more than a state dict
+    /// needs (a global other than the tensor-rebuilding ones, an unknown pickle opcode).
+    #[error("{path}: not a valid PyTorch checkpoint: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+
+    /// A weights file that is neither safetensors nor a PyTorch zip checkpoint.
+    #[error("{path}: not a safetensors file or a PyTorch zip checkpoint ({detail})")]
+    Unrecognized { path: PathBuf, detail: String },
+
+    /// A tensor's dtype is not one we convert (F32, F16, BF16, F64).
+    #[error("{path}: tensor `{tensor}` has dtype {dtype}, expected F32, F16, BF16 or F64")]
     Dtype { path: PathBuf, tensor: String, dtype: String },
 
     /// An input tensor or image the model cannot take.
@@ -99,7 +108,7 @@ impl Error {
             Error::File(f) => file_error_kind(f),
             Error::Stream { .. } => ErrorKind::Io,
             Error::NonFiniteOutput(_) => ErrorKind::Numeric,
-            Error::Format { .. } => ErrorKind::Format,
+            Error::Format { .. } | Error::Checkpoint { .. } | Error::Unrecognized { .. } => ErrorKind::Format,
             Error::Dtype { .. } => ErrorKind::Model,
             Error::Input(_) => ErrorKind::Input,
             Error::Limit(_) => ErrorKind::Limit,

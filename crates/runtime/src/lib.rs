@@ -43,6 +43,7 @@ mod limits;
 pub mod loader;
 mod model;
 mod plan;
+pub mod pth;
 mod quant;
 pub mod reference;
 mod session;

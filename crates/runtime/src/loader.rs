@@ -81,23 +81,7 @@ impl SafetensorsFile {
     /// Maps and validates a regular file of at most `max_bytes`; `what` names it in
     /// messages (`"weights file"`).
     pub fn open(path: &Path, what: &'static str, max_bytes: u64) -> Result<SafetensorsFile> {
-        let (file, len) = repvgg_files::open(path, what, max_bytes)?;
-        if len < 8 {
-            return Err(Error::Format {
-                path: path.to_path_buf(),
-                reason: format!("the file is {len} bytes, too short for the 8-byte header length"),
-            });
-        }
-        // SAFETY: the map is read-only and private to this process. Another process
-        // truncating or rewriting the file while it is mapped is outside what we can
-        // defend against (as for every mmap-based loader); the file is only read during
-        // `Model::load` and the map is dropped afterwards.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| repvgg_files::Error::Io {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path.to_path_buf(), Bytes::Mapped(map))
+        Self::parse(path.to_path_buf(), map_file(path, what, max_bytes)?)
     }
 
     /// Parses a safetensors file held in memory; `name` stands for its path in messages.
@@ -109,6 +93,58 @@ impl SafetensorsFile {
             });
         }
         Self::parse(PathBuf::from(name), Bytes::Owned(bytes))
+    }
+
+    /// Maps a weights file of at most `max_bytes` and reads it as what its first bytes say
+    /// it is: a PyTorch zip checkpoint (`PK\x03\x04`, see [`crate::pth`]) or safetensors.
+    /// Anything else is [`Error::Unrecognized`].
+    pub fn open_weights(path: &Path, max_bytes: u64) -> Result<SafetensorsFile> {
+        Self::parse_weights(path.to_path_buf(), map_file(path, "weights file", max_bytes)?)
+    }
+
+    /// [`SafetensorsFile::open_weights`] for a file held in memory; `name` stands for its path.
+    pub fn weights_from_bytes(name: &str, bytes: Vec<u8>) -> Result<SafetensorsFile> {
+        if bytes.len() < 8 {
+            return Err(Error::Format {
+                path: PathBuf::from(name),
+                reason: format!("the file is {} bytes, too short for the 8-byte header length", bytes.len()),
+            });
+        }
+        Self::parse_weights(PathBuf::from(name), Bytes::Owned(bytes))
+    }
+
+    fn parse_weights(path: PathBuf, map: Bytes) -> Result<SafetensorsFile> {
+        if map.starts_with(crate::pth::ZIP_MAGIC) {
+            return Self::parse_pth(path, map);
+        }
+        if map.starts_with(crate::pth::LEGACY_MAGIC) {
+            return Err(Error::Checkpoint {
+                path,
+                reason: "this is a legacy torch.save file (before PyTorch 1.6), not the zip format; \
+                         re-save it with a newer torch (`torch.save(torch.load(f), g)`) or as safetensors"
+                    .into(),
+            });
+        }
+        if let Some(detail) = foreign(&map) {
+            return Err(Error::Unrecognized { path, detail });
+        }
+        Self::parse(path, map)
+    }
+
+    fn parse_pth(path: PathBuf, map: Bytes) -> Result<SafetensorsFile> {
+        let found = crate::pth::read(&map).map_err(|reason| Error::Checkpoint { path: path.clone(), reason })?;
+        let mut tensors = BTreeMap::new();
+        for t in found {
+            let name = t.name.strip_prefix(DATA_PARALLEL_PREFIX).unwrap_or(&t.name).to_string();
+            let entry = Entry { stored_name: t.name, dtype: t.dtype, shape: t.shape, start: t.start, end: t.end };
+            if let Some(previous) = tensors.insert(name.clone(), entry) {
+                return Err(Error::Checkpoint {
+                    path,
+                    reason: format!("state dict entries `{}` both resolve to `{name}`", previous.stored_name),
+                });
+            }
+        }
+        Ok(SafetensorsFile { path, map, tensors, metadata: BTreeMap::new() })
     }
 
     fn parse(path: PathBuf, map: Bytes) -> Result<SafetensorsFile> {
@@ -191,6 +227,9 @@ impl SafetensorsFile {
             Dtype::BF16 => Ok(Cow::Owned(
                 bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             )),
+            Dtype::F64 => Ok(Cow::Owned(
+                bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
+            )),
             other => Err(Error::Dtype {
                 path: self.path.clone(),
                 tensor: entry.stored_name.clone(),
@@ -267,6 +306,39 @@ fn check_header(file: &[u8]) -> std::result::Result<(), String> {
     let mut problem = None;
     let _ = serde_json::Deserializer::from_slice(header).deserialize_map(Keys(&mut problem));
     problem.map_or(Ok(()), Err)
+}
+
+/// Maps a regular file of at most `max_bytes` and at least 8; `what` names it in messages.
+fn map_file(path: &Path, what: &'static str, max_bytes: u64) -> Result<Bytes> {
+    let (file, len) = repvgg_files::open(path, what, max_bytes)?;
+    if len < 8 {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            reason: format!("the file is {len} bytes, too short for the 8-byte header length"),
+        });
+    }
+    // SAFETY: the map is read-only and private to this process. Another process
+    // truncating or rewriting the file while it is mapped is outside what we can
+    // defend against (as for every mmap-based loader); the file is only read during
+    // `Model::load` and the map is dropped afterwards.
+    let map = unsafe { Mmap::map(&file) }.map_err(|source| repvgg_files::Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Bytes::Mapped(map))
+}
+
+/// Why `file` (at least 8 bytes) is not a safetensors file at all, if its first 8 bytes
+/// read as an absurd header length with no JSON after them (a JPEG's declare exabytes).
+fn foreign(file: &[u8]) -> Option<String> {
+    let declared = u64::from_le_bytes(file[..8].try_into().expect("callers check 8 bytes"));
+    let absurd = declared > MAX_HEADER_BYTES || declared > (file.len() - 8) as u64;
+    (absurd && file.get(8) != Some(&b'{')).then(|| {
+        format!(
+            "read as a safetensors header length, its first 8 bytes declare {declared} bytes, and no JSON follows them"
+        )
+    })
 }
 
 /// Turns the safetensors crate's terse errors into a sentence about the file.

@@ -61,16 +61,17 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a safetensors checkpoint in any supported naming form and dtype.
+    /// Loads a safetensors file or a PyTorch zip checkpoint (`.pth`, told apart by content)
+    /// in any supported naming form and dtype.
     pub fn load(path: &Path, options: &ModelOptions) -> Result<Model> {
-        let file = SafetensorsFile::open(path, "weights file", options.limits.max_weight_bytes as u64)?;
+        let file = SafetensorsFile::open_weights(path, options.limits.max_weight_bytes as u64)?;
         Model::from_safetensors(&file, options)
     }
 
     /// Like [`Model::load`], for a checkpoint already in memory; `name` stands for its path
     /// in messages.
     pub fn load_bytes(name: &str, bytes: Vec<u8>, options: &ModelOptions) -> Result<Model> {
-        Model::from_safetensors(&SafetensorsFile::from_bytes(name, bytes)?, options)
+        Model::from_safetensors(&SafetensorsFile::weights_from_bytes(name, bytes)?, options)
     }
 
     /// Builds a model from a parsed safetensors file.
