@@ -7,7 +7,9 @@
 //! set measured times against what the kernels could do at most ([`peak_gflops`],
 //! [`read_gbps`], and the bf16 and int8 instruction peaks: [`mixed_peaks`], the
 //! interleaved [`instruction_table`] and [`latencies`] behind docs/precision.md, and the
-//! AMX tile products the probes' correctness checks compare with scalar ones). An embedder runs whole networks through [`Session`] instead.
+//! AMX tile products the probes' correctness checks compare with scalar ones), and each
+//! layer's drift from FP32 in a reduced precision ([`layer_errors`]). An embedder runs
+//! whole networks through [`Session`] instead.
 
 use repvgg_simd::{Dispatch, dispatch};
 
