@@ -84,6 +84,22 @@ pub fn line_skip<T>(ptr: *const T) -> usize {
     (ptr as usize).wrapping_neg() % LINE / std::mem::size_of::<T>()
 }
 
+/// Zeroes the one-pixel border ring of zero-bordered planes, leaving the interior for
+/// the layer's items to write. Each `plane` holds rows of `row` values, `pw` pixels of
+/// `pixel` values each (plus any padding at the row's end); the ring is the first and
+/// last row, and in the rows between the first pixel and everything from the last one on.
+pub fn zero_border<T: Copy + Default>(planes: &mut [T], plane: usize, row: usize, pw: usize, pixel: usize) {
+    let zero = T::default();
+    for p in planes.chunks_exact_mut(plane) {
+        p[..row].fill(zero);
+        p[plane - row..].fill(zero);
+        for r in p[row..plane - row].chunks_exact_mut(row) {
+            r[..pixel].fill(zero);
+            r[(pw - 1) * pixel..].fill(zero);
+        }
+    }
+}
+
 /// A zeroed heap slice of `len` elements whose first element starts a cache line (the
 /// allocator only promises the element's alignment: large blocks come back 16 bytes
 /// into a page).

@@ -23,7 +23,7 @@
 //! same either way.
 
 use super::{ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast};
-use crate::buffers::{LINE, LineAligned, SharedMut, line_skip};
+use crate::buffers::{LINE, LineAligned, SharedMut, line_skip, zero_border};
 use crate::kernels::amx::{AmxTiles, ROW_WORDS, TileOp};
 use crate::kernels::bf16::{self, Bf16Acc, Bf16Kernels, Bf16Set, Reads, Rows};
 use crate::plan::{Algo, Precision};
@@ -113,9 +113,14 @@ impl Bordered {
         Bordered { ph, pw, c, row, plane, len: n * plane + slack.next_multiple_of(2) }
     }
 
-    /// The input of a layer of shape `s`.
-    fn input(s: &ConvShape) -> Bordered {
-        Bordered::of(s.n, s.h, s.w, Span::new(s).c)
+    /// The input of a layer of shape `s` whose span is `span`.
+    fn input(s: &ConvShape, span: &Span) -> Bordered {
+        Bordered::of(s.n, s.h, s.w, span.c)
+    }
+
+    /// Floats of the buffer, with room to start it on a cache line ([`aligned`]).
+    fn floats(&self) -> usize {
+        self.len / 2 + LINE / 4
     }
 }
 
@@ -123,7 +128,7 @@ impl Bordered {
 /// write directly ([`super::Codes`]; the session checks it fits the activation buffer),
 /// with room to start it on a cache line ([`aligned`]).
 pub(crate) fn input_len(s: &ConvShape) -> usize {
-    Bordered::input(s).len / 2 + LINE / 4
+    Bordered::input(s, &Span::new(s)).floats()
 }
 
 /// The bordered buffer of `floats` floats inside `buffer`, from its first cache line: a
@@ -159,14 +164,7 @@ impl BorderedOut {
         let layout = Bordered::of(s.n, s.oh, s.ow, channel_blocks(s.out_channels) * CHANNEL_BLOCK);
         let values: &mut [u16] = bytemuck::cast_slice_mut(aligned_mut(output, layout.len / 2));
         let (planes, slack) = values.split_at_mut(s.n * layout.plane);
-        for p in planes.chunks_exact_mut(layout.plane) {
-            p[..layout.row].fill(0);
-            p[layout.plane - layout.row..].fill(0);
-            for r in p[layout.row..layout.plane - layout.row].chunks_exact_mut(layout.row) {
-                r[..layout.c].fill(0);
-                r[(layout.pw - 1) * layout.c..].fill(0);
-            }
-        }
+        zero_border(planes, layout.plane, layout.row, layout.pw, layout.c);
         slack.fill(0);
         BorderedOut { layout, values: values.as_mut_ptr(), len: values.len() }
     }
@@ -229,7 +227,7 @@ impl ConvExecutor for DirectBf16 {
     /// The bordered bf16 input, then the packed windows where they are read, in floats
     /// (and room to align each).
     fn shared_len(&self, s: &ConvShape) -> usize {
-        input_len(s) + packed_len(s)
+        input_len(s) + windows_len(s, &Span::new(s))
     }
 
     fn scratch_len(&self, _: &ConvShape) -> usize {
@@ -364,22 +362,23 @@ fn run(ctx: RunContext<'_>) {
     let w: &Bf16Weights = downcast(weights);
     let s = *shape;
     let span = Span::new(&s);
-    let layout = Bordered::input(&s);
+    let layout = Bordered::input(&s, &span);
+    let windows_floats = windows_len(&s, &span);
     let out_blocks = channel_blocks(s.out_channels);
     if codes.output.is_none() {
         assert!(output.len() >= s.n * out_blocks * s.oh * s.ow * CHANNEL_BLOCK, "output buffer too small");
     }
     assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
     let read = match s.input {
-        _ if codes.input => input_len(&s),
+        _ if codes.input => layout.floats(),
         InputLayout::Blocked => s.n * channel_blocks(s.in_channels) * s.h * s.w * CHANNEL_BLOCK,
         InputLayout::Planar => s.n * s.in_channels * s.h * s.w,
     };
     assert!(input.len() >= read, "input buffer too small");
-    assert!(shared.len() >= input_len(&s) + packed_len(&s), "shared buffer too small");
+    assert!(shared.len() >= layout.floats() + windows_floats, "shared buffer too small");
     assert_eq!((w.groups, w.span.c, w.span.len), (s.groups, span.c, span.len), "weights packed for another layer");
 
-    let (shared, packed_buffer) = shared.split_at_mut(input_len(&s));
+    let (shared, windows_buffer) = shared.split_at_mut(layout.floats());
     let bordered: &[u16] = if codes.input {
         // The layer before wrote this layer's input in this layout (`BorderedOut`).
         bytemuck::cast_slice(aligned(input, layout.len / 2))
@@ -421,7 +420,7 @@ fn run(ctx: RunContext<'_>) {
     let pk = span.steps() * span.values();
     let mut packed_offsets = [0usize; MAX_STEPS];
     let (source, offsets, stride, units): (&[u16], &[usize], usize, usize) = if packed {
-        let rows = aligned_mut(packed_buffer, packed_len(&s) - LINE / 4);
+        let rows = aligned_mut(windows_buffer, windows_floats - LINE / 4);
         let (rows, pad) = rows.split_at_mut(total * pk / 2);
         pad.fill(0.0);
         for_each_chunk_mut(rows, pk / 2, |p, row| {
@@ -435,7 +434,7 @@ fn run(ctx: RunContext<'_>) {
         for (i, offset) in packed_offsets[..span.steps()].iter_mut().enumerate() {
             *offset = i * span.run;
         }
-        let rows: &[f32] = aligned(packed_buffer, packed_len(&s) - LINE / 4);
+        let rows: &[f32] = aligned(windows_buffer, windows_floats - LINE / 4);
         (bytemuck::cast_slice(rows), &packed_offsets[..span.steps()], 2 * pk, total.div_ceil(columns * rows_per_unit))
     } else {
         (bordered, offsets, 2 * s.stride * span.c, s.n * s.oh.div_ceil(rows_per_unit) * s.ow.div_ceil(columns))
@@ -533,11 +532,10 @@ fn reads_packed(s: &ConvShape) -> bool {
 
 /// Floats of the packed windows ([`reads_packed`]): every output pixel of the batch, then
 /// zero rows up to a whole number of two tiles, with room to align them.
-fn packed_len(s: &ConvShape) -> usize {
+fn windows_len(s: &ConvShape, span: &Span) -> usize {
     if !reads_packed(s) {
         return 0;
     }
-    let span = Span::new(s);
     (s.n * s.oh * s.ow).next_multiple_of(32) * span.steps() * span.values() / 2 + LINE / 4
 }
 

@@ -23,7 +23,7 @@ use super::schedule::{Schedule, Work};
 use super::{
     Codes, ConvExecutor, ConvShape, CostModel, InputLayout, LayerWeights, PackedWeights, RunContext, downcast,
 };
-use crate::buffers::{LINE, LineAligned, SharedMut, line_skip};
+use crate::buffers::{LINE, LineAligned, SharedMut, line_skip, zero_border};
 use crate::kernels::amx::{AmxTiles, TileOp};
 use crate::kernels::gemm::{MR, NR};
 use crate::kernels::int8::{self, Int8Kernels, Int8Set, MAX_COLUMNS, MAX_DEPTH, SIGNED_ZERO_POINT, Tile};
@@ -367,14 +367,7 @@ impl<'a> CodesOut<'a> {
         let planes = s.n * channel_blocks(s.out_channels);
         let slack = (MAX_COLUMNS * 2 + 4) * CHANNEL_BLOCK;
         let bytes: &mut [u8] = &mut line_start(output)[..planes * plane + slack];
-        for p in bytes[..planes * plane].chunks_exact_mut(plane) {
-            p[..row].fill(0);
-            p[plane - row..].fill(0);
-            for r in p[row..plane - row].chunks_exact_mut(row) {
-                r[..CHANNEL_BLOCK].fill(0);
-                r[row - CHANNEL_BLOCK..].fill(0);
-            }
-        }
+        zero_border(&mut bytes[..planes * plane], plane, row, pw, CHANNEL_BLOCK);
         bytes[planes * plane..].fill(0);
         CodesOut {
             inv_scale,
