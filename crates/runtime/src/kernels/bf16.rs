@@ -434,23 +434,28 @@ mod x86 {
     /// Where output value `e` of vector `v` (of three) of 32 interleaved pixels comes
     /// from: the index into `(r, g)` for `_mm512_permutex2var_epi16` (`r[p]` is `p`,
     /// `g[p]` is `32 + p`), the index into `b`, and the mask of `b`'s places.
-    fn interleave3_tables() -> [([i16; 32], [i16; 32], u32); 3] {
-        std::array::from_fn(|v| {
-            let (mut rg, mut b, mut mask) = ([0i16; 32], [0i16; 32], 0u32);
-            for e in 0..32 {
+    /// Built at compile time: the stem calls `interleave3` once per input row.
+    const INTERLEAVE3: [([i16; 32], [i16; 32], u32); 3] = {
+        let mut tables = [([0i16; 32], [0i16; 32], 0u32); 3];
+        let mut v = 0;
+        while v < 3 {
+            let mut e = 0;
+            while e < 32 {
                 let (p, c) = ((32 * v + e) / 3, (32 * v + e) % 3);
                 match c {
-                    0 => rg[e] = p as i16,
-                    1 => rg[e] = 32 + p as i16,
+                    0 => tables[v].0[e] = p as i16,
+                    1 => tables[v].0[e] = 32 + p as i16,
                     _ => {
-                        b[e] = p as i16;
-                        mask |= 1 << e;
+                        tables[v].1[e] = p as i16;
+                        tables[v].2 |= 1 << e;
                     }
                 }
+                e += 1;
             }
-            (rg, b, mask)
-        })
-    }
+            v += 1;
+        }
+        tables
+    };
 
     /// # Safety
     ///
@@ -458,7 +463,7 @@ mod x86 {
     /// `3 w` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn interleave3(rows: [*const f32; 3], w: usize, dst: *mut u16) {
-        let tables = interleave3_tables();
+        let tables = &INTERLEAVE3;
         // SAFETY: the tables are 32 i16 each (64 bytes); every load is masked to the `w`
         // floats of the rows and every store to the `3 w` values of `dst`.
         unsafe {
