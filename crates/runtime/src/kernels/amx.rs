@@ -230,12 +230,19 @@ mod tiles {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// The next step's weights (2 KiB, 32 lines, `bb` bytes after `pa`) into L1 while this
-    /// step's products run: a tile register is not renamed, so its next load waits for the
-    /// products reading it, and from L2 that wait is exposed (A0 2.5% faster in bf16, 4%
-    /// in int8).
+    /// Template lines of width-32 panels only (the second `B` tile, its products and its
+    /// accumulators): `wide` keeps them, `narrow` (width-16 panels) drops them.
+    macro_rules! wide {
+        (wide, $($line:expr),+ $(,)?) => { concat!($($line, "\n"),+) };
+        (narrow, $($line:expr),+ $(,)?) => { "" };
+    }
+
+    /// The next step's weights (`width` times 64 bytes, a line per `B` row, `bb` bytes
+    /// after `pa`) into L1 while this step's products run: a tile register is not renamed,
+    /// so its next load waits for the products reading it, and from L2 that wait is
+    /// exposed (A0 2.5% faster in bf16, 4% in int8).
     macro_rules! prefetch_next_weights {
-        () => {
+        ($w:ident) => {
             concat!(
                 "prefetcht0 [{pa} + {bb}*1 + 0]\n",
                 "prefetcht0 [{pa} + {bb}*1 + 64]\n",
@@ -253,28 +260,113 @@ mod tiles {
                 "prefetcht0 [{pa} + {bb}*1 + 832]\n",
                 "prefetcht0 [{pa} + {bb}*1 + 896]\n",
                 "prefetcht0 [{pa} + {bb}*1 + 960]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1024]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1088]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1152]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1216]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1280]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1344]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1408]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1472]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1536]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1600]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1664]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1728]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1792]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1856]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1920]\n",
-                "prefetcht0 [{pa} + {bb}*1 + 1984]\n",
+                wide!(
+                    $w,
+                    "prefetcht0 [{pa} + {bb}*1 + 1024]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1088]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1152]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1216]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1280]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1344]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1408]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1472]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1536]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1600]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1664]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1728]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1792]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1856]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1920]",
+                    "prefetcht0 [{pa} + {bb}*1 + 1984]",
+                ),
             )
         };
     }
 
-    /// One segment (tmm0-1 accumulate, tmm4 holds `A`, tmm6-7 the `B` tiles) and a pair of
-    /// segments (tmm0-3, tmm4-5, tmm6-7) for one tile instruction.
+    /// One segment's products: tmm0 (and tmm1 when wide) accumulate, tmm4 holds `A`,
+    /// tmm6 (and tmm7) the `B` tiles.
+    macro_rules! segment_asm {
+        ($op:literal, $w:ident, $input:expr, $offsets:expr, $stride:expr, $a:expr, $b_stride:expr, $b_step:expr, $acc:expr) => {
+            asm!(
+                "tilezero tmm0",
+                wide!($w, "tilezero tmm1"),
+                "2:",
+                "mov {t}, [{offs}]",
+                "add {t}, {input}",
+                "tileloadd tmm4, [{t} + {sa}*1]",
+                "tileloadd tmm6, [{pa} + {sb}*1]",
+                wide!($w, "tileloadd tmm7, [{pa} + {sb}*1 + 64]"),
+                concat!($op, " tmm0, tmm4, tmm6"),
+                wide!($w, concat!($op, " tmm1, tmm4, tmm7")),
+                "add {offs}, 8",
+                "add {pa}, {bb}",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c} + {sc}*1], tmm0",
+                wide!($w, "tilestored [{c} + {sc}*1 + 64], tmm1"),
+                input = in(reg) $input,
+                offs = inout(reg) $offsets.as_ptr() => _,
+                t = out(reg) _,
+                pa = inout(reg) $a => _,
+                sa = in(reg) $stride,
+                sb = in(reg) $b_stride,
+                sc = in(reg) ROW_WORDS * 4,
+                bb = in(reg) $b_step,
+                c = in(reg) $acc,
+                n = inout(reg) $offsets.len() => _,
+                options(nostack),
+            )
+        };
+    }
+
+    /// A pair of segments' products: tmm0 and tmm2 (and tmm1, tmm3 when wide) accumulate,
+    /// tmm4 and tmm5 hold the two `A` tiles, tmm6 (and tmm7) the shared `B` tiles.
+    macro_rules! pair_asm {
+        ($op:literal, $w:ident, $input:expr, $offsets:expr, $stride:expr, $a:expr, $b_stride:expr, $b_step:expr, $acc:expr) => {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm2",
+                wide!($w, "tilezero tmm1", "tilezero tmm3"),
+                "2:",
+                "mov {t}, [{offs}]",
+                "tileloadd tmm6, [{pa} + {sb}*1]",
+                wide!($w, "tileloadd tmm7, [{pa} + {sb}*1 + 64]"),
+                prefetch_next_weights!($w),
+                "lea {u}, [{t} + {in0}]",
+                "tileloadd tmm4, [{u} + {sa}*1]",
+                "add {t}, {in1}",
+                "tileloadd tmm5, [{t} + {sa}*1]",
+                concat!($op, " tmm0, tmm4, tmm6"),
+                wide!($w, concat!($op, " tmm1, tmm4, tmm7")),
+                concat!($op, " tmm2, tmm5, tmm6"),
+                wide!($w, concat!($op, " tmm3, tmm5, tmm7")),
+                "add {offs}, 8",
+                "add {pa}, {bb}",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c0} + {sc}*1], tmm0",
+                wide!($w, "tilestored [{c0} + {sc}*1 + 64], tmm1"),
+                "tilestored [{c1} + {sc}*1], tmm2",
+                wide!($w, "tilestored [{c1} + {sc}*1 + 64], tmm3"),
+                in0 = in(reg) $input[0],
+                in1 = in(reg) $input[1],
+                offs = inout(reg) $offsets.as_ptr() => _,
+                t = out(reg) _,
+                u = out(reg) _,
+                pa = inout(reg) $a => _,
+                sa = in(reg) $stride,
+                sb = in(reg) $b_stride,
+                sc = in(reg) ROW_WORDS * 4,
+                bb = in(reg) $b_step,
+                c0 = in(reg) $acc[0],
+                c1 = in(reg) $acc[1],
+                n = inout(reg) $offsets.len() => _,
+                options(nostack),
+            )
+        };
+    }
+
+    /// The single-segment and pair functions of one tile instruction.
     macro_rules! products {
         ($segment:ident, $pair:ident, $op:literal) => {
             /// # Safety
@@ -293,8 +385,7 @@ mod tiles {
                 width: usize,
                 acc: *mut u8,
             ) {
-                let b_step = run / 4 * width * 4;
-                let (b_stride, c_stride) = (width * 4, ROW_WORDS * 4);
+                let (b_step, b_stride) = (run / 4 * width * 4, width * 4);
                 // SAFETY: the caller guarantees the configuration and that every tile load
                 // (step i: A at input + offsets[i], 16 rows at `stride`; B at a + i *
                 // b_step, `run / 4` rows at `width * 4`, plus 64 for the second tile when
@@ -302,68 +393,17 @@ mod tiles {
                 // stride of ROW_WORDS * 4 into the accumulator.
                 unsafe {
                     if width == ROW_WORDS {
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm1",
-                            "2:",
-                            "mov {t}, [{offs}]",
-                            "add {t}, {input}",
-                            "tileloadd tmm4, [{t} + {sa}*1]",
-                            "tileloadd tmm6, [{pa} + {sb}*1]",
-                            "tileloadd tmm7, [{pa} + {sb}*1 + 64]",
-                            concat!($op, " tmm0, tmm4, tmm6"),
-                            concat!($op, " tmm1, tmm4, tmm7"),
-                            "add {offs}, 8",
-                            "add {pa}, {bb}",
-                            "dec {n}",
-                            "jnz 2b",
-                            "tilestored [{c} + {sc}*1], tmm0",
-                            "tilestored [{c} + {sc}*1 + 64], tmm1",
-                            input = in(reg) input,
-                            offs = inout(reg) offsets.as_ptr() => _,
-                            t = out(reg) _,
-                            pa = inout(reg) a => _,
-                            sa = in(reg) stride,
-                            sb = in(reg) b_stride,
-                            sc = in(reg) c_stride,
-                            bb = in(reg) b_step,
-                            c = in(reg) acc,
-                            n = inout(reg) offsets.len() => _,
-                            options(nostack),
-                        );
+                        segment_asm!($op, wide, input, offsets, stride, a, b_stride, b_step, acc);
                     } else {
-                        asm!(
-                            "tilezero tmm0",
-                            "2:",
-                            "mov {t}, [{offs}]",
-                            "add {t}, {input}",
-                            "tileloadd tmm4, [{t} + {sa}*1]",
-                            "tileloadd tmm6, [{pa} + {sb}*1]",
-                            concat!($op, " tmm0, tmm4, tmm6"),
-                            "add {offs}, 8",
-                            "add {pa}, {bb}",
-                            "dec {n}",
-                            "jnz 2b",
-                            "tilestored [{c} + {sc}*1], tmm0",
-                            input = in(reg) input,
-                            offs = inout(reg) offsets.as_ptr() => _,
-                            t = out(reg) _,
-                            pa = inout(reg) a => _,
-                            sa = in(reg) stride,
-                            sb = in(reg) b_stride,
-                            sc = in(reg) c_stride,
-                            bb = in(reg) b_step,
-                            c = in(reg) acc,
-                            n = inout(reg) offsets.len() => _,
-                            options(nostack),
-                        );
+                        segment_asm!($op, narrow, input, offsets, stride, a, b_stride, b_step, acc);
                     }
                 }
             }
 
             /// # Safety
             ///
-            /// As the single segment's, for both inputs.
+            /// As the single segment's, for both inputs. The prefetches may reach past
+            /// the last step's weights; a prefetch does not fault.
             pub unsafe fn $pair(
                 input: [*const u8; 2],
                 offsets: &[usize],
@@ -373,89 +413,15 @@ mod tiles {
                 width: usize,
                 acc: [*mut u8; 2],
             ) {
-                let b_step = run / 4 * width * 4;
-                let (b_stride, c_stride) = (width * 4, ROW_WORDS * 4);
-                let [acc0, acc1] = acc;
+                let (b_step, b_stride) = (run / 4 * width * 4, width * 4);
                 // SAFETY: as in the single segment: the configuration is the caller's, every
                 // load is readable by the caller's guarantee for both inputs, and the
                 // stores fill 16 rows of each accumulator.
                 unsafe {
                     if width == ROW_WORDS {
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm1",
-                            "tilezero tmm2",
-                            "tilezero tmm3",
-                            "2:",
-                            "mov {t}, [{offs}]",
-                            "tileloadd tmm6, [{pa} + {sb}*1]",
-                            "tileloadd tmm7, [{pa} + {sb}*1 + 64]",
-                            prefetch_next_weights!(),
-                            "lea {u}, [{t} + {in0}]",
-                            "tileloadd tmm4, [{u} + {sa}*1]",
-                            "add {t}, {in1}",
-                            "tileloadd tmm5, [{t} + {sa}*1]",
-                            concat!($op, " tmm0, tmm4, tmm6"),
-                            concat!($op, " tmm1, tmm4, tmm7"),
-                            concat!($op, " tmm2, tmm5, tmm6"),
-                            concat!($op, " tmm3, tmm5, tmm7"),
-                            "add {offs}, 8",
-                            "add {pa}, {bb}",
-                            "dec {n}",
-                            "jnz 2b",
-                            "tilestored [{c0} + {sc}*1], tmm0",
-                            "tilestored [{c0} + {sc}*1 + 64], tmm1",
-                            "tilestored [{c1} + {sc}*1], tmm2",
-                            "tilestored [{c1} + {sc}*1 + 64], tmm3",
-                            in0 = in(reg) input[0],
-                            in1 = in(reg) input[1],
-                            offs = inout(reg) offsets.as_ptr() => _,
-                            t = out(reg) _,
-                            u = out(reg) _,
-                            pa = inout(reg) a => _,
-                            sa = in(reg) stride,
-                            sb = in(reg) b_stride,
-                            sc = in(reg) c_stride,
-                            bb = in(reg) b_step,
-                            c0 = in(reg) acc0,
-                            c1 = in(reg) acc1,
-                            n = inout(reg) offsets.len() => _,
-                            options(nostack),
-                        );
+                        pair_asm!($op, wide, input, offsets, stride, a, b_stride, b_step, acc);
                     } else {
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm2",
-                            "2:",
-                            "mov {t}, [{offs}]",
-                            "tileloadd tmm6, [{pa} + {sb}*1]",
-                            "lea {u}, [{t} + {in0}]",
-                            "tileloadd tmm4, [{u} + {sa}*1]",
-                            "add {t}, {in1}",
-                            "tileloadd tmm5, [{t} + {sa}*1]",
-                            concat!($op, " tmm0, tmm4, tmm6"),
-                            concat!($op, " tmm2, tmm5, tmm6"),
-                            "add {offs}, 8",
-                            "add {pa}, {bb}",
-                            "dec {n}",
-                            "jnz 2b",
-                            "tilestored [{c0} + {sc}*1], tmm0",
-                            "tilestored [{c1} + {sc}*1], tmm2",
-                            in0 = in(reg) input[0],
-                            in1 = in(reg) input[1],
-                            offs = inout(reg) offsets.as_ptr() => _,
-                            t = out(reg) _,
-                            u = out(reg) _,
-                            pa = inout(reg) a => _,
-                            sa = in(reg) stride,
-                            sb = in(reg) b_stride,
-                            sc = in(reg) c_stride,
-                            bb = in(reg) b_step,
-                            c0 = in(reg) acc0,
-                            c1 = in(reg) acc1,
-                            n = inout(reg) offsets.len() => _,
-                            options(nostack),
-                        );
+                        pair_asm!($op, narrow, input, offsets, stride, a, b_stride, b_step, acc);
                     }
                 }
             }
