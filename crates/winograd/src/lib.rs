@@ -1,5 +1,6 @@
 //! Winograd minimal filtering F(m, 3) for 3x3 convolutions (Lavin & Gray, "Fast
-//! Algorithms for Convolutional Neural Networks", CVPR 2016).
+//! Algorithms for Convolutional Neural Networks", CVPR 2016), and its polyphase form for
+//! stride 2 ([`matrices::polyphase`]).
 //!
 //! # The algorithm
 //!
@@ -36,6 +37,8 @@
 //! | F(4,3) (default) | 0, +-sqrt(2)/2, +-sqrt(2), inf | 2.25 |
 //! | F(4,3) textbook | 0, +-1, +-2, inf | 2.25 |
 //! | F(6,3) | 0, +-1, +-2, +-1/2, inf | 1.78 |
+//! | P2: stride 2, F(2,2) on even samples | 0, 1, inf | 6.25 (direct: 9) |
+//! | P3: stride 2, F(3,2) on even samples | 0, +-1, inf | 5.44 |
 //!
 //! Winograd trades multiplies for a larger rounding error. The error is amplified by the
 //! size of the transform coefficients, which grow with the spread of the points' powers.
@@ -49,11 +52,11 @@
 //! convolution (24x24 map, 16 outputs, uniform [-1, 1) data; `tests/layer.rs`,
 //! `error_table`):
 //!
-//! | input channels | F(2,3) | F(4,3) sqrt(2) | F(4,3) textbook | F(6,3) |
-//! |---|---|---|---|---|
-//! | 32 | 2.1e-7 | 9.2e-7 | 3.4e-6 | 6.3e-6 |
-//! | 128 | 4.3e-7 | 1.3e-6 | 6.0e-6 | 8.3e-6 |
-//! | 512 | 9.0e-7 | 3.8e-6 | 1.9e-5 | 2.9e-5 |
+//! | input channels | F(2,3) | F(4,3) sqrt(2) | F(4,3) textbook | F(6,3) | P2 (stride 2) | P3 (stride 2) |
+//! |---|---|---|---|---|---|---|
+//! | 32 | 2.1e-7 | 9.2e-7 | 3.4e-6 | 6.3e-6 | 2.9e-7 | 2.2e-7 |
+//! | 128 | 4.3e-7 | 1.3e-6 | 6.0e-6 | 8.3e-6 | 3.7e-7 | 3.6e-7 |
+//! | 512 | 9.0e-7 | 3.8e-6 | 1.9e-5 | 2.9e-5 | 9.9e-7 | 6.9e-7 |
 //!
 //! For scale, fp32 direct convolution is about 5e-7. The error grows with the reduction
 //! length (roughly as sqrt(C) for random data). The tests assert per-variant bounds that
@@ -65,7 +68,7 @@ pub mod tables;
 pub mod tiles;
 
 pub use filters::{FilterPanel, PackedFilters};
-pub use matrices::{Matrices, Point, cook_toom};
+pub use matrices::{Matrices, Point, cook_toom, polyphase};
 pub use tiles::{input_tile, output_tile, output_tile_raw};
 
 /// Errors of the winograd crate.
@@ -90,11 +93,20 @@ pub enum Variant {
     F4Textbook,
     /// F(6,3), points 0, +-1, +-2, +-1/2, inf.
     F6,
+    /// Stride 2, 2x2 output tiles: F(2,2) on the even samples (points 0, 1, inf), the odd
+    /// ones passed through ([`matrices::polyphase`]).
+    P2,
+    /// Stride 2, 3x3 output tiles: F(3,2) on the even samples (points 0, +-1, inf).
+    P3,
 }
 
 impl Variant {
     /// Every shipped variant.
-    pub const ALL: [Variant; 4] = [Variant::F2, Variant::F4, Variant::F4Textbook, Variant::F6];
+    pub const ALL: [Variant; 6] =
+        [Variant::F2, Variant::F4, Variant::F4Textbook, Variant::F6, Variant::P2, Variant::P3];
+
+    /// The stride-1 variants, F(m, 3).
+    pub const STRIDE_1: [Variant; 4] = [Variant::F2, Variant::F4, Variant::F4Textbook, Variant::F6];
 
     /// The interpolation points, in the order the tables use: 0, then `+p, -p` pairs, then infinity.
     pub fn points(self) -> Vec<Point> {
@@ -106,6 +118,8 @@ impl Variant {
             Variant::F4 => &[0.0, half_root, -half_root, root, -root],
             Variant::F4Textbook => &[0.0, 1.0, -1.0, 2.0, -2.0],
             Variant::F6 => &[0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5],
+            Variant::P2 => &[0.0, 1.0],
+            Variant::P3 => &[0.0, 1.0, -1.0],
         };
         finite.iter().map(|&p| Finite(p)).chain([Infinity]).collect()
     }
@@ -113,20 +127,35 @@ impl Variant {
     /// Output tile size m.
     pub fn m(self) -> usize {
         match self {
-            Variant::F2 => 2,
+            Variant::F2 | Variant::P2 => 2,
+            Variant::P3 => 3,
             Variant::F4 | Variant::F4Textbook => 4,
             Variant::F6 => 6,
         }
     }
 
-    /// Input tile size alpha = m + 2.
+    /// The convolution's stride: 1 for F(m, 3), 2 for the polyphase variants.
+    pub fn stride(self) -> usize {
+        match self {
+            Variant::P2 | Variant::P3 => 2,
+            _ => 1,
+        }
+    }
+
+    /// Input tile size: alpha = m + 2 at stride 1, 2m + 1 at stride 2. Tiles start
+    /// `stride * m` input pixels apart.
     pub fn alpha(self) -> usize {
-        self.m() + 2
+        (self.m() - 1) * self.stride() + 3
     }
 
     /// The f64 matrices from the generator.
     pub fn matrices(self) -> Matrices {
-        cook_toom(&self.points()).expect("shipped point sets are valid")
+        let points = self.points();
+        match self.stride() {
+            1 => cook_toom(&points),
+            _ => matrices::polyphase(&points),
+        }
+        .expect("shipped point sets are valid")
     }
 
     /// Multiplies per output of the element-wise stage, `alpha^2 / m^2`.
@@ -134,7 +163,7 @@ impl Variant {
         (self.alpha() * self.alpha()) as f64 / (self.m() * self.m()) as f64
     }
 
-    /// Multiplies of a stride-1 3x3 layer on an `h x w` map, tile overhang included:
+    /// Multiplies of a 3x3 layer with an `h x w` output map, tile overhang included:
     /// `alpha^2` per (input channel, output channel) pair and `m x m` output tile
     /// (Lavin & Gray 2016). `pairs` is `C / groups x K`.
     pub fn multiplies(self, pairs: u64, h: usize, w: usize) -> u64 {

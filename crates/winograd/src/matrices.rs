@@ -64,11 +64,17 @@ fn poly_from_roots(roots: impl Iterator<Item = f64>) -> Vec<f64> {
 
 /// Builds A^T, G and B^T for F(m, 3) from `m + 1` finite points and infinity (last).
 pub fn cook_toom(points: &[Point]) -> Result<Matrices, Error> {
+    cook_toom_taps(points, 3)
+}
+
+/// F(m, r) for an `r`-tap filter from `m + r - 2` finite points and infinity (last): the
+/// construction above with `G` of `r` columns (`alpha = m + r - 1`).
+fn cook_toom_taps(points: &[Point], taps: usize) -> Result<Matrices, Error> {
     let alpha = points.len();
-    if alpha < 3 {
-        return Err(Error::InvalidPoints(format!("need at least 3 points for a 3-tap filter, got {alpha}")));
+    if alpha < taps {
+        return Err(Error::InvalidPoints(format!("need at least {taps} points for a {taps}-tap filter, got {alpha}")));
     }
-    let m = alpha - 2;
+    let m = alpha + 1 - taps;
     if points[alpha - 1] != Point::Infinity {
         return Err(Error::InvalidPoints("the last point must be infinity".into()));
     }
@@ -86,23 +92,60 @@ pub fn cook_toom(points: &[Point]) -> Result<Matrices, Error> {
     }
     let n = finite.len();
     let mut at = vec![vec![0.0; alpha]; m];
-    let mut g = vec![vec![0.0; 3]; alpha];
+    let mut g = vec![vec![0.0; taps]; alpha];
     let mut bt = vec![vec![0.0; alpha]; alpha];
     for (j, &p) in finite.iter().enumerate() {
         for i in 0..m {
             at[i][j] = p.powi(i as i32);
         }
         let f: f64 = finite.iter().enumerate().filter(|&(l, _)| l != j).map(|(_, &q)| p - q).product();
-        for k in 0..3 {
+        for k in 0..taps {
             g[j][k] = p.powi(k as i32) / f;
         }
         let mj = poly_from_roots(finite.iter().enumerate().filter(|&(l, _)| l != j).map(|(_, &q)| q));
         bt[j][..mj.len()].copy_from_slice(&mj);
     }
     at[m - 1][n] = 1.0;
-    g[n][2] = 1.0;
+    g[n][taps - 1] = 1.0;
     let big_n = poly_from_roots(finite.iter().copied());
     bt[n][..big_n.len()].copy_from_slice(&big_n);
+    Ok(Matrices { m, alpha, at, g, bt })
+}
+
+/// The polyphase matrices of a stride-2 3x3 correlation with `m x m` output tiles, from
+/// the `m` finite points and infinity of F(m, 2).
+///
+/// In one dimension `y_i = sum_k d_(2i+k) g_k` splits by the parity of the input sample:
+/// the even samples `e_j = d_(2j)` meet the 2-tap filter `(g_0, g_2)` at stride 1, an
+/// F(m, 2) correlation, and the odd samples `o_j = d_(2j+1)` meet the 1-tap filter `g_1`,
+/// a plain product. So over an input tile of `alpha = 2m + 1` samples there are
+/// `(m + 1) + m = alpha` products: positions `0..=m` are F(m, 2)'s (`B^T` and `G` read
+/// the even samples and `(g_0, g_2)`), positions `m + 1 + j` pass `o_j` and `g_1`
+/// through, and `A^T` adds F(m, 2)'s output to the odd products. The 2-D stride-2
+/// correlation is the tensor product of this 1-D one, as for stride 1, so the layer runs
+/// as a Winograd layer with `alpha^2 / m^2` multiplies per output (6.25 for m = 2, 5.44
+/// for m = 3) instead of 9, the tiles `2m` input pixels apart.
+pub fn polyphase(points: &[Point]) -> Result<Matrices, Error> {
+    let even = cook_toom_taps(points, 2)?;
+    let (m, e) = (even.m, even.alpha);
+    let alpha = 2 * m + 1;
+    let mut at = vec![vec![0.0; alpha]; m];
+    let mut g = vec![vec![0.0; 3]; alpha];
+    let mut bt = vec![vec![0.0; alpha]; alpha];
+    for j in 0..e {
+        for i in 0..e {
+            bt[j][2 * i] = even.bt[j][i];
+        }
+        (g[j][0], g[j][2]) = (even.g[j][0], even.g[j][1]);
+        for i in 0..m {
+            at[i][j] = even.at[i][j];
+        }
+    }
+    for j in 0..m {
+        bt[e + j][2 * j + 1] = 1.0;
+        g[e + j][1] = 1.0;
+        at[j][e + j] = 1.0;
+    }
     Ok(Matrices { m, alpha, at, g, bt })
 }
 
@@ -150,12 +193,15 @@ mod tests {
     use super::*;
     use crate::Variant;
 
-    fn direct(d: &[Vec<f64>], g: &[[f64; 3]; 3], m: usize) -> Vec<Vec<f64>> {
+    fn direct(d: &[Vec<f64>], g: &[[f64; 3]; 3], m: usize, stride: usize) -> Vec<Vec<f64>> {
         (0..m)
             .map(|y| {
                 (0..m)
                     .map(|x| {
-                        (0..3).flat_map(|i| (0..3).map(move |j| (i, j))).map(|(i, j)| d[y + i][x + j] * g[i][j]).sum()
+                        (0..3)
+                            .flat_map(|i| (0..3).map(move |j| (i, j)))
+                            .map(|(i, j)| d[stride * y + i][stride * x + j] * g[i][j])
+                            .sum()
                     })
                     .collect()
             })
@@ -176,7 +222,7 @@ mod tests {
                 let d: Vec<Vec<f64>> = (0..a).map(|_| (0..a).map(|_| rand()).collect()).collect();
                 let g = [[rand(), rand(), rand()], [rand(), rand(), rand()], [rand(), rand(), rand()]];
                 let w = mats.correlate(&d, &g);
-                let r = direct(&d, &g, mats.m);
+                let r = direct(&d, &g, mats.m, variant.stride());
                 for (wr, rr) in w.iter().zip(&r) {
                     for (x, y) in wr.iter().zip(rr) {
                         assert!((x - y).abs() < 1e-12, "{variant:?}: {x} vs {y}");
@@ -205,5 +251,7 @@ mod tests {
         assert!(cook_toom(&[Finite(0.0), Infinity, Finite(1.0), Infinity]).is_err());
         assert!(cook_toom(&[Finite(0.0), Finite(1.0), Finite(-1.0), Finite(2.0)]).is_err());
         assert!(cook_toom(&[Finite(0.0), Infinity]).is_err());
+        assert!(polyphase(&[Infinity]).is_err());
+        assert!(polyphase(&[Finite(1.0), Finite(1.0), Infinity]).is_err());
     }
 }

@@ -167,6 +167,69 @@ const _: () = {
     assert!(at[0][3] == 1.0 && at[0][5] == 1.0);
 };
 
+/// `sum_i c_i v_i` over the nonzero `c_i` of a compile-time row, in index order: the
+/// zeros vanish and +-1 become adds (the loop unrolls over constants).
+#[inline(always)]
+fn combine<S: Simd, const N: usize>(s: S, c: [f32; N], v: [S::F32; N]) -> S::F32 {
+    let mut acc: Option<S::F32> = None;
+    for i in 0..N {
+        if c[i] == 0.0 {
+            continue;
+        }
+        acc = Some(match acc {
+            None if c[i] == 1.0 => v[i],
+            None => v[i] * s.splat(c[i]),
+            Some(a) if c[i] == 1.0 => a + v[i],
+            Some(a) if c[i] == -1.0 => a - v[i],
+            Some(a) => s.mul_add(v[i], s.splat(c[i]), a),
+        });
+    }
+    acc.unwrap_or(s.zero())
+}
+
+/// The polyphase stride-2 transforms (`crate::matrices::polyphase`) from F(m, 2)'s tables
+/// (`E = m + 1`, `A = 2m + 1`): the even samples through F(m, 2), the odd ones through.
+trait EvenPhase<const M: usize, const E: usize> {
+    const BT: [[f32; E]; E];
+    const AT: [[f32; E]; M];
+}
+
+struct P2;
+impl EvenPhase<2, 3> for P2 {
+    const BT: [[f32; 3]; 3] = tables::p2::BT_EVEN;
+    const AT: [[f32; 3]; 2] = tables::p2::AT_EVEN;
+}
+
+struct P3;
+impl EvenPhase<3, 4> for P3 {
+    const BT: [[f32; 4]; 4] = tables::p3::BT_EVEN;
+    const AT: [[f32; 4]; 3] = tables::p3::AT_EVEN;
+}
+
+/// One polyphase variant's 1-D transforms.
+struct Polyphase<T, const E: usize>(std::marker::PhantomData<T>);
+
+macro_rules! polyphase_one_d {
+    ($t:ty, $m:literal, $e:literal, $a:literal) => {
+        impl OneD<$m, $a> for Polyphase<$t, $e> {
+            #[inline(always)]
+            fn input<S: Simd>(s: S, d: [S::F32; $a]) -> [S::F32; $a] {
+                let even: [S::F32; $e] = std::array::from_fn(|i| d[2 * i]);
+                std::array::from_fn(|j| {
+                    if j < $e { combine(s, <$t as EvenPhase<$m, $e>>::BT[j], even) } else { d[2 * (j - $e) + 1] }
+                })
+            }
+            #[inline(always)]
+            fn output<S: Simd>(s: S, x: [S::F32; $a]) -> [S::F32; $m] {
+                let even: [S::F32; $e] = std::array::from_fn(|j| x[j]);
+                std::array::from_fn(|i| combine(s, <$t as EvenPhase<$m, $e>>::AT[i], even) + x[$e + i])
+            }
+        }
+    };
+}
+polyphase_one_d!(P2, 2, 3, 5);
+polyphase_one_d!(P3, 3, 4, 7);
+
 /// Reads pixel `(y, x)` of the tile, relative to its top-left corner, for the lanes
 /// starting at `lane` of the channel block.
 trait TileReader<S: Simd> {
@@ -380,6 +443,8 @@ pub fn input_tile<S: Simd>(
         Variant::F4 => input_tile_impl::<S, 4, 6, F4<false>>(s, src, rs, h, w, y0, x0, dst, p),
         Variant::F4Textbook => input_tile_impl::<S, 4, 6, F4<true>>(s, src, rs, h, w, y0, x0, dst, p),
         Variant::F6 => input_tile_impl::<S, 6, 8, F6>(s, src, rs, h, w, y0, x0, dst, p),
+        Variant::P2 => input_tile_impl::<S, 2, 5, Polyphase<P2, 3>>(s, src, rs, h, w, y0, x0, dst, p),
+        Variant::P3 => input_tile_impl::<S, 3, 7, Polyphase<P3, 4>>(s, src, rs, h, w, y0, x0, dst, p),
     }
 }
 
@@ -439,6 +504,8 @@ pub unsafe fn output_tile_raw<S: Simd>(
             Variant::F4 => output_tile_impl::<S, 4, 6, F4<false>>(s, src, p, bias, relu, dst, rs, rows, cols),
             Variant::F4Textbook => output_tile_impl::<S, 4, 6, F4<true>>(s, src, p, bias, relu, dst, rs, rows, cols),
             Variant::F6 => output_tile_impl::<S, 6, 8, F6>(s, src, p, bias, relu, dst, rs, rows, cols),
+            Variant::P2 => output_tile_impl::<S, 2, 5, Polyphase<P2, 3>>(s, src, p, bias, relu, dst, rs, rows, cols),
+            Variant::P3 => output_tile_impl::<S, 3, 7, Polyphase<P3, 4>>(s, src, p, bias, relu, dst, rs, rows, cols),
         }
     }
 }
@@ -535,6 +602,8 @@ impl Variant {
             Variant::F4 => tables::f4::BT.iter().map(|r| r.as_slice()).collect(),
             Variant::F4Textbook => tables::f4_textbook::BT.iter().map(|r| r.as_slice()).collect(),
             Variant::F6 => tables::f6::BT.iter().map(|r| r.as_slice()).collect(),
+            Variant::P2 => tables::p2::BT.iter().map(|r| r.as_slice()).collect(),
+            Variant::P3 => tables::p3::BT.iter().map(|r| r.as_slice()).collect(),
         }
     }
 
@@ -545,6 +614,8 @@ impl Variant {
             Variant::F4 => tables::f4::AT.iter().map(|r| r.as_slice()).collect(),
             Variant::F4Textbook => tables::f4_textbook::AT.iter().map(|r| r.as_slice()).collect(),
             Variant::F6 => tables::f6::AT.iter().map(|r| r.as_slice()).collect(),
+            Variant::P2 => tables::p2::AT.iter().map(|r| r.as_slice()).collect(),
+            Variant::P3 => tables::p3::AT.iter().map(|r| r.as_slice()).collect(),
         }
     }
 }

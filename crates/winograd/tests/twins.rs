@@ -45,8 +45,10 @@ proptest! {
             ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         }).collect();
         let a = v.alpha();
-        // Tiles start at multiples of m minus the padding of 1, and may hang past the map.
-        let (y0, x0) = (ty * v.m() as isize - 1, tx * v.m() as isize - 1);
+        // Tiles start at multiples of m (2m at stride 2) minus the padding of 1, and may hang
+        // past the map.
+        let step = (v.m() * v.stride()) as isize;
+        let (y0, x0) = (ty * step - 1, tx * step - 1);
         let pos_stride = CHANNEL_BLOCK * (1 + extra_pos);
         let mut simd = vec![f32::NAN; a * a * pos_stride];
         let mut twin = simd.clone();
