@@ -457,6 +457,7 @@ pub fn write_plot(report: &Report, output: &Output) -> Result<()> {
             "f2" => "#1f77b4",
             "f4" => "#2ca02c",
             "f6" => "#d62728",
+            "p2" => "#9467bd",
             "direct" => "#ff7f0e",
             _ => "#7f7f7f",
         };
@@ -470,7 +471,9 @@ pub fn write_plot(report: &Report, output: &Output) -> Result<()> {
         );
     }
     for (i, (name, color)) in
-        [("direct", "#ff7f0e"), ("f2", "#1f77b4"), ("f4", "#2ca02c"), ("f6", "#d62728")].iter().enumerate()
+        [("direct", "#ff7f0e"), ("f2", "#1f77b4"), ("f4", "#2ca02c"), ("f6", "#d62728"), ("p2", "#9467bd")]
+            .iter()
+            .enumerate()
     {
         let y = 40.0 + 16.0 * i as f64;
         svg += &format!(

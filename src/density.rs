@@ -76,6 +76,8 @@ impl Kind {
             Kind::Winograd(Variant::F2) => "f2",
             Kind::Winograd(Variant::F4 | Variant::F4Textbook) => "f4",
             Kind::Winograd(Variant::F6) => "f6",
+            Kind::Winograd(Variant::P2) => "p2",
+            Kind::Winograd(Variant::P3) => "p3",
             Kind::Depthwise => "depthwise",
         }
     }
@@ -186,6 +188,7 @@ pub fn run(config: &Config, isa: Dispatch, threads: usize) -> Result<Report> {
                     Variant::F2 => Algo::F2,
                     Variant::F4 | Variant::F4Textbook => Algo::F4,
                     Variant::F6 => Algo::F6,
+                    Variant::P2 | Variant::P3 => anyhow::bail!("density times stride-1 layers, not the stride-2 {v:?}"),
                 };
                 let mut conv = Conv::new(algo, dense(3), &values(c * c * 9, 3), &bias, &team)?;
                 time(&mut || conv.run(&team, isa, &input, &mut output))

@@ -89,7 +89,7 @@ struct RunArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Convolution algorithm: auto, direct, f2, f4, f6.
+    /// Convolution algorithm: auto, direct, f2, f4, f6, p2 (polyphase, stride-2 layers only).
     #[arg(long, default_value = "auto")]
     algo: String,
     /// Kernel set: auto (REPVGG_ISA if set, else the best this CPU runs), avx512, avx2, portable.

@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// Log level of the JSON lines on standard error: off, error, warn, info (one line per request), debug (per batch).
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// Convolution algorithm: auto, direct, f2, f4, f6.
+    /// Convolution algorithm: auto, direct, f2, f4, f6, p2 (polyphase, stride-2 layers only).
     #[arg(long, default_value = "auto")]
     algo: String,
     /// Kernel set: auto, avx512, avx2, portable.

@@ -488,7 +488,7 @@ def parse_args(argv: list[str]):
                    help="held-out N(0, 1) inputs every engine runs for top-1 match and max relative error "
                         "against our FP32 logits (default 64; 0: only the single timing input)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--algo", help="passed to `repvgg time --algo` (auto, direct, f2, f4, f6)")
+    p.add_argument("--algo", help="passed to `repvgg time --algo` (auto, direct, f2, f4, f6, p2)")
     p.add_argument("--repvgg", type=Path, default=REPO / "target/release/repvgg", help="our binary")
     p.add_argument("--matrix", action="store_true",
                    help="the full default matrix (A0, B0 x b1, b8 x t1, t2 at 224, plus B1g4 b1 t2)")

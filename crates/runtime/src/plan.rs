@@ -24,12 +24,16 @@ pub enum Algo {
     F4,
     /// Winograd F(6,3).
     F6,
+    /// Polyphase Winograd for stride-2 layers: F(2,2) on the even samples, 2x2 output
+    /// tiles (measured slower than direct on RepVGG's layers; for `--autotune` and
+    /// comparison).
+    P2,
     /// The plain blocked direct convolution for group shapes the packed paths do not take.
     Generic,
 }
 
 impl Algo {
-    pub const ALL: [Algo; 5] = [Algo::Direct, Algo::F2, Algo::F4, Algo::F6, Algo::Generic];
+    pub const ALL: [Algo; 6] = [Algo::Direct, Algo::F2, Algo::F4, Algo::F6, Algo::P2, Algo::Generic];
 
     /// The name `--algo` takes.
     pub fn name(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Algo {
             Algo::F2 => "f2",
             Algo::F4 => "f4",
             Algo::F6 => "f6",
+            Algo::P2 => "p2",
             Algo::Generic => "generic",
         }
     }

@@ -32,15 +32,18 @@ fn tolerance(choice: AlgoChoice) -> f32 {
         AlgoChoice::Force(Algo::F2) => 4e-6,
         AlgoChoice::Force(Algo::F4) | AlgoChoice::Auto => 8e-6,
         AlgoChoice::Force(Algo::F6) => 3e-5,
+        // Polyphase on the stride-2 layers: transform coefficients 0 and +-1, direct's error.
+        AlgoChoice::Force(Algo::P2) => 5e-6,
     }
 }
 
-const CHOICES: [AlgoChoice; 5] = [
+const CHOICES: [AlgoChoice; 6] = [
     AlgoChoice::Auto,
     AlgoChoice::Force(Algo::Direct),
     AlgoChoice::Force(Algo::F2),
     AlgoChoice::Force(Algo::F4),
     AlgoChoice::Force(Algo::F6),
+    AlgoChoice::Force(Algo::P2),
 ];
 
 /// Every algorithm choice on the kernel set `REPVGG_ISA` selects (CI runs the suite once

@@ -243,7 +243,7 @@ fn an_overflow_inside_the_network_is_an_error_not_garbage() {
     }
     let model = Model::from_parts(small.network().clone(), weights, Limits::default(), "scaled".into()).unwrap();
     let x = Tensor::new(vec![1, 3, 24, 24], (0..3 * 24 * 24).map(|i| (i % 7) as f32 - 3.0).collect()).unwrap();
-    for algo in [Algo::Direct, Algo::F2, Algo::F4, Algo::F6] {
+    for algo in [Algo::Direct, Algo::F2, Algo::F4, Algo::F6, Algo::P2] {
         let options = SessionOptions { threads: 1, algo: AlgoChoice::Force(algo), ..Default::default() };
         let err = model.session(options).unwrap().run(&x).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Numeric, "{algo:?}: {err}");

@@ -55,7 +55,7 @@ fn correct(logits: &Tensor, labels: &[usize]) -> usize {
 
 fn check(model: &Model, f: &Fixture, what: &str) {
     for isa in repvgg_simd::Dispatch::all_supported() {
-        for algo in [Algo::Direct, Algo::F2, Algo::F4, Algo::F6] {
+        for algo in [Algo::Direct, Algo::F2, Algo::F4, Algo::F6, Algo::P2] {
             let options = SessionOptions {
                 threads: 2,
                 isa: IsaChoice::Force(isa.isa()),

@@ -168,23 +168,29 @@ const _: () = {
 };
 
 /// `sum_i c_i v_i` over the nonzero `c_i` of a compile-time row, in index order: the
-/// zeros vanish and +-1 become adds (the loop unrolls over constants).
+/// zeros vanish and +-1 become adds and subtracts (the loop unrolls over constants). Plain
+/// loops, no closures: a closure would not inherit the caller's target features, and its
+/// vector operations would become calls.
 #[inline(always)]
 fn combine<S: Simd, const N: usize>(s: S, c: [f32; N], v: [S::F32; N]) -> S::F32 {
-    let mut acc: Option<S::F32> = None;
+    let mut acc = s.zero();
+    let mut first = true;
     for i in 0..N {
-        if c[i] == 0.0 {
+        let c = c[i];
+        if c == 0.0 {
             continue;
         }
-        acc = Some(match acc {
-            None if c[i] == 1.0 => v[i],
-            None => v[i] * s.splat(c[i]),
-            Some(a) if c[i] == 1.0 => a + v[i],
-            Some(a) if c[i] == -1.0 => a - v[i],
-            Some(a) => s.mul_add(v[i], s.splat(c[i]), a),
-        });
+        acc = match (first, c) {
+            (true, 1.0) => v[i],
+            (true, -1.0) => s.zero() - v[i],
+            (true, _) => v[i] * s.splat(c),
+            (false, 1.0) => acc + v[i],
+            (false, -1.0) => acc - v[i],
+            (false, _) => s.mul_add(v[i], s.splat(c), acc),
+        };
+        first = false;
     }
-    acc.unwrap_or(s.zero())
+    acc
 }
 
 /// The polyphase stride-2 transforms (`crate::matrices::polyphase`) from F(m, 2)'s tables
@@ -214,15 +220,28 @@ macro_rules! polyphase_one_d {
         impl OneD<$m, $a> for Polyphase<$t, $e> {
             #[inline(always)]
             fn input<S: Simd>(s: S, d: [S::F32; $a]) -> [S::F32; $a] {
-                let even: [S::F32; $e] = std::array::from_fn(|i| d[2 * i]);
-                std::array::from_fn(|j| {
-                    if j < $e { combine(s, <$t as EvenPhase<$m, $e>>::BT[j], even) } else { d[2 * (j - $e) + 1] }
-                })
+                let mut even = [s.zero(); $e];
+                for i in 0..$e {
+                    even[i] = d[2 * i];
+                }
+                let mut out = [s.zero(); $a];
+                for j in 0..$e {
+                    out[j] = combine(s, <$t as EvenPhase<$m, $e>>::BT[j], even);
+                }
+                for j in 0..$m {
+                    out[$e + j] = d[2 * j + 1];
+                }
+                out
             }
             #[inline(always)]
             fn output<S: Simd>(s: S, x: [S::F32; $a]) -> [S::F32; $m] {
-                let even: [S::F32; $e] = std::array::from_fn(|j| x[j]);
-                std::array::from_fn(|i| combine(s, <$t as EvenPhase<$m, $e>>::AT[i], even) + x[$e + i])
+                let mut even = [s.zero(); $e];
+                even.copy_from_slice(&x[..$e]);
+                let mut out = [s.zero(); $m];
+                for i in 0..$m {
+                    out[i] = combine(s, <$t as EvenPhase<$m, $e>>::AT[i], even) + x[$e + i];
+                }
+                out
             }
         }
     };

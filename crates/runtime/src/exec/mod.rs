@@ -53,6 +53,7 @@ pub(crate) static REGISTRY: &[&dyn ConvExecutor] = &[
     &winograd::F2,
     &winograd::F4,
     &winograd::F6,
+    &winograd::P2,
     &generic::Generic,
     &direct_int8::DirectInt8,
     &direct_bf16::DirectBf16,

@@ -1,4 +1,6 @@
-//! Winograd F(m,3) convolution of a stride-1 layer (Lavin & Gray 2016).
+//! Winograd F(m,3) convolution of a stride-1 layer (Lavin & Gray 2016), and its polyphase
+//! form for stride 2 (`repvgg_winograd::polyphase`): the same tiles, transforms and GEMMs,
+//! with input tiles of `2m + 1` pixels `2m` apart.
 //!
 //! A layer's tiles are grouped in column panels of `NR` (the microkernel's column count;
 //! a panel may span tile rows and images). Per column panel:
@@ -34,19 +36,31 @@ pub(crate) struct Winograd {
     /// Zen 4 core (`benches/transforms.rs`).
     input_slots: f64,
     output_slots: f64,
+    /// The GEMM's share of the FMA peak relative to the F(m,3) variants'. Polyphase layers
+    /// reduce over 48-256 channels with `alpha^2` short GEMMs per tile, against direct's one
+    /// long one: measured on the Intel Xeon (AVX-512, one thread), P2 took 1.37-1.6x
+    /// direct's time on A0's stride-2 layers at batch 1 and 1.1-1.4x on B0's at batch 8,
+    /// for 1.44x fewer multiplies. At 0.5 the model ranks it as measured, behind direct.
+    gemm_efficiency: f64,
 }
 
 /// F(2,3), points 0, +-1, inf.
 pub(crate) static F2: Winograd =
-    Winograd { algo: Algo::F2, variant: Variant::F2, input_slots: 65.0, output_slots: 47.0 };
+    Winograd { algo: Algo::F2, variant: Variant::F2, input_slots: 65.0, output_slots: 47.0, gemm_efficiency: 1.0 };
 
 /// F(4,3), points 0, +-sqrt(2)/2, +-sqrt(2), inf.
 pub(crate) static F4: Winograd =
-    Winograd { algo: Algo::F4, variant: Variant::F4, input_slots: 216.0, output_slots: 137.0 };
+    Winograd { algo: Algo::F4, variant: Variant::F4, input_slots: 216.0, output_slots: 137.0, gemm_efficiency: 1.0 };
 
 /// F(6,3), points 0, +-1, +-2, +-1/2, inf.
 pub(crate) static F6: Winograd =
-    Winograd { algo: Algo::F6, variant: Variant::F6, input_slots: 504.0, output_slots: 396.0 };
+    Winograd { algo: Algo::F6, variant: Variant::F6, input_slots: 504.0, output_slots: 396.0, gemm_efficiency: 1.0 };
+
+/// Stride 2: F(2,2) on the even samples (`repvgg_winograd::polyphase`). Transform slots
+/// scaled from F(2,3)'s by the operations of each transform. (P3, F(3,2)'s, measured
+/// slower than P2 on every stride-2 layer of A0 and B0, so it is not offered.)
+pub(crate) static P2: Winograd =
+    Winograd { algo: Algo::P2, variant: Variant::P2, input_slots: 80.0, output_slots: 50.0, gemm_efficiency: 0.5 };
 
 impl ConvExecutor for Winograd {
     fn algo(&self) -> Algo {
@@ -57,11 +71,11 @@ impl ConvExecutor for Winograd {
         Precision::F32
     }
 
-    /// 3x3, stride 1, on a channel-blocked input, with whole channel blocks per group
-    /// when there are groups.
+    /// 3x3 at the variant's stride, on a channel-blocked input, with whole channel blocks
+    /// per group when there are groups.
     fn supports(&self, s: &ConvShape, _: Isa) -> bool {
         s.kernel == 3
-            && s.stride == 1
+            && s.stride == self.variant.stride()
             && s.input == InputLayout::Blocked
             && supports(s.out_channels, s.in_per_group(), s.groups)
     }
@@ -92,7 +106,7 @@ impl ConvExecutor for Winograd {
     /// included (Lavin & Gray 2016).
     fn multiplies(&self, s: &ConvShape, _: u64) -> u64 {
         let pairs = (s.in_per_group() * s.out_channels) as u64;
-        self.variant.multiplies(pairs, s.h, s.w)
+        self.variant.multiplies(pairs, s.oh, s.ow)
     }
 
     /// Over `T` tiles: the GEMM, `K C alpha^2 T / 16` slots; the transforms, a fixed number
@@ -108,8 +122,8 @@ impl ConvExecutor for Winograd {
         let groups = s.groups as f64;
         let positions = v.alpha() * v.alpha();
         let weight_floats = groups * kb * cb * 256.0 * positions as f64;
-        let tiles = (s.n * s.h.div_ceil(v.m()) * s.w.div_ceil(v.m())) as f64;
-        let gemm = groups * kb * cb * 16.0 * positions as f64 * tiles;
+        let tiles = (s.n * s.oh.div_ceil(v.m()) * s.ow.div_ceil(v.m())) as f64;
+        let gemm = groups * kb * cb * 16.0 * positions as f64 * tiles / self.gemm_efficiency;
         gemm + tiles * groups * (cb * self.input_slots + kb * self.output_slots) + model.stream * weight_floats
     }
 
@@ -139,7 +153,7 @@ const CHUNK_FLOATS: usize = 1 << 21;
 /// each core's L2 while every column panel passes them.
 pub const FUSED_FILTER_BYTES: usize = 3 << 19;
 
-/// Geometry of one Winograd convolution (stride 1, padding 1).
+/// Geometry of one Winograd convolution (padding 1): input `h x w`, output `oh x ow`.
 #[derive(Debug, Clone, Copy)]
 struct WinogradShape {
     n: usize,
@@ -148,6 +162,8 @@ struct WinogradShape {
     groups: usize,
     h: usize,
     w: usize,
+    oh: usize,
+    ow: usize,
 }
 
 impl WinogradShape {
@@ -159,11 +175,13 @@ impl WinogradShape {
             groups: s.groups,
             h: s.h,
             w: s.w,
+            oh: s.oh,
+            ow: s.ow,
         }
     }
 
     fn tiles(&self, v: Variant) -> (usize, usize) {
-        (self.h.div_ceil(v.m()), self.w.div_ceil(v.m()))
+        (self.oh.div_ceil(v.m()), self.ow.div_ceil(v.m()))
     }
 }
 
@@ -208,14 +226,27 @@ fn run_in_chunks(ctx: RunContext<'_>, chunk_floats: usize) {
     let v = filters.variant();
     let s = *shape;
     let (in_blocks, out_blocks) = (channel_blocks(s.in_channels), channel_blocks(s.out_channels));
-    let plane = s.h * s.w;
-    assert!(input.len() >= s.n * in_blocks * plane * CHANNEL_BLOCK, "input buffer too small");
+    let (in_plane, plane) = (s.h * s.w, s.oh * s.ow);
+    assert_eq!((s.oh, s.ow), ((s.h - 1) / v.stride() + 1, (s.w - 1) / v.stride() + 1), "output size");
+    assert!(input.len() >= s.n * in_blocks * in_plane * CHANNEL_BLOCK, "input buffer too small");
     assert!(output.len() >= s.n * out_blocks * plane * CHANNEL_BLOCK, "output buffer too small");
     assert!(bias.len() >= out_blocks * CHANNEL_BLOCK, "bias not padded to whole blocks");
     assert_eq!(filters.groups(), s.groups, "filters packed for another group count");
 
     let (th, tw) = s.tiles(v);
-    let geometry = Geometry { m: v.m(), th, tw, h: s.h, w: s.w, plane, out_blocks, tiles: s.n * th * tw };
+    let geometry = Geometry {
+        m: v.m(),
+        step: v.m() * v.stride(),
+        th,
+        tw,
+        h: s.h,
+        w: s.w,
+        oh: s.oh,
+        ow: s.ow,
+        plane,
+        out_blocks,
+        tiles: s.n * th * tw,
+    };
     let pos_stride = in_blocks * NR * CHANNEL_BLOCK;
     let group_blocks = filters.c_pad() / CHANNEL_BLOCK;
     let per_group = filters.panels_per_group();
@@ -248,13 +279,18 @@ fn run_in_chunks(ctx: RunContext<'_>, chunk_floats: usize) {
     work(v, shape, chunk_floats).run(shared, scratch, products_len(v), locate, pack, product);
 }
 
-/// What the tile loops need of a layer's shape.
+/// What the tile loops need of a layer's shape: output tiles of `m x m` pixels, whose input
+/// tiles start `step` pixels apart; an `h x w` input and an `oh x ow` output (`plane`
+/// pixels).
 struct Geometry {
     m: usize,
+    step: usize,
     th: usize,
     tw: usize,
     h: usize,
     w: usize,
+    oh: usize,
+    ow: usize,
     plane: usize,
     out_blocks: usize,
     tiles: usize,
@@ -291,11 +327,11 @@ impl PanelTiles {
             let (image, ty, tx) = (t / (g.th * g.tw), t % (g.th * g.tw) / g.tw, t % g.tw);
             *tile = TileAt {
                 image,
-                y0: (ty * g.m) as isize - 1,
-                x0: (tx * g.m) as isize - 1,
-                rows: g.m.min(g.h - ty * g.m),
-                cols: g.m.min(g.w - tx * g.m),
-                out_base: (image * g.out_blocks * g.plane + ty * g.m * g.w + tx * g.m) * CHANNEL_BLOCK,
+                y0: (ty * g.step) as isize - 1,
+                x0: (tx * g.step) as isize - 1,
+                rows: g.m.min(g.oh - ty * g.m),
+                cols: g.m.min(g.ow - tx * g.m),
+                out_base: (image * g.out_blocks * g.plane + ty * g.m * g.ow + tx * g.m) * CHANNEL_BLOCK,
             };
         }
         PanelTiles { count, tiles }
@@ -315,7 +351,7 @@ fn transform_panel<S: Simd>(
     pos_stride: usize,
     panel: &mut [f32],
 ) {
-    let plane_len = g.plane * CHANNEL_BLOCK;
+    let plane_len = g.h * g.w * CHANNEL_BLOCK;
     for (j, tile) in tiles.tiles[..tiles.count].iter().enumerate() {
         for cb in 0..in_blocks {
             let src = &input[(tile.image * in_blocks + cb) * plane_len..][..plane_len];
@@ -364,7 +400,7 @@ impl Product<'_> {
                 self.bias[kb * CHANNEL_BLOCK..(kb + 1) * CHANNEL_BLOCK].try_into().expect("16 lanes");
             for (j, tile) in self.tiles.tiles[..self.tiles.count].iter().enumerate() {
                 let offset = tile.out_base + kb * g.plane * CHANNEL_BLOCK;
-                let last = offset + ((tile.rows - 1) * g.w + tile.cols) * CHANNEL_BLOCK;
+                let last = offset + ((tile.rows - 1) * g.ow + tile.cols) * CHANNEL_BLOCK;
                 let dst = out.raw(offset, last - offset);
                 let src = &products[(vi * NR + j) * CHANNEL_BLOCK..];
                 // SAFETY: the tile's rows x cols pixels of channel block kb lie in
@@ -379,7 +415,7 @@ impl Product<'_> {
                         bias,
                         self.relu,
                         dst,
-                        g.w * CHANNEL_BLOCK,
+                        g.ow * CHANNEL_BLOCK,
                         tile.rows,
                         tile.cols,
                     )
@@ -406,18 +442,32 @@ mod tests {
     /// 192 input channels is about 1.5e-6 (winograd crate docs).
     #[test]
     fn chunk_size_and_thread_count_do_not_change_the_result() {
-        let (n, c, k, side) = (3, 192, 192, 14);
+        check_chunks_and_threads(&F4, 14, 14);
+    }
+
+    /// The same for polyphase P2 at stride 2: 192 channels, 15x13 in, 8x7 out (odd sizes,
+    /// partial tiles at both edges), 3.7 MB of filters.
+    #[test]
+    fn polyphase_chunk_size_and_thread_count_do_not_change_the_result() {
+        check_chunks_and_threads(&P2, 15, 13);
+    }
+
+    fn check_chunks_and_threads(executor: &Winograd, h: usize, w: usize) {
+        let variant = executor.variant;
+        let stride = variant.stride();
+        let (n, c, k) = (3, 192, 192);
+        let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
         let conv = ConvShape {
             n,
             kernel: 3,
             in_channels: c,
             out_channels: k,
             groups: 1,
-            stride: 1,
-            h: side,
-            w: side,
-            oh: side,
-            ow: side,
+            stride,
+            h,
+            w,
+            oh,
+            ow,
             input: InputLayout::Blocked,
         };
         let shape = WinogradShape::of(&conv);
@@ -428,8 +478,8 @@ mod tests {
         };
         let weights: Vec<f32> = (0..k * c * 9).map(|_| next() * 0.05).collect();
         let bias: Vec<f32> = (0..k).map(|_| next() * 0.1).collect();
-        let planar: Vec<f32> = (0..n * c * side * side).map(|_| next()).collect();
-        let plane = side * side;
+        let planar: Vec<f32> = (0..n * c * h * w).map(|_| next()).collect();
+        let (plane, out_plane) = (h * w, oh * ow);
         // NCHW -> NCHWc16 (192 channels are whole blocks).
         let mut blocked = vec![0f32; planar.len()];
         for (i, &x) in planar.iter().enumerate() {
@@ -437,17 +487,17 @@ mod tests {
             blocked
                 [((b * (c / CHANNEL_BLOCK) + ch / CHANNEL_BLOCK) * plane + p) * CHANNEL_BLOCK + ch % CHANNEL_BLOCK] = x;
         }
-        let filters = PackedFilters::new(Variant::F4, &weights, k, c, 1, MR).unwrap();
+        let filters = PackedFilters::new(variant, &weights, k, c, 1, MR).unwrap();
         assert!(filters.bytes() > FUSED_FILTER_BYTES, "the test needs the two-phase schedule");
-        let panel = work(Variant::F4, &shape, CHUNK_FLOATS).panel_floats;
+        let panel = work(variant, &shape, CHUNK_FLOATS).panel_floats;
         for isa in Dispatch::all_supported() {
             let mut outputs = Vec::new();
             for threads in [1, 2] {
                 let team = Team::new(threads, std::time::Duration::ZERO).unwrap();
                 for chunk in [CHUNK_FLOATS, panel, 3 * panel] {
-                    let mut shared = vec![f32::NAN; F4.shared_len(&conv)];
-                    let scratch = Scratch::new(threads, F4.scratch_len(&conv));
-                    let mut output = vec![f32::NAN; blocked.len()];
+                    let mut shared = vec![f32::NAN; executor.shared_len(&conv)];
+                    let scratch = Scratch::new(threads, executor.scratch_len(&conv));
+                    let mut output = vec![f32::NAN; n * k * out_plane];
                     let ctx = RunContext {
                         isa,
                         int8: crate::kernels::int8::Int8Kernels::for_dispatch(isa),
@@ -470,17 +520,16 @@ mod tests {
             for other in &outputs[1..] {
                 assert!(other.iter().zip(&outputs[0]).all(|(a, b)| a.to_bits() == b.to_bits()));
             }
-            let activation = Activation { n, c, h: side, w: side, data: planar.iter().map(|&x| x as f64).collect() };
-            let expected = conv2d(&activation, &weights, Some(&bias), k, 3, 1, 1, 1);
+            let activation = Activation { n, c, h, w, data: planar.iter().map(|&x| x as f64).collect() };
+            let expected = conv2d(&activation, &weights, Some(&bias), k, 3, stride, 1, 1);
             let scale = expected.data.iter().fold(0f64, |m, v| m.max(v.abs()));
             for (i, want) in expected.data.iter().enumerate() {
-                let (b, ch, p) = (i / (k * plane), i / plane % k, i % plane);
-                let got = outputs[0]
-                    [((b * (k / CHANNEL_BLOCK) + ch / CHANNEL_BLOCK) * plane + p) * CHANNEL_BLOCK + ch % CHANNEL_BLOCK]
-                    as f64;
+                let (b, ch, p) = (i / (k * out_plane), i / out_plane % k, i % out_plane);
+                let got = outputs[0][((b * (k / CHANNEL_BLOCK) + ch / CHANNEL_BLOCK) * out_plane + p) * CHANNEL_BLOCK
+                    + ch % CHANNEL_BLOCK] as f64;
                 assert!(
                     (got - want.max(0.0)).abs() <= 1e-5 * scale,
-                    "{:?} image {b} channel {ch} pixel {p}: {got} vs {want}",
+                    "{:?} {variant:?} image {b} channel {ch} pixel {p}: {got} vs {want}",
                     isa.isa()
                 );
             }
