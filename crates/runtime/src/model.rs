@@ -48,6 +48,8 @@ struct Inner {
     held_bytes: AtomicUsize,
     /// INT8 parameters of a quantized model.
     quant: Option<Quantization>,
+    /// The classifier's weights rounded to bf16, built when a BF16 session first needs them.
+    classifier_bf16: OnceLock<Vec<u16>>,
 }
 
 /// A loaded, re-parameterized RepVGG model.
@@ -174,7 +176,9 @@ impl Model {
                 }
             }
         }
-        Ok(Model { inner: Arc::new(Inner { network, weights, limits, description, layers, held_bytes, quant }) })
+        let classifier_bf16 = OnceLock::new();
+        let inner = Inner { network, weights, limits, description, layers, held_bytes, quant, classifier_bf16 };
+        Ok(Model { inner: Arc::new(inner) })
     }
 
     /// A model with deterministic synthetic weights (the embedded default of `repvgg bench`),
@@ -279,6 +283,39 @@ impl Model {
             self.inner.held_bytes.fetch_add(4 * floats, Ordering::Relaxed);
         }
         Ok(prepared)
+    }
+
+    /// The classifier's weights rounded to bf16 (half the bytes a BF16 session streams per
+    /// run): built on first use, after checking that they fit
+    /// [`Limits::max_weight_bytes`] with everything already held, and shared.
+    pub(crate) fn prepare_classifier_bf16(&self) -> Result<&[u16]> {
+        if let Some(rounded) = self.inner.classifier_bf16.get() {
+            return Ok(rounded);
+        }
+        let weight = &self.weights().linear_weight;
+        let (held, limit) = (self.inner.held_bytes.load(Ordering::Relaxed), self.limits().max_weight_bytes);
+        if held.saturating_add(2 * weight.len()) > limit {
+            return Err(Error::Limit(format!(
+                "the classifier's bf16 weights take {} MiB, which with the {} MiB of weights held exceeds the limit of {} MiB",
+                (2 * weight.len()) >> 20,
+                held >> 20,
+                limit >> 20
+            )));
+        }
+        let mut built = false;
+        let rounded = self.inner.classifier_bf16.get_or_init(|| {
+            built = true;
+            weight.iter().map(|&w| crate::kernels::bf16::to_bf16(w)).collect()
+        });
+        if built {
+            self.inner.held_bytes.fetch_add(2 * rounded.len(), Ordering::Relaxed);
+        }
+        Ok(rounded)
+    }
+
+    /// The classifier's bf16 weights, which the BF16 session running them has prepared.
+    pub(crate) fn classifier_bf16(&self) -> &[u16] {
+        self.inner.classifier_bf16.get().expect("BF16 sessions prepare the classifier")
     }
 
     /// A planned layer's weights, which the plan running it has prepared.

@@ -72,7 +72,7 @@ pub enum Precision {
     /// bf16 activations and weights with f32 sums, bias and ReLU (AVX512-BF16 or AMX-BF16
     /// CPUs only; a float model's own weights rounded at load): logits within `1e-2 x
     /// max(1, max |logit|)` of FP32 (`docs/precision.md`). Layers the BF16 executor cannot
-    /// run, SE blocks and the classifier run FP32.
+    /// run and SE blocks run FP32; the classifier sums in f32 over bf16-rounded weights.
     Bf16,
 }
 

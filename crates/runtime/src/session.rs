@@ -299,7 +299,11 @@ impl Session {
             Precision::Bf16 => vec![true; model.network().layers.len()],
         };
         let bf16_kernels = match (precision, options.bf16_kernels) {
-            (Precision::Bf16, wanted) => Some(bf16_kernels(isa, wanted)?),
+            (Precision::Bf16, wanted) => {
+                let kernels = bf16_kernels(isa, wanted)?;
+                model.prepare_classifier_bf16()?;
+                Some(kernels)
+            }
             _ => None,
         };
         Ok(Session {
@@ -692,7 +696,20 @@ impl Session {
             let weights = model.weights();
             let pooled = &mut *buffers.pooled;
             pointwise::global_average_pool(isa, &act[current], n, features, last.oh * last.ow, pooled);
-            pointwise::linear(isa, pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits);
+            match kernels.bf16 {
+                Some(k) => pointwise::linear_bf16(
+                    k,
+                    pooled,
+                    n,
+                    features,
+                    model.classifier_bf16(),
+                    &weights.linear_bias,
+                    logits,
+                ),
+                None => {
+                    pointwise::linear(isa, pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits)
+                }
+            }
             if let Some(t) = times {
                 t[plan.layers.len()] = start.elapsed();
             }

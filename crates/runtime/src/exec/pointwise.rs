@@ -6,6 +6,7 @@ use repvgg_graph::SeParams;
 use repvgg_simd::{Dispatch, dispatch};
 
 use crate::buffers::SharedMut;
+use crate::kernels::bf16::{self, Bf16Kernels};
 use crate::kernels::pointwise::{dot, dot_in_order, dots, gate_relu_block, mean_block};
 use crate::team::{for_each, for_each_chunk_mut};
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
@@ -71,9 +72,49 @@ const CLASS_CHUNK: usize = 64;
 /// batch: at batch 1 the weights (5 MB for A0) are the only real traffic, and both cores
 /// stream them.
 pub fn linear(isa: Dispatch, pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], logits: &mut [f32]) {
+    assert!(weight.len() >= bias.len() * c);
+    let row = |k: usize| &weight[k * c..(k + 1) * c];
+    classify(pooled, n, c, bias, logits, |k, count, x| {
+        dispatch!(isa, |s| match count {
+            4 => dots::<_, 4>(s, [row(k), row(k + 1), row(k + 2), row(k + 3)], x),
+            _ => std::array::from_fn(|j| if j < count { dot(s, row(k + j), x) } else { 0.0 }),
+        })
+    });
+}
+
+/// [`linear`] with the weights rounded to bf16 (a BF16 session's classifier): half the
+/// bytes to stream, the sums in f32 as [`linear`] forms them over the rounded weights.
+pub fn linear_bf16(
+    kernels: Bf16Kernels,
+    pooled: &[f32],
+    n: usize,
+    c: usize,
+    weight: &[u16],
+    bias: &[f32],
+    logits: &mut [f32],
+) {
+    assert!(weight.len() >= bias.len() * c);
+    let row = |k: usize| &weight[k * c..(k + 1) * c];
+    classify(pooled, n, c, bias, logits, |k, count, x| match count {
+        4 => bf16::widened_dots(kernels, [row(k), row(k + 1), row(k + 2), row(k + 3)], x),
+        _ => std::array::from_fn(|j| if j < count { bf16::widened_dots(kernels, [row(k + j)], x)[0] } else { 0.0 }),
+    });
+}
+
+/// The classifier's loop: chunks of classes in parallel, each image's logits of a chunk
+/// four classes at a time (four independent multiply-add chains): `sums(k, count, x)`
+/// gives the sums of classes `k..k + count` (`count` <= 4; the rest of the array unused).
+fn classify(
+    pooled: &[f32],
+    n: usize,
+    c: usize,
+    bias: &[f32],
+    logits: &mut [f32],
+    sums: impl Fn(usize, usize, &[f32]) -> [f32; 4] + Sync,
+) {
     let classes = bias.len();
     let cb = channel_blocks(c);
-    assert!(weight.len() >= classes * c && logits.len() >= n * classes && pooled.len() >= n * cb * CHANNEL_BLOCK);
+    assert!(logits.len() >= n * classes && pooled.len() >= n * cb * CHANNEL_BLOCK);
     let out = SharedMut::new(logits);
     for_each(classes.div_ceil(CLASS_CHUNK), |chunk| {
         let (k0, k1) = (chunk * CLASS_CHUNK, ((chunk + 1) * CLASS_CHUNK).min(classes));
@@ -81,23 +122,13 @@ pub fn linear(isa: Dispatch, pooled: &[f32], n: usize, c: usize, weight: &[f32],
             let x = &pooled[b * cb * CHANNEL_BLOCK..b * cb * CHANNEL_BLOCK + c];
             // SAFETY: chunks partition the classes, so each (row, chunk) region has one writer.
             let row = unsafe { out.region(b * classes + k0, k1 - k0) };
-            // Four classes at a time: four independent multiply-add chains.
-            dispatch!(isa, |s| {
-                let mut k = k0;
-                for logits in row.chunks_mut(4) {
-                    if let [a, b, c4, d] = logits {
-                        let w = |j: usize| &weight[(k + j) * c..(k + j + 1) * c];
-                        let sums = dots::<_, 4>(s, [w(0), w(1), w(2), w(3)], x);
-                        (*a, *b, *c4, *d) =
-                            (sums[0] + bias[k], sums[1] + bias[k + 1], sums[2] + bias[k + 2], sums[3] + bias[k + 3]);
-                    } else {
-                        for (j, logit) in logits.iter_mut().enumerate() {
-                            *logit = dot(s, &weight[(k + j) * c..(k + j + 1) * c], x) + bias[k + j];
-                        }
-                    }
-                    k += logits.len();
+            for (i, logits) in row.chunks_mut(4).enumerate() {
+                let k = k0 + 4 * i;
+                let sums = sums(k, logits.len(), x);
+                for (j, logit) in logits.iter_mut().enumerate() {
+                    *logit = sums[j] + bias[k + j];
                 }
-            });
+            }
         }
     });
 }
