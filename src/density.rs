@@ -372,6 +372,8 @@ mod tests {
             assert!((row.peak_share * report.peak_gflops - row.mul_gflops).abs() < 1e-6 * row.mul_gflops);
         }
         assert!(svg(&report).matches("<rect").count() == 8);
-        assert!(table(&report).lines().count() == 11);
+        // A header, eight rows and a footer of two lines, plus a line naming the noise
+        // when the FMA peak swung during the run (a busy host).
+        assert_eq!(table(&report).lines().count(), if report.noisy { 12 } else { 11 });
     }
 }
