@@ -64,23 +64,9 @@ pub fn for_error(error: &anyhow::Error) -> ExitCode {
                 .or_else(|| cause.downcast_ref::<repvgg::graph::Error>().map(graph_error_kind))
                 .or_else(|| cause.downcast_ref::<repvgg::files::Error>().map(file_error_kind))
                 .or_else(|| cause.downcast_ref::<repvgg_serve::Error>().and_then(repvgg_serve::Error::kind))
-                .or_else(|| cause.downcast_ref::<repvgg_hub::Error>().map(hub_error_kind))
+                .or_else(|| cause.downcast_ref::<repvgg_hub::Error>().map(repvgg::hub::error_kind))
         })
         .map_or(ExitCode::from(1), code)
-}
-
-/// The kind of a pull's error: a file the hub or the cache cannot give is missing (3), one
-/// that arrives wrong is malformed (4), one over the size limit a limit (7).
-fn hub_error_kind(error: &repvgg_hub::Error) -> ErrorKind {
-    use repvgg_hub::Error as E;
-    match error {
-        E::Name(_) => ErrorKind::Usage,
-        E::NotCached { .. } | E::Unreachable { .. } | E::Network { .. } | E::Status { .. } | E::Cache { .. } => {
-            ErrorKind::Io
-        }
-        E::Protocol { .. } | E::Corrupt { .. } | E::Config { .. } => ErrorKind::Format,
-        E::TooLarge { .. } => ErrorKind::Limit,
-    }
 }
 
 /// True if the error is a write to a closed pipe.

@@ -90,7 +90,12 @@ impl RepoCache {
         }
         let _ = std::fs::remove_file(&entry);
         #[cfg(unix)]
-        std::os::unix::fs::symlink(&target, &entry).map_err(io(&entry))?;
+        if let Err(e) = std::os::unix::fs::symlink(&target, &entry) {
+            // Another pull of the same file may have linked it between the two calls.
+            if !std::fs::read_link(&entry).is_ok_and(|t| t == target) {
+                return Err(io(&entry)(e));
+            }
+        }
         // Elsewhere a copy, as `huggingface_hub` falls back to where symlinks are not allowed.
         #[cfg(not(unix))]
         std::fs::copy(self.blob(etag), &entry).map_err(io(&entry))?;
