@@ -1726,6 +1726,7 @@ fn pull_refuses_what_it_cannot_get_or_verify() {
         for word in words {
             assert!(text.contains(word), "`{word}` not in {text}");
         }
+        assert!(text.matches("http://").count() <= 1, "a URL named twice: {text}");
         assert!(start.elapsed() < std::time::Duration::from_secs(20), "{name} took {:?}", start.elapsed());
         assert_eq!(entries(&root.join("blobs")), Vec::<String>::new(), "{text}");
         assert_eq!(entries(&root.join("refs")), Vec::<String>::new(), "{text}");

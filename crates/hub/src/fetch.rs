@@ -67,7 +67,11 @@ fn call(request: ureq::Request, url: &str) -> Result<ureq::Response> {
             };
             Err(Error::Status { url: url.to_string(), status, hint })
         }
-        Err(ureq::Error::Transport(t)) => Err(network(url, t)),
+        Err(ureq::Error::Transport(t)) => {
+            // ureq's message starts with the URL, which the error names already.
+            let text = t.to_string();
+            Err(network(url, text.strip_prefix(&format!("{url}: ")).unwrap_or(&text)))
+        }
     }
 }
 
