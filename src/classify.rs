@@ -19,9 +19,9 @@ use crate::{RunArgs, stdout_error, weights_or_synthetic};
 /// `repvgg classify` flags.
 #[derive(Args)]
 pub struct ClassifyArgs {
-    /// Weights (.safetensors), any supported naming form, dtype F32/F16/BF16.
+    /// Weights (.safetensors or .pth, or `hf:NAME` from the hub), any supported naming form.
     #[arg(long, required_unless_present = "synthetic")]
-    weights: Option<PathBuf>,
+    pub(crate) weights: Option<PathBuf>,
     /// Classify with deterministic synthetic weights of --arch (default A0): for timing
     /// the pipeline; the classes mean nothing.
     #[arg(long, conflicts_with = "weights")]
@@ -29,7 +29,7 @@ pub struct ClassifyArgs {
     /// Architecture (built-in name or .toml path): checked against --weights, or the one
     /// --synthetic builds.
     #[arg(long)]
-    arch: Option<String>,
+    pub(crate) arch: Option<String>,
     #[command(flatten)]
     run: RunArgs,
     /// Images per batch; memory holds a few batches, whatever the number of files.

@@ -64,6 +64,7 @@ pub fn for_error(error: &anyhow::Error) -> ExitCode {
                 .or_else(|| cause.downcast_ref::<repvgg::graph::Error>().map(graph_error_kind))
                 .or_else(|| cause.downcast_ref::<repvgg::files::Error>().map(file_error_kind))
                 .or_else(|| cause.downcast_ref::<repvgg_serve::Error>().and_then(repvgg_serve::Error::kind))
+                .or_else(|| cause.downcast_ref::<repvgg_hub::Error>().map(repvgg::hub::error_kind))
         })
         .map_or(ExitCode::from(1), code)
 }

@@ -8,7 +8,8 @@
 //! - [`winograd`]: the Winograd F(m,3) transforms (Lavin & Gray 2016);
 //! - [`simd`]: the per-instruction-set vector types and the run-time kernel choice;
 //! - [`imagenet`]: image decoding, ImageNet preprocessing and class labels;
-//! - [`files`]: bounded reads of regular files and atomic, identity-checked writes.
+//! - [`files`]: bounded reads of regular files and atomic, identity-checked writes;
+//! - `hub` (feature `hub`): `hf:NAME` weights from the Hugging Face hub and its cache.
 //!
 //! ```no_run
 //! use repvgg::{Model, ModelOptions, SessionOptions, Tensor};
@@ -19,6 +20,9 @@
 //! assert_eq!(logits.shape(), &[1, 1000]);
 //! # Ok::<(), repvgg::Error>(())
 //! ```
+
+#[cfg(feature = "hub")]
+pub mod hub;
 
 pub use repvgg_files as files;
 pub use repvgg_graph as graph;

@@ -18,6 +18,7 @@ mod bench;
 mod classify;
 mod density;
 mod exit;
+mod pull;
 mod quantize;
 mod samples;
 mod serve;
@@ -33,7 +34,8 @@ struct Cli {
 #[derive(Args)]
 struct WeightsArgs {
     /// Weights: .safetensors (dtype F32/F16/BF16) or a PyTorch zip checkpoint (.pth/.pt, a state
-    /// dict, plain or under `state_dict` / `model`), any supported naming form.
+    /// dict, plain or under `state_dict` / `model`), any supported naming form; or
+    /// `hf:NAME`, pulled from the Hugging Face hub (`repvgg pull`).
     #[arg(long)]
     weights: PathBuf,
     /// Architecture to check the weights against (inferred from shapes if omitted).
@@ -75,6 +77,11 @@ impl WeightsArgs {
     fn load(&self) -> Result<Model> {
         let options = ModelOptions { forms: self.forms.options()?, ..model_options(self.arch.as_deref())? };
         Ok(Model::load(&self.weights, &options)?)
+    }
+
+    /// A hub name in `--weights` replaced by the cached file (see [`pull::resolve`]).
+    fn resolve_hub(&mut self) -> Result<()> {
+        pull::resolve(&mut self.weights, &mut self.arch).map(drop)
     }
 
     /// `--arch` as a path, in case it names a file.
@@ -201,7 +208,7 @@ enum Command {
         /// Architecture (built-in name or .toml path); with --weights, checked against them.
         #[arg(long)]
         arch: Option<String>,
-        /// Weights to load; without them, deterministic synthetic weights of --arch.
+        /// Weights to load (a file or `hf:NAME`); without them, deterministic synthetic weights of --arch.
         #[arg(long)]
         weights: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
@@ -277,6 +284,9 @@ enum Command {
     /// Quantize a model to INT8: per-channel s8 weights, u8 activation scales calibrated
     /// on sample inputs, measured FP32 fallback; writes a weights file every command loads.
     Quantize(quantize::QuantizeArgs),
+    /// Download pretrained weights from the Hugging Face hub into its cache and print their
+    /// path (`--weights hf:NAME` does the same on the way to loading them).
+    Pull(pull::PullArgs),
     /// Convert training-time weights to the deploy form (official names, F32).
     Convert {
         /// Input weights in any supported form.
@@ -608,8 +618,29 @@ fn convert(train: &Path, deploy: &Path, arch: Option<&str>, forms: &FormArgs) ->
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Replaces every `--weights hf:NAME` (and `convert`'s input) by the cached file, pulled
+/// first if needed, before any command looks at its paths.
+fn resolve_hub_names(command: &mut Command) -> Result<()> {
+    match command {
+        Command::Infer { model, .. } | Command::Time { model, .. } => model.resolve_hub()?,
+        Command::Quantize(args) => args.model.resolve_hub()?,
+        Command::Bench { arch, weights, .. } => drop(pull::resolve_opt(weights, arch)?),
+        Command::Classify(args) => drop(pull::resolve_opt(&mut args.weights, &mut args.arch)?),
+        Command::Serve(args) => {
+            let repo = pull::resolve_opt(&mut args.weights, &mut args.arch)?;
+            // The model's name is the repository's, not the cached file's stem (`model`).
+            args.model_name = args.model_name.take().or(repo);
+        }
+        Command::Convert { train, arch, .. } => drop(pull::resolve(train, arch)?),
+        Command::Info { .. } | Command::Density { .. } | Command::Pull(_) => {}
+    }
+    Ok(())
+}
+
+fn run(mut cli: Cli) -> Result<()> {
+    resolve_hub_names(&mut cli.command)?;
     match cli.command {
+        Command::Pull(args) => pull::pull(&args),
         Command::Info { arch, size, json } => info(&arch, size, json),
         Command::Infer { model, input, output, run } => infer(&model, &input, &output, &run),
         Command::Bench { arch, weights, batch, size, run, autotune, runs, warmup, json, plot } => {

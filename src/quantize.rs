@@ -15,7 +15,7 @@ use crate::{WeightsArgs, inputs, print, thread_count};
 #[derive(Args)]
 pub struct QuantizeArgs {
     #[command(flatten)]
-    model: WeightsArgs,
+    pub(crate) model: WeightsArgs,
     /// Calibration inputs: a safetensors file holding `input` [N, 3, H, W] (preprocessed),
     /// or a folder of JPEG/PNG images (searched recursively, preprocessed as `classify`
     /// does). Never the images you evaluate on.

@@ -11,19 +11,19 @@ use repvgg_serve::{Config, Level, Server};
 /// `repvgg serve` flags; defaults are [`Config::default`]'s.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Weights (.safetensors) to serve.
+    /// Weights (.safetensors or .pth, or `hf:NAME` from the hub) to serve.
     #[arg(long, required_unless_present = "synthetic")]
-    weights: Option<PathBuf>,
+    pub(crate) weights: Option<PathBuf>,
     /// Serve deterministic synthetic weights of --arch (for trying the server and load tests).
     #[arg(long, conflicts_with = "weights")]
     synthetic: bool,
     /// Architecture (built-in name or .toml path): checked against --weights, or the one
     /// --synthetic builds (default A0).
     #[arg(long)]
-    arch: Option<String>,
+    pub(crate) arch: Option<String>,
     /// Name clients address the model by (default: the weights file's stem, lower case).
     #[arg(long)]
-    model_name: Option<String>,
+    pub(crate) model_name: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,

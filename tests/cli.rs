@@ -1,5 +1,6 @@
 //! End-to-end tests of the `repvgg` binary: its commands and its refusals of bad input.
 
+use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -1582,4 +1583,228 @@ fn quantize_writes_a_file_that_infer_runs_and_refuses_bad_requests() {
         let error = layer["error"].as_f64().unwrap_or(f64::NAN);
         assert!(error > 0.0 && error < 0.5, "{layer}");
     }
+}
+
+mod fake_hub;
+use fake_hub::{COMMIT, FakeHub, Fault, sha256_hex};
+
+/// Runs `repvgg` against a hub at `endpoint` with the cache in `hf_home`, nothing else from
+/// the environment's hub variables.
+fn repvgg_hub(args: &[&str], endpoint: &str, hf_home: &Path, extra: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_repvgg"));
+    command.args(args).env("HF_ENDPOINT", endpoint).env("HF_HOME", hf_home);
+    for name in ["HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"] {
+        command.env_remove(name);
+    }
+    command.envs(extra.iter().copied());
+    finish(&mut command)
+}
+
+/// A training-form checkpoint with timm's names, as timm's hub repositories hold.
+fn timm_checkpoint(arch: repvgg::ArchSpec) -> Vec<u8> {
+    let network = repvgg::Network::new(arch);
+    let map = repvgg::graph::synthetic::checkpoint(
+        &network,
+        repvgg::graph::Convention::Timm,
+        repvgg::graph::BlockForm::Training,
+        7,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let output = repvgg::files::Output::new(&path, &[]).unwrap();
+    repvgg::runtime::loader::write_tensors(&output, map.iter().map(|(n, s, d)| (n.to_string(), s.to_vec(), d)))
+        .unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+fn tiny_timm_checkpoint() -> Vec<u8> {
+    let toml = std::fs::read_to_string(fixture("tiny-groups", "arch.toml")).unwrap();
+    timm_checkpoint(repvgg::ArchSpec::from_toml(&toml, "tiny-groups").unwrap())
+}
+
+fn timm_config(architecture: &str, classes: usize) -> String {
+    format!(
+        r#"{{"architecture": "{architecture}", "num_classes": {classes}, "pretrained_cfg": {{"input_size": [3, 224, 224],
+            "crop_pct": 0.875, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}}}"#
+    )
+}
+
+fn stdout_path(out: &Output) -> PathBuf {
+    PathBuf::from(String::from_utf8(out.stdout.clone()).unwrap().trim_end_matches('\n'))
+}
+
+/// Names in a cache folder, or none if it does not exist.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A pull into a fresh `HF_HOME` leaves `huggingface_hub`'s layout (blobs named by etag,
+/// `refs/main`, relative symlinks in the commit's snapshot); later pulls use the cache:
+/// online with the metadata request alone, offline with no request, and with the hub
+/// gone with a warning. `--out` copies the file; a renamed repository's relative redirect
+/// is followed.
+#[test]
+fn pull_fills_the_hub_cache_then_works_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("hf");
+    let weights = tiny_timm_checkpoint();
+    let config = timm_config("repvgg_tiny", 10);
+    let repos = [("me/tiny".to_string(), (weights.clone(), Some(config.clone())))].into();
+    let hub = FakeHub::start(repos, [("me/old-tiny".to_string(), "me/tiny".to_string())].into());
+    let pull = |name: &str, extra: &[(&str, &str)]| repvgg_hub(&["pull", name], &hub.endpoint, &home, extra);
+
+    let out = pull("me/tiny", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root = home.join("hub/models--me--tiny");
+    let path = stdout_path(&out);
+    assert_eq!(path, root.join("snapshots").join(COMMIT).join("model.safetensors"));
+    let sha = sha256_hex(&weights);
+    assert_eq!(std::fs::read_link(&path).unwrap(), Path::new("../../blobs").join(&sha));
+    assert_eq!(std::fs::read(&path).unwrap(), weights);
+    assert_eq!(std::fs::read_to_string(root.join("refs/main")).unwrap(), COMMIT);
+    let config_entry = root.join("snapshots").join(COMMIT).join("config.json");
+    assert_eq!(std::fs::read_to_string(&config_entry).unwrap(), config);
+    assert_eq!(
+        entries(&root.join("blobs")).len(),
+        2,
+        "the two blobs and no leftover: {:?}",
+        entries(&root.join("blobs"))
+    );
+    assert_eq!(hub.gets(), 2);
+
+    let out = pull("hf:me/tiny", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_path(&out), path);
+    assert_eq!(hub.gets(), 2, "a cached blob is not downloaded again");
+
+    let asked = hub.requests.lock().unwrap().len();
+    let out = pull("me/tiny", &[("HF_HUB_OFFLINE", "1")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_path(&out), path);
+    assert_eq!(hub.requests.lock().unwrap().len(), asked, "offline asks nothing");
+
+    let out = pull("me/old-tiny", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(stdout_path(&out)).unwrap(), weights);
+
+    let copy = dir.path().join("copy.safetensors");
+    let out = repvgg_hub(&["pull", "me/tiny", "--out", copy.to_str().unwrap()], &hub.endpoint, &home, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_path(&out), copy);
+    assert_eq!(std::fs::read(&copy).unwrap(), weights);
+
+    let endpoint = hub.endpoint.clone();
+    drop(hub);
+    let out = repvgg_hub(&["pull", "me/tiny"], &endpoint, &home, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_path(&out), path);
+    assert!(stderr(&out).starts_with("warning: the hub is unreachable"), "{}", stderr(&out));
+}
+
+/// What cannot be had or verified is refused with one line and its exit code, and leaves
+/// nothing in the cache that a later pull or `huggingface_hub` would take as valid: a name
+/// missing offline or on the hub, a wrong size or sha256, a declared size over the limit
+/// (refused before downloading), and a hub that stalls (cut by the timeouts).
+#[test]
+fn pull_refuses_what_it_cannot_get_or_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("hf");
+    let repos = [("me/tiny".to_string(), (tiny_timm_checkpoint(), None))].into();
+    let hub = FakeHub::start(repos, HashMap::new());
+    let root = home.join("hub/models--me--tiny");
+    let timeouts = [("HF_HUB_DOWNLOAD_TIMEOUT", "1"), ("HF_HUB_ETAG_TIMEOUT", "1")];
+    let refused = |name: &str, extra: &[(&str, &str)], code: i32, words: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = repvgg_hub(&["pull", name], &hub.endpoint, &home, extra);
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{name}: {text}");
+        assert!(text.starts_with("error: ") && text.lines().count() == 1, "{text}");
+        for word in words {
+            assert!(text.contains(word), "`{word}` not in {text}");
+        }
+        assert!(text.matches("http://").count() <= 1, "a URL named twice: {text}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "{name} took {:?}", start.elapsed());
+        assert_eq!(entries(&root.join("blobs")), Vec::<String>::new(), "{text}");
+        assert_eq!(entries(&root.join("refs")), Vec::<String>::new(), "{text}");
+        assert!(!root.join("snapshots").join(COMMIT).join("model.safetensors").exists(), "{text}");
+        text
+    };
+    refused(
+        "me/tiny",
+        &[("HF_HUB_OFFLINE", "1")],
+        3,
+        &["me/tiny: model.safetensors is not in the cache", "HF_HUB_OFFLINE"],
+    );
+    refused("me/nothing", &[], 3, &["me/nothing/resolve/main/model.safetensors: the hub answered 404"]);
+    refused("../etc", &[], 2, &["not a hub name"]);
+    for (fault, code, words) in [
+        (Fault::CorruptBlob, 4, &["me/tiny/model.safetensors: sha256 ", "the download was discarded"][..]),
+        (Fault::WrongSize, 4, &["bytes, the hub declared"][..]),
+        (Fault::Huge, 7, &["is 21474836480 bytes, over the limit of"][..]),
+        (Fault::StallBody, 3, &["the transfer stalled after"][..]),
+        (Fault::StallHead, 3, &["not in the cache", "the hub is unreachable"][..]),
+    ] {
+        hub.set_fault(fault);
+        let gets = hub.gets();
+        refused("me/tiny", &timeouts, code, words);
+        if fault == Fault::Huge {
+            assert_eq!(hub.gets(), gets, "nothing is downloaded past the limit");
+        }
+    }
+    hub.set_fault(Fault::None);
+    let out = repvgg_hub(&["pull", "me/tiny"], &hub.endpoint, &home, &[]);
+    assert!(out.status.success(), "a pull after the failures succeeds: {}", stderr(&out));
+}
+
+/// `infer` and `classify` take `hf:NAME` for `--weights`: the same logits as the file, a
+/// short name for timm's repository, and the architecture timm's config names (a wrong
+/// one is what the loader then refuses, which shows it is used).
+#[test]
+fn infer_and_classify_take_a_hub_name_for_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("hf");
+    let tiny = tiny_timm_checkpoint();
+    let a0 = timm_checkpoint(repvgg::ArchSpec::builtin("A0").unwrap());
+    let repos = [
+        ("me/tiny".to_string(), (tiny.clone(), Some(timm_config("repvgg_tiny", 10)))),
+        ("me/tiny-says-a1".to_string(), (tiny.clone(), Some(timm_config("repvgg_a1", 1000)))),
+        ("timm/repvgg_a0.rvgg_in1k".to_string(), (a0, Some(timm_config("repvgg_a0", 1000)))),
+    ]
+    .into();
+    let hub = FakeHub::start(repos, HashMap::new());
+    let local = dir.path().join("tiny.safetensors");
+    std::fs::write(&local, &tiny).unwrap();
+    let arch = fixture("tiny-groups", "arch.toml");
+    let input = fixture("tiny-groups", "input.safetensors");
+    let logits = |weights: &str, name: &str| {
+        let output = dir.path().join(name);
+        let args =
+            ["infer", "--weights", weights, "--arch", &arch, "--input", &input, "--output", output.to_str().unwrap()];
+        let out = repvgg_hub(&args, &hub.endpoint, &home, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        read_tensor(&output, "logits")
+    };
+    assert_eq!(logits("hf:me/tiny", "hub.safetensors"), logits(local.to_str().unwrap(), "file.safetensors"));
+
+    let out = repvgg_hub(
+        &["infer", "--weights", "hf:me/tiny-says-a1", "--input", &input, "--output", "/dev/null"],
+        &hub.endpoint,
+        &home,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("(architecture A1)"), "{}", stderr(&out));
+
+    let png_path = dir.path().join("a.png");
+    png(&png_path, 5);
+    let out = repvgg_hub(&["classify", "--weights", "hf:a0", png_path.to_str().unwrap()], &hub.endpoint, &home, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "the path and 5 ImageNet classes: {text}");
+    assert!(lines[0].ends_with("a.png:"), "{text}");
 }

@@ -18,7 +18,8 @@ class NonFiniteError(FloatingPointError): ...
 class Model:
     @staticmethod
     def load(path: str | os.PathLike[str], arch: str | None = None) -> Model:
-        """Loads a safetensors checkpoint; `arch` is a built-in name or a .toml path, or None to infer it."""
+        """Loads a safetensors or .pth checkpoint, or `hf:NAME` from the Hugging Face hub (cached as
+        `repvgg pull` caches it); `arch` is a built-in name or a .toml path, or None to infer it."""
     @staticmethod
     def synthetic(arch: str = "A0", seed: int = 0) -> Model:
         """Deterministic synthetic weights (what `repvgg bench` runs by default)."""

@@ -51,7 +51,12 @@ fn exception(error: repvgg::Error) -> PyErr {
     {
         return PyFileNotFoundError::new_err(message);
     }
-    match error.kind() {
+    of_kind(error.kind(), message)
+}
+
+/// The Python exception of an error kind.
+fn of_kind(kind: ErrorKind, message: String) -> PyErr {
+    match kind {
         ErrorKind::Io => PyOSError::new_err(message),
         ErrorKind::Format | ErrorKind::Model | ErrorKind::Arch => ModelError::new_err(message),
         ErrorKind::Input => InputError::new_err(message),
@@ -98,11 +103,30 @@ struct Model {
 #[pymethods]
 impl Model {
     /// Loads a safetensors checkpoint in any naming form (official, timm), dtype
-    /// (F32, F16, BF16) and form (deploy, or training, fused at load).
+    /// (F32, F16, BF16) and form (deploy, or training, fused at load), or `hf:NAME` from
+    /// the Hugging Face hub (as `repvgg pull` fetches it).
     #[staticmethod]
     #[pyo3(signature = (path, arch=None))]
     fn load(py: Python<'_>, path: PathBuf, arch: Option<&str>) -> PyResult<Model> {
-        let options = options(arch)?;
+        // `hf:NAME`: the hub's file, pulled into (or found in) the cache `huggingface_hub` shares.
+        let pulled = match path.to_str() {
+            Some(text) => py
+                .detach(|| repvgg::hub::resolve(text))
+                .map_err(|e| of_kind(repvgg::hub::error_kind(&e), e.to_string()))?,
+            None => None,
+        };
+        if let Some(reason) = pulled.as_ref().and_then(|p| p.fallback_reason.as_ref()) {
+            let warning = py.get_type::<pyo3::exceptions::PyUserWarning>();
+            PyErr::warn(
+                py,
+                &warning,
+                &std::ffi::CString::new(format!("{reason}; using the cached copy")).unwrap_or_default(),
+                1,
+            )?;
+        }
+        let config_arch = pulled.as_ref().and_then(repvgg::hub::config_arch);
+        let path = pulled.map_or(path, |p| p.weights);
+        let options = options(arch.or(config_arch.as_deref()))?;
         let inner = py.detach(|| repvgg::Model::load(&path, &options)).map_err(exception)?;
         Ok(Model { inner })
     }

@@ -463,3 +463,68 @@ def test_precision_errors_are_the_package_exceptions(digits):
     q, _ = repvgg.quantize(model, x[:4], threads=1)
     with pytest.raises(repvgg.UsageError, match="already quantized"):
         repvgg.quantize(q, x[:4])
+
+
+def test_hub_names_load_through_the_shared_cache(tiny, tmp_path, monkeypatch):
+    """`Model.load("hf:owner/repo")` pulls from the hub (`HF_ENDPOINT`, here a server on the
+    loopback in the hub's URL layout) into `HF_HOME`, then loads offline from the cache;
+    a name missing offline is an OSError saying so."""
+    import hashlib
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    weights_path, x, expected = tiny
+    weights = weights_path.read_bytes()
+    sha = hashlib.sha256(weights).hexdigest()
+    commit = "0123456789abcdef0123456789abcdef01234567"
+
+    class Hub(BaseHTTPRequestHandler):
+        def answer(self, body: bool):
+            if self.path == "/me/tiny/resolve/main/model.safetensors":
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/lfs/{sha}")
+                self.send_header("X-Repo-Commit", commit)
+                self.send_header("X-Linked-Etag", f'"{sha}"')
+                self.send_header("X-Linked-Size", str(len(weights)))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path == f"/lfs/{sha}":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(weights)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(weights)
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        def do_HEAD(self):
+            self.answer(False)
+
+        def do_GET(self):
+            self.answer(True)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    arch = str(FIXTURES / "tiny-groups" / "arch.toml")
+    try:
+        logits = repvgg.Model.load("hf:me/tiny", arch=arch).session(threads=1).run(x)
+    finally:
+        server.shutdown()
+        server.server_close()
+    np.testing.assert_array_equal(logits, repvgg.Model.load(weights_path, arch=arch).session(threads=1).run(x))
+    blob = tmp_path / "hf" / "hub" / "models--me--tiny" / "blobs" / sha
+    assert blob.read_bytes() == weights
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    again = repvgg.Model.load("hf:me/tiny", arch=arch).session(threads=1).run(x)
+    np.testing.assert_array_equal(again, logits)
+    with pytest.raises(OSError, match="me/other: model.safetensors is not in the cache"):
+        repvgg.Model.load("hf:me/other")
