@@ -217,3 +217,25 @@ fn bf16_is_refused_where_the_cpu_cannot_run_it() {
     let fp32 = model.session(SessionOptions { bf16_kernels: Some(Bf16Set::Amx), ..Default::default() }).unwrap();
     assert_eq!((fp32.precision(), fp32.bf16_kernels()), (Precision::F32, None));
 }
+
+/// The classifier's bf16 copy counts against `Limits::max_weight_bytes` like any packing:
+/// with no room left beside the deploy weights a BF16 session is refused with the limit
+/// error, and with room for it the session runs.
+#[test]
+fn the_bf16_classifier_is_held_to_the_weight_limit() {
+    let Some(&set) = sets().first() else { return };
+    let small = Model::synthetic(ArchSpec::builtin("A0").unwrap(), 3).unwrap();
+    let held = small.weights().bytes();
+    let classifier = small.weights().linear_weight.len() * 2;
+    let limited = |max_weight_bytes: usize| {
+        let limits = Limits { max_weight_bytes, ..Limits::default() };
+        Model::from_parts(small.network().clone(), small.weights().clone(), limits, "limited".into()).unwrap()
+    };
+    let e = limited(held + classifier - 1).session(bf16(set, 1)).err().expect("refused");
+    assert_eq!(e.kind(), ErrorKind::Limit, "{e}");
+    assert!(e.to_string().contains("classifier's bf16 weights"), "{e}");
+    // Room for the classifier and the layers' bf16 packings (about half the deploy bytes).
+    let model = limited(2 * held);
+    let logits = model.session(bf16(set, 1)).unwrap().run(&input(1, 32, 32, 5)).unwrap();
+    assert!(logits.data().iter().all(|v| v.is_finite()));
+}
