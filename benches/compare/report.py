@@ -233,12 +233,17 @@ def config_table(r: dict) -> list[str]:
             continue
         flag = " **flagged**" if e.get("flagged") else ""
         hot = f" {e['hot']['median_ms']:.2f} | {e['hot']['ratio']:.2f} |" if has_hot else ""
+        notes = list(e.get("notes", []))
+        v = e.get("held", {}).get("verified")
+        if v:
+            notes.append(f"arch_status: AVX-512 use in {v['avx512_threads']} of {v['threads']} thread(s) over the "
+                         f"{v['window_s']} s it ran" + (" (by the ops named beyond the cap)" if v["avx512_threads"] else ""))
         agree = ((f" {e['top1_match']:.3f} | {e['top1_match_centered']:.3f} | {e['eval_rel_diff']:.1e} | "
                   f"{e['eval_rel_diff_centered']:.1e} |") if "top1_match" in e else " - | - | - | - |") if has_eval else ""
         lines.append(
             f"| {label} | {e['median_ms']:.2f} | {e['min_ms']:.2f} | {e['iqr_ms']:.2f} | "
             f"{e['images_per_s']:.1f} | {e['gflops']:.1f} | {e['ratio']:.2f} |{hot} {_fmt(e['cpu_util'])} | "
-            f"{e['max_abs_diff']:.1e} | {e['rel_diff']:.1e}{flag} |{agree} {'; '.join(e.get('notes', []))} |"
+            f"{e['max_abs_diff']:.1e} | {e['rel_diff']:.1e}{flag} |{agree} {'; '.join(notes)} |"
         )
     return lines
 
