@@ -41,13 +41,15 @@ sys.path.insert(0, str(HERE))
 
 import atomic  # noqa: E402
 import report  # noqa: E402
-from engines import (ALL_ENGINES, BF16_ENGINES, FP32_ENGINES, INT8_ENGINES, OURS_INT8,  # noqa: E402
-                     OURS_VARIANTS)  # (no peer is imported by this)
+from engines import (ALL_ENGINES, AVX2_ENGINES, BF16_ENGINES, FP32_ENGINES, INT8_ENGINES,  # noqa: E402
+                     OURS_INT8)  # (no peer is imported by this)
 
 ORT_REL_LIMIT = 1e-4  # ONNX Runtime must agree with us this closely, or the config aborts
 FLAG_REL_LIMIT = 1e-4  # other peers beyond this are flagged (and still timed)
 BF16_LIMIT = 1e-2  # bf16 engines: flagged beyond max |diff| = BF16_LIMIT x max(1, max |ours|)
 BF16_PRESET = ("ours", "ours-bf16", "openvino", "openvino-default")
+# Held to AVX2 (ours-avx2 and the peers that can be held), with every FP32 engine unheld beside them.
+AVX2_PRESET = ("ours", "ours-avx2", "onnxruntime", "openvino", "openvino-avx2", "ncnn", "tract", "tract-avx2")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS",
               "TBB_NUM_THREADS", "NCNN_NUM_THREADS")
 
@@ -188,10 +190,10 @@ def system_busy_seconds() -> float:
 
 
 def own_cpu_seconds(engines: dict) -> float:
-    """CPU seconds of this worker plus our engines' subprocesses (FP32, INT8, bf16)."""
+    """CPU seconds of this worker plus the engines' own subprocesses (ours, the held peers)."""
     t = os.times()
-    ours = sum(engines[n].cpu_seconds() for n in (*OURS_VARIANTS, OURS_INT8) if n in engines)
-    return t.user + t.system + ours
+    others = sum(e.cpu_seconds() for e in engines.values() if getattr(e, "own_process", False))
+    return t.user + t.system + others
 
 
 def time_interleaved(engines: dict, cfg: Config) -> tuple[dict, dict, dict]:
@@ -303,6 +305,18 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
                 result["engines"][name] = {"error": f"setup failed: {exc}"}
         numerics = check_numerics(engines, reference, eval_x)
         samples, hot, info = time_interleaved(engines, cfg)
+        # Engines held to AVX2: did any of their threads use AVX-512 while they ran? A time
+        # that fails this check is not reported.
+        held_failed = {}
+        for name, engine in engines.items():
+            if hasattr(engine, "verify_held"):
+                try:
+                    engine.held["verified"] = v = engine.verify_held()
+                    log(f"  {name}: AVX-512 use in {v['avx512_threads']} of {v['threads']} thread(s) over "
+                        f"{v['window_s']} s" + (" (the ops it named beyond the cap)" if v["avx512_threads"] else ""))
+                except RuntimeError as exc:
+                    log(f"  {name}: REFUSED: {exc}")
+                    held_failed[name] = str(exc)
     except Exception as exc:
         result["status"] = "aborted"
         result["message"] = str(exc)
@@ -317,6 +331,10 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
 
     result["timing"] = info
     for name, engine in engines.items():
+        if name in held_failed:
+            result["engines"][name] = {"error": held_failed[name], "version": engine.version,
+                                       "notes": engine.notes, "held": engine.held}
+            continue
         stats = summarize(samples[name], cfg.batch, flops)
         if hot[name]:
             stats["hot"] = summarize(hot[name], cfg.batch, flops)
@@ -333,6 +351,7 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
             **({"precision": engine.precision} if hasattr(engine, "precision") else {}),
             **({"isa": engine.isa} if hasattr(engine, "isa") else {}),
             **({"options": engine.options} if hasattr(engine, "options") else {}),
+            **({"held": engine.held} if hasattr(engine, "held") else {}),
         }
     ours = result["engines"][reference]
     for entry in result["engines"].values():
@@ -340,6 +359,10 @@ def run_config(cfg: Config, repvgg: Path, scratch: Path) -> dict:
             entry["ratio"] = entry["median_ms"] / ours["median_ms"]
         if "hot" in entry:
             entry["hot"]["ratio"] = entry["hot"]["median_ms"] / ours["hot"]["median_ms"]
+    held_ours = result["engines"].get("ours-avx2", {})
+    for name, entry in result["engines"].items():  # peers held to AVX2 against ours held to AVX2
+        if name in AVX2_ENGINES and "median_ms" in entry and "median_ms" in held_ours:
+            entry["ratio_avx2"] = entry["median_ms"] / held_ours["median_ms"]
     result["load_after"] = os.getloadavg()
     log(f"[{cfg.label}] " + "  ".join(
         f"{n} {e['median_ms']:.2f} ms" for n, e in result["engines"].items() if "median_ms" in e))
@@ -378,6 +401,8 @@ def build_configs(args) -> list[Config]:
         engines = list(int8_preset) + [e for e in engines if e not in int8_preset]
     if args.bf16:  # the preset: ours and OpenVINO, each in FP32 and in bf16, plus the rest
         engines = list(BF16_PRESET) + [e for e in engines if e not in BF16_PRESET]
+    if args.avx2:  # the preset: the engines held to AVX2 and every FP32 engine unheld, plus the rest
+        engines = list(AVX2_PRESET) + [e for e in engines if e not in AVX2_PRESET]
     engines = engines or list(FP32_ENGINES)
     if "ncnn-int8" in engines:
         import int8
@@ -479,6 +504,10 @@ def parse_args(argv: list[str]):
     p.add_argument("--bf16", action="store_true",
                    help=f"preset: {','.join(BF16_PRESET)} (bf16 engines: {','.join(BF16_ENGINES)}); --engines "
                         "adds to it; results go to results/bf16/ unless --out is given")
+    p.add_argument("--avx2", action="store_true",
+                   help=f"preset: {','.join(AVX2_PRESET)}: ours with --isa avx2 and the peers that can be held to "
+                        f"AVX2 ({','.join(AVX2_ENGINES)}), each checked, beside the unheld FP32 engines; --engines "
+                        "adds to it; results go to results/avx2/ unless --out is given")
     p.add_argument("--calib", type=Path, metavar="FILE",
                    help="INT8 calibration inputs [N, 3, H, W] (.npy, or safetensors tensor `input`); "
                         "default --calib-count N(0, 1) images from --calib-seed")
@@ -516,7 +545,7 @@ def main(argv: list[str]) -> None:
     if not repvgg.exists():
         raise SystemExit(f"{repvgg} not found: run `cargo build --release` first")
     configs = build_configs(args)
-    out_dir = args.out or (HERE / "results" / "bf16" if args.bf16 else HERE / "results")
+    out_dir = args.out or HERE / "results" / ("bf16" if args.bf16 else "avx2" if args.avx2 else "")
     meta = {
         "command": report.command_line(__file__, argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

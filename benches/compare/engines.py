@@ -1,4 +1,5 @@
-"""Engine adapters: our `repvgg time` subprocess and the in-process peers.
+"""Engine adapters: our `repvgg time` subprocess, the in-process peers, and the peers held to
+AVX2, each in a process of its own (`Held`, served by this file's `serve`).
 
 Every adapter has the same small interface so the driver can treat them alike:
 
@@ -14,12 +15,14 @@ OMP_NUM_THREADS and friends before any of them loads its thread pool.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +38,54 @@ OURS_INT8 = "ours-int8"
 # precision hint (its default: bf16 on CPUs with AVX512-BF16 or AMX, which the adapter reads
 # back). Held to BF16_LIMIT, not to the FP32 limit (compare.check_numerics).
 BF16_ENGINES = ("ours-bf16", "openvino-default")
-ALL_ENGINES = FP32_ENGINES + (OURS_INT8,) + INT8_ENGINES + BF16_ENGINES
+# FP32 held to AVX2 on an AVX-512 host (what an AVX2-only CPU would run): ours with `--isa avx2`,
+# and each peer that has a switch for it, in its own process whose environment holds it (HELD_ENV).
+# ONNX Runtime and ncnn have no such switch (docs/performance.md says where that was looked up).
+AVX2_ENGINES = ("ours-avx2", "openvino-avx2", "tract-avx2")
+ALL_ENGINES = FP32_ENGINES + (OURS_INT8,) + INT8_ENGINES + BF16_ENGINES + AVX2_ENGINES
 
 # Our engine's variants: name -> extra `repvgg time` / `repvgg infer` arguments.
-OURS_VARIANTS: dict[str, tuple[str, ...]] = {"ours": (), "ours-bf16": ("--precision", "bf16")}
+OURS_VARIANTS: dict[str, tuple[str, ...]] = {"ours": (), "ours-bf16": ("--precision", "bf16"),
+                                             "ours-avx2": ("--isa", "avx2")}
+
+# Keeps glibc's string functions (its EVEX memcpy etc.) and numpy's loops off the AVX-512
+# registers in a held engine's process, so that the kernel's record of the last AVX-512 use of
+# each thread (/proc/PID/task/TID/arch_status) speaks for the engine alone.
+NO_AVX512_LIBC = {
+    "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD",
+    "NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR",
+}
+# What holds each engine to AVX2, on top of NO_AVX512_LIBC: oneDNN's documented dispatcher cap
+# (OpenVINO's CPU plugin is built on oneDNN), tract-linalg's TRACT_CPU_ISA knob ("edit the
+# detected instruction-set features ... a removed feature takes its kernels out of the pool").
+HELD_ENV: dict[str, dict[str, str]] = {
+    "ours-avx2": {},  # held by --isa avx2 (OURS_VARIANTS)
+    "openvino-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "tract-avx2": {"TRACT_CPU_ISA": "-avx512f,-avx512vnni,-amx-int8,-amx-bf16"},
+}
+# The in-process adapter each held peer runs in its own process.
+HELD_INNER = {"openvino-avx2": "openvino", "tract-avx2": "tract"}
+
+
+def avx512_threads(pid: int, since_s: float) -> dict[str, int]:
+    """Threads of process `pid` the kernel saw using AVX-512 registers in the last `since_s` s.
+
+    Linux records, when it switches a thread out with AVX-512 state in use, the time; its
+    /proc/PID/task/TID/arch_status reads `AVX512_elapsed_ms: N` (N ms since then, -1 never).
+    A sampled record: a thread that runs AVX-512 kernels for a timed loop is switched out
+    mid-kernel often enough to show (unheld engines read 0-20 ms at the end of a run).
+    Returns {tid: elapsed ms} of the threads with a use inside the window.
+    """
+    used = {}
+    for status in Path(f"/proc/{pid}/task").glob("*/arch_status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the thread has exited
+            continue
+        m = re.search(r"AVX512_elapsed_ms:\s*(-?\d+)", text)
+        if m and 0 <= int(m.group(1)) < since_s * 1e3:
+            used[status.parent.name] = int(m.group(1))
+    return used
 
 
 class Engine:
@@ -100,9 +147,11 @@ class Ours(Engine):
     """
 
     name = "ours"
+    own_process = True  # its CPU time is the subprocess's, not the worker's
 
     def __init__(self, repvgg: Path, weights: Path, x_path: Path, threads: int, scratch: Path,
-                 algo: str | None = None, extra_args: tuple[str, ...] = (), name: str = "ours") -> None:
+                 algo: str | None = None, extra_args: tuple[str, ...] = (), name: str = "ours",
+                 env: dict[str, str] | None = None) -> None:
         super().__init__()
         self.name = name
         # Shared by `repvgg time` (timing) and `repvgg infer` (logits of the evaluation set).
@@ -116,7 +165,7 @@ class Ours(Engine):
         # the error when the binary exits, e.g. when it refuses an option of `extra_args`.
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env={**os.environ, **(env or {})})
         banner = self._readline()
         if not banner.startswith("ready"):
             raise RuntimeError(f"`repvgg time` did not start: {banner!r}")
@@ -157,6 +206,8 @@ class Ours(Engine):
 
     def infer(self) -> float:
         t0 = time.perf_counter()
+        if getattr(self, "first_run", None) is None:
+            self.first_run = time.monotonic()  # start of the window verify_held() checks
         reply = self._send("run")
         self.pipe_wall.append(time.perf_counter() - t0)
         try:
@@ -313,6 +364,7 @@ class OpenVino(Engine):
             **extra,
         }
         self.compiled = core.compile_model(str(model_path), "CPU", config)
+        self.model_path, self.config = str(model_path), config
         self.request = self.compiled.create_infer_request()
         self.x = x
         self.batch = x.shape[0]
@@ -511,14 +563,241 @@ class Tract(Engine):
         return self.state.run([self._tract.Tensor.from_numpy(np.ascontiguousarray(x))])[0]
 
 
+class Held(Engine):
+    """A peer held to AVX2: its in-process adapter (HELD_INNER) run in a Python process of its own
+    whose environment holds it (HELD_ENV + NO_AVX512_LIBC), set before the peer's library loads.
+
+    The child (`engines.py serve SPEC`) builds the adapter, checks what it can read back of the
+    instruction set (`held_check`: OpenVINO's primitive types; it refuses to start when one is
+    beyond AVX2) and answers a line protocol like `repvgg time`'s: `run` -> elapsed seconds
+    measured in the child, `logits PATH` / `predict IN OUT` -> `ok` (.npy files), `quit`.
+    After timing, `verify_held()` reads the child's per-thread AVX-512 record (avx512_threads).
+    """
+
+    own_process = True
+
+    def __init__(self, name: str, paths: dict[str, Path], x: np.ndarray, threads: int, scratch: Path) -> None:
+        super().__init__()
+        self.name = name
+        self.scratch = scratch
+        self.batch = x.shape[0]
+        scratch.mkdir(parents=True, exist_ok=True)
+        tag = f"{name}_{os.getpid()}"
+        self.x_path = scratch / f"{tag}_input.npy"
+        np.save(self.x_path, x)
+        spec = {"name": name, "inner": HELD_INNER[name], "threads": threads, "x": str(self.x_path),
+                "paths": {k: str(v) for k, v in paths.items()}, "scratch": str(scratch)}
+        self.spec_path = scratch / f"{tag}_spec.json"
+        self.spec_path.write_text(json.dumps(spec))
+        self.env = {**HELD_ENV[name], **NO_AVX512_LIBC}
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve", str(self.spec_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, bufsize=1, env={**os.environ, **self.env})
+        hello = json.loads(self._readline())
+        if "error" in hello:
+            self.close()
+            raise RuntimeError(hello["error"])
+        self.version = hello["version"]
+        self.held = {"env": self.env, **hello["held"]}
+        self.notes = hello["notes"] + ["held by " + " ".join(f"{k}={v}" for k, v in HELD_ENV[name].items())]
+        if "precision" in hello:
+            self.precision = hello["precision"]
+        self.first_run: float | None = None
+
+    def _readline(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.poll()
+            self.stderr.seek(0)
+            raise RuntimeError(f"{self.name} server exited (code {code}): {self.stderr.read().strip()[-2000:]}")
+        return line.strip()
+
+    def _send(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        reply = self._readline()
+        if reply.startswith("error"):
+            raise RuntimeError(f"{self.name}: {reply}")
+        return reply
+
+    def infer(self) -> float:
+        if self.first_run is None:
+            self.first_run = time.monotonic()
+        return float(self._send("run"))
+
+    def logits(self) -> np.ndarray:
+        path = self.scratch / f"{self.name}_logits_{os.getpid()}.npy"
+        self._send(f"logits {path}")
+        out = np.load(path)
+        path.unlink(missing_ok=True)
+        return out
+
+    def predict_all(self, xs: np.ndarray) -> np.ndarray:
+        x_path = self.scratch / f"{self.name}_eval_input_{os.getpid()}.npy"
+        y_path = self.scratch / f"{self.name}_eval_logits_{os.getpid()}.npy"
+        np.save(x_path, np.ascontiguousarray(xs, dtype=np.float32))
+        try:
+            self._send(f"predict {x_path} {y_path}")
+            return np.load(y_path)
+        finally:
+            x_path.unlink(missing_ok=True)
+            y_path.unlink(missing_ok=True)
+
+    def cpu_seconds(self) -> float:
+        return Ours.cpu_seconds(self)
+
+    def verify_held(self) -> dict:
+        return verify_held(self)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        if not self.stderr.closed:
+            self.stderr.close()
+        for path in (self.x_path, self.spec_path):
+            path.unlink(missing_ok=True)
+
+
+def verify_held(engine) -> dict:
+    """Raise if a thread of the engine's process used AVX-512 since its first inference, unless
+    the engine named the ops that run beyond AVX2 itself (`held["beyond_avx2"]`, OpenVINO's
+    classifier and pooling): then the use is recorded, not refused.
+
+    Returns what was read ({window_s, threads, avx512_threads}) for the report.
+    """
+    if getattr(engine, "first_run", None) is None:
+        raise RuntimeError(f"{engine.name} never ran")
+    window = time.monotonic() - engine.first_run
+    threads = len(list(Path(f"/proc/{engine.proc.pid}/task").iterdir()))
+    used = avx512_threads(engine.proc.pid, window)
+    if used and engine.held.get("beyond_avx2"):
+        return {"window_s": round(window, 1), "threads": threads, "avx512_threads": len(used),
+                "explained_by": engine.held["beyond_avx2"]}
+    if used:
+        raise RuntimeError(
+            f"{engine.name} is not held to AVX2: the kernel saw {len(used)} of its {threads} threads use AVX-512 "
+            f"registers during the {window:.1f} s it ran (ms ago by thread: {used})")
+    return {"window_s": round(window, 1), "threads": threads, "avx512_threads": 0}
+
+
+def held_check(name: str, engine: Engine) -> dict:
+    """What the held peer reports of its own instruction set; raise if a convolution is beyond AVX2.
+
+    OpenVINO: the primitive type of every op of the runtime graph (counted); every Convolution /
+    GroupConvolution must be an avx2 or uni(versal) oneDNN implementation. Ops whose primitive
+    the cap does not reach (an avx512 / amx type, or MLAS, which dispatches on CPUID) are named
+    in `beyond_avx2`, and OpenVINO's own per-node profile (PERF_COUNT, on a second compilation
+    of the model, a few runs) gives the share of an inference they take.
+    tract's Python API reports no kernel names: nothing to read here (verify_held remains).
+    """
+    if name != "openvino-avx2":
+        return {"self_report": "none (tract's Python API names no kernels)"}
+    import openvino as ov
+
+    kinds: Counter = Counter()
+    compute: Counter = Counter()
+    beyond_ops = []
+    for op in engine.compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str) if "layerType" in info else "?"
+        prim = info["primitiveType"].astype(str) if "primitiveType" in info else "-"
+        kinds[prim] += 1
+        if kind in ("Convolution", "GroupConvolution", "FullyConnected", "MatMul"):
+            compute[f"{kind}:{prim}"] += 1
+        if re.search(r"avx512|amx|mlas", prim):
+            beyond_ops.append(f"{op.get_friendly_name()} ({kind}, {prim})")
+    beyond = sorted(p for p in compute if p.split(":", 1)[0] in ("Convolution", "GroupConvolution")
+                    and (not re.search(r"avx2|uni", p.split(":", 1)[1]) or re.search(r"avx512|amx", p)))
+    if beyond:
+        raise RuntimeError(f"OpenVINO is not held to AVX2 by ONEDNN_MAX_CPU_ISA: convolution primitives {beyond} "
+                           f"(all primitive types: {dict(kinds)})")
+    held = {"primitive_types": dict(sorted(kinds.items())), "compute_primitives": dict(sorted(compute.items())),
+            "beyond_avx2": beyond_ops,
+            "optimization_capabilities": list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
+    if beyond_ops:
+        profiled = ov.Core().compile_model(engine.model_path, "CPU", {**engine.config, "PERF_COUNT": True})
+        request = profiled.create_infer_request()
+        for _ in range(3):
+            request.infer({0: engine.x})
+        total = beyond_s = 0.0
+        for node in request.get_profiling_info():
+            t = node.real_time.total_seconds()
+            total += t
+            if re.search(r"avx512|amx|mlas", node.exec_type):
+                beyond_s += t
+        held["beyond_avx2_share"] = beyond_s / total if total > 0 else float("nan")
+    return held
+
+
+def serve(spec_path: str) -> None:
+    """The held peer's process: build the adapter, report, then answer `run` / `logits` / `predict`."""
+    spec = json.loads(Path(spec_path).read_text())
+    out = sys.stdout
+    try:
+        x = np.load(spec["x"])
+        engine = make_engine(spec["inner"], repvgg=Path("-"), paths={k: Path(v) for k, v in spec["paths"].items()},
+                             x=x, threads=spec["threads"], scratch=Path(spec["scratch"]), algo=None)
+        held = held_check(spec["name"], engine)
+    except Exception as exc:  # reported to the parent, which raises it
+        out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        out.flush()
+        return
+    hello = {"version": engine.version, "notes": engine.notes, "held": held}
+    if hasattr(engine, "precision"):
+        hello["precision"] = engine.precision
+    if "primitive_types" in held:
+        hello["notes"] = engine.notes + ["primitive types " + ", ".join(f"{k} x{v}" for k, v in
+                                                                        held["primitive_types"].items())]
+    if held.get("beyond_avx2"):
+        hello["notes"].append("beyond the cap: " + ", ".join(held["beyond_avx2"])
+                              + f" ({100 * held['beyond_avx2_share']:.2f}% of an inference in OpenVINO's profile)")
+    out.write(json.dumps(hello) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        cmd, *args = line.split()
+        try:
+            if cmd == "run":
+                reply = repr(engine.infer())
+            elif cmd == "logits":
+                np.save(args[0], engine.logits())
+                reply = "ok"
+            elif cmd == "predict":
+                np.save(args[1], engine.predict_all(np.load(args[0])))
+                reply = "ok"
+            elif cmd == "quit":
+                break
+            else:
+                reply = f"error unknown command {cmd!r}"
+        except Exception as exc:
+            reply = f"error {type(exc).__name__}: {exc}"
+        out.write(reply + "\n")
+        out.flush()
+    engine.close()
+
+
 def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarray, threads: int,
                 scratch: Path, algo: str | None, calib: np.ndarray | None = None) -> Engine:
     """Build the adapter called `name` for one configuration (`calib`: INT8 calibration inputs)."""
     if name in OURS_VARIANTS:
+        held = {**HELD_ENV[name], **NO_AVX512_LIBC} if name in HELD_ENV else None
         engine = Ours(repvgg, paths["weights"], paths["input"], threads, scratch, algo,
-                      extra_args=OURS_VARIANTS[name], name=name)
+                      extra_args=OURS_VARIANTS[name], name=name, env=held)
         if name == "ours-bf16":
             engine.reduced_precision = "bf16"
+        if held is not None:
+            if engine.isa != "avx2":
+                isa = engine.isa
+                engine.close()
+                raise RuntimeError(f"{name}: `repvgg time {' '.join(OURS_VARIANTS[name])}` chose {isa} kernels")
+            engine.held = {"env": held, "self_report": f"{engine.isa} kernels (banner of `repvgg time`)"}
+            engine.verify_held = lambda: verify_held(engine)
         return engine
     if name == OURS_INT8:
         if calib is None:
@@ -530,6 +809,8 @@ def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarra
         engine.quantized = True
         engine.notes.append(f"{options['call']}, {'cached' if options['cached'] else 'quantized now'}")
         return engine
+    if name in HELD_INNER:
+        return Held(name, paths, x, threads, scratch)
     if name == "onnxruntime":
         return OnnxRuntime(paths["onnx"], x, threads)
     if name == "openvino":
@@ -547,3 +828,11 @@ def make_engine(name: str, *, repvgg: Path, paths: dict[str, Path], x: np.ndarra
     if name == "openvino-int8":
         return OpenVinoInt8(paths["onnx"], x, threads, calib, scratch)
     raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ALL_ENGINES)}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "serve":  # a held peer's process (Held)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        serve(sys.argv[2])
+    else:
+        raise SystemExit("usage: engines.py serve SPEC (started by compare.py for the held peers)")

@@ -25,6 +25,9 @@ ENGINE_LABELS = {
     "openvino-int8": "OpenVINO INT8 (NNCF)",
     "ours-bf16": "repvgg-rs BF16 (ours)",
     "openvino-default": "openvino-default",
+    "ours-avx2": "repvgg-rs held to AVX2 (ours)",
+    "openvino-avx2": "OpenVINO held to AVX2",
+    "tract-avx2": "tract held to AVX2",
 }
 # Engines whose precision is the engine's own choice: their label carries what they reported.
 REPORTED_PRECISION = ("openvino-default",)
@@ -187,6 +190,28 @@ def summary_table(results: list[dict], hot: bool = False) -> list[str]:
     return lines
 
 
+def held_table(results: list[dict]) -> list[str]:
+    """One row per configuration: the engines held to AVX2, each peer's ratio to ours held."""
+    held = [e for e in _engines_in(results) if any("held" in r["engines"].get(e, {}) for r in results)]
+    peers = [e for e in held if e != "ours-avx2"]
+    lines = ["| configuration | " + " | ".join(engine_label(e, results) for e in held) + " |",
+             "|---|" + "---:|" * len(held)]
+    for r in results:
+        if r["status"] != "ok":
+            continue
+        cells = []
+        for e in held:
+            entry = r["engines"].get(e, {})
+            if "median_ms" not in entry:
+                cells.append("refused: " + entry["error"] if "held" in entry else entry.get("error", "-"))
+            elif e in peers and "ratio_avx2" in entry:
+                cells.append(f"{entry['median_ms']:.2f} ({entry['ratio_avx2']:.2f}x)")
+            else:
+                cells.append(f"**{entry['median_ms']:.2f}**")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def config_table(r: dict) -> list[str]:
     """Full per-engine table for one configuration."""
     has_hot = any("hot" in e for e in r["engines"].values())
@@ -208,12 +233,17 @@ def config_table(r: dict) -> list[str]:
             continue
         flag = " **flagged**" if e.get("flagged") else ""
         hot = f" {e['hot']['median_ms']:.2f} | {e['hot']['ratio']:.2f} |" if has_hot else ""
+        notes = list(e.get("notes", []))
+        v = e.get("held", {}).get("verified")
+        if v:
+            notes.append(f"arch_status: AVX-512 use in {v['avx512_threads']} of {v['threads']} thread(s) over the "
+                         f"{v['window_s']} s it ran" + (" (by the ops named beyond the cap)" if v["avx512_threads"] else ""))
         agree = ((f" {e['top1_match']:.3f} | {e['top1_match_centered']:.3f} | {e['eval_rel_diff']:.1e} | "
                   f"{e['eval_rel_diff_centered']:.1e} |") if "top1_match" in e else " - | - | - | - |") if has_eval else ""
         lines.append(
             f"| {label} | {e['median_ms']:.2f} | {e['min_ms']:.2f} | {e['iqr_ms']:.2f} | "
             f"{e['images_per_s']:.1f} | {e['gflops']:.1f} | {e['ratio']:.2f} |{hot} {_fmt(e['cpu_util'])} | "
-            f"{e['max_abs_diff']:.1e} | {e['rel_diff']:.1e}{flag} |{agree} {'; '.join(e.get('notes', []))} |"
+            f"{e['max_abs_diff']:.1e} | {e['rel_diff']:.1e}{flag} |{agree} {'; '.join(notes)} |"
         )
     return lines
 
@@ -299,6 +329,22 @@ def markdown(meta: dict, results: list[dict]) -> str:
             + "; ".join(f"{r['label']}: ours predicts {r['engines']['ours']['eval_distinct_top1']} distinct "
                         f"class(es), {r['engines']['ours']['eval_distinct_top1_centered']} centered"
                         for r in results if "eval_distinct_top1" in r.get("engines", {}).get("ours", {})) + ".")
+    held = [n for n in _engines_in(results) if any("held" in r["engines"].get(n, {}) for r in results)]
+    if held:
+        envs = {n: next(r["engines"][n]["held"]["env"] for r in results if "held" in r["engines"].get(n, {}))
+                for n in held}
+        out.append(
+            "- Held to AVX2 (" + ", ".join(engine_label(n, results) for n in held) + "): ours runs `repvgg time "
+            "--isa avx2`; each held peer runs in a Python process of its own started with "
+            + "; ".join(f"{n}: " + " ".join(f"{k}={v}" for k, v in envs[n].items() if k not in
+                                              ("GLIBC_TUNABLES", "NPY_DISABLE_CPU_FEATURES"))
+                        for n in held if n != "ours-avx2")
+            + ", and every held process with GLIBC_TUNABLES and NPY_DISABLE_CPU_FEATURES keeping glibc and numpy "
+            "off AVX-512. Checked twice: OpenVINO's oneDNN primitive types are read from its runtime graph and it "
+            "refuses to start if a convolution / fully connected primitive is not avx2 or uni (the counts are in "
+            "its notes); after timing, Linux's per-thread record of the last AVX-512 register use "
+            "(/proc/PID/task/TID/arch_status) must show no thread of the held process using AVX-512 since its "
+            "first inference, or its time is refused. The other engines run AVX-512 (and AMX where they choose).")
     if rounds_cut:
         out.append("- Rounds were cut to fit the per-configuration time budget in: "
                    + "; ".join(f"{r['label']} ({r['timing']['rounds']} of {r['timing']['requested_rounds']})"
@@ -318,6 +364,10 @@ def markdown(meta: dict, results: list[dict]) -> str:
             + (" First inference of each turn (after idling)." if burst > 1 else ""), ""] + summary_table(results)
     if burst > 1:
         out += ["", "## Summary, back to back (hot): median ms (peer/ours)", ""] + summary_table(results, hot=True)
+    if held:
+        out += ["", "## Held to AVX2: median ms (peer held / ours held)", "",
+                "The ratio is the held peer's median over ours held to AVX2 (above 1: we are faster), "
+                "from the same interleaved rounds as the summary above.", ""] + held_table(results)
     out += ["", "![median latency per engine and configuration](latest.svg)", ""]
     for r in results:
         out += ["", f"## {r['label']}", ""]
