@@ -250,19 +250,25 @@ class Ours(Engine):
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=10)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        quit_server(self.proc)
         if not self.stderr.closed:
             err = self._stderr_text()
             if err:  # warnings are passed on, as when stderr was inherited
                 print(f"  {self.name} stderr: {err}", file=sys.stderr, flush=True)
             self.stderr.close()
+
+
+def quit_server(proc: subprocess.Popen) -> None:
+    """Ends a line-protocol server (`repvgg time`, a held engine's process): `quit`, then a
+    kill if it does not exit within 10 s."""
+    if proc.poll() is None:
+        try:
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+            proc.wait(timeout=10)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
 
 
 def _our_version(repvgg: Path) -> str:
@@ -651,14 +657,7 @@ class Held(Engine):
         return verify_held(self)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=10)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        quit_server(self.proc)
         if not self.stderr.closed:
             self.stderr.close()
         for path in (self.x_path, self.spec_path):
