@@ -146,7 +146,6 @@ pub fn to_bf16(v: f32) -> u16 {
 }
 
 /// The f32 value of a bf16.
-#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline]
 pub fn from_bf16(v: u16) -> f32 {
     f32::from_bits((v as u32) << 16)
@@ -357,19 +356,11 @@ fn portable_widened_lanes<const R: usize>(w: [&[u16]; R], x: &[f32], whole: usiz
     lanes
 }
 
-/// Pairwise sums over the 16 lanes, then the values past the last whole 16 in order.
+/// [`crate::kernels::pointwise::lane_tree`] over the 16 lanes, then the values past the
+/// last whole 16 in order.
 fn lane_tree_and_tail(lanes: &mut [f32; 16], w: &[u16], x: &[f32], whole: usize, len: usize) -> f32 {
-    let mut width = 16;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            lanes[l] += lanes[l + width];
-        }
-    }
-    w[whole..len]
-        .iter()
-        .zip(&x[whole..len])
-        .fold(lanes[0], |acc, (&w, &x)| f32::from_bits((w as u32) << 16).mul_add(x, acc))
+    let head = crate::kernels::pointwise::lane_tree(lanes);
+    w[whole..len].iter().zip(&x[whole..len]).fold(head, |acc, (&w, &x)| from_bf16(w).mul_add(x, acc))
 }
 
 /// The scalar twin of [`widened_dots`].

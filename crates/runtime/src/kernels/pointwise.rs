@@ -60,16 +60,23 @@ pub fn dots<S: Simd, const R: usize>(s: S, w: [&[f32]; R], x: &[f32]) -> [f32; R
         }
     }
     std::array::from_fn(|r| {
-        let partial = &mut partial[r];
-        let mut width = CHANNEL_BLOCK;
-        while width > 1 {
-            width /= 2;
-            for l in 0..width {
-                partial[l] += partial[l + width];
-            }
-        }
-        w[r][whole..len].iter().zip(&x[whole..len]).fold(partial[0], |acc, (a, b)| s.mul_add_scalar(*a, *b, acc))
+        let head = lane_tree(&mut partial[r]);
+        w[r][whole..len].iter().zip(&x[whole..len]).fold(head, |acc, (a, b)| s.mul_add_scalar(*a, *b, acc))
     })
+}
+
+/// The fixed pairwise tree over a dot product's 16 lane sums: lane `l` takes lane
+/// `l + width` for widths 8, 4, 2, 1 (the tree is part of the result's bits).
+#[inline(always)]
+pub fn lane_tree(lanes: &mut [f32; CHANNEL_BLOCK]) -> f32 {
+    let mut width = CHANNEL_BLOCK;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+    }
+    lanes[0]
 }
 
 /// `sum_i w[i] x[i] + bias` in order, one scalar multiply-add at a time (the small
