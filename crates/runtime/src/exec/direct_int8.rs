@@ -106,7 +106,8 @@ impl ConvExecutor for DirectInt8 {
     }
 
     fn scratch_len(&self, s: &ConvShape) -> usize {
-        work(s, NR).scratch_len(0).max(work(s, MAX_COLUMNS).scratch_len(0))
+        let stem = window_run(s).map_or(0, |_| Windows::new(s).bytes.div_ceil(4) + LINE / 4);
+        work(s, NR).scratch_len(0).max(work(s, MAX_COLUMNS).scratch_len(0)).max(stem)
     }
 
     /// The FP32 direct path's cost at a quarter of the slots per multiply-add (`vpdpbusd`
@@ -145,6 +146,9 @@ struct Int8Weights {
     /// `zero_point * sum w_q[k]` per padded output channel, group-major: what the codes'
     /// offset adds to each sum, subtracted in the epilogue.
     zero: Vec<i32>,
+    /// The network input's layer on AMX ([`window_run`]): the same weights in window order,
+    /// panels of `[run / 4][width][4]`, one tile step per product.
+    window: Option<LineAligned<i8>>,
 }
 
 impl PackedWeights for Int8Weights {
@@ -186,6 +190,22 @@ impl Int8Weights {
                 }
             }
         }
+        let window = window_run(s).map(|run| {
+            let mut aligned = LineAligned::zeroed(run * k_pad);
+            let data = aligned.as_mut_slice();
+            for k in 0..s.out_channels {
+                let (k0, lane) = (k / MR * MR, k % MR);
+                let width = MR.min(k_pad - k0);
+                for c in 0..cg {
+                    for tap in 0..taps {
+                        let row = (c * s.kernel + tap / s.kernel) * WINDOW_GROUP + tap % s.kernel;
+                        data[k0 * run + (row / 4) * width * 4 + lane * 4 + row % 4] =
+                            layer.weight[(k * cg + c) * taps + tap];
+                    }
+                }
+            }
+            aligned
+        });
         Int8Weights {
             kernel: s.kernel,
             groups: s.groups,
@@ -198,6 +218,7 @@ impl Int8Weights {
             inv_input_scale: 1.0 / layer.input_scale,
             zero_point,
             zero,
+            window,
         }
     }
 
@@ -593,6 +614,120 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     });
 }
 
+/// Bytes of one (channel, kernel row) group of a window: the row's three taps and a byte
+/// whose weight is zero (tile reductions come in groups of four bytes).
+const WINDOW_GROUP: usize = 4;
+
+/// Bytes between windows, and the output rows of one work item, on the window path.
+const WINDOW_STRIDE: usize = LINE;
+const WINDOW_ROWS: usize = 2;
+
+/// The reduction of the network input's layer on AMX, if it takes the window path: the
+/// whole 3x3 window of an output pixel (`WINDOW_GROUP` bytes per channel and kernel row)
+/// in one tile row, when it fits one (at most five channels). Read in place, RGB would
+/// fill 9 of each step's 48 bytes in three steps per product; as windows it is one step
+/// of 36 bytes.
+fn window_run(s: &ConvShape) -> Option<usize> {
+    let run = s.in_channels * 3 * WINDOW_GROUP;
+    (s.input == InputLayout::Planar && s.kernel == 3 && s.groups == 1 && run <= 64).then_some(run)
+}
+
+/// A work item's buffers on the window path, in its worker's scratch: the input rows its
+/// output rows read, quantized, one zero-point column on the left and slack on the right
+/// (the last window's fourth byte); then one `WINDOW_STRIDE`-byte row per output pixel,
+/// rows padded to whole tiles.
+struct Windows {
+    /// Bytes per quantized input row, and input rows per item.
+    row: usize,
+    rows: usize,
+    /// Windows per output row (whole tiles of `MAX_COLUMNS`).
+    per_row: usize,
+    /// Where the windows start (line-aligned within the scratch) and the bytes needed.
+    start: usize,
+    bytes: usize,
+}
+
+impl Windows {
+    fn new(s: &ConvShape) -> Windows {
+        let (row, rows) = (s.w + 4, (WINDOW_ROWS - 1) * s.stride + 3);
+        let per_row = s.ow.div_ceil(MAX_COLUMNS) * MAX_COLUMNS;
+        let start = (s.in_channels * rows * row).next_multiple_of(LINE);
+        Windows { row, rows, per_row, start, bytes: start + WINDOW_ROWS * per_row * WINDOW_STRIDE }
+    }
+}
+
+/// The network input's layer on AMX: each item quantizes the input rows of two output
+/// rows, copies every output pixel's window into a tile row of its own (three taps of one
+/// channel and kernel row are three consecutive bytes of a quantized row: one 4-byte copy
+/// per group), and runs one tile step per (16 pixels, weight panel).
+fn run_windows(ctx: RunContext<'_>, weights: &Int8Weights, panels: &[i8]) {
+    let RunContext { int8: kernels, shape, bias, relu, input, output, scratch, codes, .. } = ctx;
+    let s = *shape;
+    let run = window_run(&s).expect("a layer of the window path");
+    let layout = Windows::new(&s);
+    let (zero, inv) = (weights.zero_point, weights.inv_input_scale);
+    let out_blocks = channel_blocks(s.out_channels);
+    let sink = Sink::new(&s, codes.output, output);
+    let pairs = s.oh.div_ceil(WINDOW_ROWS);
+    let k_pad = weights.k_pad;
+    crate::team::for_each(s.n * pairs, |item| {
+        let (image, oy) = (item / pairs, item % pairs * WINDOW_ROWS);
+        let rows = WINDOW_ROWS.min(s.oh - oy);
+        scratch.with(|buffer| {
+            let bytes = &mut line_start(buffer)[..layout.bytes];
+            let (quantized, windows) = bytes.split_at_mut(layout.start);
+            for (i, dst) in quantized.chunks_exact_mut(layout.row).take(s.in_channels * layout.rows).enumerate() {
+                let (c, j) = (i / layout.rows, i % layout.rows);
+                let y = (oy * s.stride + j).wrapping_sub(1);
+                dst.fill(zero);
+                if y < s.h {
+                    let src = &input[((image * s.in_channels + c) * s.h + y) * s.w..][..s.w];
+                    int8::quantize(kernels, src, inv, zero, &mut dst[1..=s.w]);
+                }
+            }
+            let quantized: &[u8] = quantized;
+            windows.fill(0);
+            let groups = run / WINDOW_GROUP;
+            for (r, row) in windows.chunks_exact_mut(layout.per_row * WINDOW_STRIDE).take(rows).enumerate() {
+                for g in 0..groups {
+                    // Group g is channel g / 3, kernel row g % 3: the quantized row's bytes
+                    // from the window's left column on.
+                    let src = &quantized[(g / 3 * layout.rows + r * s.stride + g % 3) * layout.row..][..layout.row];
+                    let at = g * WINDOW_GROUP;
+                    for (x, window) in row.chunks_exact_mut(WINDOW_STRIDE).take(s.ow).enumerate() {
+                        let x = x * s.stride;
+                        window[at..at + WINDOW_GROUP].copy_from_slice(&src[x..x + WINDOW_GROUP]);
+                    }
+                }
+            }
+            let windows: &[u8] = windows;
+            let amx = AmxTiles::new(TileOp::U8S8, run);
+            let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
+            for x0 in (0..s.ow).step_by(MAX_COLUMNS) {
+                let count = MAX_COLUMNS.min(s.ow - x0);
+                let bases = [x0 * WINDOW_STRIDE, (layout.per_row + x0) * WINDOW_STRIDE];
+                for k0 in (0..k_pad).step_by(MR) {
+                    let width = MR.min(k_pad - k0);
+                    let panel: &[u8] = bytemuck::cast_slice(&panels[k0 * run..][..run * width]);
+                    let [t0, t1] = &mut tiles;
+                    amx.pair_product(windows, bases, &[0], WINDOW_STRIDE, panel, width, [t0, t1]);
+                    let first_block = k0 / CHANNEL_BLOCK;
+                    let affine = weights.affine(0, k0, bias, first_block);
+                    for (r, tile) in tiles.iter().enumerate().take(rows) {
+                        for blk in 0..width / CHANNEL_BLOCK {
+                            let plane = image * out_blocks + first_block + blk;
+                            // SAFETY: each item writes its own output rows.
+                            let out = unsafe { sink.pixels(plane, s.oh * s.ow, s.ow, oy + r, x0, count) };
+                            let c = blk * CHANNEL_BLOCK;
+                            store(kernels, tile, 0, c, count, affine.at(c), relu, out);
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
 /// A column panel's output pixels: up to AMX's 16.
 type Pixels = PanelPixels<MAX_COLUMNS>;
 
@@ -614,6 +749,9 @@ fn run(ctx: RunContext<'_>) {
     assert!(ctx.input.len() >= read, "input buffer too small");
     assert!(ctx.shared.len() >= DirectInt8.shared_len(&s), "shared panel buffer too small");
     assert_eq!((weights.groups, weights.kernel), (s.groups, s.kernel), "weights packed for another layer");
+    if let (Some(window), Int8Set::Amx) = (&weights.window, ctx.int8.set()) {
+        return run_windows(ctx, weights, window.as_slice());
+    }
     if reads_in_place(&s, ctx.int8) {
         return run_in_place(ctx, weights);
     }
