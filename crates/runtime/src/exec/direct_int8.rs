@@ -11,7 +11,9 @@
 //!    sets, which walk the same bytes with `int8::Columns`) and a few weight panels;
 //! 3. the epilogue writes floats, channel-blocked, or the next layer's codes.
 //!
-//! Other kernel sides, and AMX on maps under 12 pixels wide, run the FP32 direct path's
+//! AMX gathers the windows of maps under 12 pixels wide into rows of their own first
+//! ([`Gathered`]), and runs the network input's RGB layer as whole windows in one tile
+//! step ([`window_run`]). Other kernel sides, and grouped narrow layers on AMX, run the FP32 direct path's
 //! implicit-im2col GEMM on bytes: the input quantized to u8 at the front of the shared
 //! buffer, column panels packed from it in the set's layout, and `exec::schedule`'s fused
 //! or two-phase schedule. Activations between an INT8 layer and an FP32 one (the layers a
@@ -102,7 +104,8 @@ impl ConvExecutor for DirectInt8 {
     /// set's panel width needs); or AMX's zero-bordered input.
     fn shared_len(&self, s: &ConvShape) -> usize {
         let panels = quantized_floats(s) + work(s, NR).shared_len().max(work(s, MAX_COLUMNS).shared_len());
-        panels.max(codes_len(s))
+        let gathered = if s.kernel == 3 && s.ow < IN_PLACE_MIN_WIDTH { Gathered::new(s).floats() } else { 0 };
+        panels.max(codes_len(s) + gathered)
     }
 
     fn scratch_len(&self, s: &ConvShape) -> usize {
@@ -503,7 +506,43 @@ const PANELS_PER_ITEM: usize = 4;
 /// most of a tile's 16 rows (a 7-wide row would waste 9 of them; packed panels run pixels
 /// of several rows together).
 fn reads_in_place(s: &ConvShape, kernels: Int8Kernels) -> bool {
-    s.kernel == 3 && (kernels.set() != Int8Set::Amx || s.ow >= IN_PLACE_MIN_WIDTH)
+    s.kernel == 3 && (kernels.set() != Int8Set::Amx || s.ow >= IN_PLACE_MIN_WIDTH || s.groups == 1)
+}
+
+/// Whether an AMX layer that reads its input in place gathers its windows first: rows
+/// too short to fill a tile's 16 rows ([`Gathered`]).
+fn gathers(s: &ConvShape, kernels: Int8Kernels) -> bool {
+    kernels.set() == Int8Set::Amx && s.ow < IN_PLACE_MIN_WIDTH
+}
+
+/// Bytes of gathered windows one pass of a narrow layer holds at most (the passes re-read
+/// the weights, so they are few: a 7x7 map of 192 channels fits 90 images in one).
+const GATHER_BYTES: usize = 4 << 20;
+
+/// Output pixels per tile pair: what one gathered product covers.
+const PAIR: usize = 2 * MAX_COLUMNS;
+
+/// A narrow layer's gathered windows on AMX: each output pixel's tile steps (`3 x
+/// channel blocks` runs of 48 bytes, what its in-place reads would see) copied into a row
+/// of its own, so that a tile takes 16 consecutive pixels of the batch whatever their
+/// rows (the last stage's 7-pixel rows would fill 7 of 16 tile rows in place).
+struct Gathered {
+    /// Bytes per pixel, and pixels per pass (whole tile pairs).
+    row: usize,
+    pass: usize,
+}
+
+impl Gathered {
+    fn new(s: &ConvShape) -> Gathered {
+        let row = channel_blocks(s.in_channels) * 3 * 48;
+        let pixels = (s.n * s.oh * s.ow).next_multiple_of(PAIR);
+        Gathered { row, pass: pixels.min((GATHER_BYTES / row).max(PAIR) / PAIR * PAIR) }
+    }
+
+    /// Floats of one pass, with room to start it on a cache line.
+    fn floats(&self) -> usize {
+        (self.pass * self.row).div_ceil(4) + LINE / 4
+    }
 }
 
 /// Narrowest output row the AMX path without packing runs.
@@ -518,6 +557,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     let cb = channel_blocks(s.in_channels);
     let cbg = channel_blocks(s.in_per_group());
     let row_bytes = layout.pw * CHANNEL_BLOCK;
+    let (shared, gather) = shared.split_at_mut(codes_len(shape));
     let bordered: &[u8] = if codes.input {
         // The layer before wrote this layer's codes in this layout (`CodesOut`).
         &bytemuck::cast_slice::<f32, u8>(&input[line_skip(input.as_ptr())..])[..layout.bytes]
@@ -551,6 +591,10 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
         *offset = i / 3 * layout.plane + i % 3 * row_bytes;
     }
     let offsets: &[usize] = offsets;
+    if gathers(&s, kernels) {
+        let sink = Sink::new(&s, codes.output, output);
+        return run_gathered(kernels, &s, weights, bordered, offsets, gather, &sink, bias, relu);
+    }
     // AMX takes segments of 16 pixels and two rows per item (a pair of rows shares every
     // weight tile loaded); the vector sets segments of NR pixels, one row.
     let amx_set = kernels.set() == Int8Set::Amx;
@@ -612,6 +656,89 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
             }
         }
     });
+}
+
+/// The AMX path of narrow maps: per pass, gather every pixel's steps, then items of (tile
+/// pair, chunk of weight panels), the items of one chunk one after the other so that its
+/// weights stay in cache while the pixels change.
+#[allow(clippy::too_many_arguments)] // the layer, its input and steps, the buffers, the epilogue
+fn run_gathered(
+    kernels: Int8Kernels,
+    s: &ConvShape,
+    weights: &Int8Weights,
+    bordered: &[u8],
+    offsets: &[usize],
+    buffer: &mut [f32],
+    sink: &Sink<'_>,
+    bias: &[f32],
+    relu: bool,
+) {
+    let layout = Bordered::new(s);
+    let gathered = Gathered::new(s);
+    let (plane_out, pixels) = (s.oh * s.ow, s.n * s.oh * s.ow);
+    let (cb, out_blocks) = (channel_blocks(s.in_channels), channel_blocks(s.out_channels));
+    let skip = line_skip(buffer.as_ptr());
+    let rows = &mut buffer[skip..][..gathered.pass * gathered.row / 4];
+    let mut steps = [0usize; MAX_DEPTH / 48 + 1];
+    let steps = &mut steps[..offsets.len()];
+    for (i, step) in steps.iter_mut().enumerate() {
+        *step = i * 48;
+    }
+    let steps: &[usize] = steps;
+    let panels = weights.panels_per_group;
+    let chunks = panels.div_ceil(PANELS_PER_ITEM);
+    for first in (0..pixels).step_by(gathered.pass) {
+        let count = gathered.pass.min(pixels - first);
+        for_each_chunk_mut(rows, gathered.row / 4, |j, row| {
+            let row: &mut [u8] = bytemuck::cast_slice_mut(row);
+            let p = first + j;
+            if j >= count {
+                row.fill(0);
+                return;
+            }
+            let (image, oy, ox) = (p / plane_out, p / s.ow % s.oh, p % s.ow);
+            let base = image * cb * layout.plane + (oy * s.stride * layout.pw + ox * s.stride) * CHANNEL_BLOCK;
+            for (dst, offset) in row.chunks_exact_mut(48).zip(offsets) {
+                dst.copy_from_slice(&bordered[base + offset..][..48]);
+            }
+        });
+        let rows: &[u8] = bytemuck::cast_slice(&*rows);
+        let pairs = count.div_ceil(PAIR);
+        crate::team::for_each(chunks * pairs, |item| {
+            let (chunk, pair) = (item / pairs, item % pairs);
+            let amx = AmxTiles::new(TileOp::U8S8, 48);
+            let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
+            let p0 = pair * PAIR;
+            let bases = [p0 * gathered.row, (p0 + MAX_COLUMNS) * gathered.row];
+            for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
+                let (k0, width, a) = weights.panel(0, wp);
+                let [t0, t1] = &mut tiles;
+                amx.pair_product(rows, bases, steps, gathered.row, bytemuck::cast_slice(a), width, [t0, t1]);
+                let first_block = k0 / CHANNEL_BLOCK;
+                let affine = weights.affine(0, k0, bias, first_block);
+                for (r, tile) in tiles.iter().enumerate() {
+                    // The tile's pixels, in runs along one output row.
+                    let mut j = 0;
+                    while j < MAX_COLUMNS {
+                        let p = first + p0 + r * MAX_COLUMNS + j;
+                        if p >= first + count {
+                            break;
+                        }
+                        let (image, oy, ox) = (p / plane_out, p / s.ow % s.oh, p % s.ow);
+                        let run = (s.ow - ox).min(MAX_COLUMNS - j).min(first + count - p);
+                        for blk in 0..width / CHANNEL_BLOCK {
+                            let plane = image * out_blocks + first_block + blk;
+                            // SAFETY: each item writes its own pixels of its panels' blocks.
+                            let out = unsafe { sink.pixels(plane, plane_out, s.ow, oy, ox, run) };
+                            let c = blk * CHANNEL_BLOCK;
+                            store(kernels, tile, j, c, run, affine.at(c), relu, out);
+                        }
+                        j += run;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Bytes of one (channel, kernel row) group of a window: the row's three taps and a byte
@@ -869,7 +996,8 @@ mod tests {
     /// and epilogue) against the definition, bitwise: kernel sides 1 and 3, both strides,
     /// groups, padded channels, odd sizes, panels across images, the fused and two-phase
     /// schedules (the 640-channel shapes' weights exceed `FUSED_WEIGHT_BYTES`), AMX's
-    /// in-place path on rows of 12 pixels and more, thread counts 1 and 2. The inputs include values past the clipping threshold (code 255) and the
+    /// in-place path on rows of 12 pixels and more and its gathered windows on narrower
+    /// ones (in one pass and in several), thread counts 1 and 2. The inputs include values past the clipping threshold (code 255) and the
     /// shared buffer starts as NaN.
     #[test]
     fn every_set_matches_the_integer_definition_bitwise() {
@@ -886,6 +1014,8 @@ mod tests {
             (3, 32, 64, 2, 1, 1, 13, 16),
             (3, 48, 40, 1, 1, 1, 5, 40),
             (3, 640, 256, 1, 1, 1, 3, 12),
+            // Narrow rows on AMX gather their windows: more pixels than one pass holds.
+            (3, 640, 32, 1, 1, 1, 80, 10),
         ]
         .into_iter()
         .map(|shape| (shape, InputLayout::Blocked))
