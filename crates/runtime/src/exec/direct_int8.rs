@@ -434,12 +434,7 @@ fn store(
     let (zero, scale, bias) = w;
     match out {
         Out::Floats(dst) => int8::dequantize_rows(kernels, tile, row0, c, count, zero, scale, bias, relu, dst),
-        Out::Codes(inv, dst) => {
-            let mut floats = [0f32; MAX_COLUMNS * CHANNEL_BLOCK];
-            let floats = &mut floats[..count * CHANNEL_BLOCK];
-            int8::dequantize_rows(kernels, tile, row0, c, count, zero, scale, bias, relu, floats);
-            int8::quantize(kernels, floats, inv, 0, dst);
-        }
+        Out::Codes(inv, dst) => int8::requantize_rows(kernels, tile, row0, c, count, w, relu, inv, dst),
     }
 }
 

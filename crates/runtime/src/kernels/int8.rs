@@ -488,6 +488,41 @@ pub fn dequantize_rows(
     }
 }
 
+/// [`dequantize_rows`] then [`quantize`] with zero point 0, as one pass: the next layer's
+/// codes of the same floats, `quantize_one(dequantized, inv_scale, 0)`, without the floats
+/// leaving registers. The same operations in the same order, so the same bits.
+#[allow(clippy::too_many_arguments)] // a kernel entry point: the tile's part, the affine map, the output
+pub fn requantize_rows(
+    k: Int8Kernels,
+    tile: &Tile,
+    row0: usize,
+    c: usize,
+    count: usize,
+    affine: (&[i32], &[f32], &[f32]),
+    relu: bool,
+    inv_scale: f32,
+    out: &mut [u8],
+) {
+    let (zero, scale, bias) = affine;
+    assert!(c + CHANNEL_BLOCK <= MR && row0 + count <= MAX_COLUMNS && out.len() >= count * CHANNEL_BLOCK);
+    let (zero, scale, bias) = (&zero[..CHANNEL_BLOCK], &scale[..CHANNEL_BLOCK], &bias[..CHANNEL_BLOCK]);
+    match k.0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F and BW (every AMX and VNNI CPU of these sets has them,
+        // Int8Kernels checked); the asserts bound the reads of `tile` and the affine map and
+        // the writes of `out`.
+        Int8Set::Amx | Int8Set::Vnni512 => unsafe {
+            x86::requantize_avx512(&tile[row0 * MR..], c, count, [scale, bias], zero, relu, inv_scale, out)
+        },
+        _ => {
+            let mut floats = [0f32; MAX_COLUMNS * CHANNEL_BLOCK];
+            let floats = &mut floats[..count * CHANNEL_BLOCK];
+            dequantize_rows(k, tile, row0, c, count, zero, scale, bias, relu, floats);
+            quantize(k, floats, inv_scale, 0, &mut out[..count * CHANNEL_BLOCK]);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -554,6 +589,57 @@ mod x86 {
         }
         for i in n..src.len() {
             dst[i] = super::quantize_one(src[i], inv_scale, zero_point);
+        }
+    }
+
+    /// `dequantize_avx512` then `quantize_avx512` (zero point 0) in registers: the same
+    /// operations in the same order.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512F and BW; `tile` holds `count` rows of `MR` from which `c..c + 16` are read,
+    /// the affine slices 16 values each, `out` `16 count` bytes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[allow(clippy::too_many_arguments)] // as `requantize_rows`
+    pub unsafe fn requantize_avx512(
+        tile: &[i32],
+        c: usize,
+        count: usize,
+        affine: [&[f32]; 2],
+        zero: &[i32],
+        relu: bool,
+        inv_scale: f32,
+        out: &mut [u8],
+    ) {
+        // SAFETY: the caller's bounds: row j < count reads tile[j * MR + c..][..16] and
+        // writes out[16 j..][..16].
+        unsafe {
+            let (s, b, z) = (
+                _mm512_loadu_ps(affine[0].as_ptr()),
+                _mm512_loadu_ps(affine[1].as_ptr()),
+                _mm512_loadu_si512(zero.as_ptr().cast()),
+            );
+            let (inv, offset, floor, top, magic) = (
+                _mm512_set1_ps(inv_scale),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_set1_ps(255.0),
+                _mm512_set1_ps(8_388_608.0),
+            );
+            for j in 0..count {
+                let acc = _mm512_sub_epi32(_mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast()), z);
+                let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), b);
+                if relu {
+                    y = _mm512_max_ps(_mm512_setzero_ps(), y);
+                }
+                let y = _mm512_add_ps(_mm512_mul_ps(y, inv), offset);
+                let y = _mm512_min_ps(_mm512_max_ps(y, floor), top);
+                let y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
+                _mm_storeu_si128(
+                    out.as_mut_ptr().add(j * CHANNEL_BLOCK).cast(),
+                    _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y)),
+                );
+            }
         }
     }
 
@@ -824,6 +910,39 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The fused epilogue against its two passes (and so against the scalar twins), bitwise,
+    /// per set: sums across i32's range, both channel halves of a tile, every row window,
+    /// with and without ReLU, scales that send values past both clamps and onto ties.
+    #[test]
+    fn requantizing_is_dequantizing_then_quantizing() {
+        let mut next = lcg(11);
+        let mut tile = [0i32; MR * MAX_COLUMNS];
+        for (i, v) in tile.iter_mut().enumerate() {
+            *v = match i % 7 {
+                0 => i32::MAX,
+                1 => i32::MIN + 1,
+                _ => (next() % 2_000_001) as i32 - 1_000_000,
+            };
+        }
+        let zero: Vec<i32> = (0..MR).map(|_| (next() % 20_001) as i32 - 10_000).collect();
+        let scale: Vec<f32> = (0..MR).map(|_| (next() % 1000) as f32 * 1e-6).collect();
+        let bias: Vec<f32> = (0..MR).map(|_| (next() % 2001) as f32 / 10.0 - 100.0).collect();
+        for k in Int8Kernels::all_supported() {
+            for (c, relu, inv) in [(0, true, 1.0), (16, true, 0.5), (0, false, 3.0), (16, false, 1e-3)] {
+                for (row0, count) in [(0, 16), (0, 1), (3, 7), (15, 1), (5, 11)] {
+                    let affine = (&zero[c..], &scale[c..], &bias[c..]);
+                    let mut floats = vec![0f32; count * CHANNEL_BLOCK];
+                    dequantize_rows(k, &tile, row0, c, count, affine.0, affine.1, affine.2, relu, &mut floats);
+                    let mut want = vec![0u8; count * CHANNEL_BLOCK];
+                    quantize(k, &floats, inv, 0, &mut want);
+                    let mut got = vec![0u8; count * CHANNEL_BLOCK];
+                    requantize_rows(k, &tile, row0, c, count, affine, relu, inv, &mut got);
+                    assert_eq!(got, want, "{:?} c {c} relu {relu} rows {row0}+{count}", k.set());
                 }
             }
         }
