@@ -24,7 +24,7 @@ mod samples;
 mod serve;
 
 #[derive(Parser)]
-#[command(name = "repvgg", version, about = "Fast FP32 CPU inference for RepVGG networks")]
+#[command(name = "repvgg", version, about = "Fast CPU inference for RepVGG networks: FP32, INT8 and BF16")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,5 +1,5 @@
-//! Fast FP32 CPU inference for RepVGG networks, in pure Rust: load a checkpoint into a
-//! [`Model`], run batches through a [`Session`].
+//! Fast CPU inference for RepVGG networks (FP32, INT8, BF16), in pure Rust: load a
+//! checkpoint into a [`Model`], run batches through a [`Session`].
 //!
 //! ```no_run
 //! use repvgg_runtime::{Model, ModelOptions, SessionOptions, Tensor};
