@@ -71,7 +71,7 @@ impl Limits {
 /// over a tile). Every run checks its input; a server checks each request with it before
 /// queueing, so that a bad request is refused alone rather than inside a merged batch.
 pub fn check_finite(input: &[f32], [_, c, h, w]: [usize; 4]) -> Result<()> {
-    let Some(index) = input.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let Some(index) = first_non_finite(input) else { return Ok(()) };
     let (n, rest) = (index / (c * h * w), index % (c * h * w));
     Err(Error::Input(format!(
         "input[{n}, {}, {}, {}] is {} (inputs must be finite)",
@@ -82,12 +82,24 @@ pub fn check_finite(input: &[f32], [_, c, h, w]: [usize; 4]) -> Result<()> {
     )))
 }
 
+/// The index of the first NaN or infinity in `data`. Every run scans its whole input, so
+/// the scan is branch-free over blocks (an early-exit search runs one value per cycle; the
+/// fold compiles to vector compares) and searches value by value only in a block that has
+/// one.
+fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const BLOCK: usize = 1024;
+    data.chunks(BLOCK).enumerate().find_map(|(b, block)| {
+        let bad = block.iter().fold(false, |bad, v| bad | !v.is_finite());
+        bad.then(|| b * BLOCK + block.iter().position(|v| !v.is_finite()).expect("a non-finite value"))
+    })
+}
+
 /// Refuses a non-finite output. Weights and inputs are finite (both are checked), so one
 /// means that a value overflowed f32 inside the network; the ReLUs keep NaN
 /// (`repvgg_simd::relu`), so an overflow anywhere reaches the logits instead of being
 /// hidden by a later layer. Returning such logits would be silent garbage.
 pub(crate) fn check_output(what: &str, data: &[f32], shape: &[usize]) -> Result<()> {
-    let Some(index) = data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let Some(index) = first_non_finite(data) else { return Ok(()) };
     let mut at = Vec::with_capacity(shape.len());
     let mut rest = index;
     for d in shape.iter().rev() {
@@ -101,4 +113,31 @@ pub(crate) fn check_output(what: &str, data: &[f32], shape: &[usize]) -> Result<
          (weights or input too large in magnitude)",
         data[index]
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_non_finite;
+
+    /// The first bad value wins, wherever the blocks begin and end; finite data (with
+    /// subnormals, the largest floats and -0) has none.
+    #[test]
+    fn the_first_non_finite_value_is_found_across_blocks() {
+        let finite: Vec<f32> = (0..5000).map(|i| [1e-40, f32::MAX, -0.0, -f32::MAX, i as f32][i % 5]).collect();
+        assert_eq!(first_non_finite(&finite), None);
+        assert_eq!(first_non_finite(&[]), None);
+        for first in [0, 1, 1023, 1024, 1025, 2047, 4096, 4999] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut data = finite.clone();
+                data[first] = bad;
+                // A later one in the same block and one in the last block.
+                for later in [first + 1, first + 700, 4999] {
+                    if later < data.len() {
+                        data[later] = f32::NAN;
+                    }
+                }
+                assert_eq!(first_non_finite(&data), Some(first), "{bad} at {first}");
+            }
+        }
+    }
 }
