@@ -13,8 +13,8 @@
 //!
 //! AMX gathers the windows of maps under 12 pixels wide into rows of their own first
 //! ([`Gathered`]), and runs the network input's RGB layer as whole windows in one tile
-//! step ([`window_run`]). Other kernel sides, and grouped narrow layers on AMX, run the FP32 direct path's
-//! implicit-im2col GEMM on bytes: the input quantized to u8 at the front of the shared
+//! step ([`window_run`]). Other kernel sides, and grouped narrow layers on AMX, run the
+//! FP32 direct path's implicit-im2col GEMM on bytes: the input quantized to u8 at the front of the shared
 //! buffer, column panels packed from it in the set's layout, and `exec::schedule`'s fused
 //! or two-phase schedule. Activations between an INT8 layer and an FP32 one (the layers a
 //! quantized file keeps in FP32, SE blocks, the classifier) are floats, so the two mix
@@ -498,8 +498,8 @@ const PANELS_PER_ITEM: usize = 4;
 /// Whether the layer reads its input in place (no packing): every 3x3 layer on the vector
 /// and portable sets (`int8::Columns` walks the bordered input), and with AMX (the three
 /// taps of a kernel row are one 48-byte tile row) on maps wide enough that a row fills
-/// most of a tile's 16 rows (a 7-wide row would waste 9 of them; packed panels run pixels
-/// of several rows together).
+/// most of a tile's 16 rows, or, narrower, without groups (their windows are gathered from
+/// the bordered input: [`gathers`]); grouped narrow layers pack panels.
 fn reads_in_place(s: &ConvShape, kernels: Int8Kernels) -> bool {
     s.kernel == 3 && (kernels.set() != Int8Set::Amx || s.ow >= IN_PLACE_MIN_WIDTH || s.groups == 1)
 }
@@ -992,8 +992,9 @@ mod tests {
     /// groups, padded channels, odd sizes, panels across images, the fused and two-phase
     /// schedules (the 640-channel shapes' weights exceed `FUSED_WEIGHT_BYTES`), AMX's
     /// in-place path on rows of 12 pixels and more and its gathered windows on narrower
-    /// ones (in one pass and in several), thread counts 1 and 2. The inputs include values past the clipping threshold (code 255) and the
-    /// shared buffer starts as NaN.
+    /// ones (in one pass and in several), its RGB windows, thread counts 1 and 2. The
+    /// inputs include values past the clipping threshold (code 255) and the shared buffer
+    /// starts as NaN.
     #[test]
     fn every_set_matches_the_integer_definition_bitwise() {
         for (shape, layout) in [
