@@ -48,7 +48,8 @@ struct Inner {
     held_bytes: AtomicUsize,
     /// INT8 parameters of a quantized model.
     quant: Option<Quantization>,
-    /// The classifier's weights rounded to bf16, built when a BF16 session first needs them.
+    /// The classifier's weights rounded to bf16, built when a BF16 or INT8 session first needs
+    /// them.
     classifier_bf16: OnceLock<Vec<u16>>,
 }
 
@@ -285,7 +286,7 @@ impl Model {
         Ok(prepared)
     }
 
-    /// The classifier's weights rounded to bf16 (half the bytes a BF16 session streams per
+    /// The classifier's weights rounded to bf16 (half the bytes a BF16 or INT8 session streams per
     /// run): built on first use, after checking that they fit
     /// [`Limits::max_weight_bytes`] with everything already held, and shared.
     pub(crate) fn prepare_classifier_bf16(&self) -> Result<&[u16]> {
@@ -313,9 +314,9 @@ impl Model {
         Ok(rounded)
     }
 
-    /// The classifier's bf16 weights, which the BF16 session running them has prepared.
+    /// The classifier's bf16 weights, which the BF16 or INT8 session running them has prepared.
     pub(crate) fn classifier_bf16(&self) -> &[u16] {
-        self.inner.classifier_bf16.get().expect("BF16 sessions prepare the classifier")
+        self.inner.classifier_bf16.get().expect("BF16 and INT8 sessions prepare the classifier")
     }
 
     /// A planned layer's weights, which the plan running it has prepared.

@@ -13,8 +13,9 @@
 //!   inputs ([`Calibration`]: the maximum, a percentile, or the KL-divergence choice of
 //!   Migacz 2017, "8-bit inference with TensorRT"); the stem's input (the network's,
 //!   signed) with zero point 128 and `s_x = t / 127`, `t` calibrated on its magnitudes;
-//! - the classifier and SE blocks stay FP32, and layers whose INT8 alone moves the logits
-//!   by more than a threshold stay FP32 too ([`KeepFp32::Auto`]).
+//! - SE blocks stay FP32, the classifier sums in f32 over its weights rounded to bf16, and
+//!   layers whose INT8 alone moves the logits by more than a threshold stay FP32 too
+//!   ([`KeepFp32::Auto`]).
 //!
 //! # File format
 //!

@@ -299,13 +299,14 @@ impl Session {
             Precision::Bf16 => vec![true; model.network().layers.len()],
         };
         let bf16_kernels = match (precision, options.bf16_kernels) {
-            (Precision::Bf16, wanted) => {
-                let kernels = bf16_kernels(isa, wanted)?;
-                model.prepare_classifier_bf16()?;
-                Some(kernels)
-            }
+            (Precision::Bf16, wanted) => Some(bf16_kernels(isa, wanted)?),
             _ => None,
         };
+        // Sessions that round their activations (BF16, INT8) run the classifier on bf16
+        // weights: half of batch 1's largest read, an error far below theirs.
+        if precision != Precision::F32 {
+            model.prepare_classifier_bf16()?;
+        }
         Ok(Session {
             model,
             options,
@@ -657,7 +658,7 @@ impl Session {
         let Arena { act, transformed, scratch, pooled } = &mut self.arena;
         let mut buffers = LayerBuffers { transformed, scratch, pooled };
         let kernels = LayerKernels { isa: self.isa, int8: self.int8_kernels, bf16: self.bf16_kernels };
-        let (isa, int8) = (self.isa, self.int8_kernels);
+        let (isa, int8, precision) = (self.isa, self.int8_kernels, self.precision);
         // Outputs someone looks at stay floats; otherwise INT8 layers hand codes on.
         let handoff = observe.is_none();
         let stage_outputs = stages.is_some();
@@ -696,19 +697,10 @@ impl Session {
             let weights = model.weights();
             let pooled = &mut *buffers.pooled;
             pointwise::global_average_pool(isa, &act[current], n, features, last.oh * last.ow, pooled);
-            match kernels.bf16 {
-                Some(k) => pointwise::linear_bf16(
-                    k,
-                    pooled,
-                    n,
-                    features,
-                    model.classifier_bf16(),
-                    &weights.linear_bias,
-                    logits,
-                ),
-                None => {
-                    pointwise::linear(isa, pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits)
-                }
+            if precision == Precision::F32 {
+                pointwise::linear(isa, pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits)
+            } else {
+                pointwise::linear(isa, pooled, n, features, model.classifier_bf16(), &weights.linear_bias, logits)
             }
             if let Some(t) = times {
                 t[plan.layers.len()] = start.elapsed();

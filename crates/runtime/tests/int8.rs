@@ -22,9 +22,9 @@ use repvgg_runtime::{
 const CALIBRATION: (&str, usize) = ("calibration.safetensors", 1);
 
 /// Portable against the vector sets, whole network. Every convolution is INT8 (the stem
-/// too) and exact on every set; what stays FP32 is the classifier, whose portable dot
-/// products round each product before adding it (no FMA): a few units in the last place
-/// of the logits. Were a layer kept FP32, its rounding could move the next layer's u8
+/// too) and exact on every set; what stays float is the classifier (f32 sums over bf16
+/// weights), whose portable dot products round each product before adding it (no FMA): a
+/// few units in the last place of the logits. Were a layer kept FP32, its rounding could move the next layer's u8
 /// code by one step where a value sits on a rounding tie; one step of one activation
 /// moves the logits by about 1e-4 of their range, and the bound allows a few such flips.
 const PORTABLE_TOLERANCE: f32 = 1e-3;

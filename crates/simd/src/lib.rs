@@ -278,6 +278,14 @@ pub trait Simd: Copy + Send + Sync + 'static + sealed::Sealed {
     /// `src` must be valid for reads of `LANES` floats.
     unsafe fn load(self, src: *const f32) -> Self::F32;
 
+    /// Loads `LANES` bf16 values (each an f32's high 16 bits, as `u16`) from `src`, widened
+    /// to floats, exactly (the low 16 bits zero).
+    ///
+    /// # Safety
+    ///
+    /// `src` must be valid for reads of `LANES` u16s.
+    unsafe fn load_bf16(self, src: *const u16) -> Self::F32;
+
     /// Stores `LANES` floats to `dst` (no alignment needed).
     ///
     /// # Safety
@@ -308,6 +316,14 @@ pub trait Simd: Copy + Send + Sync + 'static + sealed::Sealed {
         assert!(src.len() >= Self::LANES, "{} floats, need {}", src.len(), Self::LANES);
         // SAFETY: `src` holds at least LANES floats (asserted).
         unsafe { self.load(src.as_ptr()) }
+    }
+
+    /// Loads the first `LANES` bf16 values of `src`, widened ([`Simd::load_bf16`]).
+    #[inline(always)]
+    fn read_bf16(self, src: &[u16]) -> Self::F32 {
+        assert!(src.len() >= Self::LANES, "{} bf16 values, need {}", src.len(), Self::LANES);
+        // SAFETY: `src` holds at least LANES values (asserted).
+        unsafe { self.load_bf16(src.as_ptr()) }
     }
 
     /// Stores `value` into the first `LANES` floats of `dst`.

@@ -72,6 +72,12 @@ impl Simd for Portable {
         F32x4(unsafe { std::ptr::read_unaligned(src as *const [f32; 4]) })
     }
     #[inline(always)]
+    unsafe fn load_bf16(self, src: *const u16) -> F32x4 {
+        // SAFETY: the caller guarantees 4 readable u16s.
+        let bits = unsafe { std::ptr::read_unaligned(src as *const [u16; 4]) };
+        F32x4(bits.map(|b| f32::from_bits((b as u32) << 16)))
+    }
+    #[inline(always)]
     unsafe fn store(self, dst: *mut f32, value: F32x4) {
         // SAFETY: the caller guarantees 4 writable floats.
         unsafe { std::ptr::write_unaligned(dst as *mut [f32; 4], value.0) }

@@ -6,8 +6,7 @@ use repvgg_graph::SeParams;
 use repvgg_simd::{Dispatch, dispatch};
 
 use crate::buffers::SharedMut;
-use crate::kernels::bf16::{self, Bf16Kernels};
-use crate::kernels::pointwise::{dot, dot_in_order, dots, gate_relu_block, mean_block};
+use crate::kernels::pointwise::{Weight, dot_in_order, dots, gate_relu_block, mean_block};
 use crate::team::{for_each, for_each_chunk_mut};
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
@@ -66,38 +65,30 @@ pub fn squeeze_excite_relu(
 /// Classes per work item of [`linear`].
 const CLASS_CHUNK: usize = 64;
 
-/// The classifier on pooled features: `logits[b][k] = bias[k] + sum_c weight[k][c] pooled[b][c]`.
+/// The classifier on pooled features: `logits[b][k] = bias[k] + sum_c weight[k][c] pooled[b][c]`,
+/// with f32 weights, or bf16 ones (`u16` bits) summed in f32 exactly as their widened
+/// values would be: half the bytes to stream, for the sessions that round (BF16, INT8).
 ///
 /// Parallel over chunks of classes, each reading its weight rows once for the whole
-/// batch: at batch 1 the weights (5 MB for A0) are the only real traffic, and both cores
-/// stream them.
-pub fn linear(isa: Dispatch, pooled: &[f32], n: usize, c: usize, weight: &[f32], bias: &[f32], logits: &mut [f32]) {
-    assert!(weight.len() >= bias.len() * c);
-    let row = |k: usize| &weight[k * c..(k + 1) * c];
-    classify(pooled, n, c, bias, logits, |k, count, x| {
-        dispatch!(isa, |s| match count {
-            4 => dots::<_, 4>(s, [row(k), row(k + 1), row(k + 2), row(k + 3)], x),
-            _ => std::array::from_fn(|j| if j < count { dot(s, row(k + j), x) } else { 0.0 }),
-        })
-    });
-}
-
-/// [`linear`] with the weights rounded to bf16 (a BF16 session's classifier): half the
-/// bytes to stream, the sums in f32 as [`linear`] forms them over the rounded weights.
-pub fn linear_bf16(
-    kernels: Bf16Kernels,
+/// batch: at batch 1 the weights (5 MB for A0 in f32) are the only real traffic, and both
+/// cores stream them.
+#[allow(clippy::too_many_arguments)] // the features, the classifier, the logits
+pub fn linear<W: Weight + Sync>(
+    isa: Dispatch,
     pooled: &[f32],
     n: usize,
     c: usize,
-    weight: &[u16],
+    weight: &[W],
     bias: &[f32],
     logits: &mut [f32],
 ) {
     assert!(weight.len() >= bias.len() * c);
     let row = |k: usize| &weight[k * c..(k + 1) * c];
-    classify(pooled, n, c, bias, logits, |k, count, x| match count {
-        4 => bf16::widened_dots(kernels, [row(k), row(k + 1), row(k + 2), row(k + 3)], x),
-        _ => std::array::from_fn(|j| if j < count { bf16::widened_dots(kernels, [row(k + j)], x)[0] } else { 0.0 }),
+    classify(pooled, n, c, bias, logits, |k, count, x| {
+        dispatch!(isa, |s| match count {
+            4 => dots(s, [row(k), row(k + 1), row(k + 2), row(k + 3)], x),
+            _ => std::array::from_fn(|j| if j < count { dots(s, [row(k + j)], x)[0] } else { 0.0 }),
+        })
     });
 }
 

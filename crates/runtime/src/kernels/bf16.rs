@@ -325,53 +325,6 @@ pub fn store_rows(
     }
 }
 
-/// `R` dot products of bf16 weight rows with the same f32 `x`, in f32 (the classifier of a
-/// BF16 session: at batch 1 its weights are the run's largest read, and bf16 halves it).
-/// A bf16 widens to f32 exactly (it is an f32's high half), so these are
-/// [`crate::kernels::pointwise::dots`] over the rounded weights, in the same order: 16
-/// lanes of multiply-add chains, the pairwise tree over the lanes, the tail in order.
-pub fn widened_dots<const R: usize>(k: Bf16Kernels, w: [&[u16]; R], x: &[f32]) -> [f32; R] {
-    let len = w.iter().map(|w| w.len()).min().unwrap_or(0).min(x.len());
-    let whole = len / 16 * 16;
-    let _ = k;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: Bf16Kernels proves AVX512-F and -BW; every row and `x` hold `whole` values.
-    let mut lanes = unsafe { x86::widened_dots(w.map(|w| w.as_ptr()), x.as_ptr(), whole) };
-    #[cfg(not(target_arch = "x86_64"))]
-    let mut lanes = portable_widened_lanes(w, x, whole);
-    std::array::from_fn(|r| lane_tree_and_tail(&mut lanes[r], w[r], x, whole, len))
-}
-
-/// The lane sums of [`widened_dots`], one multiply-add chain per lane.
-#[cfg(any(test, not(target_arch = "x86_64")))]
-fn portable_widened_lanes<const R: usize>(w: [&[u16]; R], x: &[f32], whole: usize) -> [[f32; 16]; R] {
-    let mut lanes = [[0f32; 16]; R];
-    for i in (0..whole).step_by(16) {
-        for (r, lanes) in lanes.iter_mut().enumerate() {
-            for (l, acc) in lanes.iter_mut().enumerate() {
-                *acc = from_bf16(w[r][i + l]).mul_add(x[i + l], *acc);
-            }
-        }
-    }
-    lanes
-}
-
-/// [`crate::kernels::pointwise::lane_tree`] over the 16 lanes, then the values past the
-/// last whole 16 in order.
-fn lane_tree_and_tail(lanes: &mut [f32; 16], w: &[u16], x: &[f32], whole: usize, len: usize) -> f32 {
-    let head = crate::kernels::pointwise::lane_tree(lanes);
-    w[whole..len].iter().zip(&x[whole..len]).fold(head, |acc, (&w, &x)| from_bf16(w).mul_add(x, acc))
-}
-
-/// The scalar twin of [`widened_dots`].
-#[cfg(test)]
-pub fn portable_widened_dots<const R: usize>(w: [&[u16]; R], x: &[f32]) -> [f32; R] {
-    let len = w.iter().map(|w| w.len()).min().unwrap_or(0).min(x.len());
-    let whole = len / 16 * 16;
-    let mut lanes = portable_widened_lanes(w, x, whole);
-    std::array::from_fn(|r| lane_tree_and_tail(&mut lanes[r], w[r], x, whole, len))
-}
-
 /// `dst[3 x + c] = to_bf16(rows[c][x])` for the `rows[0].len()` pixels of three planar
 /// rows: a row of the RGB network input, pixel-major (what the stem reads).
 pub fn interleave3(k: Bf16Kernels, rows: [&[f32]; 3], dst: &mut [u16]) {
@@ -474,32 +427,6 @@ mod x86 {
                     _mm512_storeu_ps(dst.add(j * stride).cast(), v);
                 }
             }
-        }
-    }
-
-    /// # Safety
-    ///
-    /// AVX512-F and -BW; every row of `w` and `x` readable for `whole` (a multiple of 16)
-    /// values.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn widened_dots<const R: usize>(w: [*const u16; R], x: *const f32, whole: usize) -> [[f32; 16]; R] {
-        // SAFETY: the loads stay within the `whole` values the caller vouches for; the
-        // stores fill the local arrays.
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); R];
-            for i in (0..whole).step_by(16) {
-                let xv = _mm512_loadu_ps(x.add(i));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let half = _mm256_loadu_si256(w[r].add(i).cast());
-                    let wv = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)));
-                    *acc = _mm512_fmadd_ps(wv, xv, *acc);
-                }
-            }
-            let mut lanes = [[0f32; 16]; R];
-            for (lanes, acc) in lanes.iter_mut().zip(acc) {
-                _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
-            }
-            lanes
         }
     }
 
@@ -727,30 +654,6 @@ mod tests {
                     }
                 }
                 assert!(got[3 * w..].iter().all(|&v| v == 0xdead), "width {w}: wrote past the pixels");
-            }
-        }
-    }
-
-    /// The classifier's widened dots: bitwise the scalar twin's, and bitwise the FP32 dots
-    /// (`kernels::pointwise::dots`, on every FMA kernel set this CPU runs) over the rounded
-    /// weights widened back to f32, for lengths with and without a tail.
-    #[test]
-    fn widened_dots_are_the_f32_dots_of_the_rounded_weights() {
-        use repvgg_simd::{Dispatch, dispatch};
-        let mut next = lcg(5);
-        for len in [1, 15, 16, 17, 100, 1280, 1283] {
-            let x: Vec<f32> = (0..len).map(|_| next() * 4.0).collect();
-            let rows: Vec<Vec<u16>> = (0..4).map(|_| (0..len).map(|_| to_bf16(next())).collect()).collect();
-            let w = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
-            let twin = portable_widened_dots(w, &x);
-            let widened: Vec<Vec<f32>> = rows.iter().map(|r| r.iter().map(|&v| from_bf16(v)).collect()).collect();
-            let wf = [&widened[0][..], &widened[1][..], &widened[2][..], &widened[3][..]];
-            for k in Bf16Kernels::all_supported() {
-                assert_eq!(widened_dots(k, w, &x).map(f32::to_bits), twin.map(f32::to_bits), "length {len}");
-            }
-            for isa in Dispatch::all_supported().into_iter().filter(|d| d.isa() != repvgg_simd::Isa::Portable) {
-                let f32_dots = dispatch!(isa, |s| crate::kernels::pointwise::dots::<_, 4>(s, wf, &x));
-                assert_eq!(f32_dots.map(f32::to_bits), twin.map(f32::to_bits), "{:?} length {len}", isa.isa());
             }
         }
     }

@@ -32,18 +32,43 @@ pub fn gate_relu_block<S: Simd>(s: S, plane: &mut [f32], gate: &[f32]) {
     }
 }
 
-/// `sum_i w[i] x[i]`: 16 lane-wise partial sums over the whole channel blocks, a fixed
-/// pairwise tree over the lanes, then the tail in order.
-#[inline(always)]
-pub fn dot<S: Simd>(s: S, w: &[f32], x: &[f32]) -> f32 {
-    dots::<S, 1>(s, [w], x)[0]
+/// A dot product's weights: f32, or bf16 (`u16` bits, widened exactly as they are read:
+/// a bf16 is an f32's high half), so that rounded weights are summed exactly as f32 ones.
+pub trait Weight: Copy {
+    fn read<S: Simd>(s: S, src: &[Self]) -> S::F32;
+    fn value(self) -> f32;
 }
 
-/// [`dot`] of `R` weight rows with the same `x`, each summed in exactly [`dot`]'s order (so
-/// the same bits): the rows' lane-wise sums are independent chains, which hides the
-/// multiply-add latency that bounds a single one.
+impl Weight for f32 {
+    #[inline(always)]
+    fn read<S: Simd>(s: S, src: &[f32]) -> S::F32 {
+        s.read(src)
+    }
+    #[inline(always)]
+    fn value(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for u16 {
+    #[inline(always)]
+    fn read<S: Simd>(s: S, src: &[u16]) -> S::F32 {
+        s.read_bf16(src)
+    }
+    #[inline(always)]
+    fn value(self) -> f32 {
+        crate::kernels::bf16::from_bf16(self)
+    }
+}
+
+/// `sum_i w[r][i] x[i]` for `R` weight rows with the same `x`: per row, 16 lane-wise
+/// partial sums over the whole channel blocks, a fixed pairwise tree over the lanes, then
+/// the tail in order. Each row's bits are the same whatever `R` and whatever the vector
+/// width, and bf16 rows give the bits of f32 rows of their widened values. The rows'
+/// lane-wise sums are independent chains, which hides the multiply-add latency that
+/// bounds a single one.
 #[inline(always)]
-pub fn dots<S: Simd, const R: usize>(s: S, w: [&[f32]; R], x: &[f32]) -> [f32; R] {
+pub fn dots<S: Simd, W: Weight, const R: usize>(s: S, w: [&[W]; R], x: &[f32]) -> [f32; R] {
     let len = w.iter().map(|w| w.len()).min().unwrap_or(0).min(x.len());
     let whole = len / CHANNEL_BLOCK * CHANNEL_BLOCK;
     let mut partial = [[0f32; CHANNEL_BLOCK]; R];
@@ -52,7 +77,7 @@ pub fn dots<S: Simd, const R: usize>(s: S, w: [&[f32]; R], x: &[f32]) -> [f32; R
         for i in (0..whole).step_by(CHANNEL_BLOCK) {
             let xv = s.read(&x[i + lane..]);
             for r in 0..R {
-                acc[r] = s.mul_add(s.read(&w[r][i + lane..]), xv, acc[r]);
+                acc[r] = s.mul_add(W::read(s, &w[r][i + lane..]), xv, acc[r]);
             }
         }
         for r in 0..R {
@@ -61,14 +86,14 @@ pub fn dots<S: Simd, const R: usize>(s: S, w: [&[f32]; R], x: &[f32]) -> [f32; R
     }
     std::array::from_fn(|r| {
         let head = lane_tree(&mut partial[r]);
-        w[r][whole..len].iter().zip(&x[whole..len]).fold(head, |acc, (a, b)| s.mul_add_scalar(*a, *b, acc))
+        w[r][whole..len].iter().zip(&x[whole..len]).fold(head, |acc, (a, b)| s.mul_add_scalar(a.value(), *b, acc))
     })
 }
 
 /// The fixed pairwise tree over a dot product's 16 lane sums: lane `l` takes lane
 /// `l + width` for widths 8, 4, 2, 1 (the tree is part of the result's bits).
 #[inline(always)]
-pub fn lane_tree(lanes: &mut [f32; CHANNEL_BLOCK]) -> f32 {
+fn lane_tree(lanes: &mut [f32; CHANNEL_BLOCK]) -> f32 {
     let mut width = CHANNEL_BLOCK;
     while width > 1 {
         width /= 2;
@@ -84,4 +109,37 @@ pub fn lane_tree(lanes: &mut [f32; CHANNEL_BLOCK]) -> f32 {
 #[inline(always)]
 pub fn dot_in_order<S: Simd>(s: S, w: &[f32], x: &[f32], bias: f32) -> f32 {
     w.iter().zip(x).fold(bias, |acc, (a, b)| s.mul_add_scalar(*a, *b, acc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use repvgg_simd::{Dispatch, dispatch};
+
+    /// bf16 rows give the bits of f32 rows holding their widened values, on every
+    /// instruction set, for lengths with and without a tail; each set's rows one at a time
+    /// give the bits of four at once.
+    #[test]
+    fn bf16_rows_sum_as_their_widened_f32_rows() {
+        let mut state = 7u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        };
+        for len in [0, 1, 15, 16, 17, 1280, 1283] {
+            let x: Vec<f32> = (0..len).map(|_| next()).collect();
+            let rows: Vec<Vec<u16>> =
+                (0..4).map(|_| (0..len).map(|_| (next().to_bits() >> 16) as u16).collect()).collect();
+            let wide: Vec<Vec<f32>> = rows.iter().map(|r| r.iter().map(|v| v.value()).collect()).collect();
+            for isa in Dispatch::all_supported() {
+                let (got, want, single) = dispatch!(isa, |s| (
+                    dots(s, [&rows[0][..], &rows[1], &rows[2], &rows[3]], &x),
+                    dots(s, [&wide[0][..], &wide[1], &wide[2], &wide[3]], &x),
+                    std::array::from_fn::<f32, 4, _>(|r| dots(s, [&rows[r][..]], &x)[0]),
+                ));
+                assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{:?} length {len}", isa.isa());
+                assert_eq!(single.map(f32::to_bits), got.map(f32::to_bits), "{:?} length {len}", isa.isa());
+            }
+        }
+    }
 }

@@ -67,6 +67,14 @@ impl Simd for Avx2 {
         F32x8(unsafe { _mm256_loadu_ps(src) })
     }
     #[inline(always)]
+    unsafe fn load_bf16(self, src: *const u16) -> F32x8 {
+        // SAFETY: see the impl; the caller guarantees 8 readable u16s. Zero-extending each
+        // to 32 bits and shifting it into the high half is the bf16's f32.
+        F32x8(unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(src.cast()))))
+        })
+    }
+    #[inline(always)]
     unsafe fn store(self, dst: *mut f32, value: F32x8) {
         // SAFETY: see the impl; the caller guarantees 8 writable floats.
         unsafe { _mm256_storeu_ps(dst, value.0) }
