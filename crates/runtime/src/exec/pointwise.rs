@@ -72,7 +72,6 @@ const CLASS_CHUNK: usize = 64;
 /// Parallel over chunks of classes, each reading its weight rows once for the whole
 /// batch: at batch 1 the weights (5 MB for A0 in f32) are the only real traffic, and both
 /// cores stream them.
-#[allow(clippy::too_many_arguments)] // the features, the classifier, the logits
 pub fn linear<W: Weight + Sync>(
     isa: Dispatch,
     pooled: &[f32],

@@ -529,6 +529,26 @@ mod x86 {
 
     use super::{CHANNEL_BLOCK, Columns, MR, NR, Tile};
 
+    /// `relu?(f32(acc - zero) * scale + bias)` for one row of 16 channels, rounded as
+    /// `dequantize_block` rounds (a product, then a sum; `max(0, y)` keeps NaN).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn dequantized(acc: __m512i, zero: __m512i, scale: __m512, bias: __m512, relu: bool) -> __m512 {
+        let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, zero)), scale), bias);
+        if relu { _mm512_max_ps(_mm512_setzero_ps(), y) } else { y }
+    }
+
+    /// `quantize_one(y, inv, offset)` for 16 values, as 16 bytes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn codes(y: __m512, inv: __m512, offset: __m512) -> __m128i {
+        let magic = _mm512_set1_ps(8_388_608.0);
+        let y = _mm512_add_ps(_mm512_mul_ps(y, inv), offset);
+        // max(y, 0) gives 0 for NaN (the second operand), as `quantize_one`.
+        let y = _mm512_min_ps(_mm512_max_ps(y, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+        _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(y, magic), magic)))
+    }
+
     /// # Safety
     ///
     /// AVX-512F; `tile` holds `count` rows of `MR` from its start, `c + 16 <= MR`,
@@ -554,11 +574,7 @@ mod x86 {
                 _mm512_loadu_si512(zero.as_ptr().cast()),
             );
             for j in 0..count {
-                let acc = _mm512_sub_epi32(_mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast()), z);
-                let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), b);
-                if relu {
-                    y = _mm512_max_ps(_mm512_setzero_ps(), y);
-                }
+                let y = dequantized(_mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast()), z, s, b, relu);
                 _mm512_storeu_ps(out.as_mut_ptr().add(j * CHANNEL_BLOCK), y);
             }
         }
@@ -570,21 +586,12 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn quantize_avx512(src: &[f32], inv_scale: f32, zero_point: f32, dst: &mut [u8]) {
         let n = src.len() / 16 * 16;
-        let (inv, offset, zero, top, magic) = (
-            _mm512_set1_ps(inv_scale),
-            _mm512_set1_ps(zero_point),
-            _mm512_setzero_ps(),
-            _mm512_set1_ps(255.0),
-            _mm512_set1_ps(8_388_608.0),
-        );
+        let (inv, offset) = (_mm512_set1_ps(inv_scale), _mm512_set1_ps(zero_point));
         for i in (0..n).step_by(16) {
             // SAFETY: i + 16 <= n <= both lengths.
             unsafe {
-                let y = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), inv), offset);
-                // max(y, 0) gives 0 for NaN (the second operand), as `quantize_one`.
-                let y = _mm512_min_ps(_mm512_max_ps(y, zero), top);
-                let y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
-                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y)));
+                let q = codes(_mm512_loadu_ps(src.as_ptr().add(i)), inv, offset);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), q);
             }
         }
         for i in n..src.len() {
@@ -593,7 +600,7 @@ mod x86 {
     }
 
     /// `dequantize_avx512` then `quantize_avx512` (zero point 0) in registers: the same
-    /// operations in the same order.
+    /// two helpers, so the same operations in the same order.
     ///
     /// # Safety
     ///
@@ -619,26 +626,11 @@ mod x86 {
                 _mm512_loadu_ps(affine[1].as_ptr()),
                 _mm512_loadu_si512(zero.as_ptr().cast()),
             );
-            let (inv, offset, floor, top, magic) = (
-                _mm512_set1_ps(inv_scale),
-                _mm512_setzero_ps(),
-                _mm512_setzero_ps(),
-                _mm512_set1_ps(255.0),
-                _mm512_set1_ps(8_388_608.0),
-            );
+            let inv = _mm512_set1_ps(inv_scale);
             for j in 0..count {
-                let acc = _mm512_sub_epi32(_mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast()), z);
-                let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), b);
-                if relu {
-                    y = _mm512_max_ps(_mm512_setzero_ps(), y);
-                }
-                let y = _mm512_add_ps(_mm512_mul_ps(y, inv), offset);
-                let y = _mm512_min_ps(_mm512_max_ps(y, floor), top);
-                let y = _mm512_sub_ps(_mm512_add_ps(y, magic), magic);
-                _mm_storeu_si128(
-                    out.as_mut_ptr().add(j * CHANNEL_BLOCK).cast(),
-                    _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y)),
-                );
+                let y = dequantized(_mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast()), z, s, b, relu);
+                let q = codes(y, inv, _mm512_setzero_ps());
+                _mm_storeu_si128(out.as_mut_ptr().add(j * CHANNEL_BLOCK).cast(), q);
             }
         }
     }
