@@ -3,7 +3,7 @@
 //! per-channel-block arithmetic is `kernels::pointwise`'s.
 
 use repvgg_graph::SeParams;
-use repvgg_simd::{Dispatch, dispatch};
+use repvgg_simd::{Dispatch, Simd, dispatch};
 
 use crate::buffers::SharedMut;
 use crate::kernels::pointwise::{Weight, dot_in_order, dots, gate_relu_block, mean_block};
@@ -69,9 +69,10 @@ const CLASS_CHUNK: usize = 64;
 /// with f32 weights, or bf16 ones (`u16` bits) summed in f32 exactly as their widened
 /// values would be: half the bytes to stream, for the sessions that round (BF16, INT8).
 ///
-/// Parallel over chunks of classes, each reading its weight rows once for the whole
-/// batch: at batch 1 the weights (5 MB for A0 in f32) are the only real traffic, and both
-/// cores stream them.
+/// Parallel over chunks of classes. Four classes' rows at a time meet a block of images
+/// (four with 32 vector registers, two with 16): at batch 1 the weights (5 MB for A0 in
+/// f32) are the only real traffic, and both cores stream them; in a batch each row
+/// widened and read from L1 serves the whole block.
 pub fn linear<W: Weight + Sync>(
     isa: Dispatch,
     pooled: &[f32],
@@ -81,46 +82,65 @@ pub fn linear<W: Weight + Sync>(
     bias: &[f32],
     logits: &mut [f32],
 ) {
-    assert!(weight.len() >= bias.len() * c);
-    let row = |k: usize| &weight[k * c..(k + 1) * c];
-    classify(pooled, n, c, bias, logits, |k, count, x| {
-        dispatch!(isa, |s| match count {
-            4 => dots(s, [row(k), row(k + 1), row(k + 2), row(k + 3)], x),
-            _ => std::array::from_fn(|j| if j < count { dots(s, [row(k + j)], x)[0] } else { 0.0 }),
-        })
-    });
-}
-
-/// The classifier's loop: chunks of classes in parallel, each image's logits of a chunk
-/// four classes at a time (four independent multiply-add chains): `sums(k, count, x)`
-/// gives the sums of classes `k..k + count` (`count` <= 4; the rest of the array unused).
-fn classify(
-    pooled: &[f32],
-    n: usize,
-    c: usize,
-    bias: &[f32],
-    logits: &mut [f32],
-    sums: impl Fn(usize, usize, &[f32]) -> [f32; 4] + Sync,
-) {
     let classes = bias.len();
     let cb = channel_blocks(c);
+    assert!(weight.len() >= classes * c);
     assert!(logits.len() >= n * classes && pooled.len() >= n * cb * CHANNEL_BLOCK);
+    let row = |k: usize| &weight[k * c..(k + 1) * c];
+    let image = |b: usize| &pooled[b * cb * CHANNEL_BLOCK..b * cb * CHANNEL_BLOCK + c];
     let out = SharedMut::new(logits);
     for_each(classes.div_ceil(CLASS_CHUNK), |chunk| {
         let (k0, k1) = (chunk * CLASS_CHUNK, ((chunk + 1) * CLASS_CHUNK).min(classes));
-        for b in 0..n {
-            let x = &pooled[b * cb * CHANNEL_BLOCK..b * cb * CHANNEL_BLOCK + c];
-            // SAFETY: chunks partition the classes, so each (row, chunk) region has one writer.
-            let row = unsafe { out.region(b * classes + k0, k1 - k0) };
-            for (i, logits) in row.chunks_mut(4).enumerate() {
-                let k = k0 + 4 * i;
-                let sums = sums(k, logits.len(), x);
-                for (j, logit) in logits.iter_mut().enumerate() {
-                    *logit = sums[j] + bias[k + j];
+        // The logits of classes `k..k + sums.len()` of image `b`.
+        let put = |b: usize, k: usize, sums: &[f32]| {
+            // SAFETY: chunks partition the classes, so each (image, class) has one writer.
+            let logits = unsafe { out.region(b * classes + k, sums.len()) };
+            for (j, (logit, sum)) in logits.iter_mut().zip(sums).enumerate() {
+                *logit = sum + bias[k + j];
+            }
+        };
+        dispatch!(isa, |s| class_chunk(s, k0..k1, n, &row, &image, &put))
+    });
+}
+
+/// The sums of classes `classes` for images `0..n`: four rows against blocks of images,
+/// the last classes one row at a time.
+#[inline(always)]
+fn class_chunk<'a, S: Simd, W: Weight + 'a>(
+    s: S,
+    classes: std::ops::Range<usize>,
+    n: usize,
+    row: &impl Fn(usize) -> &'a [W],
+    image: &impl Fn(usize) -> &'a [f32],
+    put: &impl Fn(usize, usize, &[f32]),
+) {
+    let wide = S::LANES >= 16;
+    for k in classes.clone().step_by(4) {
+        if k + 4 > classes.end {
+            for b in 0..n {
+                for j in k..classes.end {
+                    put(b, j, &dots(s, [row(j)], [image(b)])[0]);
                 }
             }
+            continue;
         }
-    });
+        let rows = [row(k), row(k + 1), row(k + 2), row(k + 3)];
+        let mut b = 0;
+        while b < n {
+            let step = if wide && n - b >= 4 { 4 } else { 2.min(n - b) };
+            match step {
+                4 => dots(s, rows, [image(b), image(b + 1), image(b + 2), image(b + 3)])
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, sums)| put(b + i, k, sums)),
+                2 => {
+                    dots(s, rows, [image(b), image(b + 1)]).iter().enumerate().for_each(|(i, sums)| put(b + i, k, sums))
+                }
+                _ => put(b, k, &dots(s, rows, [image(b)])[0]),
+            }
+            b += step;
+        }
+    }
 }
 
 /// Copies a channel-blocked activation to planar `NCHW` (dropping padding lanes).

@@ -61,32 +61,46 @@ impl Weight for u16 {
     }
 }
 
-/// `sum_i w[r][i] x[i]` for `R` weight rows with the same `x`: per row, 16 lane-wise
-/// partial sums over the whole channel blocks, a fixed pairwise tree over the lanes, then
-/// the tail in order. Each row's bits are the same whatever `R` and whatever the vector
-/// width, and bf16 rows give the bits of f32 rows of their widened values. The rows'
-/// lane-wise sums are independent chains, which hides the multiply-add latency that
-/// bounds a single one.
+/// `sum_i w[r][i] x[b][i]` for `R` weight rows and `B` inputs: per (input, row), 16
+/// lane-wise partial sums over the whole channel blocks, a fixed pairwise tree over the
+/// lanes, then the tail in order. Each result's bits are the same whatever `R`, `B` and
+/// the vector width, and bf16 rows give the bits of f32 rows of their widened values.
+/// The `R x B` lane-wise sums are independent chains, which hides the multiply-add
+/// latency that bounds a single one; each weight vector read (and widened) serves all `B`
+/// inputs, so a batch streams the rows once per `B` images rather than once per image.
 #[inline(always)]
-pub fn dots<S: Simd, W: Weight, const R: usize>(s: S, w: [&[W]; R], x: &[f32]) -> [f32; R] {
-    let len = w.iter().map(|w| w.len()).min().unwrap_or(0).min(x.len());
+pub fn dots<S: Simd, W: Weight, const R: usize, const B: usize>(s: S, w: [&[W]; R], x: [&[f32]; B]) -> [[f32; R]; B] {
+    let len = w.iter().map(|w| w.len()).chain(x.iter().map(|x| x.len())).min().unwrap_or(0);
     let whole = len / CHANNEL_BLOCK * CHANNEL_BLOCK;
-    let mut partial = [[0f32; CHANNEL_BLOCK]; R];
+    let mut partial = [[[0f32; CHANNEL_BLOCK]; R]; B];
     for lane in (0..CHANNEL_BLOCK).step_by(S::LANES) {
-        let mut acc = [s.zero(); R];
+        let mut acc = [[s.zero(); R]; B];
         for i in (0..whole).step_by(CHANNEL_BLOCK) {
-            let xv = s.read(&x[i + lane..]);
+            // A loop, not `array::from_fn`: its closure would not inherit the caller's
+            // target features, and each widening would become a call.
+            let mut wv = [s.zero(); R];
             for r in 0..R {
-                acc[r] = s.mul_add(W::read(s, &w[r][i + lane..]), xv, acc[r]);
+                wv[r] = W::read(s, &w[r][i + lane..]);
+            }
+            for b in 0..B {
+                let xv = s.read(&x[b][i + lane..]);
+                for r in 0..R {
+                    acc[b][r] = s.mul_add(wv[r], xv, acc[b][r]);
+                }
             }
         }
-        for r in 0..R {
-            s.write(&mut partial[r][lane..], acc[r]);
+        for b in 0..B {
+            for r in 0..R {
+                s.write(&mut partial[b][r][lane..], acc[b][r]);
+            }
         }
     }
-    std::array::from_fn(|r| {
-        let head = lane_tree(&mut partial[r]);
-        w[r][whole..len].iter().zip(&x[whole..len]).fold(head, |acc, (a, b)| s.mul_add_scalar(a.value(), *b, acc))
+    std::array::from_fn(|b| {
+        std::array::from_fn(|r| {
+            let head = lane_tree(&mut partial[b][r]);
+            let tail = w[r][whole..len].iter().zip(&x[b][whole..len]);
+            tail.fold(head, |acc, (a, v)| s.mul_add_scalar(a.value(), *v, acc))
+        })
     })
 }
 
@@ -118,9 +132,9 @@ mod tests {
 
     /// bf16 rows give the bits of f32 rows holding their widened values, on every
     /// instruction set, for lengths with and without a tail; each set's rows one at a time
-    /// give the bits of four at once.
+    /// give the bits of four at once, and inputs in a batch the bits of each alone.
     #[test]
-    fn bf16_rows_sum_as_their_widened_f32_rows() {
+    fn dots_keep_their_bits_across_rows_inputs_and_bf16() {
         let mut state = 7u32;
         let mut next = move || {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -128,17 +142,24 @@ mod tests {
         };
         for len in [0, 1, 15, 16, 17, 1280, 1283] {
             let x: Vec<f32> = (0..len).map(|_| next()).collect();
+            let y: Vec<f32> = (0..len).map(|_| next()).collect();
             let rows: Vec<Vec<u16>> =
                 (0..4).map(|_| (0..len).map(|_| (next().to_bits() >> 16) as u16).collect()).collect();
             let wide: Vec<Vec<f32>> = rows.iter().map(|r| r.iter().map(|v| v.value()).collect()).collect();
             for isa in Dispatch::all_supported() {
-                let (got, want, single) = dispatch!(isa, |s| (
-                    dots(s, [&rows[0][..], &rows[1], &rows[2], &rows[3]], &x),
-                    dots(s, [&wide[0][..], &wide[1], &wide[2], &wide[3]], &x),
-                    std::array::from_fn::<f32, 4, _>(|r| dots(s, [&rows[r][..]], &x)[0]),
+                let (got, want, single, batched) = dispatch!(isa, |s| (
+                    dots(s, [&rows[0][..], &rows[1], &rows[2], &rows[3]], [&x[..]])[0],
+                    dots(s, [&wide[0][..], &wide[1], &wide[2], &wide[3]], [&x[..]])[0],
+                    std::array::from_fn::<f32, 4, _>(|r| dots(s, [&rows[r][..]], [&x[..]])[0][0]),
+                    dots(s, [&rows[0][..], &rows[1], &rows[2], &rows[3]], [&y[..], &x, &y]),
                 ));
                 assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{:?} length {len}", isa.isa());
                 assert_eq!(single.map(f32::to_bits), got.map(f32::to_bits), "{:?} length {len}", isa.isa());
+                let alone = dispatch!(isa, |s| dots(s, [&rows[0][..], &rows[1], &rows[2], &rows[3]], [&y[..]])[0]);
+                assert_eq!(batched[1].map(f32::to_bits), got.map(f32::to_bits), "{:?} length {len}", isa.isa());
+                for b in [0, 2] {
+                    assert_eq!(batched[b].map(f32::to_bits), alone.map(f32::to_bits), "{:?} length {len}", isa.isa());
+                }
             }
         }
     }
