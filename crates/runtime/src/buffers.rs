@@ -88,6 +88,7 @@ pub fn line_skip<T>(ptr: *const T) -> usize {
 /// the layer's items to write. Each `plane` holds rows of `row` values, `pw` pixels of
 /// `pixel` values each (plus any padding at the row's end); the ring is the first and
 /// last row, and in the rows between the first pixel and everything from the last one on.
+#[inline]
 pub fn zero_border<T: Copy + Default>(planes: &mut [T], plane: usize, row: usize, pw: usize, pixel: usize) {
     let zero = T::default();
     for p in planes.chunks_exact_mut(plane) {

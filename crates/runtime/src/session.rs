@@ -672,7 +672,13 @@ impl Session {
                 let src: &[f32] = if lp.input == InputLayout::Planar { input } else { src };
                 let watched = stage_outputs && stage_ends.contains(&lp.index);
                 let codes_out = (handoff && !watched).then(|| hands_codes(model, plan, i, int8)).flatten();
-                let codes = Codes { input: codes_in, output: codes_out };
+                let block = match plan.layers.get(i + 1) {
+                    Some(next) if codes_out.is_some() && lp.precision == Precision::Int8 => {
+                        direct_int8::code_block(&next.shape(n), int8)
+                    }
+                    _ => 0,
+                };
+                let codes = Codes { input: codes_in, output: codes_out, block };
                 conv_layer(kernels, model, lp, n, src, dst, codes, &mut buffers);
                 codes_in = codes_out.is_some();
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {

@@ -590,11 +590,19 @@ fn int8_metadata_without_i8_tensors_is_a_float_model() {
 /// second's u8 codes instead of floats. The codes are what the second would compute from
 /// those floats, so the logits are the same bits as with the sets that never hand codes
 /// on, and as with the stage outputs asked for (which keeps those layers' outputs
-/// floats). A0 at 64x64: the stem, stage1.0 and stage1.1 hand codes on (rows of 32, 16
-/// and 16 pixels) where AMX runs; the digits' 12-pixel maps do not.
+/// floats). At 64x64: A0's stem, stage1.0 and stage1.1 hand channel-blocked codes on
+/// (rows of 32, 16 and 16 pixels) and its 192-channel stage 3 pixel-major codes to
+/// gathered windows (4-pixel rows); B0's 64-channel stage 1 hands pixel-major codes to
+/// layers that read them in place. The digits' 12-pixel maps do not hand codes on.
 #[test]
 fn codes_handed_between_layers_give_the_same_bits() {
-    let model = Model::synthetic(ArchSpec::resolve("A0").unwrap(), 3).unwrap();
+    for arch in ["A0", "B0"] {
+        codes_handed_on_give_the_same_bits(arch);
+    }
+}
+
+fn codes_handed_on_give_the_same_bits(arch: &str) {
+    let model = Model::synthetic(ArchSpec::resolve(arch).unwrap(), 3).unwrap();
     let images = |n: usize, seed: u64| {
         let data = repvgg_graph::synthetic::input(n * 3 * 64 * 64, seed);
         Tensor::new(vec![n, 3, 64, 64], data).unwrap()
@@ -609,10 +617,10 @@ fn codes_handed_between_layers_give_the_same_bits() {
             let Ok(mut session) = quantized.session(options) else { continue };
             let logits = session.run(&input).unwrap();
             let features = session.features(&input).unwrap();
-            assert_eq!(features.logits.data(), logits.data(), "{}: with the stage outputs", set.name());
+            assert_eq!(features.logits.data(), logits.data(), "{arch} {}: with the stage outputs", set.name());
             match &first {
                 None => first = Some(logits),
-                Some(want) => assert_eq!(logits.data(), want.data(), "{}, {threads} threads", set.name()),
+                Some(want) => assert_eq!(logits.data(), want.data(), "{arch} {}, {threads} threads", set.name()),
             }
         }
     }

@@ -3,13 +3,17 @@
 //!
 //! A 3x3 layer reads its input in place ([`reads_in_place`]):
 //!
-//! 1. the input is quantized once into a zero-bordered, channel-blocked u8 copy (the
-//!    channel-blocked floats of the layer before, or the planar network input with zero
-//!    point 128), unless the layer before already wrote it ([`super::Codes`]);
+//! 1. the input is quantized once into a zero-bordered u8 copy (the channel-blocked
+//!    floats of the layer before, or the planar network input with zero point 128),
+//!    channel-blocked or, on AMX at widths that are multiples of 64, pixel-major
+//!    ([`code_block`]), unless the layer before already wrote it ([`super::Codes`]);
 //! 2. each work item takes a row segment (16 pixels and two rows for AMX, whose tiles read
-//!    48-byte kernel rows at a stride of 16 x stride bytes; `NR` pixels for the vector
-//!    sets, which walk the same bytes with `int8::Columns`) and a few weight panels;
-//! 3. the epilogue writes floats, channel-blocked, or the next layer's codes.
+//!    a kernel row's three taps, 48 bytes of a channel block or a pixel-major span in
+//!    64-byte steps, at a stride of one pixel times the layer's stride; `NR` pixels for
+//!    the vector sets, which walk channel blocks with `int8::Columns`) and a few weight
+//!    panels;
+//! 3. the epilogue writes floats, channel-blocked, or the next layer's codes in the layout
+//!    that layer reads.
 //!
 //! AMX gathers the windows of maps under 12 pixels wide into rows of their own first
 //! ([`Gathered`]), and runs the network input's RGB layer as whole windows in one tile
@@ -104,7 +108,13 @@ impl ConvExecutor for DirectInt8 {
     /// set's panel width needs); or AMX's zero-bordered input.
     fn shared_len(&self, s: &ConvShape) -> usize {
         let panels = quantized_floats(s) + work(s, NR).shared_len().max(work(s, MAX_COLUMNS).shared_len());
-        let gathered = if s.kernel == 3 && s.ow < IN_PLACE_MIN_WIDTH { Gathered::new(s).floats() } else { 0 };
+        let gathered = if s.kernel == 3 && s.ow < IN_PLACE_MIN_WIDTH {
+            // Either layout's rows: channel blocks' 48-byte steps, or pixel-major spans.
+            let blocked = Gathered::new(s, channel_blocks(s.in_channels) * 3 * 48).floats();
+            blocked.max(pixel_major(s).map_or(0, |block| Gathered::new(s, span_depth(block)).floats()))
+        } else {
+            0
+        };
         panels.max(codes_len(s) + gathered)
     }
 
@@ -152,12 +162,24 @@ struct Int8Weights {
     /// The network input's layer on AMX ([`window_run`]): the same weights in window order,
     /// panels of `[run / 4][width][4]`, one tile step per product.
     window: Option<LineAligned<i8>>,
+    /// A layer that reads pixel-major codes on AMX ([`code_block`]), where this process
+    /// runs AMX: the same weights in span order ([`Int8Weights::span_panel`]).
+    spans: Option<LineAligned<i8>>,
 }
 
 impl PackedWeights for Int8Weights {
     fn bytes(&self) -> usize {
+        // One packing is read per run; a span-ordered copy holds as many bytes (a span's
+        // steps cover it exactly at widths that are multiples of 64).
         self.data.as_slice().len() + 4 * self.scale.len()
     }
+}
+
+/// The depth of a pixel-major layer's span-ordered weights: 3 kernel rows of `chunks`
+/// steps of `run` bytes.
+fn span_depth(block: usize) -> usize {
+    let (chunks, run) = cut(block);
+    3 * chunks * run
 }
 
 impl Int8Weights {
@@ -209,6 +231,28 @@ impl Int8Weights {
             }
             aligned
         });
+        let spans = pixel_major(s).filter(|_| crate::kernels::amx::available(TileOp::U8S8)).map(|pixel_major| {
+            // Step (kernel row, chunk), byte `t`: span position `v = chunk * run + t`, which
+            // is tap `v / block` of channel `v % block`; zero past the span and the channels.
+            let (chunks, run) = cut(pixel_major);
+            let depth = span_depth(pixel_major);
+            let mut aligned = LineAligned::zeroed(depth * k_pad);
+            let data = aligned.as_mut_slice();
+            for k in 0..s.out_channels {
+                let (k0, lane) = (k / MR * MR, k % MR);
+                let width = MR.min(k_pad - k0);
+                for d in 0..depth {
+                    let (step, t) = (d / run, d % run);
+                    let (ky, v) = (step / chunks, step % chunks * run + t);
+                    let (kx, c) = (v / pixel_major, v % pixel_major);
+                    if kx < 3 && c < cg {
+                        data[k0 * depth + (d / 4) * width * 4 + lane * 4 + d % 4] =
+                            layer.weight[(k * cg + c) * taps + ky * 3 + kx];
+                    }
+                }
+            }
+            aligned
+        });
         Int8Weights {
             kernel: s.kernel,
             groups: s.groups,
@@ -222,7 +266,17 @@ impl Int8Weights {
             zero_point,
             zero,
             window,
+            spans,
         }
+    }
+
+    /// Panel `b` in span order (the layer has no groups): its first output channel, width
+    /// and data.
+    fn span_panel(&self, b: usize, block: usize) -> (usize, usize, &[i8]) {
+        let spans = self.spans.as_ref().expect("weights in span order").as_slice();
+        let (k0, depth) = (b * MR, span_depth(block));
+        let width = MR.min(self.k_pad - k0);
+        (k0, width, &spans[k0 * depth..][..depth * width])
     }
 
     /// The epilogue constants of the panel whose first output channel is `k0` of group `g`
@@ -322,26 +376,68 @@ fn quantize_row(
     }
 }
 
-/// The u8 input with a zero border of one pixel, channel-blocked: what the AMX path of
-/// 3x3 layers reads its tiles from without packing (`AmxTiles::product`).
+/// The u8 input with a zero border of one pixel, in planes of `block` channels per pixel
+/// ([`code_block`]): channel-blocked (16) or pixel-major (every padded channel, one
+/// plane per image). What 3x3 layers read their tiles or columns from without packing.
 struct Bordered {
     /// Pixels per side of the bordered plane.
     ph: usize,
     pw: usize,
-    /// Bytes of one (image, channel block) plane.
+    /// Bytes per pixel of one plane, of one bordered row, of one plane, of one image.
+    block: usize,
+    row: usize,
     plane: usize,
+    image: usize,
     /// Bytes of the buffer: every plane, then slack for the tile rows past a plane's last
-    /// output pixel (their results are dropped).
+    /// output pixel and the runs past a span's end (their results are dropped, or their
+    /// weights zero).
     bytes: usize,
 }
 
 impl Bordered {
-    fn new(s: &ConvShape) -> Bordered {
-        let (ph, pw) = (s.h + 2, s.w + 2);
-        let plane = ph * pw * CHANNEL_BLOCK;
-        let slack = (MAX_COLUMNS * s.stride + 4) * CHANNEL_BLOCK;
-        Bordered { ph, pw, plane, bytes: s.n * channel_blocks(s.in_channels) * plane + slack }
+    fn new(s: &ConvShape, block: usize) -> Bordered {
+        Bordered::of(s.n, s.h, s.w, channel_blocks(s.in_channels) * CHANNEL_BLOCK, s.stride, block)
     }
+
+    /// `n` images of `h x w` pixels of `channels` (padded) bytes, read at `stride`.
+    fn of(n: usize, h: usize, w: usize, channels: usize, stride: usize, block: usize) -> Bordered {
+        let (ph, pw) = (h + 2, w + 2);
+        let (row, plane) = (pw * block, ph * pw * block);
+        let image = channels / block * plane;
+        let slack = (MAX_COLUMNS * stride + 4) * block + LINE;
+        Bordered { ph, pw, block, row, plane, image, bytes: n * image + slack }
+    }
+}
+
+/// Bytes per pixel of one plane of the bordered codes a 3x3 layer reads: pixel-major (all
+/// its padded channels) on AMX without groups, where a kernel row's three taps are one
+/// span of `3c` bytes cut into 64-byte tile rows (27 steps at 192 channels instead of 36
+/// of the 48 bytes a 16-channel block offers); channel blocks of 16 otherwise (the vector
+/// sets' columns, and groups, whose channels must not share a step).
+pub(crate) fn code_block(s: &ConvShape, kernels: Int8Kernels) -> usize {
+    match pixel_major(s) {
+        Some(block) if kernels.set() == Int8Set::Amx => block,
+        _ => CHANNEL_BLOCK,
+    }
+}
+
+/// The pixel-major block of a layer AMX reads so: without groups, 3x3, on the
+/// channel-blocked input, whose padded channels are a multiple of 64 (then a span is whole
+/// 64-byte steps, three for every four of channel blocks). Other widths keep channel
+/// blocks: at 48 channels the steps are as many, at 96 one in six fewer, and either way
+/// the wider tile-row stride and the pixel-strided epilogue measured slower.
+fn pixel_major(s: &ConvShape) -> Option<usize> {
+    let block = channel_blocks(s.in_channels) * CHANNEL_BLOCK;
+    (s.groups == 1 && s.kernel == 3 && s.input == InputLayout::Blocked && block.is_multiple_of(64)).then_some(block)
+}
+
+/// How AMX cuts a kernel row's span of `3 block` bytes into tile steps: the fewest steps
+/// of at most 64 bytes, each as short as they allow (a multiple of 4). Bytes a step reads
+/// past the span (the next pixel's) meet zero weights.
+fn cut(block: usize) -> (usize, usize) {
+    let span = 3 * block;
+    let chunks = span.div_ceil(64);
+    (chunks, span.div_ceil(chunks).next_multiple_of(4))
 }
 
 /// Whether the layer of `shape` can take its input as bordered u8 codes from the layer
@@ -350,10 +446,12 @@ pub(crate) fn takes_codes(shape: &ConvShape, kernels: Int8Kernels) -> bool {
     reads_in_place(shape, kernels)
 }
 
-/// Floats of the bordered u8 codes of the input of the layer of `shape`, with room to
-/// start them on a cache line ([`line_start`]).
+/// Floats of the bordered u8 codes of the input of the layer of `shape` in either layout,
+/// with room to start them on a cache line ([`line_start`]).
 pub(crate) fn codes_len(shape: &ConvShape) -> usize {
-    Bordered::new(shape).bytes.div_ceil(4) + LINE / 4
+    let blocked = Bordered::new(shape, CHANNEL_BLOCK).bytes;
+    let bytes = pixel_major(shape).map_or(blocked, |block| blocked.max(Bordered::new(shape, block).bytes));
+    bytes.div_ceil(4) + LINE / 4
 }
 
 /// The bytes of `buffer` from its first cache line on: where the bordered codes start,
@@ -368,9 +466,10 @@ fn line_start(buffer: &mut [f32]) -> &mut [u8] {
 /// layout (its input is this layer's output: `oh x ow`, the same channel blocks).
 struct CodesOut<'a> {
     inv_scale: f32,
-    /// Bytes of one bordered plane and of one bordered row.
-    plane: usize,
-    row: usize,
+    layout: Bordered,
+    /// Bytes from one channel block's codes of a pixel to the next block's: a plane
+    /// (channel-blocked) or 16 (pixel-major).
+    block_step: usize,
     bytes: *mut u8,
     len: usize,
     _buffer: std::marker::PhantomData<&'a mut [u8]>,
@@ -384,43 +483,64 @@ unsafe impl Sync for CodesOut<'_> {}
 
 impl<'a> CodesOut<'a> {
     /// Zeroes the border ring and the slack of every plane (the interior is all written
-    /// by the layer's items) and returns the writer.
-    fn new(s: &ConvShape, inv_scale: f32, output: &'a mut [f32]) -> CodesOut<'a> {
-        let (ph, pw) = (s.oh + 2, s.ow + 2);
-        let (row, plane) = (pw * CHANNEL_BLOCK, ph * pw * CHANNEL_BLOCK);
-        let planes = s.n * channel_blocks(s.out_channels);
-        let slack = (MAX_COLUMNS * 2 + 4) * CHANNEL_BLOCK;
-        let bytes: &mut [u8] = &mut line_start(output)[..planes * plane + slack];
-        zero_border(&mut bytes[..planes * plane], plane, row, pw, CHANNEL_BLOCK);
-        bytes[planes * plane..].fill(0);
+    /// by the layer's items) and returns the writer of planes of `block` bytes per pixel.
+    fn new(s: &ConvShape, inv_scale: f32, block: usize, output: &'a mut [f32]) -> CodesOut<'a> {
+        let channels = channel_blocks(s.out_channels) * CHANNEL_BLOCK;
+        assert!(block > 0 && channels.is_multiple_of(block), "codes of {block} bytes per pixel");
+        let layout = Bordered::of(s.n, s.oh, s.ow, channels, 2, block);
+        let bytes: &mut [u8] = &mut line_start(output)[..layout.bytes];
+        let planes = s.n * layout.image;
+        let border = &mut bytes[..planes];
+        if block == CHANNEL_BLOCK {
+            // Each border pixel one 16-byte store, not a `memset` call (channel blocks
+            // have many planes, each two border pixels per row).
+            for p in border.chunks_exact_mut(layout.plane) {
+                let (first, rest) = p.split_at_mut(layout.row);
+                first.fill(0);
+                let (rows, last) = rest.split_at_mut(layout.plane - 2 * layout.row);
+                last.fill(0);
+                for r in rows.chunks_exact_mut(layout.row) {
+                    r[..CHANNEL_BLOCK].copy_from_slice(&[0; CHANNEL_BLOCK]);
+                    r[layout.row - CHANNEL_BLOCK..].copy_from_slice(&[0; CHANNEL_BLOCK]);
+                }
+            }
+        } else {
+            zero_border(border, layout.plane, layout.row, layout.pw, block);
+        }
+        bytes[planes..].fill(0);
         CodesOut {
             inv_scale,
-            plane,
-            row,
+            block_step: if block == CHANNEL_BLOCK { layout.plane } else { CHANNEL_BLOCK },
+            layout,
             bytes: bytes.as_mut_ptr(),
             len: bytes.len(),
             _buffer: std::marker::PhantomData,
         }
     }
 
-    /// The codes of `count` consecutive pixels of output row `y` from column `x` of plane
-    /// `plane` (image and channel block).
+    /// The codes of channel block `block` of `count` consecutive pixels of output row `y`
+    /// of `image` from column `x`: 16 bytes per pixel, `pitch` bytes from one pixel's to
+    /// the next's (returned).
     ///
     /// # Safety
     ///
     /// No other live slice may overlap these pixels (items write disjoint pixels).
     #[allow(clippy::mut_from_ref)]
-    unsafe fn pixels(&self, plane: usize, y: usize, x: usize, count: usize) -> &mut [u8] {
-        let at = plane * self.plane + (y + 1) * self.row + (x + 1) * CHANNEL_BLOCK;
-        assert!(at + count * CHANNEL_BLOCK <= self.len, "codes outside the bordered output");
+    #[inline(always)]
+    unsafe fn pixels(&self, image: usize, block: usize, y: usize, x: usize, count: usize) -> (&mut [u8], usize) {
+        let l = &self.layout;
+        let at = image * l.image + block * self.block_step + (y + 1) * l.row + (x + 1) * l.block;
+        let len = (count - 1) * l.block + CHANNEL_BLOCK;
+        assert!(count > 0 && at + len <= self.len, "codes outside the bordered output");
         // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.bytes.add(at), count * CHANNEL_BLOCK) }
+        (unsafe { std::slice::from_raw_parts_mut(self.bytes.add(at), len) }, l.block)
     }
 }
 
 /// The epilogue of `count` tile rows from `row0`, channels `c..c + 16`: floats into
 /// `floats`, or with `codes` the next layer's codes of the same floats into `bytes`.
 #[allow(clippy::too_many_arguments)] // the tile's part, the affine map, the two outputs
+#[inline(always)]
 fn store(
     kernels: Int8Kernels,
     tile: &Tile,
@@ -434,46 +554,54 @@ fn store(
     let (zero, scale, bias) = w;
     match out {
         Out::Floats(dst) => int8::dequantize_rows(kernels, tile, row0, c, count, zero, scale, bias, relu, dst),
-        Out::Codes(inv, dst) => int8::requantize_rows(kernels, tile, row0, c, count, w, relu, inv, dst),
+        Out::Codes(inv, dst, pitch) => int8::requantize_rows(kernels, tile, row0, c, count, w, relu, inv, (dst, pitch)),
     }
 }
 
 /// Where [`store`] writes.
 enum Out<'a> {
     Floats(&'a mut [f32]),
-    Codes(f32, &'a mut [u8]),
+    /// Codes at `1 / s_x`, 16 bytes per pixel, pixels `pitch` bytes apart.
+    Codes(f32, &'a mut [u8], usize),
 }
 
-/// A layer's output: channel-blocked floats, or the next layer's bordered codes.
+/// A layer's output: channel-blocked floats (`blocks` channel blocks of `oh x ow` maps), or
+/// the next layer's bordered codes.
 enum Sink<'a> {
-    Floats(SharedMut),
+    Floats { out: SharedMut, blocks: usize, oh: usize, ow: usize },
     Codes(CodesOut<'a>),
 }
 
 impl<'a> Sink<'a> {
-    fn new(s: &ConvShape, codes: Option<f32>, output: &'a mut [f32]) -> Sink<'a> {
-        match codes {
-            Some(inv) => Sink::Codes(CodesOut::new(s, inv, output)),
-            None => Sink::Floats(SharedMut::new(output)),
+    fn new(s: &ConvShape, codes: Codes, output: &'a mut [f32]) -> Sink<'a> {
+        match codes.output {
+            Some(inv) => Sink::Codes(CodesOut::new(s, inv, codes.block, output)),
+            None => {
+                Sink::Floats { out: SharedMut::new(output), blocks: channel_blocks(s.out_channels), oh: s.oh, ow: s.ow }
+            }
         }
     }
 
-    /// `count` consecutive pixels of output row `y` from column `x` of plane `plane`
-    /// (image and channel block; `plane_len` pixels, rows of `ow`).
+    /// Channel block `block` of `count` consecutive pixels of output row `y` of `image`
+    /// from column `x`.
     ///
     /// # Safety
     ///
     /// No other live slice may overlap these pixels (items write disjoint pixels).
-    unsafe fn pixels(&self, plane: usize, plane_len: usize, ow: usize, y: usize, x: usize, count: usize) -> Out<'_> {
+    #[inline(always)]
+    unsafe fn pixels(&self, image: usize, block: usize, y: usize, x: usize, count: usize) -> Out<'_> {
         match self {
-            Sink::Floats(out) => {
-                let start = (plane * plane_len + y * ow + x) * CHANNEL_BLOCK;
+            Sink::Floats { out, blocks, oh, ow } => {
+                let start = (((image * blocks + block) * oh + y) * ow + x) * CHANNEL_BLOCK;
                 let region = out.raw(start, count * CHANNEL_BLOCK);
                 // SAFETY: `raw` checked the bounds; exclusivity is the caller's contract.
                 Out::Floats(unsafe { std::slice::from_raw_parts_mut(region, count * CHANNEL_BLOCK) })
             }
-            // SAFETY: as above.
-            Sink::Codes(codes) => Out::Codes(codes.inv_scale, unsafe { codes.pixels(plane, y, x, count) }),
+            Sink::Codes(codes) => {
+                // SAFETY: as above.
+                let (dst, pitch) = unsafe { codes.pixels(image, block, y, x, count) };
+                Out::Codes(codes.inv_scale, dst, pitch)
+            }
         }
     }
 }
@@ -497,7 +625,7 @@ const PANELS_PER_ITEM: usize = 4;
 
 /// Whether the layer reads its input in place (no packing): every 3x3 layer on the vector
 /// and portable sets (`int8::Columns` walks the bordered input), and with AMX (the three
-/// taps of a kernel row are one 48-byte tile row) on maps wide enough that a row fills
+/// taps of a kernel row are one span of tile rows: [`cut`]) on maps wide enough that a row fills
 /// most of a tile's 16 rows, or, narrower, without groups (their windows are gathered from
 /// the bordered input: [`gathers`]); grouped narrow layers pack panels.
 fn reads_in_place(s: &ConvShape, kernels: Int8Kernels) -> bool {
@@ -517,8 +645,9 @@ const GATHER_BYTES: usize = 4 << 20;
 /// Output pixels per tile pair: what one gathered product covers.
 const PAIR: usize = 2 * MAX_COLUMNS;
 
-/// A narrow layer's gathered windows on AMX: each output pixel's tile steps (`3 x
-/// channel blocks` runs of 48 bytes, what its in-place reads would see) copied into a row
+/// A narrow layer's gathered windows on AMX: each output pixel's tile steps (what its
+/// in-place reads would see: `3 x channel blocks` runs of 48 bytes, or a pixel-major
+/// layer's three spans in 64-byte steps) copied into a row
 /// of its own, so that a tile takes 16 consecutive pixels of the batch whatever their
 /// rows (the last stage's 7-pixel rows would fill 7 of 16 tile rows in place).
 struct Gathered {
@@ -528,8 +657,8 @@ struct Gathered {
 }
 
 impl Gathered {
-    fn new(s: &ConvShape) -> Gathered {
-        let row = channel_blocks(s.in_channels) * 3 * 48;
+    /// The passes of a layer whose pixels gather `row` bytes each.
+    fn new(s: &ConvShape, row: usize) -> Gathered {
         let pixels = (s.n * s.oh * s.ow).next_multiple_of(PAIR);
         Gathered { row, pass: pixels.min((GATHER_BYTES / row).max(PAIR) / PAIR * PAIR) }
     }
@@ -548,10 +677,10 @@ const IN_PLACE_MIN_WIDTH: usize = 12;
 fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     let RunContext { int8: kernels, shape, bias, relu, input, output, shared, codes, .. } = ctx;
     let s = *shape;
-    let layout = Bordered::new(shape);
+    let block = code_block(shape, kernels);
+    let layout = Bordered::new(shape, block);
     let cb = channel_blocks(s.in_channels);
-    let cbg = channel_blocks(s.in_per_group());
-    let row_bytes = layout.pw * CHANNEL_BLOCK;
+    let row_bytes = layout.row;
     let (shared, gather) = shared.split_at_mut(codes_len(shape));
     let bordered: &[u8] = if codes.input {
         // The layer before wrote this layer's codes in this layout (`CodesOut`).
@@ -559,10 +688,11 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     } else {
         let bytes: &mut [u8] = &mut line_start(shared)[..layout.bytes];
         let zero = weights.zero_point;
-        let (planes, slack) = bytes.split_at_mut(s.n * cb * layout.plane);
+        let (planes, slack) = bytes.split_at_mut(s.n * layout.image);
         slack.fill(zero);
         // One item per bordered row (a whole number of floats: 16 bytes per pixel).
         let rows: &mut [f32] = bytemuck::cast_slice_mut(planes);
+        let planes_per_image = cb * CHANNEL_BLOCK / block;
         for_each_chunk_mut(rows, row_bytes / 4, |r, row| {
             let row: &mut [u8] = bytemuck::cast_slice_mut(row);
             let (plane, py) = (r / layout.ph, r % layout.ph);
@@ -570,34 +700,58 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
                 row.fill(zero);
                 return;
             }
-            row[..CHANNEL_BLOCK].fill(zero);
-            row[row_bytes - CHANNEL_BLOCK..].fill(zero);
-            let dst = &mut row[CHANNEL_BLOCK..row_bytes - CHANNEL_BLOCK];
-            quantize_row(kernels, &s, input, plane / cb, plane % cb, py - 1, weights, dst);
+            row[..block].fill(zero);
+            row[row_bytes - block..].fill(zero);
+            let dst = &mut row[block..row_bytes - block];
+            let (image, first) = (plane / planes_per_image, plane % planes_per_image * block / CHANNEL_BLOCK);
+            if block == CHANNEL_BLOCK {
+                quantize_row(kernels, &s, input, image, first, py - 1, weights, dst);
+                return;
+            }
+            // Pixel-major: each channel block's row quantized in pieces, then spread
+            // 16 bytes per pixel.
+            const PIECE: usize = 64;
+            let mut piece = [0u8; PIECE * CHANNEL_BLOCK];
+            for b in 0..block / CHANNEL_BLOCK {
+                let src =
+                    &input[(((image * cb + first + b) * s.h) + py - 1) * s.w * CHANNEL_BLOCK..][..s.w * CHANNEL_BLOCK];
+                for (i, src) in src.chunks(PIECE * CHANNEL_BLOCK).enumerate() {
+                    let codes = &mut piece[..src.len()];
+                    int8::quantize(kernels, src, weights.inv_input_scale, zero, codes);
+                    for (x, code) in codes.chunks_exact(CHANNEL_BLOCK).enumerate() {
+                        let at = (i * PIECE + x) * block + b * CHANNEL_BLOCK;
+                        dst[at..at + CHANNEL_BLOCK].copy_from_slice(code);
+                    }
+                }
+            }
         });
         bytes
     };
 
-    // Step (channel block, kernel row) of a group reads 48 bytes per pixel here; the
-    // weights' reduction order puts the same 48 values in one run of 12 rows.
+    // AMX's steps: per plane of the group and kernel row, the row's three taps (`3 block`
+    // contiguous bytes) in `chunks` runs of `run` bytes; the weights' reduction order puts
+    // the same bytes in the same steps. On channel blocks that is one 48-byte run, which
+    // is also the vector sets' reduction order.
+    let (span_steps, step_bytes) = cut(block);
+    let planes_per_group = s.in_per_group().div_ceil(block);
     let mut steps = [0usize; MAX_DEPTH / 48 + 1];
-    let offsets = &mut steps[..cbg * 3];
+    let offsets = &mut steps[..planes_per_group * 3 * span_steps];
     for (i, offset) in offsets.iter_mut().enumerate() {
-        *offset = i / 3 * layout.plane + i % 3 * row_bytes;
+        let (plane, ky, chunk) = (i / (3 * span_steps), i / span_steps % 3, i % span_steps);
+        *offset = plane * layout.plane + ky * row_bytes + chunk * step_bytes;
     }
     let offsets: &[usize] = offsets;
     if gathers(&s, kernels) {
-        let sink = Sink::new(&s, codes.output, output);
-        return run_gathered(kernels, &s, weights, bordered, offsets, gather, &sink, bias, relu);
+        let sink = Sink::new(&s, codes, output);
+        let reads = (&layout, offsets, step_bytes);
+        return run_gathered(kernels, &s, weights, bordered, reads, gather, &sink, bias, relu);
     }
     // AMX takes segments of 16 pixels and two rows per item (a pair of rows shares every
     // weight tile loaded); the vector sets segments of NR pixels, one row.
     let amx_set = kernels.set() == Int8Set::Amx;
     let (columns, rows_per_item) = if amx_set { (MAX_COLUMNS, 2) } else { (NR, 1) };
     let segments = s.ow.div_ceil(columns);
-    let plane_out = s.oh * s.ow;
-    let out_blocks = channel_blocks(s.out_channels);
-    let sink = Sink::new(&s, codes.output, output);
+    let sink = Sink::new(&s, codes, output);
     let geometry =
         int8::Columns { block: layout.plane, row: row_bytes, tap: CHANNEL_BLOCK, column: s.stride * CHANNEL_BLOCK };
     // Items are (row segment, chunk of weight panels): chunks keep a few rows of a small
@@ -611,15 +765,16 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
         let (oy, x0) = (item / segments % groups_of_rows * rows_per_item, item % segments * columns);
         let count = columns.min(s.ow - x0);
         let rows = rows_per_item.min(s.oh - oy);
-        let amx = amx_set.then(|| AmxTiles::new(TileOp::U8S8, 48));
+        let amx = amx_set.then(|| AmxTiles::new(TileOp::U8S8, step_bytes));
         let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
         for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
             let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
-            let (k0, width, a) = weights.panel(g, b);
+            let (k0, width, a) =
+                if block == CHANNEL_BLOCK { weights.panel(g, b) } else { weights.span_panel(b, block) };
             let base = |oy: usize| {
-                (image * cb + g * cbg) * layout.plane + (oy * s.stride * layout.pw + x0 * s.stride) * CHANNEL_BLOCK
+                image * layout.image + g * planes_per_group * layout.plane + (oy * layout.pw + x0) * s.stride * block
             };
-            let stride = s.stride * CHANNEL_BLOCK;
+            let stride = s.stride * block;
             let [t0, t1] = &mut tiles;
             let weights_bytes: &[u8] = bytemuck::cast_slice(a);
             match &amx {
@@ -641,10 +796,9 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
             let affine = weights.affine(g, k0, bias, first_block);
             for (r, tile) in tiles.iter().enumerate().take(rows) {
                 for blk in 0..width / CHANNEL_BLOCK {
-                    let plane = image * out_blocks + first_block + blk;
                     // SAFETY: each item writes its own pixels (one row segment) of every
                     // channel block.
-                    let out = unsafe { sink.pixels(plane, plane_out, s.ow, oy + r, x0, count) };
+                    let out = unsafe { sink.pixels(image, first_block + blk, oy + r, x0, count) };
                     let c = blk * CHANNEL_BLOCK;
                     store(kernels, tile, 0, c, count, affine.at(c), relu, out);
                 }
@@ -662,22 +816,21 @@ fn run_gathered(
     s: &ConvShape,
     weights: &Int8Weights,
     bordered: &[u8],
-    offsets: &[usize],
+    reads: (&Bordered, &[usize], usize),
     buffer: &mut [f32],
     sink: &Sink<'_>,
     bias: &[f32],
     relu: bool,
 ) {
-    let layout = Bordered::new(s);
-    let gathered = Gathered::new(s);
+    let (layout, offsets, step_bytes) = reads;
+    let gathered = Gathered::new(s, offsets.len() * step_bytes);
     let (plane_out, pixels) = (s.oh * s.ow, s.n * s.oh * s.ow);
-    let (cb, out_blocks) = (channel_blocks(s.in_channels), channel_blocks(s.out_channels));
     let skip = line_skip(buffer.as_ptr());
     let rows = &mut buffer[skip..][..gathered.pass * gathered.row / 4];
     let mut steps = [0usize; MAX_DEPTH / 48 + 1];
     let steps = &mut steps[..offsets.len()];
     for (i, step) in steps.iter_mut().enumerate() {
-        *step = i * 48;
+        *step = i * step_bytes;
     }
     let steps: &[usize] = steps;
     let panels = weights.panels_per_group;
@@ -692,21 +845,25 @@ fn run_gathered(
                 return;
             }
             let (image, oy, ox) = (p / plane_out, p / s.ow % s.oh, p % s.ow);
-            let base = image * cb * layout.plane + (oy * s.stride * layout.pw + ox * s.stride) * CHANNEL_BLOCK;
-            for (dst, offset) in row.chunks_exact_mut(48).zip(offsets) {
-                dst.copy_from_slice(&bordered[base + offset..][..48]);
+            let base = image * layout.image + (oy * layout.pw + ox) * s.stride * layout.block;
+            for (dst, offset) in row.chunks_exact_mut(step_bytes).zip(offsets) {
+                dst.copy_from_slice(&bordered[base + offset..][..step_bytes]);
             }
         });
         let rows: &[u8] = bytemuck::cast_slice(&*rows);
         let pairs = count.div_ceil(PAIR);
         crate::team::for_each(chunks * pairs, |item| {
             let (chunk, pair) = (item / pairs, item % pairs);
-            let amx = AmxTiles::new(TileOp::U8S8, 48);
+            let amx = AmxTiles::new(TileOp::U8S8, step_bytes);
             let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
             let p0 = pair * PAIR;
             let bases = [p0 * gathered.row, (p0 + MAX_COLUMNS) * gathered.row];
             for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
-                let (k0, width, a) = weights.panel(0, wp);
+                let (k0, width, a) = if layout.block == CHANNEL_BLOCK {
+                    weights.panel(0, wp)
+                } else {
+                    weights.span_panel(wp, layout.block)
+                };
                 let [t0, t1] = &mut tiles;
                 amx.pair_product(rows, bases, steps, gathered.row, bytemuck::cast_slice(a), width, [t0, t1]);
                 let first_block = k0 / CHANNEL_BLOCK;
@@ -722,9 +879,8 @@ fn run_gathered(
                         let (image, oy, ox) = (p / plane_out, p / s.ow % s.oh, p % s.ow);
                         let run = (s.ow - ox).min(MAX_COLUMNS - j).min(first + count - p);
                         for blk in 0..width / CHANNEL_BLOCK {
-                            let plane = image * out_blocks + first_block + blk;
                             // SAFETY: each item writes its own pixels of its panels' blocks.
-                            let out = unsafe { sink.pixels(plane, plane_out, s.ow, oy, ox, run) };
+                            let out = unsafe { sink.pixels(image, first_block + blk, oy, ox, run) };
                             let c = blk * CHANNEL_BLOCK;
                             store(kernels, tile, j, c, run, affine.at(c), relu, out);
                         }
@@ -788,8 +944,7 @@ fn run_windows(ctx: RunContext<'_>, weights: &Int8Weights, panels: &[i8]) {
     let run = window_run(&s).expect("a layer of the window path");
     let layout = Windows::new(&s);
     let (zero, inv) = (weights.zero_point, weights.inv_input_scale);
-    let out_blocks = channel_blocks(s.out_channels);
-    let sink = Sink::new(&s, codes.output, output);
+    let sink = Sink::new(&s, codes, output);
     let pairs = s.oh.div_ceil(WINDOW_ROWS);
     let k_pad = weights.k_pad;
     crate::team::for_each(s.n * pairs, |item| {
@@ -837,9 +992,8 @@ fn run_windows(ctx: RunContext<'_>, weights: &Int8Weights, panels: &[i8]) {
                     let affine = weights.affine(0, k0, bias, first_block);
                     for (r, tile) in tiles.iter().enumerate().take(rows) {
                         for blk in 0..width / CHANNEL_BLOCK {
-                            let plane = image * out_blocks + first_block + blk;
                             // SAFETY: each item writes its own output rows.
-                            let out = unsafe { sink.pixels(plane, s.oh * s.ow, s.ow, oy + r, x0, count) };
+                            let out = unsafe { sink.pixels(image, first_block + blk, oy + r, x0, count) };
                             let c = blk * CHANNEL_BLOCK;
                             store(kernels, tile, 0, c, count, affine.at(c), relu, out);
                         }
@@ -992,7 +1146,8 @@ mod tests {
     /// groups, padded channels, odd sizes, panels across images, the fused and two-phase
     /// schedules (the 640-channel shapes' weights exceed `FUSED_WEIGHT_BYTES`), AMX's
     /// in-place path on rows of 12 pixels and more and its gathered windows on narrower
-    /// ones (in one pass and in several), its RGB windows, thread counts 1 and 2. The
+    /// ones (in one pass and in several), on channel blocks and pixel-major codes, its RGB
+    /// windows, thread counts 1 and 2. The
     /// inputs include values past the clipping threshold (code 255) and the shared buffer
     /// starts as NaN.
     #[test]
@@ -1010,6 +1165,10 @@ mod tests {
             (3, 32, 64, 2, 1, 1, 13, 16),
             (3, 48, 40, 1, 1, 1, 5, 40),
             (3, 640, 256, 1, 1, 1, 3, 12),
+            // Pixel-major on AMX (64 and 128 channels, both strides, two images).
+            (3, 64, 48, 1, 2, 2, 29, 27),
+            (3, 128, 32, 1, 1, 2, 14, 14),
+            (3, 64, 40, 1, 1, 2, 7, 7),
             // Narrow rows on AMX gather their windows: more pixels than one pass holds.
             (3, 640, 32, 1, 1, 1, 80, 10),
         ]

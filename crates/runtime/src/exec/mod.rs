@@ -191,10 +191,13 @@ pub(crate) struct Codes {
     /// Write the output as the next layer's bordered input: INT8 codes at `1 / s_x` of
     /// that layer (the value), or bf16 values (the value is 1).
     pub output: Option<f32>,
+    /// INT8 codes out: the bytes per pixel of one plane of the next layer's bordered
+    /// layout (`direct_int8::code_block`: 16, or all its channels); 0 otherwise.
+    pub block: usize,
 }
 
 impl Codes {
-    pub const NONE: Codes = Codes { input: false, output: None };
+    pub const NONE: Codes = Codes { input: false, output: None, block: 0 };
 }
 
 /// Packed weights as the executor's own type (one check per layer run).

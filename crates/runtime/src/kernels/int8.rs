@@ -490,7 +490,9 @@ pub fn dequantize_rows(
 
 /// [`dequantize_rows`] then [`quantize`] with zero point 0, as one pass: the next layer's
 /// codes of the same floats, `quantize_one(dequantized, inv_scale, 0)`, without the floats
-/// leaving registers. The same operations in the same order, so the same bits.
+/// leaving registers. The same operations in the same order, so the same bits. `out` is
+/// `(bytes, pitch)`: row `j`'s 16 codes at `bytes[j * pitch..]` (16: consecutive pixels of
+/// a channel block; more: pixels of a pixel-major layout).
 #[allow(clippy::too_many_arguments)] // a kernel entry point: the tile's part, the affine map, the output
 pub fn requantize_rows(
     k: Int8Kernels,
@@ -501,10 +503,12 @@ pub fn requantize_rows(
     affine: (&[i32], &[f32], &[f32]),
     relu: bool,
     inv_scale: f32,
-    out: &mut [u8],
+    out: (&mut [u8], usize),
 ) {
     let (zero, scale, bias) = affine;
-    assert!(c + CHANNEL_BLOCK <= MR && row0 + count <= MAX_COLUMNS && out.len() >= count * CHANNEL_BLOCK);
+    let (out, pitch) = out;
+    assert!(c + CHANNEL_BLOCK <= MR && row0 + count <= MAX_COLUMNS && pitch >= CHANNEL_BLOCK);
+    assert!(count == 0 || out.len() >= (count - 1) * pitch + CHANNEL_BLOCK);
     let (zero, scale, bias) = (&zero[..CHANNEL_BLOCK], &scale[..CHANNEL_BLOCK], &bias[..CHANNEL_BLOCK]);
     match k.0 {
         #[cfg(target_arch = "x86_64")]
@@ -512,13 +516,15 @@ pub fn requantize_rows(
         // Int8Kernels checked); the asserts bound the reads of `tile` and the affine map and
         // the writes of `out`.
         Int8Set::Amx | Int8Set::Vnni512 => unsafe {
-            x86::requantize_avx512(&tile[row0 * MR..], c, count, [scale, bias], zero, relu, inv_scale, out)
+            x86::requantize_avx512(&tile[row0 * MR..], c, count, [scale, bias], zero, relu, inv_scale, out, pitch)
         },
         _ => {
             let mut floats = [0f32; MAX_COLUMNS * CHANNEL_BLOCK];
             let floats = &mut floats[..count * CHANNEL_BLOCK];
             dequantize_rows(k, tile, row0, c, count, zero, scale, bias, relu, floats);
-            quantize(k, floats, inv_scale, 0, &mut out[..count * CHANNEL_BLOCK]);
+            for (j, row) in floats.chunks_exact(CHANNEL_BLOCK).enumerate() {
+                quantize(k, row, inv_scale, 0, &mut out[j * pitch..][..CHANNEL_BLOCK]);
+            }
         }
     }
 }
@@ -625,7 +631,7 @@ mod x86 {
     /// # Safety
     ///
     /// AVX-512F and BW; `tile` holds `count` rows of `MR` from which `c..c + 16` are read,
-    /// the affine slices 16 values each, `out` `16 count` bytes.
+    /// the affine slices 16 values each, `out` `(count - 1) pitch + 16` bytes.
     #[target_feature(enable = "avx512f,avx512bw")]
     #[allow(clippy::too_many_arguments)] // as `requantize_rows`
     pub unsafe fn requantize_avx512(
@@ -637,9 +643,10 @@ mod x86 {
         relu: bool,
         inv_scale: f32,
         out: &mut [u8],
+        pitch: usize,
     ) {
         // SAFETY: the caller's bounds: row j < count reads tile[j * MR + c..][..16] and
-        // writes out[16 j..][..16].
+        // writes out[pitch j..][..16] (four rows at once only when pitch is 16).
         unsafe {
             let (s, b, z) = (
                 _mm512_loadu_ps(affine[0].as_ptr()),
@@ -658,13 +665,13 @@ mod x86 {
                 };
             }
             let mut j = 0;
-            while j + 4 <= count {
+            while pitch == CHANNEL_BLOCK && j + 4 <= count {
                 let q = four_rows([row!(j), row!(j + 1), row!(j + 2), row!(j + 3)]);
                 _mm512_storeu_si512(out.as_mut_ptr().add(j * CHANNEL_BLOCK).cast(), q);
                 j += 4;
             }
             for j in j..count {
-                _mm_storeu_si128(out.as_mut_ptr().add(j * CHANNEL_BLOCK).cast(), _mm512_cvtepi32_epi8(row!(j)));
+                _mm_storeu_si128(out.as_mut_ptr().add(j * pitch).cast(), _mm512_cvtepi32_epi8(row!(j)));
             }
         }
     }
@@ -967,8 +974,17 @@ mod tests {
                     let mut want = vec![0u8; count * CHANNEL_BLOCK];
                     quantize(k, &floats, inv, 0, &mut want);
                     let mut got = vec![0u8; count * CHANNEL_BLOCK];
-                    requantize_rows(k, &tile, row0, c, count, affine, relu, inv, &mut got);
+                    requantize_rows(k, &tile, row0, c, count, affine, relu, inv, (&mut got, CHANNEL_BLOCK));
                     assert_eq!(got, want, "{:?} c {c} relu {relu} rows {row0}+{count}", k.set());
+                    // Pixel-major rows, 48 bytes apart: the same codes, the bytes between untouched.
+                    let mut spread = vec![7u8; (count - 1) * 48 + CHANNEL_BLOCK];
+                    requantize_rows(k, &tile, row0, c, count, affine, relu, inv, (&mut spread, 48));
+                    for (j, row) in want.chunks_exact(CHANNEL_BLOCK).enumerate() {
+                        assert_eq!(&spread[j * 48..][..CHANNEL_BLOCK], row, "{:?} pitch 48 row {j}", k.set());
+                        if j + 1 < count {
+                            assert!(spread[j * 48 + CHANNEL_BLOCK..(j + 1) * 48].iter().all(|&b| b == 7));
+                        }
+                    }
                 }
             }
         }
