@@ -897,7 +897,7 @@ fn run_gathered(
 const WINDOW_GROUP: usize = 4;
 
 /// Bytes between windows, and the output rows of one work item, on the window path.
-const WINDOW_STRIDE: usize = LINE;
+const WINDOW_STRIDE: usize = int8::WINDOW_BYTES;
 const WINDOW_ROWS: usize = 2;
 
 /// The reduction of the network input's layer on AMX, if it takes the window path: the
@@ -963,19 +963,17 @@ fn run_windows(ctx: RunContext<'_>, weights: &Int8Weights, panels: &[i8]) {
                 }
             }
             let quantized: &[u8] = quantized;
-            windows.fill(0);
             let groups = run / WINDOW_GROUP;
+            // The windows past a row's last pixel, and a missing second row, are read by the
+            // tiles with bytes of no meaning; their sums are dropped.
             for (r, row) in windows.chunks_exact_mut(layout.per_row * WINDOW_STRIDE).take(rows).enumerate() {
-                for g in 0..groups {
-                    // Group g is channel g / 3, kernel row g % 3: the quantized row's bytes
-                    // from the window's left column on.
-                    let src = &quantized[(g / 3 * layout.rows + r * s.stride + g % 3) * layout.row..][..layout.row];
-                    let at = g * WINDOW_GROUP;
-                    for (x, window) in row.chunks_exact_mut(WINDOW_STRIDE).take(s.ow).enumerate() {
-                        let x = x * s.stride;
-                        window[at..at + WINDOW_GROUP].copy_from_slice(&src[x..x + WINDOW_GROUP]);
-                    }
+                // Group g is channel g / 3, kernel row g % 3: the quantized row's bytes from
+                // the window's left column on.
+                let mut sources: [&[u8]; WINDOW_STRIDE / WINDOW_GROUP] = [&[]; WINDOW_STRIDE / WINDOW_GROUP];
+                for (g, source) in sources.iter_mut().enumerate().take(groups) {
+                    *source = &quantized[(g / 3 * layout.rows + r * s.stride + g % 3) * layout.row..][..layout.row];
                 }
+                int8::windows(kernels, &sources[..groups], s.stride, s.ow, row);
             }
             let windows: &[u8] = windows;
             let amx = AmxTiles::new(TileOp::U8S8, run);

@@ -227,6 +227,40 @@ pub fn quantize(k: Int8Kernels, src: &[f32], inv_scale: f32, zero: u8, dst: &mut
     }
 }
 
+/// Bytes of one window row of [`windows`] (a tile row).
+pub const WINDOW_BYTES: usize = 64;
+
+/// The windows of the network input's layer on AMX (`exec::direct_int8`'s window path):
+/// window `x < count` (the [`WINDOW_BYTES`] at `dst[64 x..]`) holds, for each group `g`,
+/// the four bytes `src[g][stride x..stride x + 4]` at bytes `4g..4g + 4`, and zeros from
+/// `4 src.len()` on. Windows from `count` up to the next multiple of 16 may be written too,
+/// with bytes of no meaning (their sums are dropped); `dst` holds them.
+///
+/// With AVX-512 VBMI, 16 windows at a time: one byte permutation per group gathers its 16
+/// four-byte groups into a vector, and a 16 x 16 transposition of 4-byte words turns the
+/// groups' vectors into the windows' rows (a copy per group and window before).
+pub fn windows(k: Int8Kernels, src: &[&[u8]], stride: usize, count: usize, dst: &mut [u8]) {
+    assert!(src.len() <= WINDOW_BYTES / 4 && (1..=4).contains(&stride), "{} groups at stride {stride}", src.len());
+    assert!(count == 0 || src.iter().all(|s| s.len() >= stride * (count - 1) + 4), "window sources too short");
+    assert!(dst.len() >= count.next_multiple_of(16) * WINDOW_BYTES, "window rows too short");
+    match k.0 {
+        #[cfg(target_arch = "x86_64")]
+        Int8Set::Amx | Int8Set::Vnni512 if std::arch::is_x86_feature_detected!("avx512vbmi") => {
+            // SAFETY: AVX-512F and BW (the set) and VBMI (checked); the asserts bound the
+            // reads (masked to each source's length) and the 16-window writes.
+            unsafe { x86::windows_avx512(src, stride, count, dst) }
+        }
+        _ => {
+            for (x, window) in dst.chunks_exact_mut(WINDOW_BYTES).take(count).enumerate() {
+                window.fill(0);
+                for (g, s) in src.iter().enumerate() {
+                    window[4 * g..4 * g + 4].copy_from_slice(&s[stride * x..stride * x + 4]);
+                }
+            }
+        }
+    }
+}
+
 /// The accumulators of one panel product: `acc[j * MR + k]` for column `j` and output
 /// channel `k` of the weight panel.
 pub type Tile = [i32; MR * MAX_COLUMNS];
@@ -602,6 +636,67 @@ mod x86 {
             for j in 0..count {
                 let y = dequantized(_mm512_loadu_si512(tile.as_ptr().add(j * MR + c).cast()), z, s, b, relu);
                 _mm512_storeu_ps(out.as_mut_ptr().add(j * CHANNEL_BLOCK), y);
+            }
+        }
+    }
+
+    /// The 16 x 16 transposition of 4-byte words: `out[x]` word `g` is `rows[g]` word `x`
+    /// (32-bit then 64-bit interleaves within 128-bit lanes, then two lane shuffles).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(rows: [__m512i; 16]) -> [__m512i; 16] {
+        let mut a = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            a[2 * i] = _mm512_unpacklo_epi32(rows[2 * i], rows[2 * i + 1]);
+            a[2 * i + 1] = _mm512_unpackhi_epi32(rows[2 * i], rows[2 * i + 1]);
+        }
+        // b[4i + j], lane L: rows 4i..4i + 4 of column 4L + j.
+        let mut b = [_mm512_setzero_si512(); 16];
+        for i in 0..4 {
+            b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+            b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+        }
+        let mut out = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            let low = _mm512_shuffle_i32x4::<0x44>(b[j], b[4 + j]);
+            let high = _mm512_shuffle_i32x4::<0xEE>(b[j], b[4 + j]);
+            let low2 = _mm512_shuffle_i32x4::<0x44>(b[8 + j], b[12 + j]);
+            let high2 = _mm512_shuffle_i32x4::<0xEE>(b[8 + j], b[12 + j]);
+            out[j] = _mm512_shuffle_i32x4::<0x88>(low, low2);
+            out[4 + j] = _mm512_shuffle_i32x4::<0xDD>(low, low2);
+            out[8 + j] = _mm512_shuffle_i32x4::<0x88>(high, high2);
+            out[12 + j] = _mm512_shuffle_i32x4::<0xDD>(high, high2);
+        }
+        out
+    }
+
+    /// # Safety
+    ///
+    /// AVX-512F, BW and VBMI; `src.len() <= 16`, `stride <= 4`, every source at least
+    /// `stride (count - 1) + 4` bytes, `dst` at least `count` rounded up to 16 windows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub unsafe fn windows_avx512(src: &[&[u8]], stride: usize, count: usize, dst: &mut [u8]) {
+        let mut index = [0u8; 64];
+        for (i, v) in index.iter_mut().enumerate() {
+            *v = (stride * (i / 4) + i % 4) as u8;
+        }
+        // SAFETY: 64 readable bytes.
+        let index = unsafe { _mm512_loadu_si512(index.as_ptr().cast()) };
+        for x0 in (0..count).step_by(16) {
+            let mut rows = [_mm512_setzero_si512(); 16];
+            for (row, s) in rows.iter_mut().zip(src) {
+                let at = stride * x0;
+                let n = (s.len() - at).min(64);
+                let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                // SAFETY: the mask reads the n <= s.len() - at bytes there are.
+                let bytes = unsafe { _mm512_maskz_loadu_epi8(mask, s.as_ptr().add(at).cast()) };
+                *row = _mm512_permutexvar_epi8(index, bytes);
+            }
+            for (x, window) in transpose16(rows).into_iter().enumerate() {
+                // SAFETY: window x0 + x < count rounded up to 16, which `dst` holds.
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add((x0 + x) * 64).cast(), window) };
             }
         }
     }
@@ -984,6 +1079,35 @@ mod tests {
                         if j + 1 < count {
                             assert!(spread[j * 48 + CHANNEL_BLOCK..(j + 1) * 48].iter().all(|&b| b == 7));
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The window gather on every set against its definition, bitwise: strides 1 and 2,
+    /// 1 to 16 groups, counts that leave part of a block of 16, sources that end where the
+    /// last window's bytes do.
+    #[test]
+    fn every_set_gathers_windows_as_defined() {
+        let mut next = lcg(5);
+        for stride in [1, 2] {
+            for groups in [1, 9, 12, 16] {
+                for count in [1, 7, 16, 17, 112] {
+                    let len = stride * (count - 1) + 4;
+                    let rows: Vec<Vec<u8>> = (0..groups).map(|_| (0..len).map(|_| next() as u8).collect()).collect();
+                    let src: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+                    let mut want = vec![0u8; count * WINDOW_BYTES];
+                    for (x, window) in want.chunks_exact_mut(WINDOW_BYTES).enumerate() {
+                        for (g, row) in rows.iter().enumerate() {
+                            window[4 * g..4 * g + 4].copy_from_slice(&row[stride * x..stride * x + 4]);
+                        }
+                    }
+                    for k in Int8Kernels::all_supported() {
+                        let mut got = vec![0xA5u8; count.next_multiple_of(16) * WINDOW_BYTES];
+                        windows(k, &src, stride, count, &mut got);
+                        let got = &got[..count * WINDOW_BYTES];
+                        assert_eq!(got, &want[..], "{:?} stride {stride} groups {groups} count {count}", k.set());
                     }
                 }
             }
