@@ -765,7 +765,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
         let (oy, x0) = (item / segments % groups_of_rows * rows_per_item, item % segments * columns);
         let count = columns.min(s.ow - x0);
         let rows = rows_per_item.min(s.oh - oy);
-        let amx = amx_set.then(|| AmxTiles::new(TileOp::U8S8, step_bytes));
+        let amx = amx_set.then(|| AmxTiles::with_rows(TileOp::U8S8, step_bytes, count));
         let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
         for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
             let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);

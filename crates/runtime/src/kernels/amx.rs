@@ -64,6 +64,7 @@ pub fn available(op: TileOp) -> bool {
 pub struct AmxTiles {
     op: TileOp,
     run: usize,
+    rows: usize,
     _per_thread: std::marker::PhantomData<*const ()>,
 }
 
@@ -76,15 +77,23 @@ impl AmxTiles {
     /// Panics where the process cannot run `op` ([`available`]): the executors choose AMX
     /// only where it can.
     pub fn new(op: TileOp, run: usize) -> AmxTiles {
+        AmxTiles::with_rows(op, run, 16)
+    }
+
+    /// [`AmxTiles::new`] with `rows` (1 to 16) rows per `A` tile and accumulator: a product
+    /// then reads and sums only those pixels (a 14-pixel row's tiles skip the two the
+    /// epilogue would drop), and the accumulator rows past them are left as they were.
+    pub fn with_rows(op: TileOp, run: usize, rows: usize) -> AmxTiles {
         assert!(available(op), "AMX {op:?} is not available to this process");
         assert!(run.is_multiple_of(4) && (4..=64).contains(&run), "run of {run} bytes");
+        assert!((1..=16).contains(&rows), "{rows} tile rows");
         assert!(!TILES_LOADED.replace(true), "one tile configuration per thread at a time");
         #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-        // SAFETY: AMX with the OS permission (`available`); `run` checked.
+        // SAFETY: AMX with the OS permission (`available`); `run` and `rows` checked.
         unsafe {
-            tiles::configure(run)
+            tiles::configure(run, rows)
         };
-        AmxTiles { op, run, _per_thread: std::marker::PhantomData }
+        AmxTiles { op, run, rows, _per_thread: std::marker::PhantomData }
     }
 
     pub fn run(&self) -> usize {
@@ -161,7 +170,7 @@ impl AmxTiles {
         assert!(width == ROW_WORDS || width == 16, "weight panel width {width}");
         assert!(!offsets.is_empty(), "a product of no steps");
         assert!(a.len() >= offsets.len() * self.run * width, "weight panel shorter than its steps");
-        let reach = base + offsets.iter().max().expect("steps") + 15 * stride + self.run;
+        let reach = base + offsets.iter().max().expect("steps") + (self.rows - 1) * stride + self.run;
         assert!(reach <= input.len(), "tile rows reach byte {reach} of {}", input.len());
         assert!(stride <= 1 << 16, "tile stride {stride}");
     }
@@ -196,8 +205,8 @@ impl Config {
 
     /// The configuration of the in-place products: tmm0-3 accumulate (segment, channel
     /// half), tmm4-5 hold the two `A` tiles, tmm6-7 the two `B` tiles.
-    fn pair(run: usize) -> Config {
-        let (acc, a, b) = ((16, 64), (16, run), (run / 4, 64));
+    fn pair(run: usize, rows: usize) -> Config {
+        let (acc, a, b) = ((rows, 64), (rows, run), (run / 4, 64));
         Config::new(&[acc, acc, acc, acc, a, a, b, b])
     }
 }
@@ -208,13 +217,13 @@ mod tiles {
 
     use super::{Config, ROW_WORDS};
 
-    /// Loads [`Config::pair`] for runs of `run` bytes.
+    /// Loads [`Config::pair`] for runs of `run` bytes and tiles of `rows` rows.
     ///
     /// # Safety
     ///
-    /// AMX-TILE with the OS's permission; `run` a multiple of 4 up to 64.
-    pub unsafe fn configure(run: usize) {
-        let config = Config::pair(run);
+    /// AMX-TILE with the OS's permission; `run` a multiple of 4 up to 64, `rows` 1 to 16.
+    pub unsafe fn configure(run: usize, rows: usize) {
+        let config = Config::pair(run, rows);
         // SAFETY: the caller guarantees CPU and OS support; the configuration is valid and
         // 64-byte aligned, and read only by the instruction.
         unsafe { asm!("ldtilecfg [{cfg}]", cfg = in(reg) config.0.as_ptr(), options(nostack, readonly)) };
