@@ -671,16 +671,11 @@ impl Session {
                 let (src, dst) = if current == 0 { (&a[0], &mut b[0]) } else { (&b[0], &mut a[0]) };
                 let src: &[f32] = if lp.input == InputLayout::Planar { input } else { src };
                 let watched = stage_outputs && stage_ends.contains(&lp.index);
-                let codes_out = (handoff && !watched).then(|| hands_codes(model, plan, i, int8)).flatten();
-                let block = match plan.layers.get(i + 1) {
-                    Some(next) if codes_out.is_some() && lp.precision == Precision::Int8 => {
-                        direct_int8::code_block(&next.shape(n), int8)
-                    }
-                    _ => 0,
-                };
-                let codes = Codes { input: codes_in, output: codes_out, block };
+                let handed = (handoff && !watched).then(|| hands_codes(model, plan, i, int8)).flatten();
+                let codes =
+                    Codes { input: codes_in, output: handed.map(|(value, _)| value), block: handed.map_or(0, |h| h.1) };
                 conv_layer(kernels, model, lp, n, src, dst, codes, &mut buffers);
-                codes_in = codes_out.is_some();
+                codes_in = handed.is_some();
                 if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                     t[lp.index] = start.elapsed();
                 }
@@ -744,16 +739,17 @@ struct LayerBuffers<'a> {
     pooled: &'a mut [f32],
 }
 
-/// `1 / s_x` of layer `i + 1` if layer `i` hands it its input as u8 codes: both INT8 and
-/// reading their input in place with `kernels` (the AMX path), no SE between them, and
-/// the codes fit the activation buffer. The codes are what layer `i + 1` would compute
-/// from layer `i`'s floats, so the results are the same bits either way.
-fn hands_codes(model: &Model, plan: &Plan, i: usize, kernels: Int8Kernels) -> Option<f32> {
+/// `1 / s_x` of layer `i + 1` and the layout it reads (`direct_int8::code_block`) if layer
+/// `i` hands it its input as u8 codes: both INT8 and reading their input in place with
+/// `kernels`, no SE between them, and the codes fit the activation buffer. The codes are
+/// what layer `i + 1` would compute from layer `i`'s floats, so the results are the same
+/// bits either way. Between BF16 layers, `(1, 0)`: bf16 values in their one layout.
+fn hands_codes(model: &Model, plan: &Plan, i: usize, kernels: Int8Kernels) -> Option<(f32, usize)> {
     let (lp, next) = (&plan.layers[i], plan.layers.get(i + 1)?);
     let (here, there) = (lp.shape(plan.n), next.shape(plan.n));
     if lp.precision == Precision::Bf16 && next.precision == Precision::Bf16 {
         // Every BF16 layer reads its input in place; the value is not a scale.
-        return (!lp.se && direct_bf16::input_len(&there) <= plan.activation_len).then_some(1.0);
+        return (!lp.se && direct_bf16::input_len(&there) <= plan.activation_len).then_some((1.0, 0));
     }
     let int8 = |l: &LayerPlan| l.precision == Precision::Int8;
     let linked = int8(lp)
@@ -763,7 +759,7 @@ fn hands_codes(model: &Model, plan: &Plan, i: usize, kernels: Int8Kernels) -> Op
         && direct_int8::takes_codes(&there, kernels)
         && direct_int8::codes_len(&there) <= plan.activation_len;
     let layer = model.quant()?.layers[next.index].as_ref()?;
-    linked.then(|| 1.0 / layer.input_scale)
+    linked.then(|| (1.0 / layer.input_scale, direct_int8::code_block(&there, kernels)))
 }
 
 /// The kernel sets of a session's layers.

@@ -270,12 +270,18 @@ impl Int8Weights {
         }
     }
 
-    /// Panel `b` in span order (the layer has no groups): its first output channel, width
-    /// and data.
-    fn span_panel(&self, b: usize, block: usize) -> (usize, usize, &[i8]) {
-        let spans = self.spans.as_ref().expect("weights in span order").as_slice();
-        let (k0, depth) = (b * MR, span_depth(block));
+    /// Panel `b` of group `g` in the order of codes of `block` bytes per pixel
+    /// ([`code_block`]): channel-block order, or span order (pixel-major, no groups). Its
+    /// first output channel within the group, its width and data.
+    fn panel(&self, block: usize, g: usize, b: usize) -> (usize, usize, &[i8]) {
+        let k0 = b * MR;
         let width = MR.min(self.k_pad - k0);
+        if block == CHANNEL_BLOCK {
+            let start = g * self.kd * self.k_pad + k0 * self.kd;
+            return (k0, width, &self.data.as_slice()[start..start + self.kd * width]);
+        }
+        let spans = self.spans.as_ref().expect("weights in span order").as_slice();
+        let depth = span_depth(block);
         (k0, width, &spans[k0 * depth..][..depth * width])
     }
 
@@ -284,14 +290,6 @@ impl Int8Weights {
     fn affine<'a>(&'a self, g: usize, k0: usize, bias: &'a [f32], first_block: usize) -> Affine<'a> {
         let at = g * self.k_pad + k0;
         Affine { zero: &self.zero[at..], scale: &self.scale[at..], bias: &bias[first_block * CHANNEL_BLOCK..] }
-    }
-
-    /// Panel `b` of group `g`: its first output channel within the group, its width and data.
-    fn panel(&self, g: usize, b: usize) -> (usize, usize, &[i8]) {
-        let k0 = b * MR;
-        let width = MR.min(self.k_pad - k0);
-        let start = g * self.kd * self.k_pad + k0 * self.kd;
-        (k0, width, &self.data.as_slice()[start..start + self.kd * width])
     }
 }
 
@@ -490,23 +488,7 @@ impl<'a> CodesOut<'a> {
         let layout = Bordered::of(s.n, s.oh, s.ow, channels, 2, block);
         let bytes: &mut [u8] = &mut line_start(output)[..layout.bytes];
         let planes = s.n * layout.image;
-        let border = &mut bytes[..planes];
-        if block == CHANNEL_BLOCK {
-            // Each border pixel one 16-byte store, not a `memset` call (channel blocks
-            // have many planes, each two border pixels per row).
-            for p in border.chunks_exact_mut(layout.plane) {
-                let (first, rest) = p.split_at_mut(layout.row);
-                first.fill(0);
-                let (rows, last) = rest.split_at_mut(layout.plane - 2 * layout.row);
-                last.fill(0);
-                for r in rows.chunks_exact_mut(layout.row) {
-                    r[..CHANNEL_BLOCK].copy_from_slice(&[0; CHANNEL_BLOCK]);
-                    r[layout.row - CHANNEL_BLOCK..].copy_from_slice(&[0; CHANNEL_BLOCK]);
-                }
-            }
-        } else {
-            zero_border(border, layout.plane, layout.row, layout.pw, block);
-        }
+        zero_border(&mut bytes[..planes], layout.plane, layout.row, layout.pw, block);
         bytes[planes..].fill(0);
         CodesOut {
             inv_scale,
@@ -769,8 +751,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
         let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
         for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
             let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
-            let (k0, width, a) =
-                if block == CHANNEL_BLOCK { weights.panel(g, b) } else { weights.span_panel(b, block) };
+            let (k0, width, a) = weights.panel(block, g, b);
             let base = |oy: usize| {
                 image * layout.image + g * planes_per_group * layout.plane + (oy * layout.pw + x0) * s.stride * block
             };
@@ -859,11 +840,7 @@ fn run_gathered(
             let p0 = pair * PAIR;
             let bases = [p0 * gathered.row, (p0 + MAX_COLUMNS) * gathered.row];
             for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
-                let (k0, width, a) = if layout.block == CHANNEL_BLOCK {
-                    weights.panel(0, wp)
-                } else {
-                    weights.span_panel(wp, layout.block)
-                };
+                let (k0, width, a) = weights.panel(layout.block, 0, wp);
                 let [t0, t1] = &mut tiles;
                 amx.pair_product(rows, bases, steps, gathered.row, bytemuck::cast_slice(a), width, [t0, t1]);
                 let first_block = k0 / CHANNEL_BLOCK;
@@ -1048,7 +1025,7 @@ fn run(ctx: RunContext<'_>) {
     };
     let product = |weight_panel: usize, pixels: &Pixels, panel: &[f32], _: &mut [f32]| {
         let (g, b) = (weight_panel / weights.panels_per_group, weight_panel % weights.panels_per_group);
-        let (k0, width, a) = weights.panel(g, b);
+        let (k0, width, a) = weights.panel(CHANNEL_BLOCK, g, b);
         let panel = &bytemuck::cast_slice::<f32, u8>(panel)[g * weights.kd * columns..];
         let mut tile: Tile = [0; MR * MAX_COLUMNS];
         int8::panel_product(kernels, weights.kd, a, width, panel, pixels.count, &mut tile);
