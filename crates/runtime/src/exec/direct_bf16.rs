@@ -469,9 +469,12 @@ fn run(ctx: RunContext<'_>) {
         if w.bytes() > STREAMED_WEIGHT_BYTES { (1, units) } else { (PANELS_PER_ITEM, 1) };
     let chunks = panels.div_ceil(panels_per_item);
     let unit_groups = units.div_ceil(units_per_item);
+    // In place, every segment of a map narrower than a tile has its width in pixels: the
+    // tiles take that many rows, so the products skip the pixels the epilogue would drop.
+    let tile_rows = if packed { columns } else { s.ow.min(columns) };
     crate::team::for_each(unit_groups * chunks, |item| {
         let (chunk, unit_group) = (item % chunks, item / chunks);
-        let amx = amx_set.then(|| AmxTiles::new(TileOp::Bf16, span.run));
+        let amx = amx_set.then(|| AmxTiles::with_rows(TileOp::Bf16, span.run, tile_rows));
         let mut accs: [Bf16Acc; 2] = [[0.0; ROW_WORDS * 16]; 2];
         for wp in chunk * panels_per_item..panels.min((chunk + 1) * panels_per_item) {
             let (g, b) = (wp / w.panels_per_group, wp % w.panels_per_group);

@@ -246,10 +246,11 @@ mod tiles {
         (narrow, $($line:expr),+ $(,)?) => { "" };
     }
 
-    /// The next step's weights (2 KiB, 32 lines, `bb` bytes after `pa`) into L1 while this
-    /// step's products run: a tile register is not renamed, so its next load waits for the
-    /// products reading it, and from L2 that wait is exposed (A0 2.5% faster in bf16, 4%
-    /// in int8). Width-32 pairs only: on width-16 panels it measured within the noise.
+    /// The weights `bb` bytes after `pa` (2 KiB, 32 lines: in the pipelined pair loop, the
+    /// step after the one being loaded) into L1 while the products run: a tile register is
+    /// not renamed, so its next load waits for the products reading it, and from L2 that
+    /// wait is exposed. Width-32 pairs only: on width-16 panels it measured within the
+    /// noise.
     macro_rules! prefetch_next_weights {
         () => {
             concat!(
@@ -327,29 +328,49 @@ mod tiles {
 
     /// A pair of segments' products: tmm0 and tmm2 (and tmm1, tmm3 when wide) accumulate,
     /// tmm4 and tmm5 hold the two `A` tiles, tmm6 (and tmm7) the shared `B` tiles.
+    ///
+    /// Software-pipelined: a tile register is not renamed, so a load into it waits for
+    /// every product reading it. Each step's products run in the order that frees a tile
+    /// earliest (both products of `B` tmm6 first), and the next step's load into that tile
+    /// follows right behind its last reader, overlapping the products still running; the
+    /// first step's loads come before the loop and the last step's products after it.
     macro_rules! pair_asm {
         ($op:literal, $w:ident, $input:expr, $offsets:expr, $stride:expr, $a:expr, $b_stride:expr, $b_step:expr, $acc:expr) => {
             asm!(
                 "tilezero tmm0",
                 "tilezero tmm2",
                 wide!($w, "tilezero tmm1", "tilezero tmm3"),
-                "2:",
                 "mov {t}, [{offs}]",
                 "tileloadd tmm6, [{pa} + {sb}*1]",
                 wide!($w, "tileloadd tmm7, [{pa} + {sb}*1 + 64]"),
-                wide!($w, prefetch_next_weights!()),
                 "lea {u}, [{t} + {in0}]",
                 "tileloadd tmm4, [{u} + {sa}*1]",
                 "add {t}, {in1}",
                 "tileloadd tmm5, [{t} + {sa}*1]",
-                concat!($op, " tmm0, tmm4, tmm6"),
-                wide!($w, concat!($op, " tmm1, tmm4, tmm7")),
-                concat!($op, " tmm2, tmm5, tmm6"),
-                wide!($w, concat!($op, " tmm3, tmm5, tmm7")),
+                "dec {n}",
+                "jz 3f",
+                "2:",
                 "add {offs}, 8",
                 "add {pa}, {bb}",
+                "mov {t}, [{offs}]",
+                wide!($w, prefetch_next_weights!()),
+                concat!($op, " tmm0, tmm4, tmm6"),
+                concat!($op, " tmm2, tmm5, tmm6"),
+                "tileloadd tmm6, [{pa} + {sb}*1]",
+                wide!($w, concat!($op, " tmm1, tmm4, tmm7")),
+                "lea {u}, [{t} + {in0}]",
+                "tileloadd tmm4, [{u} + {sa}*1]",
+                wide!($w, concat!($op, " tmm3, tmm5, tmm7")),
+                "add {t}, {in1}",
+                "tileloadd tmm5, [{t} + {sa}*1]",
+                wide!($w, "tileloadd tmm7, [{pa} + {sb}*1 + 64]"),
                 "dec {n}",
                 "jnz 2b",
+                "3:",
+                concat!($op, " tmm0, tmm4, tmm6"),
+                concat!($op, " tmm2, tmm5, tmm6"),
+                wide!($w, concat!($op, " tmm1, tmm4, tmm7")),
+                wide!($w, concat!($op, " tmm3, tmm5, tmm7")),
                 "tilestored [{c0} + {sc}*1], tmm0",
                 wide!($w, "tilestored [{c0} + {sc}*1 + 64], tmm1"),
                 "tilestored [{c1} + {sc}*1], tmm2",
