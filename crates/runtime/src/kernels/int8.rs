@@ -847,8 +847,12 @@ mod x86 {
         acc: &mut Tile,
     ) {
         let mut sums = [[_mm512_setzero_si512(); MRV]; C];
+        // Opaque to the optimiser: unrolled, the four groups' column broadcasts are all
+        // hoisted above their products and, with 24 accumulators live, spilled to the
+        // stack and read back; as a loop of unknown count each stays next to its use.
+        let groups = std::hint::black_box(4);
         for (t, slice) in g.walk().take(kd / 16).enumerate() {
-            for group in 0..4 {
+            for group in 0..groups {
                 let q = t * 4 + group;
                 // SAFETY: q < kd / 4, so the weight row (64 MRV bytes at q * 64 MRV) is in
                 // the panel, and the column words (4 bytes of slice t, column j < C, group)
