@@ -28,6 +28,23 @@ unsafe fn run<R>(f: impl FnOnce(Avx512) -> R) -> R {
     f(Avx512(()))
 }
 
+/// The bits of `v` as an integer vector. A transmute rather than `_mm512_castps_si512`:
+/// the intrinsic is a target-feature function, which the methods below (inlined into
+/// AVX-512 trampolines, but compiled without the feature themselves) cannot always
+/// inline, and an outlined cast passes both vectors through memory.
+#[inline(always)]
+fn bits(v: __m512) -> __m512i {
+    // SAFETY: both are 64 bytes of plain data; every bit pattern is valid for each.
+    unsafe { std::mem::transmute(v) }
+}
+
+/// [`bits`]' inverse.
+#[inline(always)]
+fn floats(v: __m512i) -> __m512 {
+    // SAFETY: as in `bits`.
+    unsafe { std::mem::transmute(v) }
+}
+
 /// Sixteen floats in a `zmm` register.
 #[derive(Debug, Clone, Copy)]
 pub struct F32x16(__m512);
@@ -72,7 +89,7 @@ impl Simd for Avx512 {
         // SAFETY: see the impl; the caller guarantees 16 readable u16s. Zero-extending each
         // to 32 bits and shifting it into the high half is the bf16's f32.
         F32x16(unsafe {
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(src.cast()))))
+            floats(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(src.cast()))))
         })
     }
     #[inline(always)]
@@ -93,16 +110,16 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn and(self, a: F32x16, b: F32x16) -> F32x16 {
         // SAFETY: see the impl.
-        F32x16(unsafe { _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a.0), _mm512_castps_si512(b.0))) })
+        F32x16(unsafe { floats(_mm512_and_si512(bits(a.0), bits(b.0))) })
     }
     #[inline(always)]
     fn select(self, mask: F32x16, a: F32x16, b: F32x16) -> F32x16 {
         // SAFETY: see the impl.
         unsafe {
-            let m = _mm512_castps_si512(mask.0);
-            let keep = _mm512_and_si512(m, _mm512_castps_si512(a.0));
-            let other = _mm512_andnot_si512(m, _mm512_castps_si512(b.0));
-            F32x16(_mm512_castsi512_ps(_mm512_or_si512(keep, other)))
+            let m = bits(mask.0);
+            let keep = _mm512_and_si512(m, bits(a.0));
+            let other = _mm512_andnot_si512(m, bits(b.0));
+            F32x16(floats(_mm512_or_si512(keep, other)))
         }
     }
     #[inline(always)]
