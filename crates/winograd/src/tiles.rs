@@ -286,16 +286,17 @@ struct Border<'a, S: Simd, const A: usize> {
 impl<'a, S: Simd, const A: usize> Border<'a, S, A> {
     #[inline(always)]
     fn new(s: S, src: &'a [f32], row_stride: usize, h: usize, w: usize, y0: isize, x0: isize) -> Self {
-        let axis = |start: isize, len: usize| -> ([usize; A], [S::F32; A]) {
-            let pos = std::array::from_fn(|i| (start + i as isize).clamp(0, len.max(1) as isize - 1) as usize);
-            let mask = std::array::from_fn(|i| {
+        // Loops rather than `array::from_fn`: its closures are functions of their own,
+        // compiled without the trampoline's target features, so each lane mask became an
+        // outlined `splat` call passing its vector through memory.
+        let (mut rows, mut cols, mut row_mask, mut col_mask) = ([0; A], [0; A], [s.zero(); A], [s.zero(); A]);
+        for (start, len, pos, mask) in [(y0, h, &mut rows, &mut row_mask), (x0, w, &mut cols, &mut col_mask)] {
+            for i in 0..A {
                 let p = start + i as isize;
-                s.mask(p >= 0 && p < len as isize)
-            });
-            (pos, mask)
-        };
-        let (rows, row_mask) = axis(y0, h);
-        let (cols, col_mask) = axis(x0, w);
+                pos[i] = p.clamp(0, len.max(1) as isize - 1) as usize;
+                mask[i] = s.mask(p >= 0 && p < len as isize);
+            }
+        }
         Border { s, src, row_stride, rows, cols, row_mask, col_mask }
     }
 }

@@ -72,7 +72,8 @@ impl Simd for Avx2 {
         // to 32 bits and shifting it into the high half is the bf16's f32.
         F32x8(unsafe {
             // A transmute, not `_mm256_castsi256_ps`: see `avx512::bits`.
-            std::mem::transmute::<__m256i, __m256>(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(src.cast()))))
+            let words = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(src.cast())));
+            std::mem::transmute::<__m256i, __m256>(words)
         })
     }
     #[inline(always)]

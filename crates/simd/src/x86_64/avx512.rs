@@ -88,9 +88,7 @@ impl Simd for Avx512 {
     unsafe fn load_bf16(self, src: *const u16) -> F32x16 {
         // SAFETY: see the impl; the caller guarantees 16 readable u16s. Zero-extending each
         // to 32 bits and shifting it into the high half is the bf16's f32.
-        F32x16(unsafe {
-            floats(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(src.cast()))))
-        })
+        F32x16(unsafe { floats(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(src.cast())))) })
     }
     #[inline(always)]
     unsafe fn store(self, dst: *mut f32, value: F32x16) {
