@@ -16,8 +16,10 @@
 //!    that layer reads.
 //!
 //! AMX gathers the windows of maps under 12 pixels wide into rows of their own first
-//! ([`Gathered`]), and runs the network input's RGB layer as whole windows in one tile
-//! step ([`window_run`]). Other kernel sides, and grouped narrow layers on AMX, run the
+//! ([`Gathered`]). Every set runs the network input's RGB layer as whole windows: each
+//! output pixel's 3x3x3 window in one row of 36 bytes, one tile step on AMX and 12 groups
+//! of four bytes on the vector sets, where read in place its 3 channels would fill 3 of
+//! every 16-channel block's bytes ([`window_run`]). Other layers, and grouped narrow layers on AMX, run the
 //! FP32 direct path's implicit-im2col GEMM on bytes: the input quantized to u8 at the front of the shared
 //! buffer, column panels packed from it in the set's layout, and `exec::schedule`'s fused
 //! or two-phase schedule. Activations between an INT8 layer and an FP32 one (the layers a
@@ -159,8 +161,9 @@ struct Int8Weights {
     /// `zero_point * sum w_q[k]` per padded output channel, group-major: what the codes'
     /// offset adds to each sum, subtracted in the epilogue.
     zero: Vec<i32>,
-    /// The network input's layer on AMX ([`window_run`]): the same weights in window order,
-    /// panels of `[run / 4][width][4]`, one tile step per product.
+    /// The network input's layer ([`window_run`]): the same weights in window order,
+    /// panels of `[window_depth / 4][width][4]` (groups past the window's zero); AMX
+    /// reads the first `run / 4` rows of each in one tile step.
     window: Option<LineAligned<i8>>,
     /// A layer that reads pixel-major codes on AMX ([`code_block`]), where this process
     /// runs AMX: the same weights in span order ([`Int8Weights::span_panel`]).
@@ -216,7 +219,8 @@ impl Int8Weights {
             }
         }
         let window = window_run(s).map(|run| {
-            let mut aligned = LineAligned::zeroed(run * k_pad);
+            let depth = window_depth(run);
+            let mut aligned = LineAligned::zeroed(depth * k_pad);
             let data = aligned.as_mut_slice();
             for k in 0..s.out_channels {
                 let (k0, lane) = (k / MR * MR, k % MR);
@@ -224,7 +228,7 @@ impl Int8Weights {
                 for c in 0..cg {
                     for tap in 0..taps {
                         let row = (c * s.kernel + tap / s.kernel) * WINDOW_GROUP + tap % s.kernel;
-                        data[k0 * run + (row / 4) * width * 4 + lane * 4 + row % 4] =
+                        data[k0 * depth + (row / 4) * width * 4 + lane * 4 + row % 4] =
                             layer.weight[(k * cg + c) * taps + tap];
                     }
                 }
@@ -877,14 +881,21 @@ const WINDOW_GROUP: usize = 4;
 const WINDOW_STRIDE: usize = int8::WINDOW_BYTES;
 const WINDOW_ROWS: usize = 2;
 
-/// The reduction of the network input's layer on AMX, if it takes the window path: the
-/// whole 3x3 window of an output pixel (`WINDOW_GROUP` bytes per channel and kernel row)
-/// in one tile row, when it fits one (at most five channels). Read in place, RGB would
-/// fill 9 of each step's 48 bytes in three steps per product; as windows it is one step
-/// of 36 bytes.
+/// The reduction of the network input's layer, if it takes the window path: the whole
+/// 3x3 window of an output pixel (`WINDOW_GROUP` bytes per channel and kernel row) in one
+/// row, when it fits a tile row (at most five channels). Read in place, RGB would fill 9
+/// of each AMX step's 48 bytes in three steps per product, and 3 of each 16 bytes the
+/// vector sets reduce; as windows it is one step of 36 bytes, or 48 in the vector sets'
+/// slices of 16 ([`window_depth`]).
 fn window_run(s: &ConvShape) -> Option<usize> {
     let run = s.in_channels * 3 * WINDOW_GROUP;
     (s.input == InputLayout::Planar && s.kernel == 3 && s.groups == 1 && run <= 64).then_some(run)
+}
+
+/// The vector sets' reduction depth over windows of `run` bytes: whole 16-byte slices,
+/// the bytes past `run` (stale window bytes) multiplied by zero weights.
+fn window_depth(run: usize) -> usize {
+    run.next_multiple_of(CHANNEL_BLOCK)
 }
 
 /// A work item's buffers on the window path, in its worker's scratch: the input rows its
@@ -911,14 +922,15 @@ impl Windows {
     }
 }
 
-/// The network input's layer on AMX: each item quantizes the input rows of two output
-/// rows, copies every output pixel's window into a tile row of its own (three taps of one
-/// channel and kernel row are three consecutive bytes of a quantized row: one 4-byte copy
-/// per group), and runs one tile step per (16 pixels, weight panel).
+/// The network input's layer: each item quantizes the input rows of two output rows,
+/// copies every output pixel's window into a row of its own (three taps of one channel and
+/// kernel row are three consecutive bytes of a quantized row), and runs one tile step per
+/// (16 pixels, weight panel) on AMX, or the vector set's product over `NR` windows.
 fn run_windows(ctx: RunContext<'_>, weights: &Int8Weights, panels: &[i8]) {
     let RunContext { int8: kernels, shape, bias, relu, input, output, scratch, codes, .. } = ctx;
     let s = *shape;
     let run = window_run(&s).expect("a layer of the window path");
+    let depth = window_depth(run);
     let layout = Windows::new(&s);
     let (zero, inv) = (weights.zero_point, weights.inv_input_scale);
     let sink = Sink::new(&s, codes, output);
@@ -953,16 +965,28 @@ fn run_windows(ctx: RunContext<'_>, weights: &Int8Weights, panels: &[i8]) {
                 int8::windows(kernels, &sources[..groups], s.stride, s.ow, row);
             }
             let windows: &[u8] = windows;
-            let amx = AmxTiles::new(TileOp::U8S8, run);
+            let amx = (kernels.set() == Int8Set::Amx).then(|| AmxTiles::new(TileOp::U8S8, run));
+            let columns = kernels.columns();
             let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
-            for x0 in (0..s.ow).step_by(MAX_COLUMNS) {
-                let count = MAX_COLUMNS.min(s.ow - x0);
+            for x0 in (0..s.ow).step_by(columns) {
+                let count = columns.min(s.ow - x0);
                 let bases = [x0 * WINDOW_STRIDE, (layout.per_row + x0) * WINDOW_STRIDE];
                 for k0 in (0..k_pad).step_by(MR) {
                     let width = MR.min(k_pad - k0);
-                    let panel: &[u8] = bytemuck::cast_slice(&panels[k0 * run..][..run * width]);
+                    let a = &panels[k0 * depth..][..depth * width];
                     let [t0, t1] = &mut tiles;
-                    amx.pair_product(windows, bases, &[0], WINDOW_STRIDE, panel, width, [t0, t1]);
+                    match &amx {
+                        Some(amx) => {
+                            let panel: &[u8] = bytemuck::cast_slice(a);
+                            amx.pair_product(windows, bases, &[0], WINDOW_STRIDE, panel, width, [t0, t1]);
+                        }
+                        None => {
+                            for (tile, base) in [t0, t1].into_iter().zip(bases).take(rows) {
+                                let (b, g) = (&windows[base..], int8::Columns::contiguous(WINDOW_STRIDE));
+                                int8::strided_product(kernels, depth, a, width, b, g, count, tile);
+                            }
+                        }
+                    }
                     let first_block = k0 / CHANNEL_BLOCK;
                     let affine = weights.affine(0, k0, bias, first_block);
                     for (r, tile) in tiles.iter().enumerate().take(rows) {
@@ -1000,7 +1024,7 @@ fn run(ctx: RunContext<'_>) {
     assert!(ctx.input.len() >= read, "input buffer too small");
     assert!(ctx.shared.len() >= DirectInt8.shared_len(&s), "shared panel buffer too small");
     assert_eq!((weights.groups, weights.kernel), (s.groups, s.kernel), "weights packed for another layer");
-    if let (Some(window), Int8Set::Amx) = (&weights.window, ctx.int8.set()) {
+    if let Some(window) = &weights.window {
         return run_windows(ctx, weights, window.as_slice());
     }
     if reads_in_place(&s, ctx.int8) {

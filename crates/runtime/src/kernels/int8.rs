@@ -300,6 +300,12 @@ impl Columns {
     /// The packed panel `[kd / 16][NR][16]`: slices `NR x 16` bytes apart, columns 16.
     pub const PACKED: Columns = Columns { block: 9 * NR * 16, row: 3 * NR * 16, tap: NR * 16, column: 16 };
 
+    /// Columns whose reductions are contiguous bytes, `column` bytes apart (slice `t` at
+    /// `16 t`).
+    pub const fn contiguous(column: usize) -> Columns {
+        Columns { block: 9 * 16, row: 3 * 16, tap: 16, column }
+    }
+
     /// Byte offset of slice `t` of column 0.
     #[inline(always)]
     pub fn slice(&self, t: usize) -> usize {
