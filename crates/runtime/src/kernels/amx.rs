@@ -458,3 +458,96 @@ mod tiles {
     products!(segment_u8s8, pair_u8s8, "tdpbusd");
     products!(segment_bf16, pair_bf16, "tdpbf16ps");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::probe_mixed::Probe;
+
+    /// The in-place pair product alone, at A0's stage-3 geometry (14x14 output, 192 channels,
+    /// pixel-major, batch 8: 56 row pairs x 6 weight panels of 32 channels, 14-row tiles as
+    /// the executors configure them), against the same instruction with resident tiles.
+    /// What the executors' 14x14 layers cannot go below without another blocking or
+    /// algorithm: the products with their operand loads and accumulator stores, no
+    /// epilogue. Run it with
+    /// `cargo test --release -p repvgg-runtime --lib tile_loop_at_stage_3 -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn tile_loop_at_stage_3() {
+        for (op, bytes_per_value, probe) in [(TileOp::U8S8, 1, Probe::AmxU8S8), (TileOp::Bf16, 2, Probe::AmxBf16)] {
+            if !available(op) {
+                println!("{op:?}: not available here");
+                continue;
+            }
+            let (images, out, channels) = (8, 14, 192);
+            let (pixel, width) = (channels * bytes_per_value, 32);
+            let (row, image) = ((out + 2) * pixel, (out + 2) * (out + 2) * pixel);
+            let mut state = 0x2545_F491_4F6C_DD1Du64;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            };
+            // bf16 operands in +-[1, 2) (a value's high byte 0x3F or 0xBF); int8 any byte.
+            let mut byte = |i: usize| if bytes_per_value == 2 && i % 2 == 1 { 0x3F | (next() & 0x80) } else { next() };
+            // Line-aligned, as the executors' buffers are: a tile row across two cache lines
+            // costs these layers most of a factor of two.
+            let mut input = crate::buffers::LineAligned::<u8>::zeroed(images * image + 64);
+            input.as_mut_slice().iter_mut().enumerate().for_each(|(i, b)| *b = byte(i));
+            let chunks = 3 * pixel / 64;
+            let offsets: Vec<usize> = (0..3 * chunks).map(|i| i / chunks * row + i % chunks * 64).collect();
+            let panel = offsets.len() * 64 * width;
+            let mut weights = crate::buffers::LineAligned::<u8>::zeroed(channels / width * panel);
+            weights.as_mut_slice().iter_mut().enumerate().for_each(|(i, b)| *b = byte(i));
+            let (input, weights) = (input.as_slice(), weights.as_slice());
+            let tiles = AmxTiles::with_rows(op, 64, out);
+            let mut acc = [[0i32; ROW_WORDS * 16]; 2];
+            let mut accf = [[0f32; ROW_WORDS * 16]; 2];
+            let layer = |acc: &mut [Acc<i32>; 2], accf: &mut [Acc<f32>; 2]| {
+                for pair in 0..images * out / 2 {
+                    let base = pair / (out / 2) * image + pair % (out / 2) * 2 * row;
+                    for p in 0..channels / width {
+                        let a = &weights[p * panel..][..panel];
+                        let [a0, a1] = acc;
+                        let [f0, f1] = accf;
+                        match op {
+                            TileOp::U8S8 => {
+                                tiles.pair_product(input, [base, base + row], &offsets, pixel, a, width, [a0, a1])
+                            }
+                            TileOp::Bf16 => {
+                                tiles.pair_product(input, [base, base + row], &offsets, pixel, a, width, [f0, f1])
+                            }
+                        }
+                    }
+                }
+            };
+            let mut times = Vec::new();
+            for round in 0..25 {
+                let start = std::time::Instant::now();
+                for _ in 0..10 {
+                    layer(&mut acc, &mut accf);
+                }
+                if round >= 5 {
+                    times.push(start.elapsed().as_secs_f64() / 10.0);
+                }
+            }
+            drop(tiles);
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            let products = (images * out / 2 * 2 * channels / 16 * offsets.len()) as f64;
+            // Two ops per multiply-add, 16 x 16 sums of 64 bytes' values, as the probe counts
+            // (the tiles' 14 rows do 14/16 of that work).
+            let ops_per_product = (16 * 16 * 64 / bytes_per_value * 2) as f64;
+            let rate = products * ops_per_product / median / 1e9;
+            let resident = probe.measure(200).expect("the probe runs where the tiles do");
+            println!(
+                "{op:?}: {:.3} ms per layer, {:.2} ns per product, {rate:.0} G/s; resident tiles {resident:.0} G/s: {:.0}%",
+                median * 1e3,
+                median * 1e9 / products,
+                100.0 * rate / resident
+            );
+            std::hint::black_box((&acc, &accf));
+        }
+    }
+}
