@@ -345,6 +345,30 @@ pub fn thread_index() -> usize {
     INDEX.get()
 }
 
+/// Threads of the installed team or pool (1 outside any).
+fn threads() -> usize {
+    // SAFETY: as in `for_each`: the pointers are set only while their team or pool lives.
+    if let Some(pool) = POOL.get().map(|pool| unsafe { &*pool }) {
+        return pool.current_num_threads();
+    }
+    // SAFETY: likewise for the team.
+    CURRENT.get().map_or(1, |shared| unsafe { (*shared).threads })
+}
+
+/// [`for_each`] in one contiguous share of the items per thread, `items / threads` each,
+/// run in order. Where consecutive layers order their items the same way (image, then
+/// row), a thread then takes the same part of every layer's map, so the rows it reads
+/// are mostly the ones it wrote a layer before and sit in its own core's L2, not the
+/// other's; the dynamic split of [`for_each`] interleaves them. For items of even cost:
+/// a share is not rebalanced when its thread is slow.
+pub fn for_each_share<F: Fn(usize) + Sync>(items: usize, body: F) {
+    let shares = threads().min(items);
+    if shares <= 1 {
+        return for_each(items, body);
+    }
+    for_each(shares, |p| (p * items / shares..(p + 1) * items / shares).for_each(&body));
+}
+
 /// Runs `body(i)` for every `i < items`, on the installed team if there is one (see
 /// [`Team::install`]), else serially. Returns when all items are done. Loops nested in a
 /// body run serially on the thread that runs the body.
@@ -443,6 +467,38 @@ mod tests {
                 let counts: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
                 team.install(|| for_each(items, |i| _ = counts[i].fetch_add(1, Ordering::Relaxed)));
                 assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "{threads} threads, {items} items");
+            }
+        }
+    }
+
+    #[test]
+    fn shares_run_every_item_once_each_share_in_order_on_one_thread() {
+        for threads in [1, 2, 3] {
+            let team = Team::new(threads, Duration::from_micros(200)).unwrap();
+            let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap());
+            for team in [team, Team::on_pool(pool)] {
+                for items in [0, 1, 2, 7, 1000] {
+                    // Per item: the thread that ran it and when (a global sequence number).
+                    let ran: Vec<(AtomicUsize, AtomicUsize)> =
+                        (0..items).map(|_| (AtomicUsize::new(usize::MAX), AtomicUsize::new(0))).collect();
+                    let clock = AtomicUsize::new(0);
+                    team.install(|| {
+                        for_each_share(items, |i| {
+                            assert_eq!(ran[i].0.swap(thread_index(), Ordering::Relaxed), usize::MAX, "item {i} twice");
+                            ran[i].1.store(clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                        })
+                    });
+                    let shares = threads.min(items).max(1);
+                    for p in 0..shares {
+                        let share = &ran[p * items / shares..(p + 1) * items / shares];
+                        assert!(share.iter().all(|r| r.0.load(Ordering::Relaxed) != usize::MAX), "an item never ran");
+                        for pair in share.windows(2) {
+                            let (a, b) = (&pair[0], &pair[1]);
+                            assert_eq!(a.0.load(Ordering::Relaxed), b.0.load(Ordering::Relaxed), "a share split");
+                            assert!(a.1.load(Ordering::Relaxed) < b.1.load(Ordering::Relaxed), "a share out of order");
+                        }
+                    }
+                }
             }
         }
     }

@@ -472,7 +472,7 @@ fn run(ctx: RunContext<'_>) {
     // In place, every segment of a map narrower than a tile has its width in pixels: the
     // tiles take that many rows, so the products skip the pixels the epilogue would drop.
     let tile_rows = if packed { columns } else { s.ow.min(columns) };
-    crate::team::for_each(unit_groups * chunks, |item| {
+    crate::team::for_each_share(unit_groups * chunks, |item| {
         let (chunk, unit_group) = (item % chunks, item / chunks);
         let amx = amx_set.then(|| AmxTiles::with_rows(TileOp::Bf16, span.run, tile_rows));
         let mut accs: [Bf16Acc; 2] = [[0.0; ROW_WORDS * 16]; 2];

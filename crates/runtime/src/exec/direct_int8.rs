@@ -745,7 +745,7 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     let panels = s.groups * weights.panels_per_group;
     let chunks = panels.div_ceil(PANELS_PER_ITEM);
     let groups_of_rows = s.oh.div_ceil(rows_per_item);
-    crate::team::for_each(s.n * groups_of_rows * segments * chunks, |item| {
+    crate::team::for_each_share(s.n * groups_of_rows * segments * chunks, |item| {
         let (chunk, item) = (item % chunks, item / chunks);
         let image = item / (groups_of_rows * segments);
         let (oy, x0) = (item / segments % groups_of_rows * rows_per_item, item % segments * columns);
@@ -936,7 +936,7 @@ fn run_windows(ctx: RunContext<'_>, weights: &Int8Weights, panels: &[i8]) {
     let sink = Sink::new(&s, codes, output);
     let pairs = s.oh.div_ceil(WINDOW_ROWS);
     let k_pad = weights.k_pad;
-    crate::team::for_each(s.n * pairs, |item| {
+    crate::team::for_each_share(s.n * pairs, |item| {
         let (image, oy) = (item / pairs, item % pairs * WINDOW_ROWS);
         let rows = WINDOW_ROWS.min(s.oh - oy);
         scratch.with(|buffer| {
