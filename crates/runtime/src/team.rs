@@ -355,18 +355,17 @@ fn threads() -> usize {
     CURRENT.get().map_or(1, |shared| unsafe { (*shared).threads })
 }
 
-/// [`for_each`] in one contiguous share of the items per thread, `items / threads` each,
-/// run in order. Where consecutive layers order their items the same way (image, then
-/// row), a thread then takes the same part of every layer's map, so the rows it reads
-/// are mostly the ones it wrote a layer before and sit in its own core's L2, not the
-/// other's; the dynamic split of [`for_each`] interleaves them. For items of even cost:
-/// a share is not rebalanced when its thread is slow.
-pub fn for_each_share<F: Fn(usize) + Sync>(items: usize, body: F) {
+/// [`for_each`] in one contiguous share of the items per thread, `items / threads` each:
+/// `body` gets each share as a range and runs its items in order. Where consecutive
+/// layers order their items the same way (image, then row), a thread then takes the same
+/// part of every layer's map, so the rows it reads are mostly the ones it wrote a layer
+/// before and sit in its own core's L2, not the other's; the dynamic split of [`for_each`]
+/// interleaves them. A body sets up once per share what its items reuse (buffers, a tile
+/// configuration). For items of even cost: a share is not rebalanced when its thread is
+/// slow.
+pub fn for_each_share<F: Fn(std::ops::Range<usize>) + Sync>(items: usize, body: F) {
     let shares = threads().min(items);
-    if shares <= 1 {
-        return for_each(items, body);
-    }
-    for_each(shares, |p| (p * items / shares..(p + 1) * items / shares).for_each(&body));
+    for_each(shares, |p| body(p * items / shares..(p + 1) * items / shares));
 }
 
 /// Runs `body(i)` for every `i < items`, on the installed team if there is one (see
@@ -483,9 +482,15 @@ mod tests {
                         (0..items).map(|_| (AtomicUsize::new(usize::MAX), AtomicUsize::new(0))).collect();
                     let clock = AtomicUsize::new(0);
                     team.install(|| {
-                        for_each_share(items, |i| {
-                            assert_eq!(ran[i].0.swap(thread_index(), Ordering::Relaxed), usize::MAX, "item {i} twice");
-                            ran[i].1.store(clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                        for_each_share(items, |share| {
+                            for i in share {
+                                assert_eq!(
+                                    ran[i].0.swap(thread_index(), Ordering::Relaxed),
+                                    usize::MAX,
+                                    "item {i} twice"
+                                );
+                                ran[i].1.store(clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                            }
                         })
                     });
                     let shares = threads.min(items).max(1);

@@ -472,53 +472,60 @@ fn run(ctx: RunContext<'_>) {
     // In place, every segment of a map narrower than a tile has its width in pixels: the
     // tiles take that many rows, so the products skip the pixels the epilogue would drop.
     let tile_rows = if packed { columns } else { s.ow.min(columns) };
-    crate::team::for_each_share(unit_groups * chunks, |item| {
-        let (chunk, unit_group) = (item % chunks, item / chunks);
+    crate::team::for_each_share(unit_groups * chunks, |share| {
+        // Once per share: the tile configuration and the accumulators.
         let amx = amx_set.then(|| AmxTiles::with_rows(TileOp::Bf16, span.run, tile_rows));
         let mut accs: [Bf16Acc; 2] = [[0.0; ROW_WORDS * 16]; 2];
-        for wp in chunk * panels_per_item..panels.min((chunk + 1) * panels_per_item) {
-            let (g, b) = (wp / w.panels_per_group, wp % w.panels_per_group);
-            let (k0, width, a) = w.panel(g, b);
-            let group = if s.groups == 1 { 0 } else { g * s.in_per_group() };
-            for unit in unit_group * units_per_item..units.min((unit_group + 1) * units_per_item) {
-                let tiles = unit_tiles(unit, group);
-                let reads = Reads { base: tiles[0].0, offsets, stride, run: span.run };
-                let [a0, a1] = &mut accs;
-                match &amx {
-                    Some(amx) if tiles[1].2 > 0 => {
-                        bf16::tile_pair_product(amx, source, [tiles[0].0, tiles[1].0], reads, a, width, [a0, a1])
-                    }
-                    Some(amx) => bf16::tile_product(amx, source, reads, a, width, a0),
-                    None => bf16::strided_product(kernels, source, reads, a, width, tiles[0].2, a0),
-                }
-                let first_block = (g * w.out_per_group + k0) / CHANNEL_BLOCK;
-                for (acc, &(_, first, count)) in accs.iter().zip(&tiles) {
-                    // Runs of the segment's pixels within one output row.
-                    let mut j = 0;
-                    while j < count {
-                        let q = first + j;
-                        let (image, oy, ox) = (q / plane_out, q / s.ow % s.oh, q % s.ow);
-                        let run = (count - j).min(s.ow - ox);
-                        for blk in 0..width / CHANNEL_BLOCK {
-                            let (c, block) = (blk * CHANNEL_BLOCK, first_block + blk);
-                            let bias = &bias[block * CHANNEL_BLOCK..];
-                            let rows = match &sink {
-                                Sink::Floats(out) => {
-                                    let start =
-                                        ((image * out_blocks + block) * plane_out + oy * s.ow + ox) * CHANNEL_BLOCK;
-                                    let region = out.raw(start, run * CHANNEL_BLOCK);
-                                    // SAFETY: `raw` checked the bounds; each item writes its
-                                    // own pixels (its units') of its panels' channel blocks,
-                                    // so no other slice overlaps this one.
-                                    Rows::F32(unsafe { std::slice::from_raw_parts_mut(region, run * CHANNEL_BLOCK) })
-                                }
-                                // SAFETY: as above, in the next layer's layout: these pixels'
-                                // values of this channel block are this item's.
-                                Sink::Bf16(out) => Rows::Bf16(unsafe { out.at(image, oy, ox, block) }, out.layout.c),
-                            };
-                            bf16::store_rows(kernels, acc, j, c, run, bias, relu, rows);
+        for item in share {
+            let (chunk, unit_group) = (item % chunks, item / chunks);
+            for wp in chunk * panels_per_item..panels.min((chunk + 1) * panels_per_item) {
+                let (g, b) = (wp / w.panels_per_group, wp % w.panels_per_group);
+                let (k0, width, a) = w.panel(g, b);
+                let group = if s.groups == 1 { 0 } else { g * s.in_per_group() };
+                for unit in unit_group * units_per_item..units.min((unit_group + 1) * units_per_item) {
+                    let tiles = unit_tiles(unit, group);
+                    let reads = Reads { base: tiles[0].0, offsets, stride, run: span.run };
+                    let [a0, a1] = &mut accs;
+                    match &amx {
+                        Some(amx) if tiles[1].2 > 0 => {
+                            bf16::tile_pair_product(amx, source, [tiles[0].0, tiles[1].0], reads, a, width, [a0, a1])
                         }
-                        j += run;
+                        Some(amx) => bf16::tile_product(amx, source, reads, a, width, a0),
+                        None => bf16::strided_product(kernels, source, reads, a, width, tiles[0].2, a0),
+                    }
+                    let first_block = (g * w.out_per_group + k0) / CHANNEL_BLOCK;
+                    for (acc, &(_, first, count)) in accs.iter().zip(&tiles) {
+                        // Runs of the segment's pixels within one output row.
+                        let mut j = 0;
+                        while j < count {
+                            let q = first + j;
+                            let (image, oy, ox) = (q / plane_out, q / s.ow % s.oh, q % s.ow);
+                            let run = (count - j).min(s.ow - ox);
+                            for blk in 0..width / CHANNEL_BLOCK {
+                                let (c, block) = (blk * CHANNEL_BLOCK, first_block + blk);
+                                let bias = &bias[block * CHANNEL_BLOCK..];
+                                let rows = match &sink {
+                                    Sink::Floats(out) => {
+                                        let start =
+                                            ((image * out_blocks + block) * plane_out + oy * s.ow + ox) * CHANNEL_BLOCK;
+                                        let region = out.raw(start, run * CHANNEL_BLOCK);
+                                        // SAFETY: `raw` checked the bounds; each item writes its
+                                        // own pixels (its units') of its panels' channel blocks,
+                                        // so no other slice overlaps this one.
+                                        Rows::F32(unsafe {
+                                            std::slice::from_raw_parts_mut(region, run * CHANNEL_BLOCK)
+                                        })
+                                    }
+                                    // SAFETY: as above, in the next layer's layout: these pixels'
+                                    // values of this channel block are this item's.
+                                    Sink::Bf16(out) => {
+                                        Rows::Bf16(unsafe { out.at(image, oy, ox, block) }, out.layout.c)
+                                    }
+                                };
+                                bf16::store_rows(kernels, acc, j, c, run, bias, relu, rows);
+                            }
+                            j += run;
+                        }
                     }
                 }
             }

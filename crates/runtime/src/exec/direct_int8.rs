@@ -745,47 +745,58 @@ fn run_in_place(ctx: RunContext<'_>, weights: &Int8Weights) {
     let panels = s.groups * weights.panels_per_group;
     let chunks = panels.div_ceil(PANELS_PER_ITEM);
     let groups_of_rows = s.oh.div_ceil(rows_per_item);
-    crate::team::for_each_share(s.n * groups_of_rows * segments * chunks, |item| {
-        let (chunk, item) = (item % chunks, item / chunks);
-        let image = item / (groups_of_rows * segments);
-        let (oy, x0) = (item / segments % groups_of_rows * rows_per_item, item % segments * columns);
-        let count = columns.min(s.ow - x0);
-        let rows = rows_per_item.min(s.oh - oy);
-        let amx = amx_set.then(|| AmxTiles::with_rows(TileOp::U8S8, step_bytes, count));
+    crate::team::for_each_share(s.n * groups_of_rows * segments * chunks, |share| {
+        // Set up once per share: the accumulator tiles, and the tile configuration, which
+        // changes only where a row's last segment is narrower.
+        let mut amx: Option<AmxTiles> = None;
         let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
-        for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
-            let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
-            let (k0, width, a) = weights.panel(block, g, b);
-            let base = |oy: usize| {
-                image * layout.image + g * planes_per_group * layout.plane + (oy * layout.pw + x0) * s.stride * block
-            };
-            let stride = s.stride * block;
-            let [t0, t1] = &mut tiles;
-            let weights_bytes: &[u8] = bytemuck::cast_slice(a);
-            match &amx {
-                Some(amx) if rows == 2 => amx.pair_product(
-                    bordered,
-                    [base(oy), base(oy + 1)],
-                    offsets,
-                    stride,
-                    weights_bytes,
-                    width,
-                    [t0, t1],
-                ),
-                Some(amx) => amx.product(bordered, base(oy), offsets, stride, weights_bytes, width, t0),
-                None => {
-                    int8::strided_product(kernels, weights.kd, a, width, &bordered[base(oy)..], geometry, count, t0)
-                }
+        for item in share {
+            let (chunk, item) = (item % chunks, item / chunks);
+            let image = item / (groups_of_rows * segments);
+            let (oy, x0) = (item / segments % groups_of_rows * rows_per_item, item % segments * columns);
+            let count = columns.min(s.ow - x0);
+            let rows = rows_per_item.min(s.oh - oy);
+            if amx_set && amx.as_ref().is_none_or(|amx| amx.rows() != count) {
+                // The configuration in place is released before the next is loaded.
+                drop(amx.take());
+                amx = Some(AmxTiles::with_rows(TileOp::U8S8, step_bytes, count));
             }
-            let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
-            let affine = weights.affine(g, k0, bias, first_block);
-            for (r, tile) in tiles.iter().enumerate().take(rows) {
-                for blk in 0..width / CHANNEL_BLOCK {
-                    // SAFETY: each item writes its own pixels (one row segment) of every
-                    // channel block.
-                    let out = unsafe { sink.pixels(image, first_block + blk, oy + r, x0, count) };
-                    let c = blk * CHANNEL_BLOCK;
-                    store(kernels, tile, 0, c, count, affine.at(c), relu, out);
+            for wp in chunk * PANELS_PER_ITEM..panels.min((chunk + 1) * PANELS_PER_ITEM) {
+                let (g, b) = (wp / weights.panels_per_group, wp % weights.panels_per_group);
+                let (k0, width, a) = weights.panel(block, g, b);
+                let base = |oy: usize| {
+                    image * layout.image
+                        + g * planes_per_group * layout.plane
+                        + (oy * layout.pw + x0) * s.stride * block
+                };
+                let stride = s.stride * block;
+                let [t0, t1] = &mut tiles;
+                let weights_bytes: &[u8] = bytemuck::cast_slice(a);
+                match &amx {
+                    Some(amx) if rows == 2 => amx.pair_product(
+                        bordered,
+                        [base(oy), base(oy + 1)],
+                        offsets,
+                        stride,
+                        weights_bytes,
+                        width,
+                        [t0, t1],
+                    ),
+                    Some(amx) => amx.product(bordered, base(oy), offsets, stride, weights_bytes, width, t0),
+                    None => {
+                        int8::strided_product(kernels, weights.kd, a, width, &bordered[base(oy)..], geometry, count, t0)
+                    }
+                }
+                let first_block = (g * weights.out_per_group + k0) / CHANNEL_BLOCK;
+                let affine = weights.affine(g, k0, bias, first_block);
+                for (r, tile) in tiles.iter().enumerate().take(rows) {
+                    for blk in 0..width / CHANNEL_BLOCK {
+                        // SAFETY: each item writes its own pixels (one row segment) of every
+                        // channel block.
+                        let out = unsafe { sink.pixels(image, first_block + blk, oy + r, x0, count) };
+                        let c = blk * CHANNEL_BLOCK;
+                        store(kernels, tile, 0, c, count, affine.at(c), relu, out);
+                    }
                 }
             }
         }
@@ -936,65 +947,68 @@ fn run_windows(ctx: RunContext<'_>, weights: &Int8Weights, panels: &[i8]) {
     let sink = Sink::new(&s, codes, output);
     let pairs = s.oh.div_ceil(WINDOW_ROWS);
     let k_pad = weights.k_pad;
-    crate::team::for_each_share(s.n * pairs, |item| {
-        let (image, oy) = (item / pairs, item % pairs * WINDOW_ROWS);
-        let rows = WINDOW_ROWS.min(s.oh - oy);
+    crate::team::for_each_share(s.n * pairs, |share| {
+        // Once per share: the worker's buffers, the tile configuration and accumulators.
         scratch.with(|buffer| {
-            let bytes = &mut line_start(buffer)[..layout.bytes];
-            let (quantized, windows) = bytes.split_at_mut(layout.start);
-            for (i, dst) in quantized.chunks_exact_mut(layout.row).take(s.in_channels * layout.rows).enumerate() {
-                let (c, j) = (i / layout.rows, i % layout.rows);
-                let y = (oy * s.stride + j).wrapping_sub(1);
-                dst.fill(zero);
-                if y < s.h {
-                    let src = &input[((image * s.in_channels + c) * s.h + y) * s.w..][..s.w];
-                    int8::quantize(kernels, src, inv, zero, &mut dst[1..=s.w]);
-                }
-            }
-            let quantized: &[u8] = quantized;
-            let groups = run / WINDOW_GROUP;
-            // The windows past a row's last pixel, and a missing second row, are read by the
-            // tiles with bytes of no meaning; their sums are dropped.
-            for (r, row) in windows.chunks_exact_mut(layout.per_row * WINDOW_STRIDE).take(rows).enumerate() {
-                // Group g is channel g / 3, kernel row g % 3: the quantized row's bytes from
-                // the window's left column on.
-                let mut sources: [&[u8]; WINDOW_STRIDE / WINDOW_GROUP] = [&[]; WINDOW_STRIDE / WINDOW_GROUP];
-                for (g, source) in sources.iter_mut().enumerate().take(groups) {
-                    *source = &quantized[(g / 3 * layout.rows + r * s.stride + g % 3) * layout.row..][..layout.row];
-                }
-                int8::windows(kernels, &sources[..groups], s.stride, s.ow, row);
-            }
-            let windows: &[u8] = windows;
             let amx = (kernels.set() == Int8Set::Amx).then(|| AmxTiles::new(TileOp::U8S8, run));
             let columns = kernels.columns();
             let mut tiles: [Tile; 2] = [[0; MR * MAX_COLUMNS]; 2];
-            for x0 in (0..s.ow).step_by(columns) {
-                let count = columns.min(s.ow - x0);
-                let bases = [x0 * WINDOW_STRIDE, (layout.per_row + x0) * WINDOW_STRIDE];
-                for k0 in (0..k_pad).step_by(MR) {
-                    let width = MR.min(k_pad - k0);
-                    let a = &panels[k0 * depth..][..depth * width];
-                    let [t0, t1] = &mut tiles;
-                    match &amx {
-                        Some(amx) => {
-                            let panel: &[u8] = bytemuck::cast_slice(a);
-                            amx.pair_product(windows, bases, &[0], WINDOW_STRIDE, panel, width, [t0, t1]);
-                        }
-                        None => {
-                            for (tile, base) in [t0, t1].into_iter().zip(bases).take(rows) {
-                                let (b, g) = (&windows[base..], int8::Columns::contiguous(WINDOW_STRIDE));
-                                int8::strided_product(kernels, depth, a, width, b, g, count, tile);
+            for item in share {
+                let (image, oy) = (item / pairs, item % pairs * WINDOW_ROWS);
+                let rows = WINDOW_ROWS.min(s.oh - oy);
+                let bytes = &mut line_start(buffer)[..layout.bytes];
+                let (quantized, windows) = bytes.split_at_mut(layout.start);
+                for (i, dst) in quantized.chunks_exact_mut(layout.row).take(s.in_channels * layout.rows).enumerate() {
+                    let (c, j) = (i / layout.rows, i % layout.rows);
+                    let y = (oy * s.stride + j).wrapping_sub(1);
+                    dst.fill(zero);
+                    if y < s.h {
+                        let src = &input[((image * s.in_channels + c) * s.h + y) * s.w..][..s.w];
+                        int8::quantize(kernels, src, inv, zero, &mut dst[1..=s.w]);
+                    }
+                }
+                let quantized: &[u8] = quantized;
+                let groups = run / WINDOW_GROUP;
+                // The windows past a row's last pixel, and a missing second row, are read by the
+                // tiles with bytes of no meaning; their sums are dropped.
+                for (r, row) in windows.chunks_exact_mut(layout.per_row * WINDOW_STRIDE).take(rows).enumerate() {
+                    // Group g is channel g / 3, kernel row g % 3: the quantized row's bytes from
+                    // the window's left column on.
+                    let mut sources: [&[u8]; WINDOW_STRIDE / WINDOW_GROUP] = [&[]; WINDOW_STRIDE / WINDOW_GROUP];
+                    for (g, source) in sources.iter_mut().enumerate().take(groups) {
+                        *source = &quantized[(g / 3 * layout.rows + r * s.stride + g % 3) * layout.row..][..layout.row];
+                    }
+                    int8::windows(kernels, &sources[..groups], s.stride, s.ow, row);
+                }
+                let windows: &[u8] = windows;
+                for x0 in (0..s.ow).step_by(columns) {
+                    let count = columns.min(s.ow - x0);
+                    let bases = [x0 * WINDOW_STRIDE, (layout.per_row + x0) * WINDOW_STRIDE];
+                    for k0 in (0..k_pad).step_by(MR) {
+                        let width = MR.min(k_pad - k0);
+                        let a = &panels[k0 * depth..][..depth * width];
+                        let [t0, t1] = &mut tiles;
+                        match &amx {
+                            Some(amx) => {
+                                let panel: &[u8] = bytemuck::cast_slice(a);
+                                amx.pair_product(windows, bases, &[0], WINDOW_STRIDE, panel, width, [t0, t1]);
+                            }
+                            None => {
+                                for (tile, base) in [t0, t1].into_iter().zip(bases).take(rows) {
+                                    let (b, g) = (&windows[base..], int8::Columns::contiguous(WINDOW_STRIDE));
+                                    int8::strided_product(kernels, depth, a, width, b, g, count, tile);
+                                }
                             }
                         }
-                    }
-                    let first_block = k0 / CHANNEL_BLOCK;
-                    let affine = weights.affine(0, k0, bias, first_block);
-                    for (r, tile) in tiles.iter().enumerate().take(rows) {
-                        for blk in 0..width / CHANNEL_BLOCK {
-                            // SAFETY: each item writes its own output rows.
-                            let out = unsafe { sink.pixels(image, first_block + blk, oy + r, x0, count) };
-                            let c = blk * CHANNEL_BLOCK;
-                            store(kernels, tile, 0, c, count, affine.at(c), relu, out);
+                        let first_block = k0 / CHANNEL_BLOCK;
+                        let affine = weights.affine(0, k0, bias, first_block);
+                        for (r, tile) in tiles.iter().enumerate().take(rows) {
+                            for blk in 0..width / CHANNEL_BLOCK {
+                                // SAFETY: each item writes its own output rows.
+                                let out = unsafe { sink.pixels(image, first_block + blk, oy + r, x0, count) };
+                                let c = blk * CHANNEL_BLOCK;
+                                store(kernels, tile, 0, c, count, affine.at(c), relu, out);
+                            }
                         }
                     }
                 }

@@ -59,7 +59,8 @@ pub fn available(op: TileOp) -> bool {
 
 /// The tile configuration of [`AmxTiles`], loaded on this thread while it lives
 /// (`ldtilecfg` when made, `tilerelease` when dropped): configuring costs about as much as
-/// a short product, so a work item configures once for all its products. One per thread
+/// a short product, so a thread configures once for all the products of its share of a
+/// layer's work items (again only where the rows change). One per thread
 /// at a time; not `Send` (tile state is per thread).
 pub struct AmxTiles {
     op: TileOp,
@@ -94,6 +95,11 @@ impl AmxTiles {
             tiles::configure(run, rows)
         };
         AmxTiles { op, run, rows, _per_thread: std::marker::PhantomData }
+    }
+
+    /// Rows per `A` tile and accumulator.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     pub fn run(&self) -> usize {
