@@ -298,9 +298,7 @@ impl Plan {
             }
         }
         let features = network.feature_channels();
-        // The pooled features, then their bf16 pairs where the classifier runs on tiles.
-        let tiles = pointwise::linear_tiles_len(n, features);
-        self.pooled_len = self.pooled_len.max(n * channel_blocks(features) * CHANNEL_BLOCK + tiles);
+        self.pooled_len = self.pooled_len.max(n * channel_blocks(features) * CHANNEL_BLOCK);
     }
 }
 

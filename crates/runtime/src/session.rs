@@ -659,9 +659,6 @@ impl Session {
         let mut buffers = LayerBuffers { transformed, scratch, pooled };
         let kernels = LayerKernels { isa: self.isa, int8: self.int8_kernels, bf16: self.bf16_kernels };
         let (isa, int8, precision) = (self.isa, self.int8_kernels, self.precision);
-        // A batch's classifier on tiles in BF16 sessions that run AMX; INT8 keeps the
-        // vector path, whose bits every int8 kernel set shares.
-        let tiled_classifier = n > 1 && self.bf16_kernels.is_some_and(|k| k.set() == Bf16Set::Amx);
         // Outputs someone looks at stay floats; otherwise INT8 layers hand codes on.
         let handoff = observe.is_none();
         let stage_outputs = stages.is_some();
@@ -699,15 +696,12 @@ impl Session {
             let last = plan.layers.last().expect("layers");
             let features = network.feature_channels();
             let weights = model.weights();
-            let (pooled, pairs) = buffers.pooled.split_at_mut(n * channel_blocks(features) * CHANNEL_BLOCK);
+            let pooled = &mut *buffers.pooled;
             pointwise::global_average_pool(isa, &act[current], n, features, last.oh * last.ow, pooled);
-            let bias = &weights.linear_bias;
             if precision == Precision::F32 {
-                pointwise::linear(isa, pooled, n, features, &weights.linear_weight, bias, logits)
-            } else if tiled_classifier && pointwise::tiles_take(features) {
-                pointwise::linear_tiles(pooled, pairs, n, features, model.classifier_bf16(), bias, logits)
+                pointwise::linear(isa, pooled, n, features, &weights.linear_weight, &weights.linear_bias, logits)
             } else {
-                pointwise::linear(isa, pooled, n, features, model.classifier_bf16(), bias, logits)
+                pointwise::linear(isa, pooled, n, features, model.classifier_bf16(), &weights.linear_bias, logits)
             }
             if let Some(t) = times {
                 t[plan.layers.len()] = start.elapsed();

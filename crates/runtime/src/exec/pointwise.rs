@@ -6,10 +6,8 @@ use repvgg_graph::SeParams;
 use repvgg_simd::{Dispatch, Simd, dispatch};
 
 use crate::buffers::SharedMut;
-use crate::kernels::amx::{Acc, AmxTiles, ROW_WORDS, TileOp};
-use crate::kernels::bf16::to_bf16;
 use crate::kernels::pointwise::{Weight, dot_in_order, dots, gate_relu_block, mean_block};
-use crate::team::{for_each, for_each_chunk_mut, for_each_share};
+use crate::team::{for_each, for_each_chunk_mut};
 use repvgg_simd::layout::{CHANNEL_BLOCK, channel_blocks};
 
 /// Per-(image, channel) spatial means, `[n][channel_blocks(c) * 16]` (padding lanes included).
@@ -145,98 +143,6 @@ fn class_chunk<'a, S: Simd, W: Weight + 'a>(
     }
 }
 
-/// Images per `B` tile of [`linear_tiles`], and feature values per tile step (64 bytes of
-/// bf16).
-const TILE_IMAGES: usize = 16;
-const STEP_VALUES: usize = 32;
-
-/// Most tile steps [`linear_tiles`] takes: 4096 features.
-const MAX_TILE_STEPS: usize = 128;
-
-/// Whether [`linear_tiles`] takes `c` features: whole tile steps, at most
-/// [`MAX_TILE_STEPS`] of them (every built-in architecture's 1280 to 2560).
-pub fn tiles_take(c: usize) -> bool {
-    c.is_multiple_of(STEP_VALUES) && c / STEP_VALUES <= MAX_TILE_STEPS
-}
-
-/// Floats of the buffer [`linear_tiles`] packs `n` images' features into.
-pub fn linear_tiles_len(n: usize, c: usize) -> usize {
-    n.next_multiple_of(TILE_IMAGES) * c.next_multiple_of(STEP_VALUES) / 2
-}
-
-/// The classifier of BF16 sessions on AMX tiles: `logits[b][k] = bias[k] + sum_c
-/// weight[k][c] x[b][c]` with the pooled features `x` rounded to bf16 like the weights,
-/// products summed in f32 by `tdpbf16ps`. Each block of 16 classes is one tile product:
-/// the classes' rows of the row-major bf16 weights read in place as `A` (16 rows of 32
-/// values at the row stride), the features of up to 16 images, packed once into `pairs`
-/// as bf16 pairs, as `B`. At batch 8 the vector path's dot products bound the head (four
-/// classes against four images per step); here the weights are read once and the tile
-/// unit does the rest. Blocks are split over the threads and each output is one block's,
-/// so the bits do not depend on the thread count. `c` must satisfy [`tiles_take`] and
-/// the process must run AMX-BF16.
-#[allow(clippy::too_many_arguments)] // the features, their packing buffer, the weights, the output
-pub fn linear_tiles(
-    pooled: &[f32],
-    pairs: &mut [f32],
-    n: usize,
-    c: usize,
-    weight: &[u16],
-    bias: &[f32],
-    logits: &mut [f32],
-) {
-    assert!(tiles_take(c), "{c} features on tiles");
-    let (classes, cb) = (bias.len(), channel_blocks(c));
-    assert!(weight.len() >= classes * c && logits.len() >= n * classes && pooled.len() >= n * cb * CHANNEL_BLOCK);
-    let groups = n.div_ceil(TILE_IMAGES);
-    let pairs: &mut [u16] = &mut bytemuck::cast_slice_mut(pairs)[..groups * TILE_IMAGES * c];
-    // Group g's panel: [c / 2][16 images][2 values], images past n zero.
-    for (g, panel) in pairs.chunks_exact_mut(TILE_IMAGES * c).enumerate() {
-        for (p, row) in panel.chunks_exact_mut(2 * TILE_IMAGES).enumerate() {
-            for (i, pair) in row.chunks_exact_mut(2).enumerate() {
-                let b = g * TILE_IMAGES + i;
-                for (e, v) in pair.iter_mut().enumerate() {
-                    *v = if b < n { to_bf16(pooled[b * cb * CHANNEL_BLOCK + 2 * p + e]) } else { 0 };
-                }
-            }
-        }
-    }
-    let pairs: &[u16] = pairs;
-    let steps = c / STEP_VALUES;
-    let mut offsets = [0usize; MAX_TILE_STEPS];
-    for (i, offset) in offsets.iter_mut().enumerate() {
-        *offset = 2 * STEP_VALUES * i;
-    }
-    let offsets = &offsets[..steps];
-    let weights: &[u8] = bytemuck::cast_slice(&weight[..classes * c]);
-    let out = SharedMut::new(logits);
-    for_each_share(classes.div_ceil(TILE_IMAGES), |share| {
-        // One configuration per share, again for the last block's fewer rows.
-        let mut tiles: Option<AmxTiles> = None;
-        let mut acc: Acc<f32> = [0.0; ROW_WORDS * 16];
-        for block in share {
-            let k0 = block * TILE_IMAGES;
-            let rows = TILE_IMAGES.min(classes - k0);
-            if tiles.as_ref().is_none_or(|t| t.rows() != rows) {
-                drop(tiles.take());
-                tiles = Some(AmxTiles::with_rows(TileOp::Bf16, 2 * STEP_VALUES, rows));
-            }
-            let amx = tiles.as_ref().expect("configured above");
-            for (g, panel) in pairs.chunks_exact(TILE_IMAGES * c).enumerate() {
-                amx.product(weights, 2 * k0 * c, offsets, 2 * c, bytemuck::cast_slice(panel), TILE_IMAGES, &mut acc);
-                for i in 0..TILE_IMAGES.min(n - g * TILE_IMAGES) {
-                    let b = g * TILE_IMAGES + i;
-                    // SAFETY: blocks partition the classes, so each (image, class) has one
-                    // writer.
-                    let logits = unsafe { out.region(b * classes + k0, rows) };
-                    for (j, logit) in logits.iter_mut().enumerate() {
-                        *logit = acc[j * ROW_WORDS + i] + bias[k0 + j];
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// Copies a channel-blocked activation to planar `NCHW` (dropping padding lanes).
 pub fn to_planar(act: &[f32], n: usize, c: usize, plane: usize, out: &mut [f32]) {
     let cb = channel_blocks(c);
@@ -250,69 +156,4 @@ pub fn to_planar(act: &[f32], n: usize, c: usize, plane: usize, out: &mut [f32])
             *v = src[p * CHANNEL_BLOCK + ch % CHANNEL_BLOCK];
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::amx::available;
-    use crate::kernels::bf16::from_bf16;
-    use crate::team::Team;
-
-    /// The tile classifier against the f64 sum of the bf16-rounded operands, within f32
-    /// summation's bound `(c + 1) 2^-24 sum |w x|` plus the bias's rounding, on a class
-    /// count with a partial last block, image groups of 16 and a partial one, and the bits
-    /// the same on one thread as on two.
-    #[test]
-    fn tile_classifier_matches_the_bf16_sum_on_any_thread_count() {
-        if !available(TileOp::Bf16) {
-            eprintln!("no AMX-BF16 here: the tile classifier is not run");
-            return;
-        }
-        let mut state = 11u32;
-        let mut next = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        };
-        for (n, c, classes) in [(2, 64, 37), (19, 1280, 1000), (16, 96, 16)] {
-            assert!(tiles_take(c));
-            let cb = channel_blocks(c);
-            let mut pooled = vec![f32::NAN; n * cb * CHANNEL_BLOCK];
-            for b in 0..n {
-                for i in 0..c {
-                    pooled[b * cb * CHANNEL_BLOCK + i] = next() * 3.0;
-                }
-            }
-            let weight: Vec<u16> = (0..classes * c).map(|_| to_bf16(next() * 0.1)).collect();
-            let bias: Vec<f32> = (0..classes).map(|_| next()).collect();
-            let mut runs = Vec::new();
-            for threads in [1, 2] {
-                let team = Team::new(threads, std::time::Duration::ZERO).unwrap();
-                let mut pairs = vec![f32::NAN; linear_tiles_len(n, c)];
-                let mut logits = vec![f32::NAN; n * classes];
-                team.install(|| linear_tiles(&pooled, &mut pairs, n, c, &weight, &bias, &mut logits));
-                runs.push(logits);
-            }
-            assert!(
-                runs[0].iter().zip(&runs[1]).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "n {n} c {c}: 1 vs 2 threads"
-            );
-            for b in 0..n {
-                for k in 0..classes {
-                    let terms = (0..c).map(|i| {
-                        let x = from_bf16(to_bf16(pooled[b * cb * CHANNEL_BLOCK + i])) as f64;
-                        (from_bf16(weight[k * c + i]) as f64 * x, (from_bf16(weight[k * c + i]) as f64 * x).abs())
-                    });
-                    let (sum, size) = terms.fold((0.0, 0.0), |(s, m), (t, a)| (s + t, m + a));
-                    let want = sum + bias[k] as f64;
-                    let bound = (c + 1) as f64 * 2f64.powi(-24) * size + want.abs() * 2f64.powi(-24);
-                    let got = runs[0][b * classes + k] as f64;
-                    assert!(
-                        (got - want).abs() <= bound,
-                        "n {n} c {c} image {b} class {k}: {got} vs {want} (bound {bound:e})"
-                    );
-                }
-            }
-        }
-    }
 }
